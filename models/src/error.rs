@@ -1,0 +1,16 @@
+use thiserror::Error;
+
+/// Errors raised while building or slicing a layered model.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum ModelError {
+    #[error("unknown model `{0}` (known: cnn, alexnet, resnet20, resnet44)")]
+    UnknownModel(String),
+    #[error("input shape {input:?} is too small for {model}: {reason}")]
+    InputTooSmall { model: &'static str, input: [usize; 3], reason: String },
+    #[error("num_classes must be at least 2, got {0}")]
+    TooFewClasses(usize),
+    #[error("layer range {from}..{to} is invalid for a model with {num_layers} layers")]
+    BadRange { from: usize, to: usize, num_layers: usize },
+    #[error("TOA cannot {op} on a {layer} layer")]
+    ToaUnsupported { layer: &'static str, op: &'static str },
+}

@@ -1,0 +1,129 @@
+//! One freezable layer: an enum of the unit kinds, so a model is a plain indexable `Vec`.
+
+use burn::prelude::*;
+
+use crate::conv_unit::ConvUnit;
+use crate::dense_unit::{DenseUnit, MlpHead};
+use crate::error::ModelError;
+use crate::features::Features;
+use crate::residual::{BasicBlock, PooledHead, StemUnit};
+use crate::shape::{FeatureShape, LayerInfo};
+
+#[derive(Module, Debug)]
+pub enum Layer<B: Backend> {
+    Conv(ConvUnit<B>),
+    Dense(DenseUnit<B>),
+    Mlp(MlpHead<B>),
+    Stem(StemUnit<B>),
+    Block(BasicBlock<B>),
+    Head(PooledHead<B>),
+}
+
+/// Where TOA samples a layer's "tensors" (BASELINES.md, TOA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToaSite {
+    /// Output filters / neurons; the next layer keeps the matching (rescaled) input slices.
+    Outputs,
+    /// A residual block's inner channels (conv1 filters, conv2 input slices); the block's
+    /// input and output stay full so skips align.
+    Inner,
+    /// Never sampled (classifiers: their outputs are the classes).
+    None,
+}
+
+impl<B: Backend> Layer<B> {
+    /// # Shapes
+    /// maps `[b, c, h, w]` or flat `[b, d]` in; conv/residual units keep maps, dense units
+    /// and heads return `[b, d_out]`.
+    pub fn forward(&self, x: Features<B>) -> Features<B> {
+        match (self, x) {
+            (Self::Conv(u), Features::Map(x)) => Features::Map(u.forward(x)),
+            (Self::Stem(u), Features::Map(x)) => Features::Map(u.forward(x)),
+            (Self::Block(u), Features::Map(x)) => Features::Map(u.forward(x)),
+            (Self::Head(u), Features::Map(x)) => Features::Flat(u.forward(x)),
+            (Self::Dense(u), x) => Features::Flat(u.forward(x.into_flat())),
+            (Self::Mlp(u), x) => Features::Flat(u.forward(x.into_flat())),
+            (_, Features::Flat(_)) => unreachable!("model constructors never put a conv unit after a flatten"),
+        }
+    }
+
+    pub fn info(&self, input: FeatureShape) -> LayerInfo {
+        match self {
+            Self::Conv(u) => u.info(input),
+            Self::Dense(u) => u.info(input),
+            Self::Mlp(u) => u.info(input),
+            Self::Stem(u) => u.info(input),
+            Self::Block(u) => u.info(input),
+            Self::Head(u) => u.info(input),
+        }
+    }
+
+    pub fn toa_site(&self) -> ToaSite {
+        match self {
+            Self::Conv(_) | Self::Dense(_) => ToaSite::Outputs,
+            Self::Stem(_) | Self::Block(_) => ToaSite::Inner,
+            Self::Mlp(_) | Self::Head(_) => ToaSite::None,
+        }
+    }
+
+    /// Frobenius norm of each of the layer's TOA tensors (`H_q` of them), or `None` where the
+    /// layer is never sampled.
+    pub fn toa_norms(&self) -> Option<Tensor<B, 1>> {
+        match self {
+            Self::Conv(u) => Some(u.filter_norms()),
+            Self::Dense(u) => Some(u.neuron_norms()),
+            Self::Stem(u) => Some(u.block.inner_norms()),
+            Self::Block(u) => Some(u.inner_norms()),
+            Self::Mlp(_) | Self::Head(_) => None,
+        }
+    }
+
+    /// Keep only output tensors `idx` of an [`ToaSite::Outputs`] layer.
+    pub fn toa_keep_outputs(self, idx: &Tensor<B, 1, Int>) -> Result<Self, ModelError> {
+        match self {
+            Self::Conv(u) => Ok(Self::Conv(u.keep_outputs(idx))),
+            Self::Dense(u) => Ok(Self::Dense(u.keep_outputs(idx))),
+            other => Err(ModelError::ToaUnsupported { layer: other.kind_name(), op: "keep outputs" }),
+        }
+    }
+
+    /// Keep input channels `idx` of the layer that follows a sampled one, scaled by `alpha`
+    /// (the estimator's factor, folded into the weights). `prev_channels` is the sampled
+    /// layer's full channel count (locates the flatten's column groups).
+    pub fn toa_scale_inputs(
+        self,
+        idx: &Tensor<B, 1, Int>,
+        alpha: &Tensor<B, 1>,
+        prev_channels: usize,
+    ) -> Result<Self, ModelError> {
+        match self {
+            Self::Conv(u) => Ok(Self::Conv(u.scale_inputs(idx, alpha))),
+            Self::Dense(u) => Ok(Self::Dense(u.scale_inputs(idx, alpha, prev_channels))),
+            Self::Mlp(u) => Ok(Self::Mlp(u.scale_inputs(idx, alpha, prev_channels))),
+            other => Err(ModelError::ToaUnsupported { layer: other.kind_name(), op: "scale inputs" }),
+        }
+    }
+
+    /// Sample a residual unit's inner channels (see [`ToaSite::Inner`]).
+    pub fn toa_sparsify_inner(self, idx: &Tensor<B, 1, Int>, alpha: &Tensor<B, 1>) -> Result<Self, ModelError> {
+        match self {
+            Self::Block(u) => Ok(Self::Block(u.sparsify_inner(idx, alpha))),
+            Self::Stem(mut u) => {
+                u.block = u.block.sparsify_inner(idx, alpha);
+                Ok(Self::Stem(u))
+            }
+            other => Err(ModelError::ToaUnsupported { layer: other.kind_name(), op: "sparsify inner" }),
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Conv(_) => "conv",
+            Self::Dense(_) => "dense",
+            Self::Mlp(_) => "mlp-classifier",
+            Self::Stem(_) => "stem+block",
+            Self::Block(_) => "residual-block",
+            Self::Head(_) => "pooled-classifier",
+        }
+    }
+}

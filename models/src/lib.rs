@@ -1,0 +1,86 @@
+//! Layered Burn models for ordered layer freezing.
+//!
+//! Every model is a [`LayeredNet`]: an ordered `Vec` of freezable [`Layer`]s, input side first.
+//! "Layer i" is an index, so freezing the prefix `[0, l)` is a `split_at(l)`.
+//! The contract (DESIGN.md, "The model contract"):
+//! - [`LayeredNet::num_layers`], [`LayeredNet::forward_range`],
+//! - per-layer shapes and activation sizes for an input shape ([`LayeredNet::layer_infos`]),
+//! - the TOA "tensors" of a layer ([`Layer::toa_norms`] and the `toa_*` rewrites).
+//!
+//! Per-layer parameter read/replace lives in the root crate's `params.rs` (a visitor over one
+//! `Layer`), so that Burn's parameter-walking API is touched in one place.
+
+pub mod alexnet;
+pub mod cnn;
+mod conv_unit;
+mod dense_unit;
+mod error;
+mod features;
+mod layer;
+mod net;
+pub mod resnet;
+mod residual;
+mod shape;
+mod slicing;
+
+pub use conv_unit::ConvUnit;
+pub use dense_unit::{DenseUnit, MlpHead};
+pub use error::ModelError;
+pub use features::Features;
+pub use layer::{Layer, ToaSite};
+pub use net::LayeredNet;
+pub use residual::{BasicBlock, PooledHead, StemUnit};
+pub use shape::{FeatureShape, LayerInfo};
+
+/// The models this crate builds, by name (what configs and the CLI accept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    Cnn,
+    AlexNet,
+    ResNet20,
+    ResNet44,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 4] = [Self::Cnn, Self::AlexNet, Self::ResNet20, Self::ResNet44];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cnn => "cnn",
+            Self::AlexNet => "alexnet",
+            Self::ResNet20 => "resnet20",
+            Self::ResNet44 => "resnet44",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Cnn => "FedAvg CNN: 2 conv blocks + FC classifier (N = 3)",
+            Self::AlexNet => "CIFAR AlexNet: 5 conv + 2 FC (N = 7)",
+            Self::ResNet20 => "CIFAR ResNet20: stem+block1, 8 blocks, pooled classifier (N = 10)",
+            Self::ResNet44 => "CIFAR ResNet44: stem+block1, 20 blocks, pooled classifier (N = 22)",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self, ModelError> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| ModelError::UnknownModel(name.to_string()))
+    }
+
+    /// Build the model for an input shape `[channels, height, width]` and a class count.
+    pub fn init<B: burn::prelude::Backend>(
+        self,
+        input: [usize; 3],
+        num_classes: usize,
+        device: &B::Device,
+    ) -> Result<LayeredNet<B>, ModelError> {
+        match self {
+            Self::Cnn => cnn::CnnConfig::new(input, num_classes).init(device),
+            Self::AlexNet => alexnet::AlexNetConfig::new(input, num_classes).init(device),
+            Self::ResNet20 => resnet::ResNetConfig::resnet20(input, num_classes).init(device),
+            Self::ResNet44 => resnet::ResNetConfig::resnet44(input, num_classes).init(device),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! fedolf — federated learning with ordered layer freezing (FedOLF, IEEE TMC,
+//! arXiv 2512.23200) on Burn.
+//!
+//! Modules, bottom up: [`params`] (the only Burn-parameter walker), [`aggregate`] (MWA),
+//! [`freeze`] (frozen-prefix training), [`toa`] (download sparsification), [`rng`] (seeded
+//! streams), [`backend`] (feature → backend).
+
+pub mod aggregate;
+pub mod backend;
+pub mod freeze;
+pub mod memory;
+pub mod params;
+pub mod rng;
+pub mod toa;
+
+pub use fedolf_models as models;

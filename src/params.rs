@@ -1,0 +1,169 @@
+//! The only code that walks Burn parameters: read and replace one layer as named tensors.
+//!
+//! A layer's parameters come out in visit order as [`NamedTensor`]s, flattened to rank 1 with
+//! their shape beside them, so aggregation and transport are rank-agnostic. BatchNorm running
+//! statistics are included (names end in `running_mean` / `running_var`) and aggregate like
+//! weights (DESIGN.md, FedOLF round, step 7).
+
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use fedolf_models::{Layer, LayeredNet};
+use thiserror::Error;
+
+#[derive(Debug, Clone)]
+pub struct NamedTensor<B: Backend> {
+    /// Path inside the layer, e.g. `Conv.conv.weight`, `Block.bn1.running_var`.
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// The values, flattened row-major: `shape -> [numel]`.
+    pub value: Tensor<B, 1>,
+}
+
+impl<B: Backend> NamedTensor<B> {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Running statistics travel and aggregate but never receive gradients.
+    pub fn is_buffer(&self) -> bool {
+        self.name.ends_with("running_mean") || self.name.ends_with("running_var")
+    }
+}
+
+/// All tensors of one layer, in visit order.
+pub type LayerParams<B> = Vec<NamedTensor<B>>;
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum ParamError {
+    #[error("layer {layer}: expected {expected} tensors, got {got}")]
+    CountMismatch { layer: usize, expected: usize, got: usize },
+    #[error("layer {layer}: tensor `{name}` has shape {got:?}, the model expects {expected:?}")]
+    ShapeMismatch { layer: usize, name: String, expected: Vec<usize>, got: Vec<usize> },
+    #[error("layer {layer}: tensor `{got}` arrived where the model expects `{expected}`")]
+    NameMismatch { layer: usize, expected: String, got: String },
+    #[error("got parameters for {got} layers, the model has {expected}")]
+    LayerCount { expected: usize, got: usize },
+}
+
+struct Reader<B: Backend> {
+    path: Vec<String>,
+    out: LayerParams<B>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Reader<B> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let value = param.val();
+        let shape = value.dims().to_vec();
+        let numel = shape.iter().product::<usize>();
+        // [d0, .., dD] -> [numel]
+        self.out.push(NamedTensor { name: self.path.join("."), shape, value: value.reshape([numel]) });
+    }
+}
+
+/// Read layer `layer` of a model as named tensors (same device; no host copy).
+pub fn read_layer<B: Backend>(layer: &Layer<B>) -> LayerParams<B> {
+    let mut reader = Reader { path: Vec::new(), out: Vec::new() };
+    layer.visit(&mut reader);
+    reader.out
+}
+
+pub fn read_model<B: Backend>(net: &LayeredNet<B>) -> Vec<LayerParams<B>> {
+    net.layers.iter().map(read_layer).collect()
+}
+
+struct Writer<'a, B: Backend> {
+    layer: usize,
+    path: Vec<String>,
+    source: std::slice::Iter<'a, NamedTensor<B>>,
+    error: Option<ParamError>,
+    expected: usize,
+}
+
+impl<B: Backend> ModuleMapper<B> for Writer<'_, B> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, old, mapper) = param.consume();
+        self.expected += 1;
+        if self.error.is_some() {
+            return Param::from_mapped_value(id, old, mapper);
+        }
+        let name = self.path.join(".");
+        let Some(new) = self.source.next() else {
+            return Param::from_mapped_value(id, old, mapper);
+        };
+        let shape = old.dims().to_vec();
+        if new.name != name {
+            self.error = Some(ParamError::NameMismatch { layer: self.layer, expected: name, got: new.name.clone() });
+        } else if new.shape != shape {
+            self.error = Some(ParamError::ShapeMismatch { layer: self.layer, name, expected: shape.clone(), got: new.shape.clone() });
+        }
+        if self.error.is_some() {
+            return Param::from_mapped_value(id, old, mapper);
+        }
+        let require_grad = old.is_require_grad();
+        // [numel] -> original shape; keep the id so optimizers and records still match.
+        let value = new.value.clone().to_device(&old.device()).reshape::<D, _>(dims_array::<D>(&shape));
+        Param::from_mapped_value(id, value.set_require_grad(require_grad), mapper)
+    }
+}
+
+fn dims_array<const D: usize>(shape: &[usize]) -> [usize; D] {
+    let mut dims = [0; D];
+    dims.copy_from_slice(shape);
+    dims
+}
+
+/// Replace every tensor of a layer. Names and shapes must match the layer exactly.
+pub fn write_layer<B: Backend>(layer: Layer<B>, index: usize, params: &LayerParams<B>) -> Result<Layer<B>, ParamError> {
+    let mut writer = Writer { layer: index, path: Vec::new(), source: params.iter(), error: None, expected: 0 };
+    let layer = layer.map(&mut writer);
+    if let Some(err) = writer.error {
+        return Err(err);
+    }
+    if writer.expected != params.len() {
+        return Err(ParamError::CountMismatch { layer: index, expected: writer.expected, got: params.len() });
+    }
+    Ok(layer)
+}
+
+/// Replace the layers of `net` for which `params[i]` is `Some`.
+pub fn write_model<B: Backend>(mut net: LayeredNet<B>, params: &[Option<LayerParams<B>>]) -> Result<LayeredNet<B>, ParamError> {
+    if params.len() != net.layers.len() {
+        return Err(ParamError::LayerCount { expected: net.layers.len(), got: params.len() });
+    }
+    let layers = std::mem::take(&mut net.layers);
+    net.layers = layers
+        .into_iter()
+        .zip(params)
+        .enumerate()
+        .map(|(i, (layer, p))| match p {
+            Some(p) => write_layer(layer, i, p),
+            None => Ok(layer),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(net)
+}
+
+/// A copy that shares nothing with `net`: Burn's `clone` shares BatchNorm running-statistic
+/// cells (BURN.md fact 5), so a client training a clone would move the server's statistics.
+/// `valid()` and `from_inner` both build fresh cells.
+pub fn deep_copy<B: AutodiffBackend>(net: &LayeredNet<B>) -> LayeredNet<B> {
+    LayeredNet::from_inner(net.valid())
+}
+
+/// Elements a layer's tensors hold (weights, biases, BN affine and running statistics).
+pub fn layer_numel<B: Backend>(layer: &Layer<B>) -> usize {
+    read_layer(layer).iter().map(NamedTensor::numel).sum()
+}
