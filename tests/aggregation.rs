@@ -1,0 +1,123 @@
+//! Layer-wise MWA: identity on identical uploads, n_k weights, untouched layers keep their
+//! value, BN running statistics averaged, mismatches are typed errors.
+
+mod common;
+
+use burn::prelude::*;
+use common::*;
+use fedolf::aggregate::{aggregate_layerwise, masked_weighted_average, AggregateError, LayerUpload, Upload};
+use fedolf::models::ModelKind;
+use fedolf::params::{read_model, write_model, NamedTensor};
+
+fn tensor(name: &str, values: &[f32]) -> NamedTensor<Inner> {
+    NamedTensor {
+        name: name.into(),
+        shape: vec![values.len()],
+        value: Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), &device()),
+    }
+}
+
+#[test]
+fn identical_uploads_return_that_upload() {
+    let global = ModelKind::ResNet20.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+    let client = ModelKind::ResNet20.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+    let g = read_model(&global);
+    let c = read_model(&client);
+    let uploads: Vec<LayerUpload<Inner>> = [3.0, 50.0, 7.0]
+        .into_iter()
+        .map(|w| LayerUpload { weight: w, layers: c.iter().cloned().enumerate().collect() })
+        .collect();
+    let out = aggregate_layerwise(&g, &uploads).unwrap();
+    for (l, layer) in out.iter().enumerate() {
+        let layer = layer.as_ref().expect("everyone trained every layer");
+        for (a, b) in host_layer(layer).iter().zip(host_layer(&c[l])) {
+            assert!(max_abs_diff(&a.1, &b.1) < 1e-6, "{}", a.0);
+        }
+    }
+}
+
+#[test]
+fn weights_follow_sample_counts() {
+    // Hand-computed: (1·[0, 4] + 3·[4, 8]) / 4 = [3, 7].
+    let old = vec![tensor("w", &[100.0, 100.0])];
+    let a = vec![tensor("w", &[0.0, 4.0])];
+    let b = vec![tensor("w", &[4.0, 8.0])];
+    let out = masked_weighted_average(
+        &old,
+        &[Upload { weight: 1.0, tensors: &a, masks: None }, Upload { weight: 3.0, tensors: &b, masks: None }],
+    )
+    .unwrap();
+    assert_eq!(to_vec(&out[0].value), vec![3.0, 7.0]);
+}
+
+#[test]
+fn element_masks_keep_unheld_elements() {
+    // Element 0 held by both (w 1, 3), element 1 only by b, element 2 by nobody.
+    let old = vec![tensor("w", &[9.0, 9.0, 9.0])];
+    let a = vec![tensor("w", &[0.0, 5.0, 5.0])];
+    let b = vec![tensor("w", &[4.0, 8.0, 5.0])];
+    let ma = vec![Tensor::<Inner, 1>::from_floats([1.0, 0.0, 0.0], &device())];
+    let mb = vec![Tensor::<Inner, 1>::from_floats([1.0, 1.0, 0.0], &device())];
+    let out = masked_weighted_average(
+        &old,
+        &[Upload { weight: 1.0, tensors: &a, masks: Some(&ma) }, Upload { weight: 3.0, tensors: &b, masks: Some(&mb) }],
+    )
+    .unwrap();
+    assert_eq!(to_vec(&out[0].value), vec![3.0, 8.0, 9.0]);
+}
+
+#[test]
+fn layers_nobody_trained_keep_their_value_and_bn_stats_average() {
+    let global = ModelKind::ResNet20.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+    let g = read_model(&global);
+    // Two clients trained only layer 5; give their BN running means known values.
+    let with_mean = |v: f32| -> Vec<NamedTensor<Inner>> {
+        g[5].iter()
+            .map(|t| {
+                let mut t = t.clone();
+                if t.name.ends_with("bn1.running_mean") {
+                    t.value = t.value.zeros_like() + v;
+                }
+                t
+            })
+            .collect()
+    };
+    let uploads = vec![
+        LayerUpload { weight: 1.0, layers: vec![(5, with_mean(2.0))] },
+        LayerUpload { weight: 1.0, layers: vec![(5, with_mean(4.0))] },
+    ];
+    let out = aggregate_layerwise(&g, &uploads).unwrap();
+    for (l, layer) in out.iter().enumerate() {
+        assert_eq!(layer.is_some(), l == 5, "layer {l}");
+    }
+    let merged = out[5].as_ref().unwrap();
+    let mean = merged.iter().find(|t| t.name.ends_with("bn1.running_mean")).expect("BN stats are aggregated");
+    assert!(to_vec(&mean.value).iter().all(|&v| (v - 3.0).abs() < 1e-6));
+    // Writing back changes layer 5 only.
+    let before = host_params(&global);
+    let updated = write_model(global, &out).unwrap();
+    let after = host_params(&updated);
+    for l in 0..before.len() {
+        assert_eq!(before[l] == after[l], l != 5, "layer {l}");
+    }
+}
+
+#[test]
+fn mismatched_uploads_are_typed_errors() {
+    let old = vec![tensor("w", &[1.0, 2.0])];
+    let short = vec![tensor("w", &[1.0])];
+    let err = masked_weighted_average(&old, &[Upload { weight: 1.0, tensors: &short, masks: None }]).unwrap_err();
+    assert_eq!(err, AggregateError::ShapeMismatch { upload: 0, name: "w".into(), expected: vec![2], got: vec![1] });
+    assert!(err.to_string().contains("shape [1]"), "{err}");
+    let renamed = vec![tensor("v", &[1.0, 2.0])];
+    let err = masked_weighted_average(&old, &[Upload { weight: 1.0, tensors: &renamed, masks: None }]).unwrap_err();
+    assert!(matches!(err, AggregateError::NameMismatch { .. }));
+    let err = masked_weighted_average(&old, &[Upload { weight: f64::NAN, tensors: &old, masks: None }]).unwrap_err();
+    assert!(matches!(err, AggregateError::BadWeight { .. }));
+    // Writing a wrongly shaped layer into a model fails with the tensor named.
+    let net = ModelKind::Cnn.init::<Inner>([1, 28, 28], 10, &device()).unwrap();
+    let mut params: Vec<_> = read_model(&net).into_iter().map(Some).collect();
+    params[0] = Some(vec![tensor("Conv.conv.weight", &[0.0; 3]), tensor("Conv.conv.bias", &[0.0; 32])]);
+    let err = write_model(net, &params).unwrap_err();
+    assert!(err.to_string().contains("Conv.conv.weight"), "{err}");
+}
