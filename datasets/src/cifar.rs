@@ -1,0 +1,89 @@
+//! CIFAR-10 and CIFAR-100 binary versions (Krizhevsky 2009), as distributed:
+//! `cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin`: records of 1 label byte + 3072
+//! pixel bytes (1024 R, 1024 G, 1024 B, each 32×32 row-major);
+//! `cifar-100-binary/{train,test}.bin`: records of coarse label, fine label, 3072 pixels.
+//! We use CIFAR-100's fine labels (100 classes).
+
+use std::path::Path;
+
+use crate::dataset::ImageSet;
+use crate::error::DataError;
+
+const PIXELS: usize = 3 * 32 * 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CifarKind {
+    Cifar10,
+    Cifar100,
+}
+
+impl CifarKind {
+    fn label_bytes(self) -> usize {
+        match self {
+            Self::Cifar10 => 1,
+            Self::Cifar100 => 2,
+        }
+    }
+
+    pub fn num_classes(self) -> usize {
+        match self {
+            Self::Cifar10 => 10,
+            Self::Cifar100 => 100,
+        }
+    }
+
+    pub fn folder(self) -> &'static str {
+        match self {
+            Self::Cifar10 => "cifar-10-batches-bin",
+            Self::Cifar100 => "cifar-100-binary",
+        }
+    }
+
+    pub fn train_files(self) -> Vec<String> {
+        match self {
+            Self::Cifar10 => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
+            Self::Cifar100 => vec!["train.bin".into()],
+        }
+    }
+
+    pub fn test_file(self) -> &'static str {
+        match self {
+            Self::Cifar10 => "test_batch.bin",
+            Self::Cifar100 => "test.bin",
+        }
+    }
+}
+
+/// Parse one CIFAR binary file and append its records to `out`.
+pub fn read_cifar_file(path: &Path, kind: CifarKind, out: &mut ImageSet) -> Result<(), DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let record = kind.label_bytes() + PIXELS;
+    if bytes.is_empty() || bytes.len() % record != 0 {
+        return Err(DataError::malformed(
+            path,
+            format!("{} bytes is not a whole number of {record}-byte {:?} records (truncated or wrong file?)", bytes.len(), kind),
+        ));
+    }
+    for (i, rec) in bytes.chunks_exact(record).enumerate() {
+        let label = rec[kind.label_bytes() - 1] as usize;
+        if label >= kind.num_classes() {
+            return Err(DataError::malformed(path, format!("record {i}: label {label} is outside 0..{}", kind.num_classes())));
+        }
+        out.labels.push(label as u16);
+        out.pixels.extend_from_slice(&rec[kind.label_bytes()..]);
+    }
+    Ok(())
+}
+
+/// Read the train and test splits from the distributed folder (`cifar-10-batches-bin` or
+/// `cifar-100-binary`).
+pub fn read_cifar(dir: &Path, kind: CifarKind) -> Result<(ImageSet, ImageSet), DataError> {
+    let empty = || ImageSet { shape: [3, 32, 32], pixels: Vec::new(), labels: Vec::new() };
+    let mut train = empty();
+    for f in kind.train_files() {
+        read_cifar_file(&dir.join(f), kind, &mut train)?;
+    }
+    let mut test = empty();
+    read_cifar_file(&dir.join(kind.test_file()), kind, &mut test)?;
+    Ok((train, test))
+}
