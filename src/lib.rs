@@ -14,3 +14,8 @@ pub mod rng;
 pub mod toa;
 
 pub use fedolf_models as models;
+pub mod config;
+pub mod energy;
+pub mod plan;
+pub mod report;
+pub mod sim;

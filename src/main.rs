@@ -1,1 +1,48 @@
-fn main(){}
+//! The `fedolf` binary: parse the command line, call the library, print the error chain.
+
+mod cli;
+mod run_cmd;
+
+use clap::Parser;
+use fedolf::memory::CountingAllocator;
+
+/// Counts heap bytes so local training can report its peak (CPU backend).
+#[global_allocator]
+static ALLOC: CountingAllocator = CountingAllocator::new();
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = cli::Cli::parse();
+    let result = match cli.command.unwrap_or(cli::Command::Run(Default::default())) {
+        cli::Command::Run(args) => run_cmd::run(args, &ALLOC),
+        cli::Command::List => {
+            list();
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn list() {
+    use fedolf::backend::DeviceKind;
+    use fedolf::config::Method;
+    use fedolf_datasets::DatasetKind;
+    use fedolf_models::ModelKind;
+    println!("methods:");
+    for m in Method::ALL {
+        println!("  {:<14} {}", m.name(), m.description());
+    }
+    println!("models:");
+    for m in ModelKind::ALL {
+        println!("  {:<14} {}", m.name(), m.description());
+    }
+    println!("datasets:");
+    for d in DatasetKind::ALL {
+        println!("  {:<14} {}", d.name(), d.description());
+    }
+    let devices: Vec<_> = DeviceKind::compiled().iter().map(|d| d.name()).collect();
+    println!("devices compiled in: {}", devices.join(", "));
+}

@@ -88,7 +88,7 @@ pub fn read_idx_pair(images: &Path, labels: &Path, num_classes: usize, label_off
             let copy = img.to_vec();
             for r in 0..rows {
                 for c in 0..cols {
-                    img[r * cols + c] = copy[c * rows + r];
+                    img[c * rows + r] = copy[r * cols + c];
                 }
             }
         }

@@ -1,0 +1,253 @@
+//! Experiment configuration: plain serde structs (unknown fields rejected, with their dotted
+//! path named), `--set key=value` overrides applied to the TOML tree before parsing, and
+//! range checks that name the field.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::backend::DeviceKind;
+use crate::toa::ToaMode;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config field `{field}` = {value}: {problem}")]
+    Invalid { field: &'static str, value: String, problem: String },
+    #[error("--set `{0}`: expected key=value (e.g. train.lr=0.01)")]
+    BadOverride(String),
+    #[error("--set `{key}`: `{part}` is not a table in the config")]
+    OverrideTarget { key: String, part: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Ordered layer freezing (the paper's method), optionally with TOA.
+    Fedolf,
+    /// Every client trains the whole model.
+    Fedavg,
+}
+
+impl Method {
+    pub const ALL: [Method; 2] = [Method::Fedolf, Method::Fedavg];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fedolf => "fedolf",
+            Self::Fedavg => "fedavg",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Fedolf => "FedOLF: cluster i freezes the first c−i layers (no graph), trains and uploads the rest; TOA on download",
+            Self::Fedavg => "FedAvg: every client trains and uploads the full model (the unconstrained upper bound)",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionKind {
+    Iid,
+    Dirichlet,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Run name: results go to `runs/<name>-<timestamp>/`.
+    pub name: String,
+    pub seed: u64,
+    pub method: Method,
+    pub device: DeviceKind,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub federation: FederationConfig,
+    pub train: TrainConfig,
+    pub toa: ToaConfig,
+    pub energy: EnergyConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// fashion-mnist, emnist, cifar10, cifar100, cinic10.
+    pub dataset: String,
+    /// Folder with the dataset's files; empty = search well-known places.
+    #[serde(default)]
+    pub data_dir: String,
+    pub partition: PartitionKind,
+    /// Dirichlet concentration (smaller = more skewed).
+    pub alpha: f64,
+    /// Smallest client dataset a Dirichlet draw may produce.
+    pub min_size: usize,
+    /// Use only the first N training images (0 = all).
+    #[serde(default)]
+    pub train_limit: usize,
+    /// Evaluate on the first N test images (0 = all).
+    #[serde(default)]
+    pub test_limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// cnn, alexnet, resnet20, resnet44.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// K, the client population.
+    pub clients: usize,
+    /// |C_t|, clients sampled per round.
+    pub clients_per_round: usize,
+    /// T.
+    pub rounds: usize,
+    /// c capacity clusters; cluster i (1..c) freezes l = c − i layers.
+    pub clusters: usize,
+    pub eval_every: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// E, local epochs.
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToaConfig {
+    /// Fraction of tensors kept per sparsified frozen layer; 1 = TOA off.
+    pub s: f64,
+    pub mode: ToaMode,
+}
+
+/// Energy model (paper Figs. 7–9): compute = power × seconds; communication = link power ×
+/// bytes ÷ bandwidth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnergyConfig {
+    /// Watts drawn by a client while training (default 5 W: a Jetson-Nano-class edge board).
+    pub device_power_w: f64,
+    /// Watts drawn by the radio while transmitting or receiving (default 1 W, Wi-Fi class).
+    pub link_power_w: f64,
+    /// Link bandwidth in megabits per second (default 20 Mbit/s).
+    pub bandwidth_mbps: f64,
+}
+
+/// The built-in default experiment (`experiments/default.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../experiments/default.toml");
+
+impl Config {
+    /// Parse TOML text, apply `key=value` overrides, check ranges. `origin` names the source
+    /// in error messages.
+    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut tree: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin.into(), message: e.message().to_string() })?;
+        for o in overrides {
+            apply_override(&mut tree, o)?;
+        }
+        let value = toml::Value::Table(tree);
+        let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Parse { path: format!("{origin}: field `{path}`"), message: e.into_inner().to_string() }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Config always serialises")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(field: &'static str, value: impl std::fmt::Display, problem: &str) -> ConfigError {
+            ConfigError::Invalid { field, value: value.to_string(), problem: problem.into() }
+        }
+        let f = &self.federation;
+        if f.clients == 0 {
+            return Err(bad("federation.clients", f.clients, "need at least one client"));
+        }
+        if f.clients_per_round == 0 || f.clients_per_round > f.clients {
+            return Err(bad("federation.clients_per_round", f.clients_per_round, &format!("must be in 1..={} (federation.clients)", f.clients)));
+        }
+        if f.rounds == 0 {
+            return Err(bad("federation.rounds", f.rounds, "must be at least 1"));
+        }
+        if f.clusters == 0 || f.clusters > f.clients {
+            return Err(bad("federation.clusters", f.clusters, &format!("must be in 1..={} (federation.clients)", f.clients)));
+        }
+        if f.eval_every == 0 {
+            return Err(bad("federation.eval_every", f.eval_every, "must be at least 1"));
+        }
+        let t = &self.train;
+        if t.epochs == 0 {
+            return Err(bad("train.epochs", t.epochs, "must be at least 1"));
+        }
+        if t.batch_size == 0 {
+            return Err(bad("train.batch_size", t.batch_size, "must be at least 1"));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(bad("train.lr", t.lr, "must be finite and > 0"));
+        }
+        if !(t.momentum.is_finite() && (0.0..1.0).contains(&t.momentum)) {
+            return Err(bad("train.momentum", t.momentum, "must be in [0, 1)"));
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return Err(bad("train.weight_decay", t.weight_decay, "must be finite and ≥ 0"));
+        }
+        if !(self.toa.s.is_finite() && self.toa.s > 0.0 && self.toa.s <= 1.0) {
+            return Err(bad("toa.s", self.toa.s, "must be in (0, 1] (1 = TOA off)"));
+        }
+        if self.data.partition == PartitionKind::Dirichlet && !(self.data.alpha.is_finite() && self.data.alpha > 0.0) {
+            return Err(bad("data.alpha", self.data.alpha, "must be finite and > 0"));
+        }
+        let e = &self.energy;
+        for (field, v) in [("energy.device_power_w", e.device_power_w), ("energy.link_power_w", e.link_power_w)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(bad(field, v, "must be finite and ≥ 0"));
+            }
+        }
+        if !(e.bandwidth_mbps.is_finite() && e.bandwidth_mbps > 0.0) {
+            return Err(bad("energy.bandwidth_mbps", e.bandwidth_mbps, "must be finite and > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// `a.b.c=value`: value parsed as a TOML literal (number, bool, string in quotes), else taken
+/// as a bare string.
+fn apply_override(tree: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
+    let (key, raw) = assignment.split_once('=').ok_or_else(|| ConfigError::BadOverride(assignment.into()))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(ConfigError::BadOverride(assignment.into()));
+    }
+    let value = format!("v = {}", raw.trim())
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut table = tree;
+    for part in &parts[..parts.len() - 1] {
+        let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::OverrideTarget { key: key.into(), part: part.to_string() })?;
+    }
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! `fedolf run`: resolve the config, load data, run on the chosen backend with a progress
+//! bar, and write the run folder (also when the run fails part-way).
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
+use fedolf::backend::{with_backend, BackendTask, DeviceKind};
+use fedolf::config::{Config, DEFAULT_TOML};
+use fedolf::memory::CountingAllocator;
+use fedolf::report::{RunDir, Summary};
+use fedolf::sim::{self, RoundObserver, RoundRecord, RunInfo, SimError};
+use fedolf_datasets::Dataset;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::RunArgs;
+
+/// Resolve the config from the file (or built-in default) and the command-line overrides.
+pub fn resolve_config(args: &RunArgs) -> anyhow::Result<Config> {
+    let (text, origin) = match &args.config {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (DEFAULT_TOML.to_string(), "experiments/default.toml (built in)".to_string()),
+    };
+    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut overrides = args.overrides.clone();
+    if let Some(seed) = args.seed {
+        overrides.push(format!("seed={seed}"));
+    }
+    if let Some(device) = &args.device {
+        let kind = DeviceKind::parse(device)?;
+        overrides.push(format!("device={}", quoted(kind.name())));
+    }
+    if let Some(dir) = &args.data_dir {
+        overrides.push(format!("data.data_dir={}", quoted(&dir.display().to_string())));
+    }
+    Ok(Config::from_toml(&text, &origin, &overrides)?)
+}
+
+pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
+    let cfg = resolve_config(&args)?;
+    let dataset = sim::load_dataset(&cfg)?;
+    let dir = RunDir::create(&args.out, &cfg.name).with_context(|| format!("cannot create a run folder in {}", args.out.display()))?;
+    dir.write_config(&cfg).context("writing config.toml")?;
+
+    let started = Instant::now();
+    let mut progress = Progress::new(&cfg, &dir, args.quiet);
+    let memory = (cfg.device == DeviceKind::Cpu).then_some(alloc);
+    let task = SimTask { cfg: &cfg, dataset: &dataset, memory, observer: &mut progress };
+    let result = with_backend(cfg.device, task)?;
+    progress.finish();
+
+    let error = result.as_ref().err().map(|e| e.to_string());
+    let summary = Summary::new(&cfg, &dataset.source, &progress.records, started.elapsed().as_secs_f64(), error);
+    dir.write_summary(&summary).context("writing summary.json")?;
+    result?;
+    print_table(&summary, &dir);
+    Ok(())
+}
+
+struct SimTask<'a> {
+    cfg: &'a Config,
+    dataset: &'a Dataset,
+    memory: Option<&'static CountingAllocator>,
+    observer: &'a mut dyn RoundObserver,
+}
+
+impl BackendTask for SimTask<'_> {
+    type Output = Result<Vec<RoundRecord>, SimError>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        sim::run::<B>(self.cfg, self.dataset, &device, self.memory, self.observer)
+    }
+}
+
+/// Progress bar over rounds (hidden when stderr is not a terminal or with --quiet), one log
+/// line per round, and `rounds.csv` rewritten after every round.
+struct Progress<'a> {
+    dir: &'a RunDir,
+    bar: ProgressBar,
+    quiet: bool,
+    rounds: usize,
+    records: Vec<RoundRecord>,
+    last_accuracy: Option<f64>,
+}
+
+impl<'a> Progress<'a> {
+    fn new(cfg: &Config, dir: &'a RunDir, quiet: bool) -> Self {
+        let rounds = cfg.federation.rounds;
+        let bar = ProgressBar::with_draw_target(Some(rounds as u64), ProgressDrawTarget::stderr());
+        if quiet || !std::io::stderr().is_terminal() {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        Self { dir, bar, quiet, rounds, records: Vec::new(), last_accuracy: None }
+    }
+
+    fn say(&self, line: String) {
+        if self.quiet {
+            return;
+        }
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl RoundObserver for Progress<'_> {
+    fn on_start(&mut self, info: &RunInfo) {
+        self.say(format!(
+            "data: {} ({} train / {} test) | model: {} layers, {:.2} M params | frozen per cluster: {:?} | results: {}",
+            info.dataset_source,
+            info.train_size,
+            info.test_size,
+            info.num_layers,
+            info.model_params as f64 / 1e6,
+            info.cluster_frozen,
+            self.dir.path.display()
+        ));
+    }
+
+    fn on_round(&mut self, r: &RoundRecord) -> std::io::Result<()> {
+        self.records.push(r.clone());
+        self.dir.write_rounds(&self.records)?;
+        if r.accuracy.is_some() {
+            self.last_accuracy = r.accuracy;
+        }
+        let acc = r.accuracy.map_or("      ".to_string(), |a| format!("{:5.1}%", a * 100.0));
+        let mem = r.peak_mem_mb.map_or(String::new(), |m| format!(" | peak {m:.1} MB"));
+        self.say(format!(
+            "round {:>4}/{} | acc {acc} | train loss {:.4} | down {:.2} MB up {:.2} MB | compute {:.1} s{mem}",
+            r.round,
+            self.rounds,
+            r.train_loss,
+            r.bytes_down as f64 / 1e6,
+            r.bytes_up as f64 / 1e6,
+            r.compute_s
+        ));
+        self.bar.set_message(self.last_accuracy.map_or(String::new(), |a| format!("acc {:.1}%", a * 100.0)));
+        self.bar.inc(1);
+        Ok(())
+    }
+}
+
+fn print_table(s: &Summary, dir: &RunDir) {
+    let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |a| format!("{:.2}%", a * 100.0));
+    let rows = [
+        ("method", s.method.clone()),
+        ("model / dataset", format!("{} / {}", s.model, s.dataset)),
+        ("rounds", s.rounds_completed.to_string()),
+        ("final accuracy", pct(s.final_accuracy)),
+        ("best accuracy", pct(s.best_accuracy)),
+        ("bytes down / up", format!("{:.1} MB / {:.1} MB", s.total_bytes_down as f64 / 1e6, s.total_bytes_up as f64 / 1e6)),
+        ("compute / wall", format!("{:.1} s / {:.1} s", s.total_compute_s, s.wall_s)),
+        ("mean peak memory", s.mean_peak_mem_mb.map_or("n/a".into(), |m| format!("{m:.1} MB"))),
+        ("energy compute / comm", format!("{:.3} kJ / {:.3} kJ", s.energy_compute_kj, s.energy_comm_kj)),
+        ("results", dir.path.display().to_string()),
+    ];
+    println!();
+    for (k, v) in rows {
+        println!("  {k:<22} {v}");
+    }
+}
