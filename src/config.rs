@@ -155,14 +155,19 @@ impl Config {
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
         let mut tree: toml::Table = text
             .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin.into(), message: e.message().to_string() })?;
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: origin.into(),
+                message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+            })?;
         for o in overrides {
             apply_override(&mut tree, o)?;
         }
         let value = toml::Value::Table(tree);
         let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError::Parse { path: format!("{origin}: field `{path}`"), message: e.into_inner().to_string() }
+            // Flatten serde's multi-line messages: errors print as one line.
+            let message = e.into_inner().to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            ConfigError::Parse { path: format!("{origin}: field `{path}`"), message }
         })?;
         cfg.validate()?;
         Ok(cfg)

@@ -1,0 +1,173 @@
+//! The `fedolf` binary end to end on real Fashion-MNIST (the shipped subset): a short run
+//! learns, writes its three result files, is reproducible, and bad input fails clearly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn subset() -> PathBuf {
+    fedolf_datasets::shipped_subset_dir()
+}
+
+/// A small, fast experiment: 2000 training images, 10 iid clients, 5 per round.
+fn tiny_args(out: &Path, rounds: usize) -> Vec<String> {
+    tiny_args_with_data(out, rounds, &subset())
+}
+
+fn tiny_args_with_data(out: &Path, rounds: usize, data: &Path) -> Vec<String> {
+    [
+        "run",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--set",
+        "data.train_limit=2000",
+        "--set",
+        "data.test_limit=500",
+        "--set",
+        "data.partition=iid",
+        "--set",
+        "federation.clients=10",
+        "--set",
+        "federation.clients_per_round=5",
+        "--set",
+        "federation.eval_every=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--set".into(), format!("federation.rounds={rounds}")])
+    .collect()
+}
+
+fn fedolf(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fedolf")).args(args).output().expect("binary runs")
+}
+
+fn only_run_dir(out: &Path) -> PathBuf {
+    let dirs: Vec<_> = std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+/// `rounds.csv` without the machine-dependent columns.
+fn csv_without_timing(path: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let keep: Vec<usize> = (0..header.len()).filter(|&i| !fedolf::report::TIMING_COLUMNS.contains(&header[i])).collect();
+    text.lines().map(|l| {
+        let cells: Vec<&str> = l.split(',').collect();
+        keep.iter().map(|&i| cells[i].to_string()).collect()
+    }).collect()
+}
+
+#[test]
+fn a_short_run_learns_and_writes_its_results() {
+    let out = tempfile::tempdir().unwrap();
+    let o = fedolf(&tiny_args(out.path(), 3));
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let dir = only_run_dir(out.path());
+
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let acc = summary["final_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert!(acc > 0.3, "3 iid rounds should beat chance (0.1) clearly, got {acc}");
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(summary["rounds_completed"], 3);
+    assert!(summary["total_bytes_down"].as_u64().unwrap() > 0);
+    assert!(summary["best_accuracy"].as_f64().unwrap() >= acc);
+
+    let cfg: toml::Table = std::fs::read_to_string(dir.join("config.toml")).unwrap().parse().unwrap();
+    assert_eq!(cfg["federation"]["rounds"].as_integer(), Some(3), "config.toml is the resolved config");
+
+    let rows = csv_without_timing(&dir.join("rounds.csv"));
+    assert_eq!(rows.len(), 4, "header + 3 rounds");
+    assert_eq!(rows[0][0], "round");
+    // FedOLF with c = 2 on the CNN: frozen clients upload less than they download.
+    let text = std::fs::read_to_string(dir.join("rounds.csv")).unwrap();
+    let first: Vec<&str> = text.lines().nth(1).unwrap().split(',').collect();
+    let (down, up): (u64, u64) = (first[5].parse().unwrap(), first[6].parse().unwrap());
+    assert!(up <= down && up > 0, "down {down} up {up}");
+}
+
+#[test]
+fn same_seed_gives_identical_rounds_except_timing() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    for out in [&a, &b] {
+        let o = fedolf(&tiny_args(out.path(), 2));
+        assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let ra = csv_without_timing(&only_run_dir(a.path()).join("rounds.csv"));
+    let rb = csv_without_timing(&only_run_dir(b.path()).join("rounds.csv"));
+    assert_eq!(ra, rb);
+}
+
+fn one_line_error(o: &Output) -> String {
+    assert!(!o.status.success(), "expected failure");
+    let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("Error: "), "{err}");
+    err
+}
+
+#[test]
+fn bad_config_values_fail_with_the_field_named() {
+    let out = tempfile::tempdir().unwrap();
+    for (set, needle) in [
+        ("toa.s=1.5", "toa.s"),
+        ("toa.s=0", "toa.s"),
+        ("train.lr=-1", "train.lr"),
+        ("federation.clients_per_round=500", "federation.clients_per_round"),
+        ("federation.clusters=4", "federation.clusters"),
+        ("train.nope=3", "nope"),
+        ("method=sparta", "method"),
+        ("model.name=vgg", "vgg"),
+        ("data.dataset=mnist2", "mnist2"),
+    ] {
+        let mut args = tiny_args(out.path(), 1);
+        args.extend(["--set".to_string(), set.to_string()]);
+        let err = one_line_error(&fedolf(&args));
+        assert!(err.contains(needle), "--set {set}: {err}");
+    }
+}
+
+#[test]
+fn bad_data_files_fail_with_the_file_named() {
+    let data = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(subset()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, data.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let labels = data.path().join("t10k-labels-idx1-ubyte.gz");
+    let bytes = std::fs::read(&labels).unwrap();
+    std::fs::write(&labels, &bytes[..bytes.len() / 2]).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let args = tiny_args_with_data(out.path(), 1, data.path());
+    let err = one_line_error(&fedolf(&args));
+    assert!(err.contains("t10k-labels-idx1-ubyte.gz"), "{err}");
+}
+
+#[test]
+fn divergence_is_an_error_and_the_results_so_far_are_kept() {
+    let out = tempfile::tempdir().unwrap();
+    let mut args = tiny_args(out.path(), 2);
+    args.extend(["--set".to_string(), "train.lr=1e12".to_string()]);
+    let err = one_line_error(&fedolf(&args));
+    assert!(err.contains("diverged"), "{err}");
+    let dir = only_run_dir(out.path());
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["status"], "failed");
+    assert!(summary["error"].as_str().unwrap().contains("diverged"));
+}
+
+#[test]
+fn list_shows_models_datasets_and_methods() {
+    let o = fedolf(&["list".to_string()]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for name in ["fedolf", "fedavg", "cnn", "alexnet", "resnet20", "resnet44", "fashion-mnist", "emnist", "cifar10", "cifar100", "cinic10"] {
+        assert!(text.contains(name), "missing {name}:\n{text}");
+    }
+}
