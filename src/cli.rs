@@ -18,6 +18,53 @@ pub enum Command {
     Run(RunArgs),
     /// List models, datasets and methods.
     List,
+    /// Measured vs theoretical (Eq. 23) memory of one training step per freezing mode.
+    Memory(MemoryArgs),
+    /// Benchmarks that print the ratios the dashboard tracks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchKind,
+    },
+    /// Plot a finished run: accuracy vs round and vs energy (SVG files in the run folder).
+    Plot {
+        /// A run folder (holds rounds.csv).
+        run_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchKind {
+    /// ordered ÷ random and TinyFEL ÷ ordered peak at l = 4, measured ÷ theoretical at l ∈ {0, 2, 4}
+    /// (ResNet20, CIFAR-100 shape, batch 128).
+    Memory {
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct MemoryArgs {
+    #[arg(long, default_value = "resnet20")]
+    pub model: String,
+    /// Supplies the input shape and class count (no files are read).
+    #[arg(long, default_value = "cifar100")]
+    pub dataset: String,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Frozen counts: `0..=9`, `0..4`, `0,2,4` or `3` (default: every count below N).
+    #[arg(long)]
+    pub frozen: Option<String>,
+    /// Random-freezing draws averaged per frozen count.
+    #[arg(long, default_value_t = 3)]
+    pub draws: usize,
+    /// Write one row per (mode, frozen count) here.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// SVG plot (default: memory-<model>-b<batch>.svg in the current folder).
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Args, Default, Clone)]

@@ -30,6 +30,8 @@ pub enum FreezeError {
     ZeroBatch,
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Toa(#[from] crate::toa::ToaError),
 }
 
 /// SGD as PyTorch defines it (momentum without dampening, L2 weight decay).
@@ -158,7 +160,7 @@ pub fn train_local<B: AutodiffBackend, R: Rng>(
     Ok((model, LocalOutcome { mean_loss, steps, samples: data.indices.len() * settings.epochs }))
 }
 
-fn sgd_optimizer<B: AutodiffBackend>(sgd: &SgdSettings) -> impl Optimizer<LayeredNet<B>, B> {
+pub(crate) fn sgd_optimizer<B: AutodiffBackend>(sgd: &SgdSettings) -> impl Optimizer<LayeredNet<B>, B> {
     // A fresh optimizer per client per round: Burn keys momentum by parameter id, which
     // would otherwise leak state across rounds (BURN.md fact 7). Dampening 0 = PyTorch.
     let momentum = (sgd.momentum > 0.0).then(|| MomentumConfig { momentum: sgd.momentum, dampening: 0.0, nesterov: false });

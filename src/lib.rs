@@ -8,7 +8,9 @@
 pub mod aggregate;
 pub mod backend;
 pub mod freeze;
+pub mod freeze_modes;
 pub mod memory;
+pub mod memory_probe;
 pub mod params;
 pub mod rng;
 pub mod toa;
@@ -17,5 +19,7 @@ pub use fedolf_models as models;
 pub mod config;
 pub mod energy;
 pub mod plan;
+pub mod plot;
 pub mod report;
 pub mod sim;
+pub mod theory;

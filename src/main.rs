@@ -1,6 +1,7 @@
 //! The `fedolf` binary: parse the command line, call the library, print the error chain.
 
 mod cli;
+mod memory_cmd;
 mod run_cmd;
 
 use clap::Parser;
@@ -19,6 +20,9 @@ fn main() {
             list();
             Ok(())
         }
+        cli::Command::Memory(args) => memory_cmd::memory(args, &ALLOC),
+        cli::Command::Bench { which: cli::BenchKind::Memory { batch } } => memory_cmd::bench_memory(batch, &ALLOC),
+        cli::Command::Plot { run_dir } => memory_cmd::plot(&run_dir),
     };
     if let Err(e) = result {
         eprintln!("Error: {e:#}");

@@ -167,3 +167,24 @@ pub fn deep_copy<B: AutodiffBackend>(net: &LayeredNet<B>) -> LayeredNet<B> {
 pub fn layer_numel<B: Backend>(layer: &Layer<B>) -> usize {
     read_layer(layer).iter().map(NamedTensor::numel).sum()
 }
+
+struct IdCollector(Vec<burn::module::ParamId>);
+
+impl<B: Backend> ModuleVisitor<B> for IdCollector {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.id);
+    }
+}
+
+/// Parameter ids of a layer (to keep only some layers' gradients, as TinyFEL does).
+pub fn param_ids<B: Backend>(layer: &Layer<B>) -> Vec<burn::module::ParamId> {
+    let mut c = IdCollector(Vec::new());
+    layer.visit(&mut c);
+    c.0
+}
+
+/// The layer with every parameter's `require_grad` off: it stays in the autodiff graph (its
+/// activations are kept so gradients flow through it to layers below) but gets no gradient.
+pub fn pass_grad_only<B: Backend>(layer: Layer<B>) -> Layer<B> {
+    layer.no_grad()
+}

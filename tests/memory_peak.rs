@@ -15,6 +15,12 @@ static ALLOC: CountingAllocator = CountingAllocator::new();
 
 #[test]
 fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
+    // The counter itself: one allocation of known size. (One test per binary: a second
+    // test running on another thread would pollute the counter.)
+    let (v, peak) = ALLOC.measure(|| vec![1u8; 4 << 20]);
+    assert!(peak >= 4 << 20 && peak < (4 << 20) + (256 << 10), "peak {peak}");
+    drop(v);
+
     let shape = [3, 32, 32];
     let batch = 32;
     let global = ModelKind::ResNet20.init::<Train>(shape, 100, &device()).unwrap();
@@ -37,3 +43,4 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
     // Freezing 8 of 10 blocks must save most of the activation memory, not a rounding error.
     assert!(peaks[4].1 * 2 < peaks[0].1, "{peaks:?}");
 }
+

@@ -1,0 +1,148 @@
+//! `fedolf memory`, `fedolf bench memory` and `fedolf plot`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use burn::tensor::backend::AutodiffBackend;
+use fedolf::backend::{with_backend, BackendTask, DeviceKind};
+use fedolf::memory::CountingAllocator;
+use fedolf::memory_probe::{memory_csv, probe_memory, MemoryRow, MemorySpec};
+use fedolf::plot::{line_chart, memory_chart, Series};
+use fedolf::report::write_atomic;
+use fedolf_datasets::DatasetKind;
+use fedolf_models::ModelKind;
+
+use crate::cli::MemoryArgs;
+
+/// `0..=9`, `0..4`, `0,2,4` or `3`.
+pub fn parse_frozen(text: &str) -> anyhow::Result<Vec<usize>> {
+    let num = |s: &str| s.trim().parse::<usize>().with_context(|| format!("--frozen `{text}`: `{s}` is not a layer count"));
+    if let Some((a, b)) = text.split_once("..=") {
+        return Ok((num(a)?..=num(b)?).collect());
+    }
+    if let Some((a, b)) = text.split_once("..") {
+        return Ok((num(a)?..num(b)?).collect());
+    }
+    text.split(',').map(num).collect()
+}
+
+struct ProbeTask<'a> {
+    spec: &'a MemorySpec,
+    alloc: &'static CountingAllocator,
+    on_row: &'a mut dyn FnMut(&MemoryRow),
+}
+
+impl BackendTask for ProbeTask<'_> {
+    type Output = Result<Vec<MemoryRow>, fedolf::freeze::FreezeError>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        probe_memory::<B>(self.spec, &device, self.alloc, self.on_row)
+    }
+}
+
+fn run_probe(spec: &MemorySpec, alloc: &'static CountingAllocator, verbose: bool) -> anyhow::Result<Vec<MemoryRow>> {
+    let mut print = |r: &MemoryRow| {
+        if verbose {
+            println!("{:<10} {:>6} {:>12.1} {:>14.1} {:>7.2}", r.mode, r.frozen, r.measured_mb(), r.theoretical_mb(), r.ratio());
+        }
+    };
+    if verbose {
+        println!("{:<10} {:>6} {:>12} {:>14} {:>7}", "mode", "frozen", "measured MB", "Eq.23 MB", "ratio");
+    }
+    // The counting allocator sees host memory: the probe runs on the CPU backend.
+    let task = ProbeTask { spec, alloc, on_row: &mut print };
+    Ok(with_backend(DeviceKind::Cpu, task)??)
+}
+
+pub fn memory(args: MemoryArgs, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
+    let model = ModelKind::parse(&args.model)?;
+    let dataset = DatasetKind::parse(&args.dataset)?;
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let input = dataset.input_shape();
+    let n = model.init::<burn::backend::Flex>(input, dataset.num_classes(), &Default::default())?.num_layers();
+    let frozen = match &args.frozen {
+        Some(t) => parse_frozen(t)?,
+        None => (0..n).collect(),
+    };
+    if let Some(&l) = frozen.iter().find(|&&l| l >= n) {
+        bail!("--frozen {l}: {} has {n} layers, so at most {} can freeze", model.name(), n - 1);
+    }
+    let spec = MemorySpec {
+        model,
+        input,
+        classes: dataset.num_classes(),
+        batch: args.batch,
+        frozen,
+        random_draws: args.draws,
+        toa_scales: vec![1.0, 0.75, 0.5, 0.25],
+        seed: args.seed,
+    };
+    println!("{} on {} ({:?}), batch {}: peak extra heap of one SGD step (forward + backward + update)", model.name(), dataset.name(), input, args.batch);
+    let rows = run_probe(&spec, alloc, true)?;
+    if let Some(csv) = &args.csv {
+        write_atomic(csv, memory_csv(&rows).as_bytes()).with_context(|| format!("writing {}", csv.display()))?;
+        println!("wrote {}", csv.display());
+    }
+    let svg = args.svg.clone().unwrap_or_else(|| format!("memory-{}-b{}.svg", model.name(), args.batch).into());
+    memory_chart(&svg, &format!("{} / {} batch {}: memory vs frozen layers", model.name(), dataset.name(), args.batch), &rows)?;
+    println!("wrote {}", svg.display());
+    Ok(())
+}
+
+pub fn bench_memory(batch: usize, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
+    let spec = MemorySpec {
+        model: ModelKind::ResNet20,
+        input: [3, 32, 32],
+        classes: 100,
+        batch,
+        frozen: vec![0, 2, 4],
+        random_draws: 3,
+        toa_scales: vec![],
+        seed: 1,
+    };
+    println!("bench memory: ResNet20, 3×32×32, 100 classes, batch {batch}, CPU (counting allocator)");
+    let rows = run_probe(&spec, alloc, false)?;
+    let get = |mode: &str, l: usize| rows.iter().find(|r| r.mode == mode && r.frozen == l).expect("probed");
+    let (o4, r4, t4) = (get("ordered", 4), get("random", 4), get("tinyfel", 4));
+    println!("ordered / random  peak at l=4: {:.3}  ({:.1} MB / {:.1} MB)", o4.measured_mb() / r4.measured_mb(), o4.measured_mb(), r4.measured_mb());
+    println!("tinyfel / ordered peak at l=4: {:.3}  ({:.1} MB / {:.1} MB)", t4.measured_mb() / o4.measured_mb(), t4.measured_mb(), o4.measured_mb());
+    for l in [0, 2, 4] {
+        let r = get("ordered", l);
+        println!("ordered measured / Eq.23 at l={l}: {:.3}  ({:.1} MB / {:.1} MB)", r.ratio(), r.measured_mb(), r.theoretical_mb());
+    }
+    Ok(())
+}
+
+/// Accuracy vs round and accuracy vs cumulative energy from `rounds.csv`.
+pub fn plot(run_dir: &Path) -> anyhow::Result<()> {
+    let csv = run_dir.join("rounds.csv");
+    let text = std::fs::read_to_string(&csv).with_context(|| format!("cannot read {}", csv.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().context("rounds.csv is empty")?.split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).with_context(|| format!("{}: no `{name}` column", csv.display()));
+    let (ri, ai, ci, mi) = (col("round")?, col("accuracy")?, col("energy_compute_j")?, col("energy_comm_j")?);
+    let (mut by_round, mut by_energy, mut energy) = (Vec::new(), Vec::new(), 0.0);
+    for (n, line) in lines.enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        let field = |i: usize| -> anyhow::Result<f64> {
+            cells.get(i).and_then(|c| c.parse().ok()).with_context(|| format!("{} line {}: bad number in column {}", csv.display(), n + 2, header[i]))
+        };
+        energy += (field(ci)? + field(mi)?) / 1e3;
+        if !cells.get(ai).is_some_and(|c| c.is_empty()) {
+            let acc = field(ai)? * 100.0;
+            by_round.push((field(ri)?, acc));
+            by_energy.push((energy, acc));
+        }
+    }
+    if by_round.is_empty() {
+        bail!("{}: no evaluated rounds to plot", csv.display());
+    }
+    let name = run_dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let a = run_dir.join("accuracy-vs-round.svg");
+    line_chart(&a, &format!("{name}: test accuracy"), "round", "accuracy (%)", &[Series { name: name.clone(), points: by_round }])?;
+    let e = run_dir.join("accuracy-vs-energy.svg");
+    line_chart(&e, &format!("{name}: accuracy vs energy"), "cumulative energy (kJ)", "accuracy (%)", &[Series { name, points: by_energy }])?;
+    println!("wrote {}\nwrote {}", a.display(), e.display());
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! Measured vs theoretical memory of one training step for every freezing mode and frozen
+//! count (paper Figs. 2, 10, 11, 14, 17), on random inputs of the model's input shape.
+
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use fedolf_models::{LayeredNet, ModelKind};
+
+use crate::freeze::{FreezeError, SgdSettings};
+use crate::freeze_modes::{layer_roles, FreezeMode, PreparedStep};
+use crate::memory::CountingAllocator;
+use crate::rng::{stream, Purpose};
+use crate::theory::{theoretical_memory, TheoreticalMemory};
+use crate::toa::{ToaMode, ToaSettings};
+
+#[derive(Debug, Clone)]
+pub struct MemorySpec {
+    pub model: ModelKind,
+    pub input: [usize; 3],
+    pub classes: usize,
+    pub batch: usize,
+    pub frozen: Vec<usize>,
+    /// Random-freezing draws averaged per frozen count.
+    pub random_draws: usize,
+    /// TOA scales measured with ordered freezing (at `l ≥ 2`).
+    pub toa_scales: Vec<f64>,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryRow {
+    /// `ordered`, `random`, `tinyfel`, `none`, or `toa-<s>`.
+    pub mode: String,
+    pub frozen: usize,
+    pub measured_bytes: u64,
+    pub theory: TheoreticalMemory,
+}
+
+impl MemoryRow {
+    pub fn measured_mb(&self) -> f64 {
+        self.measured_bytes as f64 / 1e6
+    }
+
+    pub fn theoretical_mb(&self) -> f64 {
+        self.theory.eq23() as f64 / 1e6
+    }
+
+    pub fn ratio(&self) -> f64 {
+        self.measured_bytes as f64 / self.theory.eq23().max(1) as f64
+    }
+}
+
+const SGD: SgdSettings = SgdSettings { lr: 0.01, momentum: 0.9, weight_decay: 0.0 };
+
+/// Measure every mode at every frozen count; `on_row` sees each row as it is measured.
+pub fn probe_memory<B: AutodiffBackend>(
+    spec: &MemorySpec,
+    device: &B::Device,
+    alloc: &CountingAllocator,
+    on_row: &mut dyn FnMut(&MemoryRow),
+) -> Result<Vec<MemoryRow>, FreezeError> {
+    B::seed(device, spec.seed);
+    let global: LayeredNet<B> = spec.model.init(spec.input, spec.classes, device)?;
+    let infos = global.layer_infos();
+    let n = global.num_layers();
+    if let Some(&l) = spec.frozen.iter().find(|&&l| l >= n) {
+        return Err(FreezeError::TooManyFrozen { frozen: l, num_layers: n });
+    }
+    let [c, h, w] = spec.input;
+    let x = Tensor::<B::InnerBackend, 4>::random([spec.batch, c, h, w], burn::tensor::Distribution::Default, device);
+    let labels: Vec<i64> = (0..spec.batch).map(|i| (i % spec.classes) as i64).collect();
+    let y = Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(labels, [spec.batch]), device);
+
+    let mut rows = Vec::new();
+    let measure = |mode: FreezeMode, label: String, l: usize, toa: Option<ToaSettings>, draw: u64| -> Result<(u64, TheoreticalMemory), FreezeError> {
+        let mut rng = stream(spec.seed, Purpose::MemoryProbe, l as u64, draw);
+        let roles = layer_roles(mode, n, l, &mut rng)?;
+        let prepared = PreparedStep::new(&global, &roles, toa, &mut rng)?;
+        let (_, peak) = alloc.measure(|| prepared.step(x.clone(), y.clone(), &SGD));
+        log::debug!("{label} l={l} draw={draw}: {peak} B");
+        Ok((peak as u64, theoretical_memory(&infos, &roles, spec.batch, true)))
+    };
+    // Warm-up: thread pools and one-time buffers are not part of any mode's cost.
+    measure(FreezeMode::None, "warm-up".into(), 0, None, 0)?;
+
+    let mut push = |row: MemoryRow, rows: &mut Vec<MemoryRow>| {
+        on_row(&row);
+        rows.push(row);
+    };
+    let (bytes, theory) = measure(FreezeMode::None, "none".into(), 0, None, 0)?;
+    push(MemoryRow { mode: "none".into(), frozen: 0, measured_bytes: bytes, theory }, &mut rows);
+    for &l in &spec.frozen {
+        for mode in [FreezeMode::Ordered, FreezeMode::TinyFel] {
+            let (bytes, theory) = measure(mode, mode.name().into(), l, None, 0)?;
+            push(MemoryRow { mode: mode.name().into(), frozen: l, measured_bytes: bytes, theory }, &mut rows);
+        }
+        let draws = spec.random_draws.max(1);
+        let (mut sum, mut tsum) = (0u64, TheoreticalMemory::default());
+        for d in 0..draws as u64 {
+            let (bytes, t) = measure(FreezeMode::Random, "random".into(), l, None, d)?;
+            sum += bytes;
+            tsum.activations += t.activations;
+            tsum.weights += t.weights;
+            tsum.gradients += t.gradients;
+            tsum.optimizer += t.optimizer;
+        }
+        let k = draws as u64;
+        let theory = TheoreticalMemory { activations: tsum.activations / k, weights: tsum.weights / k, gradients: tsum.gradients / k, optimizer: tsum.optimizer / k };
+        push(MemoryRow { mode: "random".into(), frozen: l, measured_bytes: sum / k, theory }, &mut rows);
+        if l >= 2 {
+            for &s in &spec.toa_scales {
+                let settings = ToaSettings::new(s, ToaMode::Paper)?;
+                let label = format!("toa-{s}");
+                let (bytes, theory) = measure(FreezeMode::Ordered, label.clone(), l, Some(settings), 0)?;
+                push(MemoryRow { mode: label, frozen: l, measured_bytes: bytes, theory }, &mut rows);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+pub fn memory_csv(rows: &[MemoryRow]) -> String {
+    let mut out = String::from("mode,frozen,measured_mb,theoretical_mb,ratio,activations_mb,weights_mb,gradients_mb,optimizer_mb\n");
+    for r in rows {
+        let mb = |b: u64| b as f64 / 1e6;
+        out.push_str(&format!(
+            "{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}\n",
+            r.mode,
+            r.frozen,
+            r.measured_mb(),
+            r.theoretical_mb(),
+            r.ratio(),
+            mb(r.theory.activations),
+            mb(r.theory.weights),
+            mb(r.theory.gradients),
+            mb(r.theory.optimizer)
+        ));
+    }
+    out
+}

@@ -1,0 +1,76 @@
+//! Memory, communication and energy accounting on a model small enough to count by hand.
+
+mod common;
+
+use common::*;
+use fedolf::energy::Energy;
+use fedolf::freeze_modes::{layer_roles, FreezeMode, LayerRole};
+use fedolf::models::{FeatureShape, ModelKind};
+use fedolf::params::layer_numel;
+use fedolf::theory::theoretical_memory;
+use rand::SeedableRng;
+
+/// CNN on 1×8×8, 10 classes. By hand (5×5 'same' convs, 2×2 pools):
+/// conv1: 32×8×8 conv + 32×8×8 ReLU + 32×4×4 pool = 4608 maps; 32·25 + 32 = 832 params.
+/// conv2: 64×4×4 conv + ReLU + 64×2×2 pool = 2304 maps; 64·32·25 + 64 = 51 264 params.
+/// classifier: 256 → 512 → 10: 512 + 512 + 10 = 1034 maps; 131 584 + 5 130 = 136 714 params.
+#[test]
+fn layer_sizes_match_the_hand_count() {
+    let net = ModelKind::Cnn.init::<Inner>([1, 8, 8], 10, &device()).unwrap();
+    let infos = net.layer_infos();
+    let got: Vec<(usize, usize, usize)> = infos.iter().map(|i| (i.activation_elems, i.trainable_params, i.buffer_elems)).collect();
+    assert_eq!(got, vec![(4608, 832, 0), (2304, 51_264, 0), (1034, 136_714, 0)]);
+    assert_eq!(infos[1].output, FeatureShape::Map { channels: 64, height: 2, width: 2 });
+    // The byte counter counts the same elements the parameter walker sends.
+    let numel: Vec<usize> = net.layers.iter().map(layer_numel).collect();
+    assert_eq!(numel, vec![832, 51_264, 136_714]);
+}
+
+#[test]
+fn eq23_for_ordered_freezing_by_hand() {
+    let net = ModelKind::Cnn.init::<Inner>([1, 8, 8], 10, &device()).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let roles = layer_roles(FreezeMode::Ordered, 3, 1, &mut rng).unwrap();
+    assert_eq!(roles, vec![LayerRole::FrozenNoGraph, LayerRole::Trained, LayerRole::Trained]);
+    let m = theoretical_memory(&net.layer_infos(), &roles, 2, true);
+    // Activations of the two trained layers for a batch of 2, 4 bytes each.
+    assert_eq!(m.activations, 2 * (2304 + 1034) * 4);
+    assert_eq!(m.weights, (832 + 51_264 + 136_714) * 4);
+    assert_eq!(m.gradients, (51_264 + 136_714) * 4);
+    assert_eq!(m.optimizer, (51_264 + 136_714) * 4);
+    assert_eq!(m.eq23(), m.activations + m.weights + m.gradients);
+
+    // TinyFEL keeps the frozen layer's maps and computes its gradient too.
+    let roles = layer_roles(FreezeMode::TinyFel, 3, 1, &mut rng).unwrap();
+    let t = theoretical_memory(&net.layer_infos(), &roles, 2, true);
+    assert_eq!(t.activations, 2 * (4608 + 2304 + 1034) * 4);
+    assert_eq!(t.gradients, (832 + 51_264 + 136_714) * 4);
+    assert_eq!(t.optimizer, m.optimizer);
+}
+
+#[test]
+fn random_freezing_keeps_frozen_layers_above_a_trained_one_in_the_graph() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..50 {
+        let roles = layer_roles(FreezeMode::Random, 10, 4, &mut rng).unwrap();
+        assert_eq!(roles.iter().filter(|r| **r != LayerRole::Trained).count(), 4);
+        let first_trained = roles.iter().position(|r| *r == LayerRole::Trained).unwrap();
+        for (i, r) in roles.iter().enumerate() {
+            match r {
+                LayerRole::FrozenNoGraph => assert!(i < first_trained),
+                LayerRole::FrozenInGraph => assert!(i > first_trained),
+                LayerRole::Trained => {}
+                LayerRole::FrozenGradDiscarded => panic!("random mode never discards"),
+            }
+        }
+    }
+    assert!(layer_roles(FreezeMode::Random, 3, 3, &mut rng).is_err());
+}
+
+#[test]
+fn energy_by_hand() {
+    // 5 W for 10 s = 50 J; 20 MB at 20 Mbit/s = 8 s of a 1 W radio = 8 J.
+    let e = Energy { device_power_w: 5.0, link_power_w: 1.0, bandwidth_bps: 20e6 };
+    assert_eq!(e.compute_joules(10.0), 50.0);
+    assert_eq!(e.comm_joules(20_000_000), 8.0);
+}

@@ -1,0 +1,46 @@
+//! Every config in experiments/ parses, validates, and means what its file name says.
+
+use fedolf::config::{Config, Method, PartitionKind};
+
+#[test]
+fn every_experiment_config_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let cfg = Config::from_toml(&text, &path.display().to_string(), &[])
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let stem = path.file_stem().unwrap().to_str().unwrap();
+            if let Some(rest) = stem.strip_prefix("paper-") {
+                assert_eq!(format!("{}-{}", cfg.data.dataset, cfg.model.name), rest);
+                assert_eq!((cfg.federation.clients, cfg.federation.clients_per_round, cfg.federation.rounds, cfg.train.epochs), (100, 10, 500, 5));
+                assert_eq!(cfg.data.partition, PartitionKind::Dirichlet);
+                assert_eq!(cfg.data.alpha, 0.1);
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 7, "default + six paper columns, found {n}");
+}
+
+#[test]
+fn the_default_is_fedolf_cnn_fashion_mnist_noniid_two_clusters() {
+    let cfg = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &[]).unwrap();
+    assert_eq!(cfg.method, Method::Fedolf);
+    assert_eq!((cfg.model.name.as_str(), cfg.data.dataset.as_str()), ("cnn", "fashion-mnist"));
+    assert_eq!((cfg.data.partition, cfg.data.alpha, cfg.federation.clusters), (PartitionKind::Dirichlet, 0.1, 2));
+}
+
+#[test]
+fn overrides_apply_and_bad_ones_are_named() {
+    let cfg = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["train.lr=0.5".into(), "method=fedavg".into()]).unwrap();
+    assert_eq!((cfg.train.lr, cfg.method), (0.5, Method::Fedavg));
+    let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["nonsense".into()]).unwrap_err();
+    assert!(e.to_string().contains("key=value"), "{e}");
+    let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["seed.x=1".into()]).unwrap_err();
+    assert!(e.to_string().contains("`seed` is not a table"), "{e}");
+    let e = Config::from_toml("name = ", "broken.toml", &[]).unwrap_err();
+    assert!(e.to_string().starts_with("broken.toml"), "{e}");
+}
