@@ -23,29 +23,47 @@ pub enum ConfigError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Method {
-    /// Ordered layer freezing (the paper's method), optionally with TOA.
+    /// Ordered layer freezing (the paper's method), optionally with TOA or QSGD.
     Fedolf,
     /// Every client trains the whole model.
     Fedavg,
+    /// FedAvg with only the strongest cluster taking part.
+    FedavgDrop,
+    RandomFreeze,
+    Tinyfel,
+    Cocofl,
 }
 
 impl Method {
-    pub const ALL: [Method; 2] = [Method::Fedolf, Method::Fedavg];
+    pub const ALL: [Method; 6] = [Method::Fedolf, Method::Fedavg, Method::FedavgDrop, Method::RandomFreeze, Method::Tinyfel, Method::Cocofl];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Fedolf => "fedolf",
             Self::Fedavg => "fedavg",
+            Self::FedavgDrop => "fedavg-drop",
+            Self::RandomFreeze => "random-freeze",
+            Self::Tinyfel => "tinyfel",
+            Self::Cocofl => "cocofl",
         }
     }
 
     pub fn description(self) -> &'static str {
         match self {
-            Self::Fedolf => "FedOLF: cluster i freezes the first c−i layers (no graph), trains and uploads the rest; TOA on download",
+            Self::Fedolf => "FedOLF: cluster i freezes the first c−i layers (no graph), trains and uploads the rest; TOA or QSGD on download",
             Self::Fedavg => "FedAvg: every client trains and uploads the full model (the unconstrained upper bound)",
+            Self::FedavgDrop => "FedAvg, drop variant: only the strongest cluster takes part",
+            Self::RandomFreeze => "Random freezing (paper Fig. 2): c−i layers drawn at random; frozen layers above a trained one pass gradients",
+            Self::Tinyfel => "TinyFEL: first c−i layers frozen only in backprop (whole forward recorded, their gradients dropped)",
+            Self::Cocofl => "CoCoFL: a random window of N−(c−i) layers trains; server blends r·mean + (1−r)·old",
         }
+    }
+
+    /// Methods in which weaker clusters freeze `c − i` layers (so `c ≤ N` is required).
+    pub fn freezes_layers(self) -> bool {
+        !matches!(self, Self::Fedavg | Self::FedavgDrop)
     }
 }
 
@@ -69,7 +87,23 @@ pub struct Config {
     pub federation: FederationConfig,
     pub train: TrainConfig,
     pub toa: ToaConfig,
+    #[serde(default)]
+    pub qsgd: QsgdConfig,
     pub energy: EnergyConfig,
+}
+
+/// QSGD on the frozen layers' download (the paper's comparison for TOA); `bits = 0` = off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QsgdConfig {
+    pub bits: u32,
+    pub bucket: usize,
+}
+
+impl Default for QsgdConfig {
+    fn default() -> Self {
+        Self { bits: 0, bucket: 128 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,6 +249,17 @@ impl Config {
         }
         if !(self.toa.s.is_finite() && self.toa.s > 0.0 && self.toa.s <= 1.0) {
             return Err(bad("toa.s", self.toa.s, "must be in (0, 1] (1 = TOA off)"));
+        }
+        if self.qsgd.bits != 0 {
+            if !(2..=16).contains(&self.qsgd.bits) {
+                return Err(bad("qsgd.bits", self.qsgd.bits, "must be 0 (off) or in 2..=16"));
+            }
+            if self.qsgd.bucket == 0 {
+                return Err(bad("qsgd.bucket", self.qsgd.bucket, "must be at least 1"));
+            }
+            if self.toa.s < 1.0 {
+                return Err(bad("qsgd.bits", self.qsgd.bits, "QSGD and TOA both compress the frozen layers: set toa.s = 1 or qsgd.bits = 0"));
+            }
         }
         if self.data.partition == PartitionKind::Dirichlet && !(self.data.alpha.is_finite() && self.data.alpha > 0.0) {
             return Err(bad("data.alpha", self.data.alpha, "must be finite and > 0"));

@@ -1,12 +1,20 @@
-//! Running a layered model with a frozen prefix (FedOLF paper §III-B; DESIGN.md step 5).
+//! Running a layered model with frozen layers (FedOLF paper §III-B; DESIGN.md step 5;
+//! BASELINES.md "Frozen-layer execution modes").
 //!
-//! Layers `[0, l)` run on the inner (non-autodiff) backend — no graph, no stored activations,
-//! no gradients — and their output re-enters autodiff with `Tensor::from_inner`; layers
-//! `[l, N)` train with SGD. Only the suffix is handed to the optimizer, so only active
-//! parameters get gradients and optimizer state. Frozen BatchNorm normalises with running
-//! statistics (Burn's BN uses batch statistics only when autodiff is enabled).
+//! A client's model is laid out by per-layer [`LayerRole`]s:
+//! - `FrozenNoGraph` layers (always a prefix) run on the inner (non-autodiff) backend — no
+//!   graph, no stored activations, no gradients — and their output re-enters autodiff with
+//!   `Tensor::from_inner`. This is FedOLF's frozen prefix.
+//! - `FrozenInGraph` layers stay in the graph with `require_grad = false` so gradients flow
+//!   through them to trained layers below (random freezing, CoCoFL's upper layers).
+//! - `FrozenGradDiscarded` layers are fully in the graph and their gradients are dropped
+//!   before the update (TinyFEL).
+//! - `Trained` layers get gradients and SGD steps.
+//! Only trained parameters reach the optimizer, so only they get optimizer state. Frozen
+//! BatchNorm outside the graph normalises with running statistics (Burn's BN uses batch
+//! statistics only when autodiff is enabled).
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, ParamId};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -18,12 +26,14 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use thiserror::Error;
 
-use crate::params::deep_copy;
+use crate::params::{deep_copy, param_ids, pass_grad_only, read_layer, LayerParams};
 
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum FreezeError {
     #[error("frozen layer count {frozen} must be below the model's {num_layers} layers (at least one layer has to train)")]
     TooManyFrozen { frozen: usize, num_layers: usize },
+    #[error("layer roles: {0}")]
+    BadRoles(String),
     #[error("local training diverged: mean loss is {loss} in epoch {epoch} (lower the learning rate?)")]
     Diverged { epoch: usize, loss: f64 },
     #[error("batch_size must be at least 1")]
@@ -32,6 +42,23 @@ pub enum FreezeError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Toa(#[from] crate::toa::ToaError),
+}
+
+/// How one layer takes part in local training (and in the Eq. 23 count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerRole {
+    FrozenNoGraph,
+    FrozenInGraph,
+    FrozenGradDiscarded,
+    Trained,
+}
+
+/// FedOLF's layout: `[0, l)` frozen outside the graph, the rest trained.
+pub fn ordered_roles(num_layers: usize, l: usize) -> Result<Vec<LayerRole>, FreezeError> {
+    if l >= num_layers {
+        return Err(FreezeError::TooManyFrozen { frozen: l, num_layers });
+    }
+    Ok((0..num_layers).map(|i| if i < l { LayerRole::FrozenNoGraph } else { LayerRole::Trained }).collect())
 }
 
 /// SGD as PyTorch defines it (momentum without dampening, L2 weight decay).
@@ -49,42 +76,105 @@ pub struct LocalTraining {
     pub sgd: SgdSettings,
 }
 
-/// A client's model for one round: the frozen prefix (inner backend) and the trainable suffix.
+/// A client's model for one round, laid out by roles.
 #[derive(Debug)]
-pub struct SplitModel<B: AutodiffBackend> {
-    pub frozen: LayeredNet<B::InnerBackend>,
-    pub active: LayeredNet<B>,
+pub struct LocalModel<B: AutodiffBackend> {
+    /// The `FrozenNoGraph` prefix, on the inner backend (TOA/QSGD rewrite it).
+    pub no_graph: LayeredNet<B::InnerBackend>,
+    /// Everything else, on the autodiff backend.
+    pub graph: LayeredNet<B>,
+    pub roles: Vec<LayerRole>,
+    /// Only these parameters step (TinyFEL); `None` = every parameter with a gradient.
+    keep: Option<Vec<ParamId>>,
 }
 
-impl<B: AutodiffBackend> SplitModel<B> {
-    /// Deep-copy the global model and split it after `l` layers.
-    pub fn from_global(global: &LayeredNet<B>, l: usize) -> Result<Self, FreezeError> {
-        let num_layers = global.num_layers();
-        if l >= num_layers {
-            return Err(FreezeError::TooManyFrozen { frozen: l, num_layers });
+impl<B: AutodiffBackend> LocalModel<B> {
+    /// Deep-copy `global` and lay it out by `roles`. `FrozenNoGraph` layers must form a
+    /// prefix and at least one layer must train.
+    pub fn from_roles(global: &LayeredNet<B>, roles: &[LayerRole]) -> Result<Self, FreezeError> {
+        let n = global.num_layers();
+        if roles.len() != n {
+            return Err(FreezeError::BadRoles(format!("{} roles for a model of {n} layers", roles.len())));
         }
-        let (frozen, active) = deep_copy(global).split_at(l)?;
-        Ok(Self { frozen: frozen.valid(), active })
+        if !roles.contains(&LayerRole::Trained) {
+            return Err(FreezeError::TooManyFrozen { frozen: n, num_layers: n });
+        }
+        let m = roles.iter().take_while(|r| **r == LayerRole::FrozenNoGraph).count();
+        if roles[m..].contains(&LayerRole::FrozenNoGraph) {
+            return Err(FreezeError::BadRoles("layers outside the graph must come before every layer in it".into()));
+        }
+        let (prefix, mut graph) = deep_copy(global).split_at(m)?;
+        let graph_roles = &roles[m..];
+        graph.layers = std::mem::take(&mut graph.layers)
+            .into_iter()
+            .zip(graph_roles)
+            .map(|(layer, role)| if *role == LayerRole::FrozenInGraph { pass_grad_only(layer) } else { layer })
+            .collect();
+        let keep = graph_roles.contains(&LayerRole::FrozenGradDiscarded).then(|| {
+            graph.layers.iter().zip(graph_roles).filter(|(_, r)| **r == LayerRole::Trained).flat_map(|(l, _)| param_ids(l)).collect()
+        });
+        Ok(Self { no_graph: prefix.valid(), graph, roles: roles.to_vec(), keep })
     }
 
-    pub fn frozen_count(&self) -> usize {
-        self.frozen.num_layers()
+    /// FedOLF: the first `l` layers frozen outside the graph.
+    pub fn ordered(global: &LayeredNet<B>, l: usize) -> Result<Self, FreezeError> {
+        Self::from_roles(global, &ordered_roles(global.num_layers(), l)?)
     }
 
-    /// Training-mode forward: prefix without a graph, suffix with one.
+    /// Training-mode forward: prefix without a graph, the rest with one.
     /// # Shapes
     /// `[b, c, h, w] (inner) -> [b, classes]`
     pub fn forward(&self, x: Tensor<B::InnerBackend, 4>) -> Tensor<B, 2> {
-        let l = self.frozen.num_layers();
-        let h = self.frozen.forward_range(Features::Map(x), 0, l).expect("full range of the prefix");
+        let m = self.no_graph.num_layers();
+        let h = self.no_graph.forward_range(Features::Map(x), 0, m).expect("full range of the prefix");
         let h = Features::<B>::from_inner(h);
-        let n = self.active.num_layers();
-        self.active.forward_range(h, 0, n).expect("full range of the suffix").into_flat()
+        let n = self.graph.num_layers();
+        self.graph.forward_range(h, 0, n).expect("full range of the graph part").into_flat()
     }
 
-    /// Reassemble the full model (frozen layers lifted back onto the autodiff backend).
+    /// One SGD step on a batch with a fresh optimizer; returns the loss as a tensor.
+    fn step<O: Optimizer<LayeredNet<B>, B>>(
+        mut self,
+        optim: &mut O,
+        lr: f64,
+        x: Tensor<B::InnerBackend, 4>,
+        y: Tensor<B::InnerBackend, 1, Int>,
+    ) -> (Self, Tensor<B::InnerBackend, 1>) {
+        let device = x.device();
+        let logits = self.forward(x);
+        let loss = CrossEntropyLossConfig::new().init::<B>(&device).forward(logits, Tensor::from_inner(y));
+        let value = loss.clone().inner();
+        let mut grads = loss.backward();
+        let grads = match &self.keep {
+            Some(ids) => GradientsParams::from_params(&mut grads, &self.graph, ids),
+            None => GradientsParams::from_module(&mut grads, &self.graph),
+        };
+        self.graph = optim.step(lr, self.graph, grads);
+        (self, value)
+    }
+
+    /// One SGD step (fresh optimizer): the unit the memory probe measures.
+    pub fn single_step(self, x: Tensor<B::InnerBackend, 4>, y: Tensor<B::InnerBackend, 1, Int>, sgd: &SgdSettings) -> f64 {
+        let mut optim = sgd_optimizer::<B>(sgd);
+        let (_, loss) = self.step(&mut optim, sgd.lr, x, y);
+        loss.into_scalar().elem::<f64>()
+    }
+
+    /// The trained layers as `(global layer index, tensors)`: what the client uploads.
+    pub fn trained_layers(&self) -> Vec<(usize, LayerParams<B::InnerBackend>)> {
+        let m = self.no_graph.num_layers();
+        self.graph
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.roles[m + i] == LayerRole::Trained)
+            .map(|(i, layer)| (m + i, read_layer(&layer.valid())))
+            .collect()
+    }
+
+    /// Reassemble the full model (the no-graph prefix lifted back onto autodiff).
     pub fn join(self) -> LayeredNet<B> {
-        LayeredNet::join(LayeredNet::from_inner(self.frozen), self.active)
+        LayeredNet::join(LayeredNet::from_inner(self.no_graph), self.graph)
     }
 }
 
@@ -114,19 +204,17 @@ pub fn gather_batch<B: Backend>(data: &ClientData<'_, B>, batch: &[usize]) -> (T
     (data.images.clone().select(0, idx.clone()), data.labels.clone().select(0, idx))
 }
 
-/// E epochs of mini-batch SGD on the active suffix; returns the trained split model.
+/// E epochs of mini-batch SGD; returns the trained model.
 pub fn train_local<B: AutodiffBackend, R: Rng>(
-    mut model: SplitModel<B>,
+    mut model: LocalModel<B>,
     data: &ClientData<'_, B::InnerBackend>,
     settings: &LocalTraining,
     rng: &mut R,
-) -> Result<(SplitModel<B>, LocalOutcome), FreezeError> {
+) -> Result<(LocalModel<B>, LocalOutcome), FreezeError> {
     if settings.batch_size == 0 {
         return Err(FreezeError::ZeroBatch);
     }
-    let device = data.images.device();
     let mut optim = sgd_optimizer::<B>(&settings.sgd);
-    let loss_fn = CrossEntropyLossConfig::new().init::<B>(&device);
     let mut order = data.indices.to_vec();
     let (mut steps, mut total_loss) = (0usize, 0.0f64);
     for epoch in 0..settings.epochs {
@@ -135,16 +223,13 @@ pub fn train_local<B: AutodiffBackend, R: Rng>(
         let mut epoch_steps = 0;
         for batch in order.chunks(settings.batch_size) {
             let (x, y) = gather_batch(data, batch);
-            let logits = model.forward(x);
-            let loss = loss_fn.forward(logits, Tensor::from_inner(y));
+            let (next, loss) = model.step(&mut optim, settings.sgd.lr, x, y);
+            model = next;
             // Summed on the device; read once per epoch (no per-step host sync).
-            let l = loss.clone().inner();
             epoch_loss = Some(match epoch_loss {
-                Some(acc) => acc + l,
-                None => l,
+                Some(acc) => acc + loss,
+                None => loss,
             });
-            let grads = GradientsParams::from_grads(loss.backward(), &model.active);
-            model.active = optim.step(settings.sgd.lr, model.active, grads);
             epoch_steps += 1;
         }
         if let Some(sum) = epoch_loss {

@@ -5,12 +5,12 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use fedolf_models::{LayeredNet, ModelKind};
 
-use crate::freeze::{FreezeError, SgdSettings};
-use crate::freeze_modes::{layer_roles, FreezeMode, PreparedStep};
+use crate::freeze::{FreezeError, LocalModel, SgdSettings};
+use crate::freeze_modes::{layer_roles, FreezeMode};
 use crate::memory::CountingAllocator;
 use crate::rng::{stream, Purpose};
 use crate::theory::{theoretical_memory, TheoreticalMemory};
-use crate::toa::{ToaMode, ToaSettings};
+use crate::toa::{sparsify_prefix, ToaMode, ToaSettings};
 
 #[derive(Debug, Clone)]
 pub struct MemorySpec {
@@ -74,8 +74,12 @@ pub fn probe_memory<B: AutodiffBackend>(
     let measure = |mode: FreezeMode, label: String, l: usize, toa: Option<ToaSettings>, draw: u64| -> Result<(u64, TheoreticalMemory), FreezeError> {
         let mut rng = stream(spec.seed, Purpose::MemoryProbe, l as u64, draw);
         let roles = layer_roles(mode, n, l, &mut rng)?;
-        let prepared = PreparedStep::new(&global, &roles, toa, &mut rng)?;
-        let (_, peak) = alloc.measure(|| prepared.step(x.clone(), y.clone(), &SGD));
+        // Built before measuring: the measured region is exactly one training step.
+        let mut local = LocalModel::from_roles(&global, &roles)?;
+        if let Some(settings) = toa {
+            local.no_graph = sparsify_prefix(local.no_graph, settings, &mut rng)?.0;
+        }
+        let (_, peak) = alloc.measure(|| local.single_step(x.clone(), y.clone(), &SGD));
         log::debug!("{label} l={l} draw={draw}: {peak} B");
         Ok((peak as u64, theoretical_memory(&infos, &roles, spec.batch, true)))
     };

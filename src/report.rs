@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::sim::RoundRecord;
+use crate::sim::{ClientRecord, RoundRecord};
 
 /// Write `bytes` to `path` via a temporary file and a rename (readers never see half a file).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -51,6 +51,20 @@ pub fn rounds_csv(records: &[RoundRecord]) -> String {
         ));
     }
     out
+}
+
+pub const CLIENTS_CSV_HEADER: &str = "round,client,cluster,frozen,samples,bytes_down,bytes_up,compute_s,peak_mem_mb,train_loss";
+
+pub fn client_rows(records: &[ClientRecord]) -> String {
+    records
+        .iter()
+        .map(|c| {
+            format!(
+                "{},{},{},{},{},{},{},{:.4},{},{:.6}\n",
+                c.round, c.client, c.cluster, c.frozen, c.samples, c.bytes_down, c.bytes_up, c.compute_s, opt(c.peak_mem_mb), c.train_loss
+            )
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +141,22 @@ impl RunDir {
 
     pub fn write_rounds(&self, records: &[RoundRecord]) -> std::io::Result<()> {
         write_atomic(&self.path.join("rounds.csv"), rounds_csv(records).as_bytes())
+    }
+
+    /// Append one round's client rows to `clients.csv` (header on first use). Appended, not
+    /// rewritten: the file grows to T × |C_t| rows.
+    pub fn append_clients(&self, records: &[ClientRecord]) -> std::io::Result<()> {
+        let path = self.path.join("clients.csv");
+        let fresh = !path.exists();
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let mut text = String::new();
+        if fresh {
+            text.push_str(CLIENTS_CSV_HEADER);
+            text.push('\n');
+        }
+        text.push_str(&client_rows(records));
+        f.write_all(text.as_bytes())?;
+        f.flush()
     }
 
     pub fn write_summary(&self, summary: &Summary) -> std::io::Result<()> {

@@ -15,6 +15,10 @@ pub enum Purpose {
     LocalShuffle,
     /// TOA draw for one client in one round.
     Toa,
+    /// A strategy's per-client decisions (random frozen sets, CoCoFL windows).
+    Plan,
+    /// QSGD rounding for one client in one round.
+    Qsgd,
     MemoryProbe,
 }
 

@@ -134,6 +134,7 @@ impl RoundObserver for Progress<'_> {
     fn on_round(&mut self, r: &RoundRecord) -> std::io::Result<()> {
         self.records.push(r.clone());
         self.dir.write_rounds(&self.records)?;
+        self.dir.append_clients(&r.per_client)?;
         if r.accuracy.is_some() {
             self.last_accuracy = r.accuracy;
         }

@@ -17,11 +17,12 @@ use thiserror::Error;
 use crate::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
 use crate::config::{Config, PartitionKind};
 use crate::energy::Energy;
-use crate::freeze::{train_local, ClientData, FreezeError, LocalTraining, SgdSettings, SplitModel};
+use crate::freeze::{train_local, ClientData, FreezeError, LocalModel, LocalTraining, SgdSettings};
 use crate::memory::CountingAllocator;
-use crate::params::{read_layer, read_model, write_model, ParamError};
-use crate::plan::{plan_client, ClientPlan};
+use crate::params::{layer_numel, read_model, write_model, ParamError};
+use crate::qsgd::{quantize_prefix, QsgdError, QsgdSettings};
 use crate::rng::{stream, Purpose};
+use crate::strategy::{cocofl_blend, strategy_for, ClientPlan, Download, PlanContext, ServerRule};
 use crate::toa::{sparsify_prefix, ToaError, ToaSettings};
 
 pub const BYTES_PER_PARAM: u64 = 4;
@@ -42,14 +43,32 @@ pub enum SimError {
     Aggregate(#[from] AggregateError),
     #[error(transparent)]
     Param(#[from] ParamError),
+    #[error(transparent)]
+    Qsgd(#[from] QsgdError),
     #[error("config field `{field}`: {problem}")]
     Config { field: &'static str, problem: String },
     #[error("round {round}: the global model's test loss is {loss} (diverged; lower train.lr)")]
     Diverged { round: usize, loss: f64 },
 }
 
+/// One client's round (one row of `clients.csv`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRecord {
+    pub round: usize,
+    pub client: usize,
+    pub cluster: usize,
+    pub frozen: usize,
+    pub samples: usize,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub compute_s: f64,
+    /// Peak extra heap during local training (CPU only).
+    pub peak_mem_mb: Option<f64>,
+    pub train_loss: f64,
+}
+
 /// One round's measurements (one row of `rounds.csv`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RoundRecord {
     pub round: usize,
     /// Test accuracy as a fraction, on evaluation rounds.
@@ -69,6 +88,7 @@ pub struct RoundRecord {
     pub peak_mem_mb: Option<f64>,
     pub energy_compute_j: f64,
     pub energy_comm_j: f64,
+    pub per_client: Vec<ClientRecord>,
 }
 
 /// What a run is about to do, for the log header.
@@ -145,8 +165,13 @@ pub fn run<B: AutodiffBackend>(
     observer: &mut dyn RoundObserver,
 ) -> Result<Vec<RoundRecord>, SimError> {
     let fed = &cfg.federation;
-    let toa = ToaSettings::new(cfg.toa.s, cfg.toa.mode)?;
-    let local = LocalTraining {
+    let download = if cfg.qsgd.bits > 0 {
+        Download::Qsgd(QsgdSettings::new(cfg.qsgd.bits, cfg.qsgd.bucket)?)
+    } else {
+        Download::Toa(ToaSettings::new(cfg.toa.s, cfg.toa.mode)?)
+    };
+    let strategy = strategy_for(cfg.method, download);
+    let training = LocalTraining {
         epochs: cfg.train.epochs,
         batch_size: cfg.train.batch_size,
         sgd: SgdSettings { lr: cfg.train.lr, momentum: cfg.train.momentum, weight_decay: cfg.train.weight_decay },
@@ -176,88 +201,109 @@ pub fn run<B: AutodiffBackend>(
     let mut global: LayeredNet<B> = kind.init(dataset.train.shape, dataset.num_classes, device)?;
     let model_params: usize = read_model(&global).iter().flatten().map(|t| t.numel()).sum();
     let num_layers = global.num_layers();
-    let cluster_frozen: Vec<usize> = (0..fed.clusters).map(|i| plan_client(cfg.method, 0, i, fed.clusters, toa).frozen).collect();
-    if let Some(&max) = cluster_frozen.iter().max() {
-        if max >= num_layers {
-            return Err(SimError::Config {
-                field: "federation.clusters",
-                problem: format!(
-                    "{} clusters freeze up to {max} layers, but {} has only {num_layers} (use at most {num_layers} clusters)",
-                    fed.clusters, kind.name()
-                ),
-            });
-        }
+    if cfg.method.freezes_layers() && fed.clusters > num_layers {
+        return Err(SimError::Config {
+            field: "federation.clusters",
+            problem: format!(
+                "{} clusters freeze up to {} layers, but {} has only {num_layers} (use at most {num_layers} clusters)",
+                fed.clusters,
+                fed.clusters - 1,
+                kind.name()
+            ),
+        });
     }
+    let eligible: Vec<usize> = (0..fed.clients).filter(|&k| strategy.eligible(clusters[k], fed.clusters)).collect();
+    let per_round = fed.clients_per_round.min(eligible.len());
     observer.on_start(&RunInfo {
         dataset_source: dataset.source.clone(),
         train_size: train.len(),
         test_size: test.len(),
         num_layers,
         model_params,
-        cluster_frozen,
+        cluster_frozen: (0..fed.clusters).rev().map(|i| if cfg.method.freezes_layers() { i } else { 0 }).collect(),
     });
 
     let energy = Energy::from(&cfg.energy);
     let mut records = Vec::with_capacity(fed.rounds);
     for round in 1..=fed.rounds {
         let wall = Instant::now();
-        // 1. Sample C_t uniformly without replacement.
-        let mut picked = sample(&mut stream(cfg.seed, Purpose::ClientSampling, round as u64, 0), fed.clients, fed.clients_per_round).into_vec();
+        // 1. Sample C_t uniformly without replacement (among eligible clients).
+        let mut picked: Vec<usize> = sample(&mut stream(cfg.seed, Purpose::ClientSampling, round as u64, 0), eligible.len(), per_round)
+            .into_iter()
+            .map(|i| eligible[i])
+            .collect();
         picked.sort_unstable();
-        let plans: Vec<ClientPlan> = picked.iter().map(|&k| plan_client(cfg.method, k, clusters[k], fed.clusters, toa)).collect();
+        let ctx = PlanContext { num_layers, clusters: fed.clusters, round };
+        let plans: Vec<ClientPlan> = picked
+            .iter()
+            .map(|&k| strategy.plan(&ctx, k, clusters[k], &mut stream(cfg.seed, Purpose::Plan, round as u64, k as u64)))
+            .collect::<Result<_, _>>()?;
 
         let mut uploads = Vec::with_capacity(plans.len());
-        let (mut down, mut up, mut frozen_down, mut compute_s, mut loss_sum) = (0u64, 0u64, 0u64, 0.0f64, 0.0f64);
-        let mut peaks = Vec::new();
+        let mut per_client = Vec::with_capacity(plans.len());
         for plan in &plans {
-            // 2–3. Split the global model; sparsify the frozen prefix (TOA).
-            let mut split = SplitModel::from_global(&global, plan.frozen)?;
-            let frozen_elems = match plan.toa {
-                Some(settings) => {
+            // 2–3. Lay out the client's copy; compress the frozen prefix (TOA / QSGD).
+            let mut local = LocalModel::from_roles(&global, &plan.roles)?;
+            let frozen_bytes = match plan.download {
+                Download::Toa(settings) => {
                     let mut rng = stream(cfg.seed, Purpose::Toa, round as u64, plan.client as u64);
-                    let (sparse, report) = sparsify_prefix(split.frozen, settings, &mut rng)?;
-                    split.frozen = sparse;
-                    report.frozen_sent_elems
+                    let (sparse, report) = sparsify_prefix(local.no_graph, settings, &mut rng)?;
+                    local.no_graph = sparse;
+                    report.frozen_sent_elems as u64 * BYTES_PER_PARAM
                 }
-                None => split.frozen.layers.iter().map(crate::params::layer_numel).sum(),
+                Download::Qsgd(settings) => {
+                    let mut rng = stream(cfg.seed, Purpose::Qsgd, round as u64, plan.client as u64);
+                    let (quantized, bytes) = quantize_prefix(local.no_graph, settings, &mut rng)?;
+                    local.no_graph = quantized;
+                    bytes
+                }
+                Download::Full => local.no_graph.layers.iter().map(layer_numel).sum::<usize>() as u64 * BYTES_PER_PARAM,
             };
-            let active_elems: usize = split.active.layers.iter().map(crate::params::layer_numel).sum();
-            // 4. Download = sparsified frozen layers + active layers in full.
-            frozen_down += frozen_elems as u64 * BYTES_PER_PARAM;
-            down += (frozen_elems + active_elems) as u64 * BYTES_PER_PARAM;
+            // 4. Download = (compressed) frozen prefix + every other layer in full.
+            let bytes_down = frozen_bytes + local.graph.layers.iter().map(layer_numel).sum::<usize>() as u64 * BYTES_PER_PARAM;
 
             // 5. Local training.
             let indices = &parts[plan.client];
             let data = ClientData { images: &train.images, labels: &train.labels, indices };
             let mut rng = stream(cfg.seed, Purpose::LocalShuffle, round as u64, plan.client as u64);
             let started = Instant::now();
-            let result = match memory {
+            let (result, peak_mem_mb) = match memory {
                 Some(alloc) => {
-                    let (r, peak) = alloc.measure(|| train_local(split, &data, &local, &mut rng));
-                    peaks.push(peak as f64 / 1e6);
-                    r
+                    let (r, peak) = alloc.measure(|| train_local(local, &data, &training, &mut rng));
+                    (r, Some(peak as f64 / 1e6))
                 }
-                None => train_local(split, &data, &local, &mut rng),
+                None => (train_local(local, &data, &training, &mut rng), None),
             };
             let (trained, outcome) = result.map_err(|source| SimError::Client { round, client: plan.client, source })?;
-            compute_s += started.elapsed().as_secs_f64();
-            loss_sum += outcome.mean_loss;
+            let compute_s = started.elapsed().as_secs_f64();
 
-            // 6. Upload = active layers only.
-            let layers: Vec<_> = trained
-                .active
-                .layers
-                .iter()
-                .enumerate()
-                .map(|(i, layer)| (plan.frozen + i, read_layer(&layer.valid())))
-                .collect();
-            up += layers.iter().flat_map(|(_, p)| p).map(|t| t.numel() as u64).sum::<u64>() * BYTES_PER_PARAM;
+            // 6. Upload = trained layers only.
+            let layers = trained.trained_layers();
+            let bytes_up = layers.iter().flat_map(|(_, p)| p).map(|t| t.numel() as u64).sum::<u64>() * BYTES_PER_PARAM;
             uploads.push(LayerUpload { weight: indices.len() as f64, layers });
+            per_client.push((
+                ClientRecord {
+                    round,
+                    client: plan.client,
+                    cluster: plan.cluster,
+                    frozen: plan.frozen(),
+                    samples: indices.len(),
+                    bytes_down,
+                    bytes_up,
+                    compute_s,
+                    peak_mem_mb,
+                    train_loss: outcome.mean_loss,
+                },
+                frozen_bytes,
+            ));
         }
 
-        // 7. Layer-wise aggregation (layers nobody trained keep their value).
+        // 7. Aggregate (layers nobody trained keep their value).
         let global_params = read_model(&global.valid());
-        let merged = aggregate_layerwise(&global_params, &uploads)?;
+        let merged = match strategy.server_rule() {
+            ServerRule::LayerwiseMwa => aggregate_layerwise(&global_params, &uploads)?,
+            ServerRule::CocoflBlend => cocofl_blend(&global_params, &uploads, plans.len())?,
+        };
         let merged: Vec<_> = merged
             .into_iter()
             .map(|layer| layer.map(|tensors| tensors.into_iter().map(|t| lift::<B>(t)).collect()))
@@ -274,25 +320,43 @@ pub fn run<B: AutodiffBackend>(
         } else {
             (None, None)
         };
-        let record = RoundRecord {
-            round,
-            accuracy,
-            test_loss,
-            train_loss: loss_sum / plans.len() as f64,
-            clients: plans.len(),
-            bytes_down: down,
-            bytes_up: up,
-            frozen_bytes_down: frozen_down,
-            compute_s,
-            wall_s: wall.elapsed().as_secs_f64(),
-            peak_mem_mb: (!peaks.is_empty()).then(|| peaks.iter().sum::<f64>() / peaks.len() as f64),
-            energy_compute_j: energy.compute_joules(compute_s),
-            energy_comm_j: energy.comm_joules(down + up),
-        };
+        let record = round_record(round, accuracy, test_loss, wall.elapsed().as_secs_f64(), &energy, per_client);
         observer.on_round(&record).map_err(|e| DataError::Io { path: "results".into(), source: e })?;
         records.push(record);
     }
     Ok(records)
+}
+
+/// Totals of one round from its clients' records.
+fn round_record(
+    round: usize,
+    accuracy: Option<f64>,
+    test_loss: Option<f64>,
+    wall_s: f64,
+    energy: &Energy,
+    per_client: Vec<(ClientRecord, u64)>,
+) -> RoundRecord {
+    let n = per_client.len().max(1) as f64;
+    let compute_s: f64 = per_client.iter().map(|(c, _)| c.compute_s).sum();
+    let down: u64 = per_client.iter().map(|(c, _)| c.bytes_down).sum();
+    let up: u64 = per_client.iter().map(|(c, _)| c.bytes_up).sum();
+    let peaks: Vec<f64> = per_client.iter().filter_map(|(c, _)| c.peak_mem_mb).collect();
+    RoundRecord {
+        round,
+        accuracy,
+        test_loss,
+        train_loss: per_client.iter().map(|(c, _)| c.train_loss).sum::<f64>() / n,
+        clients: per_client.len(),
+        bytes_down: down,
+        bytes_up: up,
+        frozen_bytes_down: per_client.iter().map(|(_, f)| f).sum(),
+        compute_s,
+        wall_s,
+        peak_mem_mb: (!peaks.is_empty()).then(|| peaks.iter().sum::<f64>() / peaks.len() as f64),
+        energy_compute_j: energy.compute_joules(compute_s),
+        energy_comm_j: energy.comm_joules(down + up),
+        per_client: per_client.into_iter().map(|(c, _)| c).collect(),
+    }
 }
 
 /// Move an aggregated tensor (computed on the inner backend) back to the training backend.

@@ -9,7 +9,7 @@
 
 use fedolf_models::LayerInfo;
 
-use crate::freeze_modes::LayerRole;
+use crate::freeze::LayerRole;
 
 const F32: u64 = 4;
 

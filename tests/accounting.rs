@@ -4,7 +4,8 @@ mod common;
 
 use common::*;
 use fedolf::energy::Energy;
-use fedolf::freeze_modes::{layer_roles, FreezeMode, LayerRole};
+use fedolf::freeze::LayerRole;
+use fedolf::freeze_modes::{layer_roles, FreezeMode};
 use fedolf::models::{FeatureShape, ModelKind};
 use fedolf::params::layer_numel;
 use fedolf::theory::theoretical_memory;

@@ -171,3 +171,41 @@ fn list_shows_models_datasets_and_methods() {
         assert!(text.contains(name), "missing {name}:\n{text}");
     }
 }
+
+#[test]
+fn every_method_runs_three_rounds_above_chance() {
+    for method in fedolf::config::Method::ALL {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = tiny_args(out.path(), 3);
+        args.extend(["--set".to_string(), format!("method={}", method.name())]);
+        let o = fedolf(&args);
+        assert!(o.status.success(), "{}: {}", method.name(), String::from_utf8_lossy(&o.stderr));
+        let dir = only_run_dir(out.path());
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        let acc = summary["final_accuracy"].as_f64().unwrap();
+        assert!(acc > 0.2, "{}: accuracy {acc} after 3 rounds (chance is 0.1)", method.name());
+        let clients = std::fs::read_to_string(dir.join("clients.csv")).unwrap();
+        assert!(clients.lines().count() > 3, "{}: clients.csv has per-client rows", method.name());
+    }
+}
+
+#[test]
+fn fedolf_with_qsgd_sends_fewer_frozen_bytes() {
+    // c = 2 on the CNN: frozen clients freeze conv1 (weight 800 + bias 32 floats = 3328
+    // bytes). 8-bit QSGD buckets each tensor: 800 + 4·⌈800/128⌉ = 828 and 32 + 4·1 = 36,
+    // so 864 bytes.
+    let out = tempfile::tempdir().unwrap();
+    let mut args = tiny_args(out.path(), 1);
+    args.extend(["--set".to_string(), "qsgd.bits=8".to_string()]);
+    let o = fedolf(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = only_run_dir(out.path());
+    let clients = std::fs::read_to_string(dir.join("clients.csv")).unwrap();
+    let full_model = 4 * (832 + 51_264 + 1_606_144 + 5_130) as u64;
+    for line in clients.lines().skip(1) {
+        let c: Vec<&str> = line.split(',').collect();
+        let (frozen, down): (usize, u64) = (c[3].parse().unwrap(), c[5].parse().unwrap());
+        let expected = if frozen == 1 { full_model - 4 * 832 + 864 } else { full_model };
+        assert_eq!(down, expected, "{line}");
+    }
+}

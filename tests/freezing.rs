@@ -7,7 +7,7 @@ use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use common::*;
-use fedolf::freeze::{train_local, ClientData, FreezeError, LocalTraining, SgdSettings, SplitModel};
+use fedolf::freeze::{train_local, ClientData, FreezeError, LocalModel, LocalTraining, SgdSettings};
 use fedolf::models::ModelKind;
 use rand::SeedableRng;
 
@@ -24,7 +24,7 @@ fn frozen_layers_are_bit_identical_and_active_layers_change() {
         let (x, y) = random_batch::<Inner>(24, shape, 10, 7);
         let indices: Vec<usize> = (0..24).collect();
         let data = ClientData { images: &x, labels: &y, indices: &indices };
-        let split = SplitModel::from_global(&global, l).unwrap();
+        let split = LocalModel::ordered(&global, l).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let (trained, outcome) = train_local(split, &data, &settings(), &mut rng).unwrap();
         assert_eq!(outcome.steps, 2 * 3);
@@ -58,27 +58,27 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradProbe<'_, B> {
 fn gradients_exist_only_for_active_parameters() {
     let global = ModelKind::AlexNet.init::<Train>([3, 32, 32], 10, &device()).unwrap();
     let l = 4;
-    let split = SplitModel::from_global(&global, l).unwrap();
+    let split = LocalModel::ordered(&global, l).unwrap();
     let (x, y) = random_batch::<Inner>(4, [3, 32, 32], 10, 9);
     let logits = split.forward(x);
     let loss = burn::nn::loss::CrossEntropyLossConfig::new().init::<Train>(&device()).forward(logits, Tensor::from_inner(y));
     let grads = loss.backward();
     // The frozen prefix (lifted back to autodiff) has no gradient anywhere...
-    let frozen = fedolf::models::LayeredNet::<Train>::from_inner(split.frozen.clone());
+    let frozen = fedolf::models::LayeredNet::<Train>::from_inner(split.no_graph.clone());
     let mut probe = GradProbe::<Train> { grads: &grads, with_grad: Vec::new() };
     frozen.visit(&mut probe);
     assert!(!probe.with_grad.is_empty());
     assert!(probe.with_grad.iter().all(|g| !g), "a frozen parameter got a gradient");
     // ...and every active parameter has one.
     let mut probe = GradProbe::<Train> { grads: &grads, with_grad: Vec::new() };
-    split.active.visit(&mut probe);
+    split.graph.visit(&mut probe);
     assert!(probe.with_grad.iter().all(|g| *g), "an active parameter got no gradient");
 }
 
 #[test]
 fn frozen_count_must_leave_a_trainable_layer() {
     let global = ModelKind::Cnn.init::<Train>([1, 28, 28], 10, &device()).unwrap();
-    let err = SplitModel::from_global(&global, 3).unwrap_err();
+    let err = LocalModel::ordered(&global, 3).unwrap_err();
     assert_eq!(err, FreezeError::TooManyFrozen { frozen: 3, num_layers: 3 });
     assert!(err.to_string().contains("below the model's 3 layers"));
 }
@@ -90,7 +90,7 @@ fn divergence_is_reported_not_hidden() {
     let x = x * 1e30; // overflows the logits
     let indices: Vec<usize> = (0..16).collect();
     let data = ClientData { images: &x, labels: &y, indices: &indices };
-    let split = SplitModel::from_global(&global, 0).unwrap();
+    let split = LocalModel::ordered(&global, 0).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let mut s = settings();
     s.sgd.lr = 1e10;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use fedolf::freeze::{train_local, ClientData, LocalTraining, SgdSettings, SplitModel};
+use fedolf::freeze::{train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
 use fedolf::memory::CountingAllocator;
 use fedolf::models::ModelKind;
 use rand::SeedableRng;
@@ -29,7 +29,7 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
     let data = ClientData { images: &x, labels: &y, indices: &indices };
     let step = LocalTraining { epochs: 1, batch_size: batch, sgd: SgdSettings { lr: 0.01, momentum: 0.9, weight_decay: 0.0 } };
     let run = |l: usize| {
-        let split = SplitModel::from_global(&global, l).unwrap();
+        let split = LocalModel::ordered(&global, l).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let (_, peak) = ALLOC.measure(|| train_local(split, &data, &step, &mut rng).unwrap());
         peak

@@ -1,0 +1,81 @@
+//! CoCoFL (Pfeiffer et al., "CoCoFL: Communication- and computation-aware federated learning
+//! via partial NN freezing and quantization", TMLR 2023), as BASELINES.md specifies it.
+//!
+//! Each round a client trains one contiguous window of `W = N − l_k` layers whose start is
+//! drawn uniformly from `{0, …, l_k}`; layers below the window are frozen outside the graph,
+//! layers above it stay in the graph with `require_grad = false`. It uploads the window.
+//! Server, per layer: `r = uploaders / participants`,
+//! `θ ← r · mean(uploads) + (1 − r) · θ_old` (its own rule, not MWA; `mean` unweighted).
+//! The optional fake-int8 quantization of frozen layers is not implemented.
+
+use burn::prelude::*;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::{ClientPlan, Download, PlanContext, ServerRule, Strategy};
+use crate::aggregate::{masked_weighted_average, AggregateError, LayerUpload, Upload};
+use crate::config::Method;
+use crate::freeze::{FreezeError, LayerRole};
+use crate::params::{LayerParams, NamedTensor};
+
+pub struct CocoFl;
+
+impl Strategy for CocoFl {
+    fn method(&self) -> Method {
+        Method::Cocofl
+    }
+
+    fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+        let l = ctx.level(cluster);
+        if l >= ctx.num_layers {
+            return Err(FreezeError::TooManyFrozen { frozen: l, num_layers: ctx.num_layers });
+        }
+        let width = ctx.num_layers - l;
+        let start = rng.random_range(0..=l);
+        let roles = (0..ctx.num_layers)
+            .map(|i| {
+                if i < start {
+                    LayerRole::FrozenNoGraph
+                } else if i < start + width {
+                    LayerRole::Trained
+                } else {
+                    LayerRole::FrozenInGraph
+                }
+            })
+            .collect();
+        Ok(ClientPlan { client, cluster, roles, download: Download::Full })
+    }
+
+    fn server_rule(&self) -> ServerRule {
+        ServerRule::CocoflBlend
+    }
+}
+
+/// CoCoFL's server rule over `participants` clients (see the module doc). `None` for
+/// layers nobody uploaded.
+pub fn cocofl_blend<B: Backend>(
+    global: &[LayerParams<B>],
+    uploads: &[LayerUpload<B>],
+    participants: usize,
+) -> Result<Vec<Option<LayerParams<B>>>, AggregateError> {
+    (0..global.len())
+        .map(|l| {
+            let held: Vec<Upload<'_, B>> = uploads
+                .iter()
+                .filter_map(|u| u.layers.iter().find(|(i, _)| *i == l))
+                .map(|(_, tensors)| Upload { weight: 1.0, tensors: tensors.as_slice(), masks: None })
+                .collect();
+            if held.is_empty() {
+                return Ok(None);
+            }
+            let r = held.len() as f32 / participants.max(held.len()) as f32;
+            let mean = masked_weighted_average(&global[l], &held)?;
+            Ok(Some(
+                mean.into_iter()
+                    .zip(&global[l])
+                    .map(|(m, old)| NamedTensor { name: m.name, shape: m.shape, value: m.value * r + old.value.clone() * (1.0 - r) })
+                    .collect(),
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,31 @@
+//! FedAvg (McMahan et al., AISTATS 2017): every client trains and uploads the whole model;
+//! `θ ← Σ_k n_k θ_k / Σ_k n_k`. The paper's unconstrained upper bound.
+//! Drop variant (BASELINES.md choice): only the strongest cluster (`i_k = c`) takes part.
+
+use rand_chacha::ChaCha8Rng;
+
+use super::{ClientPlan, Download, PlanContext, Strategy};
+use crate::config::Method;
+use crate::freeze::{FreezeError, LayerRole};
+
+pub struct FedAvg {
+    pub drop_weak: bool,
+}
+
+impl Strategy for FedAvg {
+    fn method(&self) -> Method {
+        if self.drop_weak {
+            Method::FedavgDrop
+        } else {
+            Method::Fedavg
+        }
+    }
+
+    fn eligible(&self, cluster: usize, clusters: usize) -> bool {
+        !self.drop_weak || cluster + 1 == clusters
+    }
+
+    fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full })
+    }
+}

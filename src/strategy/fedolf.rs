@@ -1,0 +1,31 @@
+//! FedOLF (Federated Learning with Ordered Layer Freezing, IEEE TMC, arXiv 2512.23200).
+//! Cluster `i_k` freezes `L_1..L_{l_k}`, `l_k = c − i_k`, outside the autodiff graph, trains
+//! `L_{l_k+1}..L_N` and uploads only those; the server aggregates layer by layer,
+//! `θ_l ← Σ_{k∈S_l} n_k θ_{k,l} / Σ_{k∈S_l} n_k`. TOA (needs `l_k ≥ 2`) or QSGD compresses
+//! the frozen layers' download.
+
+use rand_chacha::ChaCha8Rng;
+
+use super::{ClientPlan, Download, PlanContext, Strategy};
+use crate::config::Method;
+use crate::freeze::{ordered_roles, FreezeError};
+
+pub struct FedOlf {
+    pub download: Download,
+}
+
+impl Strategy for FedOlf {
+    fn method(&self) -> Method {
+        Method::Fedolf
+    }
+
+    fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+        let l = ctx.level(cluster);
+        let download = match self.download {
+            Download::Toa(s) if s.is_active() && l >= 2 => Download::Toa(s),
+            Download::Qsgd(q) if l >= 1 => Download::Qsgd(q),
+            _ => Download::Full,
+        };
+        Ok(ClientPlan { client, cluster, roles: ordered_roles(ctx.num_layers, l)?, download })
+    }
+}

@@ -1,0 +1,95 @@
+//! Methods as strategies: each file states its paper and its rule, and turns a sampled
+//! client into an owned [`ClientPlan`] (per-layer roles + download compressor); the round
+//! loop in `sim.rs` executes plans and applies the strategy's [`ServerRule`].
+
+mod cocofl;
+mod fedavg;
+mod fedolf;
+mod random_freeze;
+mod tinyfel;
+
+use rand_chacha::ChaCha8Rng;
+
+pub use cocofl::{cocofl_blend, CocoFl};
+pub use fedavg::FedAvg;
+pub use fedolf::FedOlf;
+pub use random_freeze::RandomFreeze;
+pub use tinyfel::TinyFel;
+
+use crate::config::Method;
+use crate::freeze::{FreezeError, LayerRole};
+use crate::qsgd::QsgdSettings;
+use crate::toa::ToaSettings;
+
+/// How the frozen, out-of-graph prefix travels down.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Download {
+    Full,
+    Toa(ToaSettings),
+    Qsgd(QsgdSettings),
+}
+
+/// What one sampled client does this round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientPlan {
+    pub client: usize,
+    /// Capacity cluster, 0-based (`i_k − 1`).
+    pub cluster: usize,
+    pub roles: Vec<LayerRole>,
+    pub download: Download,
+}
+
+impl ClientPlan {
+    /// Layers the client does not train.
+    pub fn frozen(&self) -> usize {
+        self.roles.iter().filter(|r| **r != LayerRole::Trained).count()
+    }
+}
+
+/// How the server merges uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerRule {
+    /// Layer-wise MWA with `w_k = n_k` (FedOLF's rule).
+    LayerwiseMwa,
+    /// CoCoFL: `θ ← r·mean(uploads) + (1 − r)·θ_old`, `r` = uploaders / participants.
+    CocoflBlend,
+}
+
+/// Facts a plan needs.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanContext {
+    pub num_layers: usize,
+    pub clusters: usize,
+    pub round: usize,
+}
+
+impl PlanContext {
+    /// Level `l_k = c − i_k` of a 0-based cluster (frozen / pruned layer count).
+    pub fn level(&self, cluster: usize) -> usize {
+        self.clusters - 1 - cluster
+    }
+}
+
+pub trait Strategy {
+    fn method(&self) -> Method;
+    /// Whether clients of this cluster take part at all (FedAvg's drop variant).
+    fn eligible(&self, _cluster: usize, _clusters: usize) -> bool {
+        true
+    }
+    fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError>;
+    fn server_rule(&self) -> ServerRule {
+        ServerRule::LayerwiseMwa
+    }
+}
+
+/// The strategy for a method; `download` is the frozen-prefix compressor (FedOLF only).
+pub fn strategy_for(method: Method, download: Download) -> Box<dyn Strategy> {
+    match method {
+        Method::Fedolf => Box::new(FedOlf { download }),
+        Method::Fedavg => Box::new(FedAvg { drop_weak: false }),
+        Method::FedavgDrop => Box::new(FedAvg { drop_weak: true }),
+        Method::RandomFreeze => Box::new(RandomFreeze),
+        Method::Tinyfel => Box::new(TinyFel),
+        Method::Cocofl => Box::new(CocoFl),
+    }
+}

@@ -1,0 +1,33 @@
+//! Random layer freezing (the FedOLF paper's Fig. 2 contrast): cluster `i_k` freezes `l_k`
+//! layers drawn uniformly (fresh per client per round). Frozen layers below the lowest
+//! trained one leave the graph; frozen layers above a trained one stay in it with
+//! `require_grad = false` so gradients reach the layers below — which is why random freezing
+//! saves little memory. Server: layer-wise MWA over the layers each client trained.
+
+use rand::seq::index::sample;
+use rand_chacha::ChaCha8Rng;
+
+use super::{ClientPlan, Download, PlanContext, Strategy};
+use crate::config::Method;
+use crate::freeze::FreezeError;
+use crate::freeze_modes::roles_with_pass_grad;
+
+pub struct RandomFreeze;
+
+impl Strategy for RandomFreeze {
+    fn method(&self) -> Method {
+        Method::RandomFreeze
+    }
+
+    fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+        let l = ctx.level(cluster);
+        if l >= ctx.num_layers {
+            return Err(FreezeError::TooManyFrozen { frozen: l, num_layers: ctx.num_layers });
+        }
+        let mut frozen = vec![false; ctx.num_layers];
+        for i in sample(rng, ctx.num_layers, l).into_iter() {
+            frozen[i] = true;
+        }
+        Ok(ClientPlan { client, cluster, roles: roles_with_pass_grad(&frozen), download: Download::Full })
+    }
+}

@@ -1,0 +1,28 @@
+//! TinyFEL (as the FedOLF paper describes it; no public code exists): the first `l_k` layers
+//! are frozen only in backpropagation — the whole forward pass is recorded on the autodiff
+//! backend, every gradient is computed, and the frozen layers' gradients are discarded before
+//! the update. Same training result as FedOLF without TOA; it exists to measure memory and
+//! energy (paper Fig. 17). Server: layer-wise MWA.
+
+use rand_chacha::ChaCha8Rng;
+
+use super::{ClientPlan, Download, PlanContext, Strategy};
+use crate::config::Method;
+use crate::freeze::{FreezeError, LayerRole};
+
+pub struct TinyFel;
+
+impl Strategy for TinyFel {
+    fn method(&self) -> Method {
+        Method::Tinyfel
+    }
+
+    fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+        let l = ctx.level(cluster);
+        if l >= ctx.num_layers {
+            return Err(FreezeError::TooManyFrozen { frozen: l, num_layers: ctx.num_layers });
+        }
+        let roles = (0..ctx.num_layers).map(|i| if i < l { LayerRole::FrozenGradDiscarded } else { LayerRole::Trained }).collect();
+        Ok(ClientPlan { client, cluster, roles, download: Download::Full })
+    }
+}
