@@ -26,10 +26,7 @@ impl Strategy for CocoFl {
     }
 
     fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
-        let l = ctx.level(cluster);
-        if l >= ctx.num_layers {
-            return Err(FreezeError::TooManyFrozen { frozen: l, num_layers: ctx.num_layers });
-        }
+        let l = ctx.level(cluster)?;
         let width = ctx.num_layers - l;
         let start = rng.random_range(0..=l);
         let roles = (0..ctx.num_layers)

@@ -20,7 +20,7 @@ impl Strategy for FedOlf {
     }
 
     fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
-        let l = ctx.level(cluster);
+        let l = ctx.level(cluster)?;
         let download = match self.download {
             Download::Toa(s) if s.is_active() && l >= 2 => Download::Toa(s),
             Download::Qsgd(q) if l >= 1 => Download::Qsgd(q),

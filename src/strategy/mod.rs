@@ -64,9 +64,14 @@ pub struct PlanContext {
 }
 
 impl PlanContext {
-    /// Level `l_k = c − i_k` of a 0-based cluster (frozen / pruned layer count).
-    pub fn level(&self, cluster: usize) -> usize {
-        self.clusters - 1 - cluster
+    /// Level `l_k = c − i_k` of a 0-based cluster (frozen / pruned layer count); at least
+    /// one layer must stay trainable.
+    pub fn level(&self, cluster: usize) -> Result<usize, FreezeError> {
+        let l = self.clusters - 1 - cluster;
+        if l >= self.num_layers {
+            return Err(FreezeError::TooManyFrozen { frozen: l, num_layers: self.num_layers });
+        }
+        Ok(l)
     }
 }
 

@@ -20,10 +20,7 @@ impl Strategy for RandomFreeze {
     }
 
     fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
-        let l = ctx.level(cluster);
-        if l >= ctx.num_layers {
-            return Err(FreezeError::TooManyFrozen { frozen: l, num_layers: ctx.num_layers });
-        }
+        let l = ctx.level(cluster)?;
         let mut frozen = vec![false; ctx.num_layers];
         for i in sample(rng, ctx.num_layers, l).into_iter() {
             frozen[i] = true;

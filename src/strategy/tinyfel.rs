@@ -18,10 +18,7 @@ impl Strategy for TinyFel {
     }
 
     fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
-        let l = ctx.level(cluster);
-        if l >= ctx.num_layers {
-            return Err(FreezeError::TooManyFrozen { frozen: l, num_layers: ctx.num_layers });
-        }
+        let l = ctx.level(cluster)?;
         let roles = (0..ctx.num_layers).map(|i| if i < l { LayerRole::FrozenGradDiscarded } else { LayerRole::Trained }).collect();
         Ok(ClientPlan { client, cluster, roles, download: Download::Full })
     }
