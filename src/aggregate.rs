@@ -121,10 +121,23 @@ pub struct LayerUpload<B: Backend> {
     pub weight: f64,
     /// `(layer index, tensors)` for each trained layer.
     pub layers: Vec<(usize, LayerParams<B>)>,
+    /// Element masks in global coordinates, parallel to `layers` (width sub-models);
+    /// `None` = whole layers (FedOLF and the other layer-wise methods).
+    pub masks: Option<Vec<Vec<Tensor<B, 1>>>>,
 }
 
-/// FedOLF's layer-wise aggregation: for every layer, MWA (whole-layer masks) over the clients
-/// that uploaded it. Returns `Some(new tensors)` for layers someone trained, `None` for layers
+impl<B: Backend> LayerUpload<B> {
+    pub fn whole(weight: f64, layers: Vec<(usize, LayerParams<B>)>) -> Self {
+        Self { weight, layers, masks: None }
+    }
+
+    pub fn masked(weight: f64, layers: Vec<(usize, LayerParams<B>)>, masks: Vec<Vec<Tensor<B, 1>>>) -> Self {
+        Self { weight, layers, masks: Some(masks) }
+    }
+}
+
+/// FedOLF's layer-wise aggregation: for every layer, MWA over the clients that uploaded it
+/// (whole-layer masks, or the element masks of width sub-models). Returns `Some(new tensors)` for layers someone trained, `None` for layers
 /// nobody trained (they keep their value).
 pub fn aggregate_layerwise<B: Backend>(
     global: &[LayerParams<B>],
@@ -141,10 +154,11 @@ pub fn aggregate_layerwise<B: Backend>(
             let contributions: Vec<Upload<'_, B>> = uploads
                 .iter()
                 .filter_map(|up| {
-                    up.layers.iter().find(|(i, _)| *i == l).map(|(_, tensors)| Upload {
+                    let pos = up.layers.iter().position(|(i, _)| *i == l)?;
+                    Some(Upload {
                         weight: up.weight,
-                        tensors: tensors.as_slice(),
-                        masks: None,
+                        tensors: up.layers[pos].1.as_slice(),
+                        masks: up.masks.as_ref().map(|m| m[pos].as_slice()),
                     })
                 })
                 .collect();

@@ -23,4 +23,5 @@ pub mod qsgd;
 pub mod report;
 pub mod sim;
 pub mod strategy;
+pub mod submodel;
 pub mod theory;

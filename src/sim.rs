@@ -280,7 +280,7 @@ pub fn run<B: AutodiffBackend>(
             // 6. Upload = trained layers only.
             let layers = trained.trained_layers();
             let bytes_up = layers.iter().flat_map(|(_, p)| p).map(|t| t.numel() as u64).sum::<u64>() * BYTES_PER_PARAM;
-            uploads.push(LayerUpload { weight: indices.len() as f64, layers });
+            uploads.push(LayerUpload::whole(indices.len() as f64, layers));
             per_client.push((
                 ClientRecord {
                     round,

@@ -25,7 +25,7 @@ fn identical_uploads_return_that_upload() {
     let c = read_model(&client);
     let uploads: Vec<LayerUpload<Inner>> = [3.0, 50.0, 7.0]
         .into_iter()
-        .map(|w| LayerUpload { weight: w, layers: c.iter().cloned().enumerate().collect() })
+        .map(|w| LayerUpload::whole(w, c.iter().cloned().enumerate().collect()))
         .collect();
     let out = aggregate_layerwise(&g, &uploads).unwrap();
     for (l, layer) in out.iter().enumerate() {
@@ -83,8 +83,8 @@ fn layers_nobody_trained_keep_their_value_and_bn_stats_average() {
             .collect()
     };
     let uploads = vec![
-        LayerUpload { weight: 1.0, layers: vec![(5, with_mean(2.0))] },
-        LayerUpload { weight: 1.0, layers: vec![(5, with_mean(4.0))] },
+        LayerUpload::whole(1.0, vec![(5, with_mean(2.0))]),
+        LayerUpload::whole(1.0, vec![(5, with_mean(4.0))]),
     ];
     let out = aggregate_layerwise(&g, &uploads).unwrap();
     for (l, layer) in out.iter().enumerate() {

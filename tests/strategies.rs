@@ -90,8 +90,8 @@ fn cocofl_server_rule_by_hand() {
     // Sample counts are ignored (CoCoFL's mean is unweighted).
     let global = vec![t(&[0.0, 10.0]), t(&[1.0, 1.0])];
     let uploads = vec![
-        LayerUpload { weight: 100.0, layers: vec![(0, t(&[2.0, 4.0]))] },
-        LayerUpload { weight: 1.0, layers: vec![(0, t(&[6.0, 8.0]))] },
+        LayerUpload::whole(100.0, vec![(0, t(&[2.0, 4.0]))]),
+        LayerUpload::whole(1.0, vec![(0, t(&[6.0, 8.0]))]),
     ];
     let out = cocofl_blend(&global, &uploads, 4).unwrap();
     assert_eq!(to_vec(&out[0].as_ref().unwrap()[0].value), vec![2.0, 8.0]);

@@ -7,6 +7,8 @@ use crate::dense_unit::{DenseUnit, MlpHead};
 use crate::error::ModelError;
 use crate::features::Features;
 use crate::residual::{BasicBlock, PooledHead, StemUnit};
+use crate::slicing;
+use crate::spaces::LayerCut;
 use crate::shape::{FeatureShape, LayerInfo};
 
 #[derive(Module, Debug)]
@@ -113,6 +115,62 @@ impl<B: Backend> Layer<B> {
                 Ok(Self::Stem(u))
             }
             other => Err(ModelError::ToaUnsupported { layer: other.kind_name(), op: "sparsify inner" }),
+        }
+    }
+
+    /// A narrower copy keeping the channels in `cut` (pure selection, no rescaling): the
+    /// sub-model of the width methods (HeteroFL, Feddrop, FjORD).
+    pub fn slice(self, cut: &LayerCut<B>) -> Self {
+        let keep_in_conv = |conv, cut: &LayerCut<B>| match &cut.input {
+            Some((idx, _)) => slicing::conv_keep_inputs(conv, idx),
+            None => conv,
+        };
+        match self {
+            Self::Conv(mut u) => {
+                u.conv = keep_in_conv(u.conv, cut);
+                if let Some(idx) = &cut.output {
+                    u = u.keep_outputs(idx);
+                }
+                Self::Conv(u)
+            }
+            Self::Dense(mut u) => {
+                if let Some((idx, full)) = &cut.input {
+                    u.linear = slicing::linear_keep_inputs(u.linear, idx, *full);
+                }
+                if let Some(idx) = &cut.output {
+                    u = u.keep_outputs(idx);
+                }
+                Self::Dense(u)
+            }
+            Self::Mlp(mut u) => {
+                if let Some((idx, full)) = &cut.input {
+                    u.hidden = slicing::linear_keep_inputs(u.hidden, idx, *full);
+                }
+                if let Some(idx) = &cut.inner {
+                    u.hidden = slicing::linear_keep_outputs(u.hidden, idx);
+                    // The classifier reads the hidden neurons directly (flat: one row each).
+                    let hidden = u.output.weight.dims()[0];
+                    u.output = slicing::linear_keep_inputs(u.output, idx, hidden);
+                }
+                Self::Mlp(u)
+            }
+            Self::Stem(mut u) => {
+                if let Some(idx) = &cut.output {
+                    u.conv = slicing::conv_keep_outputs(u.conv, idx);
+                    u.bn = slicing::bn_keep(u.bn, idx);
+                }
+                let full = u.block.conv1.weight.dims()[1];
+                let block_cut = LayerCut { input: cut.output.clone().map(|i| (i, full)), inner: cut.inner.clone(), output: cut.output.clone() };
+                u.block = u.block.slice(&block_cut);
+                Self::Stem(u)
+            }
+            Self::Block(u) => Self::Block(u.slice(cut)),
+            Self::Head(mut u) => {
+                if let Some((idx, full)) = &cut.input {
+                    u.fc = slicing::linear_keep_inputs(u.fc, idx, *full);
+                }
+                Self::Head(u)
+            }
         }
     }
 

@@ -22,6 +22,7 @@ pub mod resnet;
 mod residual;
 mod shape;
 mod slicing;
+mod spaces;
 
 pub use conv_unit::ConvUnit;
 pub use dense_unit::{DenseUnit, MlpHead};
@@ -31,6 +32,7 @@ pub use layer::{Layer, ToaSite};
 pub use net::LayeredNet;
 pub use residual::{BasicBlock, PooledHead, StemUnit};
 pub use shape::{FeatureShape, LayerInfo};
+pub use spaces::{LayerCut, LayerSpaces, SpaceLayout};
 
 /// The models this crate builds, by name (what configs and the CLI accept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

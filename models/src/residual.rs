@@ -102,6 +102,32 @@ impl<B: Backend> BasicBlock<B> {
         }
     }
 
+    /// Keep the channels of `cut` (input / inner / output spaces), pure selection.
+    pub(crate) fn slice(mut self, cut: &crate::spaces::LayerCut<B>) -> Self {
+        if let Some((idx, _)) = &cut.input {
+            self.conv1 = slicing::conv_keep_inputs(self.conv1, idx);
+            self.shortcut = self.shortcut.map(|mut p| {
+                p.conv = slicing::conv_keep_inputs(p.conv, idx);
+                p
+            });
+        }
+        if let Some(idx) = &cut.inner {
+            self.conv1 = slicing::conv_keep_outputs(self.conv1, idx);
+            self.bn1 = slicing::bn_keep(self.bn1, idx);
+            self.conv2 = slicing::conv_keep_inputs(self.conv2, idx);
+        }
+        if let Some(idx) = &cut.output {
+            self.conv2 = slicing::conv_keep_outputs(self.conv2, idx);
+            self.bn2 = slicing::bn_keep(self.bn2, idx);
+            self.shortcut = self.shortcut.map(|mut p| {
+                p.conv = slicing::conv_keep_outputs(p.conv, idx);
+                p.bn = slicing::bn_keep(p.bn, idx);
+                p
+            });
+        }
+        self
+    }
+
     pub(crate) fn inner_norms(&self) -> Tensor<B, 1> {
         slicing::conv_filter_norms(&self.conv1)
     }

@@ -14,6 +14,12 @@ pub(crate) fn conv_keep_outputs<B: Backend>(mut conv: Conv2d<B>, idx: &Tensor<B,
     conv
 }
 
+/// Keep input channels `idx`: weight `[out, in, kh, kw] -> [out, k, kh, kw]`.
+pub(crate) fn conv_keep_inputs<B: Backend>(mut conv: Conv2d<B>, idx: &Tensor<B, 1, Int>) -> Conv2d<B> {
+    conv.weight = conv.weight.map(|w| w.select(1, idx.clone()));
+    conv
+}
+
 /// Keep input channels `idx`, each scaled by `alpha[j]`:
 /// weight `[out, in, kh, kw] -> [out, k, kh, kw]`, times `alpha` viewed as `[1, k, 1, 1]`.
 pub(crate) fn conv_scale_inputs<B: Backend>(
@@ -49,9 +55,25 @@ pub(crate) fn linear_keep_outputs<B: Backend>(mut fc: Linear<B>, idx: &Tensor<B,
     fc
 }
 
-/// Keep the input rows of channels `idx`, scaled by `alpha`. When the input is a flattened
-/// feature map of `prev_channels` channels, channel j owns rows `j·hw .. (j+1)·hw`
+/// The weight rows a linear layer reads from input channels `idx`. When the input is a
+/// flattened feature map of `prev_channels` channels, channel j owns rows `j·hw .. (j+1)·hw`
 /// (NCHW flatten); for flat inputs `hw = 1`.
+fn linear_input_rows<B: Backend>(d_in: usize, idx: &Tensor<B, 1, Int>, prev_channels: usize) -> Tensor<B, 1, Int> {
+    let hw = d_in / prev_channels;
+    let k = idx.dims()[0];
+    // rows: [k] -> [k, 1] * hw + [1, hw] -> [k, hw] -> [k·hw], channel-major like the flatten.
+    let offsets = Tensor::<B, 1, Int>::arange(0..hw as i64, &idx.device()).reshape([1, hw]);
+    (idx.clone().reshape([k, 1]) * (hw as i64) + offsets).reshape([k * hw])
+}
+
+/// Keep the input rows of channels `idx` (see [`linear_input_rows`]).
+pub(crate) fn linear_keep_inputs<B: Backend>(mut fc: Linear<B>, idx: &Tensor<B, 1, Int>, prev_channels: usize) -> Linear<B> {
+    let rows = linear_input_rows(fc.weight.dims()[0], idx, prev_channels);
+    fc.weight = fc.weight.map(|w| w.select(0, rows));
+    fc
+}
+
+/// Keep the input rows of channels `idx`, scaled by `alpha` (see [`linear_input_rows`]).
 pub(crate) fn linear_scale_inputs<B: Backend>(
     mut fc: Linear<B>,
     idx: &Tensor<B, 1, Int>,
@@ -61,9 +83,7 @@ pub(crate) fn linear_scale_inputs<B: Backend>(
     let [d_in, _] = fc.weight.dims();
     let hw = d_in / prev_channels;
     let k = alpha.dims()[0];
-    // rows: [k] -> [k, 1] * hw + [1, hw] -> [k, hw] -> [k·hw], channel-major like the flatten.
-    let offsets = Tensor::<B, 1, Int>::arange(0..hw as i64, &idx.device()).reshape([1, hw]);
-    let rows = (idx.clone().reshape([k, 1]) * (hw as i64) + offsets).reshape([k * hw]);
+    let rows = linear_input_rows(d_in, idx, prev_channels);
     // alpha: [k] -> [k, 1] -> [k, hw] -> [k·hw, 1] to scale whole rows.
     let alpha = alpha.clone().reshape([k, 1]).repeat_dim(1, hw).reshape([k * hw, 1]);
     fc.weight = fc.weight.map(|w| w.select(0, rows) * alpha);

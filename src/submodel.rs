@@ -1,0 +1,134 @@
+//! Width sub-models (BASELINES.md, "Sub-model extract / embed" and "MWA"): a client keeps a
+//! subset of every channel space; `extract` slices the global model to it, `embed` scatters
+//! the trained sub-model back to global coordinates as `(values, 0/1 mask)` for MWA.
+//!
+//! One rounding rule everywhere: kept channels `= max(1, ⌈r·C⌉)`. Image channels and class
+//! outputs are never sliced.
+//!
+//! `embed` is built from `extract` itself: an "index model" — a copy of the global model
+//! whose every tensor holds its own flat element indices — is extracted with the same spec,
+//! so each local element carries the global position it came from. The two directions
+//! cannot disagree.
+
+use burn::prelude::*;
+use burn::tensor::IndexingUpdateOp;
+use fedolf_models::{LayerCut, LayeredNet, SpaceLayout};
+use rand::seq::index::sample;
+use rand::Rng;
+
+use crate::params::{read_layer, read_model, write_layer, LayerParams, NamedTensor, ParamError};
+
+/// `max(1, ⌈r·C⌉)`.
+pub fn kept_channels(r: f64, channels: usize) -> usize {
+    ((r * channels as f64).ceil() as usize).clamp(1, channels.max(1))
+}
+
+/// Kept channel indices (ascending) for every space of a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WidthSpec {
+    pub kept: Vec<Vec<usize>>,
+}
+
+impl WidthSpec {
+    /// HeteroFL / FjORD: the first `⌈r·C⌉` channels of every space.
+    pub fn prefix(layout: &SpaceLayout, r: f64) -> Self {
+        Self { kept: layout.sizes.iter().map(|&c| (0..kept_channels(r, c)).collect()).collect() }
+    }
+
+    /// Feddrop: a uniformly random subset of `⌈r·C⌉` channels per space, drawn once per space
+    /// (so residual skips stay aligned).
+    pub fn random<R: Rng>(layout: &SpaceLayout, r: f64, rng: &mut R) -> Self {
+        let kept = layout
+            .sizes
+            .iter()
+            .map(|&c| {
+                let mut v = sample(rng, c, kept_channels(r, c)).into_vec();
+                v.sort_unstable();
+                v
+            })
+            .collect();
+        Self { kept }
+    }
+
+    pub fn is_full(&self, layout: &SpaceLayout) -> bool {
+        self.kept.iter().zip(&layout.sizes).all(|(k, &c)| k.len() == c)
+    }
+}
+
+fn index_tensor<B: Backend>(idx: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(idx.iter().map(|&i| i as i64).collect::<Vec<_>>(), [idx.len()]), device)
+}
+
+/// Slice `net` to the channels of `spec`.
+pub fn extract<B: Backend>(mut net: LayeredNet<B>, layout: &SpaceLayout, spec: &WidthSpec, device: &B::Device) -> LayeredNet<B> {
+    let idx: Vec<Tensor<B, 1, Int>> = spec.kept.iter().map(|k| index_tensor(k, device)).collect();
+    let layers = std::mem::take(&mut net.layers);
+    net.layers = layers
+        .into_iter()
+        .zip(&layout.layers)
+        .map(|(layer, spaces)| {
+            let cut = LayerCut {
+                input: spaces.input.map(|s| (idx[s].clone(), layout.sizes[s])),
+                inner: spaces.inner.map(|s| idx[s].clone()),
+                output: spaces.output.map(|s| idx[s].clone()),
+            };
+            layer.slice(&cut)
+        })
+        .collect();
+    net
+}
+
+/// For every tensor of the sub-model of `spec`: the global flat index of each element.
+/// `global` must be a copy the caller owns (its tensors are overwritten with indices).
+pub fn embedding_indices<B: Backend>(
+    mut global: LayeredNet<B>,
+    layout: &SpaceLayout,
+    spec: &WidthSpec,
+    device: &B::Device,
+) -> Result<Vec<Vec<Tensor<B, 1, Int>>>, ParamError> {
+    let layers = std::mem::take(&mut global.layers);
+    let mut indexed = Vec::with_capacity(layers.len());
+    for (i, layer) in layers.into_iter().enumerate() {
+        let params: LayerParams<B> = read_layer(&layer)
+            .into_iter()
+            .map(|t| {
+                let n = t.numel();
+                // f32 holds integers exactly up to 2^24; the largest tensor here is ~2M.
+                let value = Tensor::<B, 1, Int>::arange(0..n as i64, device).float();
+                NamedTensor { name: t.name, shape: t.shape, value }
+            })
+            .collect();
+        indexed.push(write_layer(layer, i, &params)?);
+    }
+    global.layers = indexed;
+    let local = extract(global, layout, spec, device);
+    Ok(read_model(&local).into_iter().map(|layer| layer.into_iter().map(|t| t.value.round().int()).collect()).collect())
+}
+
+/// Scatter a trained sub-model into global coordinates: per layer, the tensors (zeros where
+/// not held) and their 0/1 masks.
+pub fn embed<B: Backend>(
+    local: &[LayerParams<B>],
+    indices: &[Vec<Tensor<B, 1, Int>>],
+    global: &[LayerParams<B>],
+) -> Vec<(LayerParams<B>, Vec<Tensor<B, 1>>)> {
+    local
+        .iter()
+        .zip(indices)
+        .zip(global)
+        .map(|((loc, idx), glob)| {
+            let mut values = Vec::with_capacity(glob.len());
+            let mut masks = Vec::with_capacity(glob.len());
+            for ((l, i), g) in loc.iter().zip(idx).zip(glob) {
+                let zeros = g.value.zeros_like();
+                values.push(NamedTensor {
+                    name: g.name.clone(),
+                    shape: g.shape.clone(),
+                    value: zeros.clone().scatter(0, i.clone(), l.value.clone(), IndexingUpdateOp::Add),
+                });
+                masks.push(zeros.scatter(0, i.clone(), l.value.ones_like(), IndexingUpdateOp::Add));
+            }
+            (values, masks)
+        })
+        .collect()
+}

@@ -1,0 +1,134 @@
+//! Width sub-models: extract∘embed round-trips, r = 1 is the full model, every ratio runs
+//! on every model (ResNet skips stay aligned), and masked MWA keeps unheld elements.
+
+mod common;
+
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use common::*;
+use fedolf::aggregate::{aggregate_layerwise, LayerUpload};
+use fedolf::models::{LayeredNet, ModelKind};
+use fedolf::params::{read_model, write_model};
+use fedolf::submodel::{embed, embedding_indices, extract, kept_channels, WidthSpec};
+use rand::SeedableRng;
+
+const RATIOS: [f64; 5] = [0.2, 0.4, 0.6, 0.8, 1.0];
+
+/// A fresh inner-backend copy (its own BN cells) of a seeded model.
+fn global(kind: ModelKind, shape: [usize; 3]) -> LayeredNet<Train> {
+    kind.init::<Train>(shape, 10, &device()).unwrap()
+}
+
+#[test]
+fn one_rounding_rule() {
+    assert_eq!(kept_channels(0.2, 16), 4); // ⌈3.2⌉
+    assert_eq!(kept_channels(0.5, 33), 17);
+    assert_eq!(kept_channels(0.01, 16), 1);
+    assert_eq!(kept_channels(1.0, 64), 64);
+}
+
+#[test]
+fn every_ratio_runs_on_every_model_and_input_shape() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for kind in ModelKind::ALL {
+        for shape in [[1, 28, 28], [3, 32, 32]] {
+            let g = global(kind, shape);
+            let layout = g.channel_spaces();
+            let (x, _) = random_batch::<Inner>(2, shape, 10, 1);
+            for r in RATIOS {
+                for spec in [WidthSpec::prefix(&layout, r), WidthSpec::random(&layout, r, &mut rng)] {
+                    let sub = extract(g.valid(), &layout, &spec, &device());
+                    assert_eq!(sub.forward(x.clone()).dims(), [2, 10], "{} {shape:?} r={r}", kind.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn resnet_stages_are_single_spaces() {
+    let g = global(ModelKind::ResNet20, [3, 32, 32]);
+    let layout = g.channel_spaces();
+    // 3 stage spaces + 9 inner spaces.
+    assert_eq!(layout.sizes.iter().filter(|&&c| c == 16).count(), 1 + 3);
+    assert_eq!(layout.sizes.len(), 3 + 9);
+    // Blocks 2–3 of stage 1 read and write the stem's space.
+    assert_eq!(layout.layers[1].input, layout.layers[0].output);
+    assert_eq!(layout.layers[1].output, layout.layers[0].output);
+}
+
+#[test]
+fn extract_then_embed_round_trips_exactly() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    for kind in ModelKind::ALL {
+        let g = global(kind, [3, 32, 32]);
+        let layout = g.channel_spaces();
+        let g_params = read_model(&g.valid());
+        for r in [0.4, 1.0] {
+            let spec = WidthSpec::random(&layout, r, &mut rng);
+            let local = read_model(&extract(g.valid(), &layout, &spec, &device()));
+            let idx = embedding_indices(g.valid(), &layout, &spec, &device()).unwrap();
+            for (l, (values, masks)) in embed(&local, &idx, &g_params).into_iter().enumerate() {
+                for (t, (v, m)) in values.iter().zip(&masks).enumerate() {
+                    let (v, m, g) = (to_vec(&v.value), to_vec(m), to_vec(&g_params[l][t].value));
+                    let held = m.iter().filter(|&&x| x == 1.0).count();
+                    assert_eq!(held, local[l][t].numel(), "{} layer {l} tensor {}: each local element lands once", kind.name(), local[l][t].name);
+                    assert!(m.iter().all(|&x| x == 0.0 || x == 1.0));
+                    for i in 0..v.len() {
+                        if m[i] == 1.0 {
+                            assert_eq!(v[i], g[i], "{} {} element {i}", kind.name(), local[l][t].name);
+                        }
+                    }
+                    if r == 1.0 {
+                        assert_eq!(held, g.len(), "r = 1 holds everything");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn prefix_at_full_width_is_the_global_model() {
+    for kind in ModelKind::ALL {
+        let g = global(kind, [1, 28, 28]);
+        let layout = g.channel_spaces();
+        let spec = WidthSpec::prefix(&layout, 1.0);
+        assert!(spec.is_full(&layout));
+        let sub = extract(g.valid(), &layout, &spec, &device());
+        assert_eq!(host_params(&sub), host_params(&g.valid()), "{}", kind.name());
+    }
+}
+
+#[test]
+fn masked_mwa_of_identical_submodels_returns_them_and_keeps_unheld_elements() {
+    let g = global(ModelKind::AlexNet, [3, 32, 32]);
+    let layout = g.channel_spaces();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let spec = WidthSpec::random(&layout, 0.5, &mut rng);
+    let g_params = read_model(&g.valid());
+    // The client "trained" its sub-model into all-sevens.
+    let local: Vec<_> = read_model(&extract(g.valid(), &layout, &spec, &device()))
+        .into_iter()
+        .map(|layer| layer.into_iter().map(|mut t| { t.value = t.value.zeros_like() + 7.0; t }).collect::<Vec<_>>())
+        .collect();
+    let idx = embedding_indices(g.valid(), &layout, &spec, &device()).unwrap();
+    let embedded = embed(&local, &idx, &g_params);
+    let upload = |w: f64| {
+        let (layers, masks): (Vec<_>, Vec<_>) = embedded.iter().cloned().enumerate().map(|(l, (v, m))| ((l, v), m)).unzip();
+        LayerUpload::masked(w, layers, masks)
+    };
+    let merged = aggregate_layerwise(&g_params, &[upload(3.0), upload(5.0)]).unwrap();
+    for (l, layer) in merged.iter().enumerate() {
+        for (t, tensor) in layer.as_ref().unwrap().iter().enumerate() {
+            let (out, old, mask) = (to_vec(&tensor.value), to_vec(&g_params[l][t].value), to_vec(&embedded[l].1[t]));
+            for i in 0..out.len() {
+                let expected = if mask[i] == 1.0 { 7.0 } else { old[i] };
+                assert!((out[i] - expected).abs() < 1e-6, "layer {l} {} element {i}", tensor.name);
+            }
+        }
+    }
+    // And the result writes back into the model.
+    let merged: Vec<_> = merged.into_iter().map(|l| l.map(|ts| ts.into_iter().map(|t| fedolf::params::NamedTensor { name: t.name, shape: t.shape, value: Tensor::from_inner(t.value) }).collect())).collect();
+    write_model(g, &merged).unwrap();
+}
