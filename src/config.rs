@@ -34,10 +34,21 @@ pub enum Method {
     RandomFreeze,
     Tinyfel,
     Cocofl,
+    Heterofl,
+    Feddrop,
 }
 
 impl Method {
-    pub const ALL: [Method; 6] = [Method::Fedolf, Method::Fedavg, Method::FedavgDrop, Method::RandomFreeze, Method::Tinyfel, Method::Cocofl];
+    pub const ALL: [Method; 8] = [
+        Method::Fedolf,
+        Method::Fedavg,
+        Method::FedavgDrop,
+        Method::RandomFreeze,
+        Method::Tinyfel,
+        Method::Cocofl,
+        Method::Heterofl,
+        Method::Feddrop,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -47,6 +58,8 @@ impl Method {
             Self::RandomFreeze => "random-freeze",
             Self::Tinyfel => "tinyfel",
             Self::Cocofl => "cocofl",
+            Self::Heterofl => "heterofl",
+            Self::Feddrop => "feddrop",
         }
     }
 
@@ -58,12 +71,14 @@ impl Method {
             Self::RandomFreeze => "Random freezing (paper Fig. 2): c−i layers drawn at random; frozen layers above a trained one pass gradients",
             Self::Tinyfel => "TinyFEL: first c−i layers frozen only in backprop (whole forward recorded, their gradients dropped)",
             Self::Cocofl => "CoCoFL: a random window of N−(c−i) layers trains; server blends r·mean + (1−r)·old",
+            Self::Heterofl => "HeteroFL: width r = i/c prefix sub-model of every channel space; masked MWA (no Scaler / static BN yet)",
+            Self::Feddrop => "Feddrop: random ⌈r·C⌉ channels per space each round (r = i/c); masked MWA; full model evaluated",
         }
     }
 
     /// Methods in which weaker clusters freeze `c − i` layers (so `c ≤ N` is required).
     pub fn freezes_layers(self) -> bool {
-        !matches!(self, Self::Fedavg | Self::FedavgDrop)
+        !matches!(self, Self::Fedavg | Self::FedavgDrop | Self::Heterofl | Self::Feddrop)
     }
 }
 

@@ -188,3 +188,28 @@ pub fn param_ids<B: Backend>(layer: &Layer<B>) -> Vec<burn::module::ParamId> {
 pub fn pass_grad_only<B: Backend>(layer: Layer<B>) -> Layer<B> {
     layer.no_grad()
 }
+
+struct MarkTrainable {
+    path: Vec<String>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for MarkTrainable {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let is_buffer = self.path.last().is_some_and(|n| n == "running_mean" || n == "running_var");
+        let (id, value, mapper) = param.consume();
+        Param::from_mapped_value(id, value.set_require_grad(!is_buffer), mapper)
+    }
+}
+
+/// Every weight of `net` requires a gradient again (BN running statistics excepted).
+/// Needed after slicing on the inner backend: `Param::map` takes the flag from the tensor,
+/// and inner tensors never carry it, so a sliced model lifted with `from_inner` is frozen.
+pub fn mark_trainable<B: AutodiffBackend>(net: LayeredNet<B>) -> LayeredNet<B> {
+    net.map(&mut MarkTrainable { path: Vec::new() })
+}

@@ -19,10 +19,11 @@ use crate::config::{Config, PartitionKind};
 use crate::energy::Energy;
 use crate::freeze::{train_local, ClientData, FreezeError, LocalModel, LocalTraining, SgdSettings};
 use crate::memory::CountingAllocator;
-use crate::params::{layer_numel, read_model, write_model, ParamError};
+use crate::params::{layer_numel, mark_trainable, read_model, write_model, ParamError};
 use crate::qsgd::{quantize_prefix, QsgdError, QsgdSettings};
 use crate::rng::{stream, Purpose};
 use crate::strategy::{cocofl_blend, strategy_for, ClientPlan, Download, PlanContext, ServerRule};
+use crate::submodel::{embed, embedding_indices, extract};
 use crate::toa::{sparsify_prefix, ToaError, ToaSettings};
 
 pub const BYTES_PER_PARAM: u64 = 4;
@@ -212,6 +213,7 @@ pub fn run<B: AutodiffBackend>(
             ),
         });
     }
+    let layout = global.channel_spaces();
     let eligible: Vec<usize> = (0..fed.clients).filter(|&k| strategy.eligible(clusters[k], fed.clusters)).collect();
     let per_round = fed.clients_per_round.min(eligible.len());
     observer.on_start(&RunInfo {
@@ -233,17 +235,25 @@ pub fn run<B: AutodiffBackend>(
             .map(|i| eligible[i])
             .collect();
         picked.sort_unstable();
-        let ctx = PlanContext { num_layers, clusters: fed.clusters, round };
+        let ctx = PlanContext { num_layers, clusters: fed.clusters, round, layout: &layout };
         let plans: Vec<ClientPlan> = picked
             .iter()
             .map(|&k| strategy.plan(&ctx, k, clusters[k], &mut stream(cfg.seed, Purpose::Plan, round as u64, k as u64)))
             .collect::<Result<_, _>>()?;
 
+        let global_params = read_model(&global.valid());
         let mut uploads = Vec::with_capacity(plans.len());
         let mut per_client = Vec::with_capacity(plans.len());
         for plan in &plans {
-            // 2–3. Lay out the client's copy; compress the frozen prefix (TOA / QSGD).
-            let mut local = LocalModel::from_roles(&global, &plan.roles)?;
+            // 2–3. Lay out the client's copy (a width sub-model for the width methods);
+            // compress the frozen prefix (TOA / QSGD).
+            let mut local = match &plan.width {
+                Some(spec) => {
+                    let sub = mark_trainable(LayeredNet::<B>::from_inner(extract(global.valid(), &layout, spec, device)));
+                    LocalModel::from_roles(&sub, &plan.roles)?
+                }
+                None => LocalModel::from_roles(&global, &plan.roles)?,
+            };
             let frozen_bytes = match plan.download {
                 Download::Toa(settings) => {
                     let mut rng = stream(cfg.seed, Purpose::Toa, round as u64, plan.client as u64);
@@ -277,10 +287,20 @@ pub fn run<B: AutodiffBackend>(
             let (trained, outcome) = result.map_err(|source| SimError::Client { round, client: plan.client, source })?;
             let compute_s = started.elapsed().as_secs_f64();
 
-            // 6. Upload = trained layers only.
+            // 6. Upload = trained layers only (width sub-models: embedded with their masks).
             let layers = trained.trained_layers();
             let bytes_up = layers.iter().flat_map(|(_, p)| p).map(|t| t.numel() as u64).sum::<u64>() * BYTES_PER_PARAM;
-            uploads.push(LayerUpload::whole(indices.len() as f64, layers));
+            let weight = indices.len() as f64;
+            uploads.push(match &plan.width {
+                Some(spec) => {
+                    let positions = embedding_indices(global.valid(), &layout, spec, device)?;
+                    let local_params: Vec<_> = layers.into_iter().map(|(_, p)| p).collect();
+                    let (values, masks): (Vec<_>, Vec<_>) =
+                        embed(&local_params, &positions, &global_params).into_iter().enumerate().map(|(l, (v, m))| ((l, v), m)).unzip();
+                    LayerUpload::masked(weight, values, masks)
+                }
+                None => LayerUpload::whole(weight, layers),
+            });
             per_client.push((
                 ClientRecord {
                     round,
@@ -299,7 +319,6 @@ pub fn run<B: AutodiffBackend>(
         }
 
         // 7. Aggregate (layers nobody trained keep their value).
-        let global_params = read_model(&global.valid());
         let merged = match strategy.server_rule() {
             ServerRule::LayerwiseMwa => aggregate_layerwise(&global_params, &uploads)?,
             ServerRule::CocoflBlend => cocofl_blend(&global_params, &uploads, plans.len())?,

@@ -13,6 +13,10 @@ use fedolf::qsgd::{quantize_dequantize, QsgdSettings};
 use fedolf::strategy::{cocofl_blend, strategy_for, Download, PlanContext};
 use rand::SeedableRng;
 
+fn layout(n: usize) -> fedolf::models::SpaceLayout {
+    fedolf::models::SpaceLayout { sizes: vec![10, 20], layers: vec![Default::default(); n] }
+}
+
 fn rng(seed: u64) -> rand_chacha::ChaCha8Rng {
     rand_chacha::ChaCha8Rng::seed_from_u64(seed)
 }
@@ -59,7 +63,8 @@ fn qsgd_is_unbiased_and_coarser_with_fewer_bits() {
 #[test]
 fn cocofl_windows_are_contiguous_and_start_anywhere_in_0_to_l() {
     let s = strategy_for(Method::Cocofl, Download::Full);
-    let ctx = PlanContext { num_layers: 7, clusters: 5, round: 1 };
+    let l = layout(7);
+    let ctx = PlanContext { num_layers: 7, clusters: 5, round: 1, layout: &l };
     let mut starts = std::collections::BTreeSet::new();
     let mut r = rng(2);
     for _ in 0..400 {
@@ -100,7 +105,8 @@ fn cocofl_server_rule_by_hand() {
 
 #[test]
 fn random_freezing_and_tinyfel_freeze_l_layers() {
-    let ctx = PlanContext { num_layers: 10, clusters: 5, round: 1 };
+    let lay = layout(10);
+    let ctx = PlanContext { num_layers: 10, clusters: 5, round: 1, layout: &lay };
     let mut r = rng(3);
     for cluster in 0..5 {
         let l = 4 - cluster;
@@ -112,4 +118,22 @@ fn random_freezing_and_tinyfel_freeze_l_layers() {
     }
     let drop = strategy_for(Method::FedavgDrop, Download::Full);
     assert!(drop.eligible(4, 5) && !drop.eligible(3, 5));
+}
+
+#[test]
+fn heterofl_takes_prefixes_and_feddrop_random_subsets_of_width_i_over_c() {
+    let lay = layout(3);
+    let ctx = PlanContext { num_layers: 3, clusters: 5, round: 1, layout: &lay };
+    let mut r = rng(4);
+    // Cluster 1 of 5 (i = 2): r = 0.4 → ⌈4⌉ of 10 and ⌈8⌉ of 20.
+    let plan = strategy_for(Method::Heterofl, Download::Full).plan(&ctx, 0, 1, &mut r).unwrap();
+    let w = plan.width.unwrap();
+    assert_eq!(w.kept, vec![(0..4).collect::<Vec<_>>(), (0..8).collect()]);
+    let a = strategy_for(Method::Feddrop, Download::Full).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
+    let b = strategy_for(Method::Feddrop, Download::Full).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
+    assert_eq!((a.kept[0].len(), a.kept[1].len()), (4, 8));
+    assert_ne!(a, b, "a fresh draw per plan");
+    // The strongest cluster trains the full width.
+    let full = strategy_for(Method::Heterofl, Download::Full).plan(&ctx, 0, 4, &mut r).unwrap().width.unwrap();
+    assert!(full.is_full(&lay));
 }

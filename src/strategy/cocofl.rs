@@ -25,7 +25,7 @@ impl Strategy for CocoFl {
         Method::Cocofl
     }
 
-    fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
         let l = ctx.level(cluster)?;
         let width = ctx.num_layers - l;
         let start = rng.random_range(0..=l);
@@ -40,7 +40,7 @@ impl Strategy for CocoFl {
                 }
             })
             .collect();
-        Ok(ClientPlan { client, cluster, roles, download: Download::Full })
+        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width: None })
     }
 
     fn server_rule(&self) -> ServerRule {

@@ -19,13 +19,13 @@ impl Strategy for FedOlf {
         Method::Fedolf
     }
 
-    fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
         let l = ctx.level(cluster)?;
         let download = match self.download {
             Download::Toa(s) if s.is_active() && l >= 2 => Download::Toa(s),
             Download::Qsgd(q) if l >= 1 => Download::Qsgd(q),
             _ => Download::Full,
         };
-        Ok(ClientPlan { client, cluster, roles: ordered_roles(ctx.num_layers, l)?, download })
+        Ok(ClientPlan { client, cluster, roles: ordered_roles(ctx.num_layers, l)?, download, width: None })
     }
 }

@@ -3,23 +3,29 @@
 //! loop in `sim.rs` executes plans and applies the strategy's [`ServerRule`].
 
 mod cocofl;
+mod feddrop;
 mod fedavg;
 mod fedolf;
+mod heterofl;
 mod random_freeze;
 mod tinyfel;
 
 use rand_chacha::ChaCha8Rng;
 
 pub use cocofl::{cocofl_blend, CocoFl};
+pub use feddrop::Feddrop;
 pub use fedavg::FedAvg;
 pub use fedolf::FedOlf;
+pub use heterofl::HeteroFl;
 pub use random_freeze::RandomFreeze;
 pub use tinyfel::TinyFel;
 
 use crate::config::Method;
 use crate::freeze::{FreezeError, LayerRole};
 use crate::qsgd::QsgdSettings;
+use crate::submodel::WidthSpec;
 use crate::toa::ToaSettings;
+use fedolf_models::SpaceLayout;
 
 /// How the frozen, out-of-graph prefix travels down.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,6 +43,8 @@ pub struct ClientPlan {
     pub cluster: usize,
     pub roles: Vec<LayerRole>,
     pub download: Download,
+    /// Width methods: the channels this client keeps (`None` = the full width).
+    pub width: Option<WidthSpec>,
 }
 
 impl ClientPlan {
@@ -57,13 +65,19 @@ pub enum ServerRule {
 
 /// Facts a plan needs.
 #[derive(Debug, Clone, Copy)]
-pub struct PlanContext {
+pub struct PlanContext<'a> {
     pub num_layers: usize,
     pub clusters: usize,
     pub round: usize,
+    pub layout: &'a SpaceLayout,
 }
 
-impl PlanContext {
+impl PlanContext<'_> {
+    /// Width ratio `r_k = i_k / c` of a 0-based cluster.
+    pub fn width_ratio(&self, cluster: usize) -> f64 {
+        (cluster + 1) as f64 / self.clusters as f64
+    }
+
     /// Level `l_k = c − i_k` of a 0-based cluster (frozen / pruned layer count); at least
     /// one layer must stay trainable.
     pub fn level(&self, cluster: usize) -> Result<usize, FreezeError> {
@@ -81,7 +95,7 @@ pub trait Strategy {
     fn eligible(&self, _cluster: usize, _clusters: usize) -> bool {
         true
     }
-    fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError>;
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError>;
     fn server_rule(&self) -> ServerRule {
         ServerRule::LayerwiseMwa
     }
@@ -96,5 +110,7 @@ pub fn strategy_for(method: Method, download: Download) -> Box<dyn Strategy> {
         Method::RandomFreeze => Box::new(RandomFreeze),
         Method::Tinyfel => Box::new(TinyFel),
         Method::Cocofl => Box::new(CocoFl),
+        Method::Heterofl => Box::new(HeteroFl),
+        Method::Feddrop => Box::new(Feddrop),
     }
 }

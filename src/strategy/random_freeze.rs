@@ -19,12 +19,12 @@ impl Strategy for RandomFreeze {
         Method::RandomFreeze
     }
 
-    fn plan(&self, ctx: &PlanContext, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
         let l = ctx.level(cluster)?;
         let mut frozen = vec![false; ctx.num_layers];
         for i in sample(rng, ctx.num_layers, l).into_iter() {
             frozen[i] = true;
         }
-        Ok(ClientPlan { client, cluster, roles: roles_with_pass_grad(&frozen), download: Download::Full })
+        Ok(ClientPlan { client, cluster, roles: roles_with_pass_grad(&frozen), download: Download::Full, width: None })
     }
 }

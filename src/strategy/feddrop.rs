@@ -1,0 +1,25 @@
+//! Federated Dropout (Caldas et al., "Expanding the reach of federated learning by reducing
+//! client resource requirements", 2018). Per client per round, each channel space keeps a
+//! uniformly random subset of `⌈r_k·C⌉` channels (`r_k = i_k / c`), drawn once per space so
+//! residual skips stay aligned. The client trains the sub-model and uploads it; the server
+//! applies MWA over element masks. The full model is evaluated.
+
+use rand_chacha::ChaCha8Rng;
+
+use super::{ClientPlan, Download, PlanContext, Strategy};
+use crate::config::Method;
+use crate::freeze::{FreezeError, LayerRole};
+use crate::submodel::WidthSpec;
+
+pub struct Feddrop;
+
+impl Strategy for Feddrop {
+    fn method(&self) -> Method {
+        Method::Feddrop
+    }
+
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+        let width = WidthSpec::random(ctx.layout, ctx.width_ratio(cluster), rng);
+        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width) })
+    }
+}
