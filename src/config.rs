@@ -71,7 +71,7 @@ impl Method {
             Self::RandomFreeze => "Random freezing (paper Fig. 2): c−i layers drawn at random; frozen layers above a trained one pass gradients",
             Self::Tinyfel => "TinyFEL: first c−i layers frozen only in backprop (whole forward recorded, their gradients dropped)",
             Self::Cocofl => "CoCoFL: a random window of N−(c−i) layers trains; server blends r·mean + (1−r)·old",
-            Self::Heterofl => "HeteroFL: width r = i/c prefix sub-model of every channel space; masked MWA (no Scaler / static BN yet)",
+            Self::Heterofl => "HeteroFL: width r = i/c prefix sub-model of every channel space, Scaler 1/r; masked MWA (no static BN yet)",
             Self::Feddrop => "Feddrop: random ⌈r·C⌉ channels per space each round (r = i/c); masked MWA; full model evaluated",
         }
     }

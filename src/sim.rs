@@ -249,7 +249,8 @@ pub fn run<B: AutodiffBackend>(
             // compress the frozen prefix (TOA / QSGD).
             let mut local = match &plan.width {
                 Some(spec) => {
-                    let sub = mark_trainable(LayeredNet::<B>::from_inner(extract(global.valid(), &layout, spec, device)));
+                    let mut sub = mark_trainable(LayeredNet::<B>::from_inner(extract(global.valid(), &layout, spec, device)));
+                    sub.set_scaler(spec.scaler);
                     LocalModel::from_roles(&sub, &plan.roles)?
                 }
                 None => LocalModel::from_roles(&global, &plan.roles)?,

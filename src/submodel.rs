@@ -24,15 +24,18 @@ pub fn kept_channels(r: f64, channels: usize) -> usize {
 }
 
 /// Kept channel indices (ascending) for every space of a model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WidthSpec {
     pub kept: Vec<Vec<usize>>,
+    /// Multiplier on hidden-layer outputs while the sub-model trains (HeteroFL's Scaler,
+    /// `1/r`); 1 = none.
+    pub scaler: f32,
 }
 
 impl WidthSpec {
     /// HeteroFL / FjORD: the first `⌈r·C⌉` channels of every space.
     pub fn prefix(layout: &SpaceLayout, r: f64) -> Self {
-        Self { kept: layout.sizes.iter().map(|&c| (0..kept_channels(r, c)).collect()).collect() }
+        Self { kept: layout.sizes.iter().map(|&c| (0..kept_channels(r, c)).collect()).collect(), scaler: 1.0 }
     }
 
     /// Feddrop: a uniformly random subset of `⌈r·C⌉` channels per space, drawn once per space
@@ -47,7 +50,13 @@ impl WidthSpec {
                 v
             })
             .collect();
-        Self { kept }
+        Self { kept, scaler: 1.0 }
+    }
+
+    /// With HeteroFL's Scaler: hidden outputs divided by `r` in training.
+    pub fn with_scaler(mut self, r: f64) -> Self {
+        self.scaler = (1.0 / r) as f32;
+        self
     }
 
     pub fn is_full(&self, layout: &SpaceLayout) -> bool {

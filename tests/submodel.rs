@@ -132,3 +132,17 @@ fn masked_mwa_of_identical_submodels_returns_them_and_keeps_unheld_elements() {
     let merged: Vec<_> = merged.into_iter().map(|l| l.map(|ts| ts.into_iter().map(|t| fedolf::params::NamedTensor { name: t.name, shape: t.shape, value: Tensor::from_inner(t.value) }).collect())).collect();
     write_model(g, &merged).unwrap();
 }
+
+#[test]
+fn the_scaler_survives_copies_and_scales_hidden_outputs() {
+    let mut g = global(ModelKind::Cnn, [1, 28, 28]);
+    let (x, _) = random_batch::<Inner>(2, [1, 28, 28], 10, 5);
+    let base = to_vec(&g.valid().forward(x.clone()));
+    g.set_scaler(2.0);
+    // valid() / from_inner (the deep copy every client gets) keep the plain field.
+    let copy = fedolf::params::deep_copy(&g);
+    let scaled = to_vec(&copy.valid().forward(x.clone()));
+    assert!(max_abs_diff(&base, &scaled) > 1e-3, "the scaler changes the output");
+    g.set_scaler(1.0);
+    assert!(max_abs_diff(&base, &to_vec(&g.valid().forward(x))) < 1e-6);
+}

@@ -19,6 +19,9 @@ pub struct ConvUnit<B: Backend> {
     pub stride: usize,
     pub padding: usize,
     pub pool_size: usize,
+    /// HeteroFL's Scaler: conv outputs are multiplied by this (1/r on a width-r sub-model in
+    /// training; 1 elsewhere). Not a parameter.
+    pub scale: f32,
 }
 
 impl<B: Backend> ConvUnit<B> {
@@ -36,7 +39,7 @@ impl<B: Backend> ConvUnit<B> {
             .init(device);
         let bn = batch_norm.then(|| BatchNormConfig::new(channels[1]).init(device));
         let pool = pool_size.map(|p| MaxPool2dConfig::new([p, p]).with_strides([p, p]).init());
-        Self { conv, bn, pool, kernel, stride: 1, padding, pool_size: pool_size.unwrap_or(1) }
+        Self { conv, bn, pool, kernel, stride: 1, padding, pool_size: pool_size.unwrap_or(1), scale: 1.0 }
     }
 
     /// The convolution's output before BN/ReLU: the "pre-activation" TOA approximates.
@@ -49,7 +52,7 @@ impl<B: Backend> ConvUnit<B> {
     /// # Shapes
     /// `[b, c_in, h, w] -> [b, c_out, h'/p, w'/p]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut x = self.conv.forward(x);
+        let mut x = crate::scaled(self.conv.forward(x), self.scale);
         if let Some(bn) = &self.bn {
             x = bn.forward(x);
         }

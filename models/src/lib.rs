@@ -86,3 +86,12 @@ impl ModelKind {
         }
     }
 }
+
+/// Multiply by a scale unless it is 1 (no extra op, no extra stored map, in the common case).
+pub(crate) fn scaled<B: burn::prelude::Backend, const D: usize>(x: burn::prelude::Tensor<B, D>, scale: f32) -> burn::prelude::Tensor<B, D> {
+    if scale == 1.0 {
+        x
+    } else {
+        x * scale
+    }
+}

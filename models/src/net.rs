@@ -60,6 +60,25 @@ impl<B: Backend> LayeredNet<B> {
             .collect()
     }
 
+    /// Set HeteroFL's Scaler on every hidden layer (conv outputs, hidden FC outputs; never
+    /// the class outputs): `1/r` while a width-r sub-model trains, `1` otherwise.
+    pub fn set_scaler(&mut self, scale: f32) {
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            match layer {
+                Layer::Conv(u) => u.scale = scale,
+                Layer::Dense(u) => u.scale = if i == last { 1.0 } else { scale },
+                Layer::Mlp(u) => u.scale = scale,
+                Layer::Stem(u) => {
+                    u.scale = scale;
+                    u.block.scale = scale;
+                }
+                Layer::Block(u) => u.scale = scale,
+                Layer::Head(_) => {}
+            }
+        }
+    }
+
     /// Split into the prefix `[0, l)` and the suffix `[l, N)`; each part keeps the metadata,
     /// and local indices restart at 0 in the suffix.
     pub fn split_at(mut self, l: usize) -> Result<(Self, Self), ModelError> {

@@ -37,6 +37,8 @@ pub struct BasicBlock<B: Backend> {
     pub bn2: BatchNorm<B>,
     pub shortcut: Option<Projection<B>>,
     pub stride: usize,
+    /// HeteroFL's Scaler after every conv, before its BN (see `ConvUnit::scale`).
+    pub scale: f32,
 }
 
 impl<B: Backend> BasicBlock<B> {
@@ -55,18 +57,20 @@ impl<B: Backend> BasicBlock<B> {
             bn2: BatchNormConfig::new(c_out).init(device),
             shortcut,
             stride,
+            scale: 1.0,
         }
     }
 
     /// # Shapes
     /// `[b, c_in, h, w] -> [b, c_out, h/stride, w/stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let s = self.scale;
         let skip = match &self.shortcut {
-            Some(p) => p.bn.forward(p.conv.forward(x.clone())),
+            Some(p) => p.bn.forward(crate::scaled(p.conv.forward(x.clone()), s)),
             None => x.clone(),
         };
-        let out = relu(self.bn1.forward(self.conv1.forward(x)));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(self.bn1.forward(crate::scaled(self.conv1.forward(x), s)));
+        let out = self.bn2.forward(crate::scaled(self.conv2.forward(out), s));
         relu(out + skip)
     }
 
@@ -149,6 +153,8 @@ pub struct StemUnit<B: Backend> {
     pub conv: Conv2d<B>,
     pub bn: BatchNorm<B>,
     pub block: BasicBlock<B>,
+    /// HeteroFL's Scaler on the stem conv (the block has its own).
+    pub scale: f32,
 }
 
 impl<B: Backend> StemUnit<B> {
@@ -157,13 +163,14 @@ impl<B: Backend> StemUnit<B> {
             conv: conv3x3(c_in, width, 1, device),
             bn: BatchNormConfig::new(width).init(device),
             block: BasicBlock::new(width, width, 1, device),
+            scale: 1.0,
         }
     }
 
     /// # Shapes
     /// `[b, c_in, h, w] -> [b, width, h, w]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.block.forward(relu(self.bn.forward(self.conv.forward(x))))
+        self.block.forward(relu(self.bn.forward(crate::scaled(self.conv.forward(x), self.scale))))
     }
 
     pub fn info(&self, input: FeatureShape) -> LayerInfo {

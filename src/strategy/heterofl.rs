@@ -4,8 +4,10 @@
 //! sub-model and uploads it; the server averages each element over the clients that held it,
 //! `θ ← Σ_k n_k M_k⊙θ̃_k / Σ_k n_k M_k` (MWA), elements nobody held keep their value.
 //!
-//! Not faithful yet: the Scaler (divide each conv output by `r_k` in training) and the
-//! static-BN option (recompute global BN statistics before evaluation) are not implemented.
+//! Scaler: every hidden conv / FC output is divided by `r_k` while the sub-model trains
+//! (identity at evaluation, where the global model has scale 1).
+//! Not faithful yet: the static-BN option (recompute global BN statistics with a no-grad pass
+//! before evaluation) is not implemented; BN running statistics aggregate by MWA like weights.
 
 use rand_chacha::ChaCha8Rng;
 
@@ -22,7 +24,8 @@ impl Strategy for HeteroFl {
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
-        let width = WidthSpec::prefix(ctx.layout, ctx.width_ratio(cluster));
+        let r = ctx.width_ratio(cluster);
+        let width = WidthSpec::prefix(ctx.layout, r).with_scaler(r);
         Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width) })
     }
 }
