@@ -36,10 +36,11 @@ pub enum Method {
     Cocofl,
     Heterofl,
     Feddrop,
+    Fjord,
 }
 
 impl Method {
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 9] = [
         Method::Fedolf,
         Method::Fedavg,
         Method::FedavgDrop,
@@ -48,6 +49,7 @@ impl Method {
         Method::Cocofl,
         Method::Heterofl,
         Method::Feddrop,
+        Method::Fjord,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +62,7 @@ impl Method {
             Self::Cocofl => "cocofl",
             Self::Heterofl => "heterofl",
             Self::Feddrop => "feddrop",
+            Self::Fjord => "fjord",
         }
     }
 
@@ -73,12 +76,13 @@ impl Method {
             Self::Cocofl => "CoCoFL: a random window of N−(c−i) layers trains; server blends r·mean + (1−r)·old",
             Self::Heterofl => "HeteroFL: width r = i/c prefix sub-model of every channel space, Scaler 1/r; masked MWA (no static BN yet)",
             Self::Feddrop => "Feddrop: random ⌈r·C⌉ channels per space each round (r = i/c); masked MWA; full model evaluated",
+            Self::Fjord => "FjORD: r = i/c prefix sub-model; each batch trains a random p-prefix, p ∈ {1/c..r}; masked MWA",
         }
     }
 
     /// Methods in which weaker clusters freeze `c − i` layers (so `c ≤ N` is required).
     pub fn freezes_layers(self) -> bool {
-        !matches!(self, Self::Fedavg | Self::FedavgDrop | Self::Heterofl | Self::Feddrop)
+        !matches!(self, Self::Fedavg | Self::FedavgDrop | Self::Heterofl | Self::Feddrop | Self::Fjord)
     }
 }
 

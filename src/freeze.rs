@@ -153,11 +153,15 @@ impl<B: AutodiffBackend> LocalModel<B> {
         (self, value)
     }
 
+    /// One SGD step with a fresh optimizer; returns the updated model and the loss.
+    pub fn fresh_step(self, x: Tensor<B::InnerBackend, 4>, y: Tensor<B::InnerBackend, 1, Int>, sgd: &SgdSettings) -> (Self, Tensor<B::InnerBackend, 1>) {
+        let mut optim = sgd_optimizer::<B>(sgd);
+        self.step(&mut optim, sgd.lr, x, y)
+    }
+
     /// One SGD step (fresh optimizer): the unit the memory probe measures.
     pub fn single_step(self, x: Tensor<B::InnerBackend, 4>, y: Tensor<B::InnerBackend, 1, Int>, sgd: &SgdSettings) -> f64 {
-        let mut optim = sgd_optimizer::<B>(sgd);
-        let (_, loss) = self.step(&mut optim, sgd.lr, x, y);
-        loss.into_scalar().elem::<f64>()
+        self.fresh_step(x, y, sgd).1.into_scalar().elem::<f64>()
     }
 
     /// The trained layers as `(global layer index, tensors)`: what the client uploads.

@@ -11,6 +11,7 @@ pub mod freeze;
 pub mod freeze_modes;
 pub mod memory;
 pub mod memory_probe;
+pub mod ordered_dropout;
 pub mod params;
 pub mod rng;
 pub mod toa;

@@ -19,6 +19,7 @@ use crate::config::{Config, PartitionKind};
 use crate::energy::Energy;
 use crate::freeze::{train_local, ClientData, FreezeError, LocalModel, LocalTraining, SgdSettings};
 use crate::memory::CountingAllocator;
+use crate::ordered_dropout::train_ordered_dropout;
 use crate::params::{layer_numel, mark_trainable, read_model, write_model, ParamError};
 use crate::qsgd::{quantize_prefix, QsgdError, QsgdSettings};
 use crate::rng::{stream, Purpose};
@@ -46,6 +47,8 @@ pub enum SimError {
     Param(#[from] ParamError),
     #[error(transparent)]
     Qsgd(#[from] QsgdError),
+    #[error(transparent)]
+    OrderedDropout(#[from] crate::ordered_dropout::OrderedDropoutError),
     #[error("config field `{field}`: {problem}")]
     Config { field: &'static str, problem: String },
     #[error("round {round}: the global model's test loss is {loss} (diverged; lower train.lr)")]
@@ -278,14 +281,22 @@ pub fn run<B: AutodiffBackend>(
             let data = ClientData { images: &train.images, labels: &train.labels, indices };
             let mut rng = stream(cfg.seed, Purpose::LocalShuffle, round as u64, plan.client as u64);
             let started = Instant::now();
+            let ratios = plan.width.as_ref().map_or(&[][..], |w| w.per_batch_ratios.as_slice());
+            let train = || -> Result<(LocalModel<B>, _), SimError> {
+                if ratios.is_empty() {
+                    return train_local(local, &data, &training, &mut rng).map_err(|source| SimError::Client { round, client: plan.client, source });
+                }
+                let (net, outcome) = train_ordered_dropout(local.join(), &layout.sizes, ratios, &data, &training, &mut rng)?;
+                Ok((LocalModel::from_roles(&net, &plan.roles)?, outcome))
+            };
             let (result, peak_mem_mb) = match memory {
                 Some(alloc) => {
-                    let (r, peak) = alloc.measure(|| train_local(local, &data, &training, &mut rng));
+                    let (r, peak) = alloc.measure(train);
                     (r, Some(peak as f64 / 1e6))
                 }
-                None => (train_local(local, &data, &training, &mut rng), None),
+                None => (train(), None),
             };
-            let (trained, outcome) = result.map_err(|source| SimError::Client { round, client: plan.client, source })?;
+            let (trained, outcome) = result?;
             let compute_s = started.elapsed().as_secs_f64();
 
             // 6. Upload = trained layers only (width sub-models: embedded with their masks).

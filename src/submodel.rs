@@ -30,12 +30,15 @@ pub struct WidthSpec {
     /// Multiplier on hidden-layer outputs while the sub-model trains (HeteroFL's Scaler,
     /// `1/r`); 1 = none.
     pub scaler: f32,
+    /// FjORD's ordered dropout: each mini-batch trains the `p`-prefix of the global channel
+    /// counts, `p` drawn uniformly from these (empty = train the whole sub-model).
+    pub per_batch_ratios: Vec<f64>,
 }
 
 impl WidthSpec {
     /// HeteroFL / FjORD: the first `⌈r·C⌉` channels of every space.
     pub fn prefix(layout: &SpaceLayout, r: f64) -> Self {
-        Self { kept: layout.sizes.iter().map(|&c| (0..kept_channels(r, c)).collect()).collect(), scaler: 1.0 }
+        Self { kept: layout.sizes.iter().map(|&c| (0..kept_channels(r, c)).collect()).collect(), scaler: 1.0, per_batch_ratios: Vec::new() }
     }
 
     /// Feddrop: a uniformly random subset of `⌈r·C⌉` channels per space, drawn once per space
@@ -50,7 +53,7 @@ impl WidthSpec {
                 v
             })
             .collect();
-        Self { kept, scaler: 1.0 }
+        Self { kept, scaler: 1.0, per_batch_ratios: Vec::new() }
     }
 
     /// With HeteroFL's Scaler: hidden outputs divided by `r` in training.

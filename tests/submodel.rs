@@ -146,3 +146,29 @@ fn the_scaler_survives_copies_and_scales_hidden_outputs() {
     g.set_scaler(1.0);
     assert!(max_abs_diff(&base, &to_vec(&g.valid().forward(x))) < 1e-6);
 }
+
+#[test]
+fn ordered_dropout_trains_only_the_drawn_prefix() {
+    use fedolf::freeze::{ClientData, LocalTraining, SgdSettings};
+    use fedolf::ordered_dropout::train_ordered_dropout;
+    let g = global(ModelKind::Cnn, [1, 28, 28]);
+    let sizes = g.channel_spaces().sizes; // [32, 64, 512]
+    let before = host_params(&g.valid());
+    let (x, y) = random_batch::<Inner>(16, [1, 28, 28], 10, 9);
+    let indices: Vec<usize> = (0..16).collect();
+    let data = ClientData { images: &x, labels: &y, indices: &indices };
+    let settings = LocalTraining { epochs: 1, batch_size: 16, sgd: SgdSettings { lr: 0.1, momentum: 0.0, weight_decay: 0.0 } };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let (trained, outcome) = train_ordered_dropout(g, &sizes, &[0.5], &data, &settings, &mut rng).unwrap();
+    assert_eq!(outcome.steps, 1);
+    let after = host_params(&trained.valid());
+    // conv1 weight [32, 1, 5, 5]: filters 0..16 trained, 16..32 untouched.
+    let (w0, w1) = (&before[0][0].1, &after[0][0].1);
+    let per_filter = 25;
+    assert!(w0[..16 * per_filter] != w1[..16 * per_filter], "prefix filters moved");
+    assert_eq!(w0[16 * per_filter..], w1[16 * per_filter..], "filters outside the prefix stay");
+    // The classifier's class outputs are never sliced, but only the kept hidden rows train.
+    let (o0, o1) = (&before[2][2].1, &after[2][2].1); // output.weight [512, 10]
+    assert!(o0[..256 * 10] != o1[..256 * 10]);
+    assert_eq!(o0[256 * 10..], o1[256 * 10..]);
+}

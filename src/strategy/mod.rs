@@ -6,6 +6,7 @@ mod cocofl;
 mod feddrop;
 mod fedavg;
 mod fedolf;
+mod fjord;
 mod heterofl;
 mod random_freeze;
 mod tinyfel;
@@ -16,6 +17,7 @@ pub use cocofl::{cocofl_blend, CocoFl};
 pub use feddrop::Feddrop;
 pub use fedavg::FedAvg;
 pub use fedolf::FedOlf;
+pub use fjord::Fjord;
 pub use heterofl::HeteroFl;
 pub use random_freeze::RandomFreeze;
 pub use tinyfel::TinyFel;
@@ -112,5 +114,6 @@ pub fn strategy_for(method: Method, download: Download) -> Box<dyn Strategy> {
         Method::Cocofl => Box::new(CocoFl),
         Method::Heterofl => Box::new(HeteroFl),
         Method::Feddrop => Box::new(Feddrop),
+        Method::Fjord => Box::new(Fjord),
     }
 }

@@ -1,0 +1,29 @@
+//! FjORD (Horváth et al., "FjORD: Fair and accurate federated learning under heterogeneous
+//! targets with ordered dropout", NeurIPS 2021). Client width `r_k = i_k / c`: it downloads
+//! and uploads the `r_k`-prefix sub-model; for every mini-batch it draws
+//! `p ~ U{1/c, 2/c, …, r_k}` and trains only the `p`-prefix of every channel space (ordered
+//! dropout). Server: MWA over element masks, `w = n_k`. Evaluated at `p = 1`.
+//!
+//! Choices: self-distillation off (BASELINES.md). Each mini-batch trains a fresh `p`-prefix
+//! copy, so SGD momentum does not carry across batches (plain SGD steps).
+
+use rand_chacha::ChaCha8Rng;
+
+use super::{ClientPlan, Download, PlanContext, Strategy};
+use crate::config::Method;
+use crate::freeze::{FreezeError, LayerRole};
+use crate::submodel::WidthSpec;
+
+pub struct Fjord;
+
+impl Strategy for Fjord {
+    fn method(&self) -> Method {
+        Method::Fjord
+    }
+
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+        let mut width = WidthSpec::prefix(ctx.layout, ctx.width_ratio(cluster));
+        width.per_batch_ratios = (1..=cluster + 1).map(|i| i as f64 / ctx.clusters as f64).collect();
+        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width) })
+    }
+}
