@@ -74,7 +74,7 @@ impl Method {
             Self::RandomFreeze => "Random freezing (paper Fig. 2): c−i layers drawn at random; frozen layers above a trained one pass gradients",
             Self::Tinyfel => "TinyFEL: first c−i layers frozen only in backprop (whole forward recorded, their gradients dropped)",
             Self::Cocofl => "CoCoFL: a random window of N−(c−i) layers trains; server blends r·mean + (1−r)·old",
-            Self::Heterofl => "HeteroFL: width r = i/c prefix sub-model of every channel space, Scaler 1/r; masked MWA (no static BN yet)",
+            Self::Heterofl => "HeteroFL: width r = i/c prefix sub-model of every channel space, Scaler 1/r; masked MWA; static BN",
             Self::Feddrop => "Feddrop: random ⌈r·C⌉ channels per space each round (r = i/c); masked MWA; full model evaluated",
             Self::Fjord => "FjORD: r = i/c prefix sub-model; each batch trains a random p-prefix, p ∈ {1/c..r}; masked MWA",
         }
@@ -108,7 +108,24 @@ pub struct Config {
     pub toa: ToaConfig,
     #[serde(default)]
     pub qsgd: QsgdConfig,
+    #[serde(default)]
+    pub heterofl: HeteroFlConfig,
     pub energy: EnergyConfig,
+}
+
+/// HeteroFL options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeteroFlConfig {
+    /// Static BN: before each evaluation, recompute the global model's BatchNorm statistics
+    /// with a no-grad pass over the training data (HeteroFL's sBN).
+    pub static_bn: bool,
+}
+
+impl Default for HeteroFlConfig {
+    fn default() -> Self {
+        Self { static_bn: true }
+    }
 }
 
 /// QSGD on the frozen layers' download (the paper's comparison for TOA); `bits = 0` = off.

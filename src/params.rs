@@ -114,7 +114,8 @@ impl<B: Backend> ModuleMapper<B> for Writer<'_, B> {
         }
         let require_grad = old.is_require_grad();
         // [numel] -> original shape; keep the id so optimizers and records still match.
-        let value = new.value.clone().to_device(&old.device()).reshape::<D, _>(dims_array::<D>(&shape));
+        // Detached: a parameter must be a graph leaf, whatever op produced the new values.
+        let value = new.value.clone().detach().to_device(&old.device()).reshape::<D, _>(dims_array::<D>(&shape)).detach();
         Param::from_mapped_value(id, value.set_require_grad(require_grad), mapper)
     }
 }

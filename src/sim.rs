@@ -15,7 +15,7 @@ use rand::seq::index::sample;
 use thiserror::Error;
 
 use crate::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
-use crate::config::{Config, PartitionKind};
+use crate::config::{Config, Method, PartitionKind};
 use crate::energy::Energy;
 use crate::freeze::{train_local, ClientData, FreezeError, LocalModel, LocalTraining, SgdSettings};
 use crate::memory::CountingAllocator;
@@ -341,8 +341,11 @@ pub fn run<B: AutodiffBackend>(
             .collect();
         global = write_model(global, &merged)?;
 
-        // 8. Evaluate.
+        // 8. Evaluate (HeteroFL: static BN first).
         let (accuracy, test_loss) = if round % fed.eval_every == 0 || round == fed.rounds {
+            if cfg.method == Method::Heterofl && cfg.heterofl.static_bn {
+                global = recompute_bn_statistics(global, &train.images, 500);
+            }
             let (acc, loss) = evaluate(&global.valid(), &test, 500);
             if !loss.is_finite() {
                 return Err(SimError::Diverged { round, loss });
@@ -388,6 +391,24 @@ fn round_record(
         energy_comm_j: energy.comm_joules(down + up),
         per_client: per_client.into_iter().map(|(c, _)| c).collect(),
     }
+}
+
+/// HeteroFL's static BN: one pass over the training data in training mode (batch statistics,
+/// running statistics updated) without a backward pass; momentum `1/(t+1)` on batch t makes
+/// each running value the mean of the batch statistics. Models without BN are returned as is.
+pub fn recompute_bn_statistics<B: AutodiffBackend>(mut net: LayeredNet<B>, images: &Tensor<B::InnerBackend, 4>, batch: usize) -> LayeredNet<B> {
+    if !net.has_batch_norm() {
+        return net;
+    }
+    let n = images.dims()[0];
+    for (t, start) in (0..n).step_by(batch).enumerate() {
+        net.set_bn_momentum(1.0 / (t + 1) as f64);
+        // [n, c, h, w] -> [len, c, h, w]; the graph is dropped unused.
+        let x = images.clone().narrow(0, start, batch.min(n - start));
+        let _ = net.forward(Tensor::from_inner(x));
+    }
+    net.set_bn_momentum(0.1); // Burn's default, for the next round's local training
+    net
 }
 
 /// Move an aggregated tensor (computed on the inner backend) back to the training backend.

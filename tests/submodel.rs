@@ -172,3 +172,24 @@ fn ordered_dropout_trains_only_the_drawn_prefix() {
     assert!(o0[..256 * 10] != o1[..256 * 10]);
     assert_eq!(o0[256 * 10..], o1[256 * 10..]);
 }
+
+#[test]
+fn static_bn_statistics_do_not_depend_on_the_old_ones() {
+    use fedolf::sim::recompute_bn_statistics;
+    let (x, _) = random_batch::<Inner>(24, [3, 32, 32], 10, 11);
+    let stats = |net: &LayeredNet<Train>| -> Vec<f32> {
+        read_model(&net.valid()).into_iter().flatten().filter(|t| t.is_buffer()).flat_map(|t| to_vec(&t.value)).collect()
+    };
+    let once = recompute_bn_statistics(global(ModelKind::ResNet20, [3, 32, 32]), &x, 8);
+    let first = stats(&once);
+    // Overwrite every running statistic with garbage, then recompute: momentum 1/(t+1)
+    // gives the first batch weight 1, so nothing of the old values may survive.
+    let garbage: Vec<_> = read_model(&once)
+        .into_iter()
+        .map(|layer| Some(layer.into_iter().map(|mut t| { if t.is_buffer() { t.value = t.value.zeros_like() + 42.0; } t }).collect::<Vec<_>>()))
+        .collect();
+    let spoiled = write_model(once, &garbage).unwrap();
+    assert!(stats(&spoiled).iter().all(|&v| v == 42.0));
+    let second = stats(&recompute_bn_statistics(spoiled, &x, 8));
+    assert!(max_abs_diff(&first, &second) < 1e-4, "recomputed statistics depend on the old ones");
+}

@@ -79,6 +79,38 @@ impl<B: Backend> LayeredNet<B> {
         }
     }
 
+    /// Set the running-statistics momentum of every BatchNorm (static BN uses `1/(t+1)` on
+    /// batch t, which makes the running value the plain mean of the batch statistics).
+    pub fn set_bn_momentum(&mut self, momentum: f64) {
+        fn block<B: Backend>(b: &mut crate::residual::BasicBlock<B>, m: f64) {
+            b.bn1.momentum = m;
+            b.bn2.momentum = m;
+            if let Some(p) = &mut b.shortcut {
+                p.bn.momentum = m;
+            }
+        }
+        for layer in &mut self.layers {
+            match layer {
+                Layer::Conv(u) => {
+                    if let Some(bn) = &mut u.bn {
+                        bn.momentum = momentum;
+                    }
+                }
+                Layer::Stem(u) => {
+                    u.bn.momentum = momentum;
+                    block(&mut u.block, momentum);
+                }
+                Layer::Block(u) => block(u, momentum),
+                Layer::Dense(_) | Layer::Mlp(_) | Layer::Head(_) => {}
+            }
+        }
+    }
+
+    /// Whether any layer has BatchNorm.
+    pub fn has_batch_norm(&self) -> bool {
+        self.layers.iter().any(|l| matches!(l, Layer::Stem(_) | Layer::Block(_)) || matches!(l, Layer::Conv(u) if u.bn.is_some()))
+    }
+
     /// Split into the prefix `[0, l)` and the suffix `[l, N)`; each part keeps the metadata,
     /// and local indices restart at 0 in the suffix.
     pub fn split_at(mut self, l: usize) -> Result<(Self, Self), ModelError> {

@@ -6,8 +6,9 @@
 //!
 //! Scaler: every hidden conv / FC output is divided by `r_k` while the sub-model trains
 //! (identity at evaluation, where the global model has scale 1).
-//! Not faithful yet: the static-BN option (recompute global BN statistics with a no-grad pass
-//! before evaluation) is not implemented; BN running statistics aggregate by MWA like weights.
+//! Static BN (`heterofl.static_bn`, default on): before each evaluation the global model's BN
+//! statistics are recomputed with a no-grad pass over the training data (`sim.rs`); local
+//! training uses batch statistics.
 
 use rand_chacha::ChaCha8Rng;
 
