@@ -60,7 +60,7 @@ pub fn memory(args: MemoryArgs, alloc: &'static CountingAllocator) -> anyhow::Re
         bail!("--batch must be at least 1");
     }
     let input = dataset.input_shape();
-    let n = model.init::<burn::backend::Flex>(input, dataset.num_classes(), &Default::default())?.num_layers();
+    let n = model.num_layers();
     let frozen = match &args.frozen {
         Some(t) => parse_frozen(t)?,
         None => (0..n).collect(),

@@ -13,6 +13,7 @@ fn every_model_has_the_documented_layer_count() {
     for (kind, n) in expected {
         let net = kind.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
         assert_eq!(net.num_layers(), n, "{}", kind.name());
+        assert_eq!(kind.num_layers(), n, "{}", kind.name());
     }
 }
 

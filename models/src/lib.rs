@@ -64,6 +64,16 @@ impl ModelKind {
         }
     }
 
+    /// Freezing units N (independent of the input shape).
+    pub fn num_layers(self) -> usize {
+        match self {
+            Self::Cnn => 3,
+            Self::AlexNet => 7,
+            Self::ResNet20 => 10,
+            Self::ResNet44 => 22,
+        }
+    }
+
     pub fn parse(name: &str) -> Result<Self, ModelError> {
         Self::ALL
             .into_iter()
