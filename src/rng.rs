@@ -4,22 +4,22 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// What a stream is for; mixed into its seed.
+/// What a stream is for; its tag is mixed into the seed. Tags are explicit and never reused,
+/// so adding or removing a purpose leaves every other stream (and recorded result) unchanged.
 #[derive(Debug, Clone, Copy)]
 pub enum Purpose {
-    Partition,
-    Clusters,
-    ClientSampling,
-    ModelInit,
+    Partition = 0,
+    Clusters = 1,
+    ClientSampling = 2,
     /// Mini-batch order of one client in one round.
-    LocalShuffle,
+    LocalShuffle = 4,
     /// TOA draw for one client in one round.
-    Toa,
-    /// A strategy's per-client decisions (random frozen sets, CoCoFL windows).
-    Plan,
+    Toa = 5,
+    /// A strategy's per-client decisions (random frozen sets, CoCoFL windows, Feddrop subsets).
+    Plan = 6,
     /// QSGD rounding for one client in one round.
-    Qsgd,
-    MemoryProbe,
+    Qsgd = 7,
+    MemoryProbe = 8,
 }
 
 /// SplitMix64 finaliser: a cheap, well-mixed hash of the seed material.

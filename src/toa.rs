@@ -39,13 +39,6 @@ pub enum ToaMode {
     Topk,
 }
 
-impl ToaMode {
-    /// Modes whose rescaled layer q+1 reproduces the full pre-activation in expectation.
-    pub fn is_unbiased(self) -> bool {
-        matches!(self, Self::Crs | Self::Bernoulli)
-    }
-}
-
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum ToaError {
     #[error("toa.s = {0} is outside (0, 1]; s is the fraction of tensors kept per frozen layer")]
