@@ -98,18 +98,16 @@ pub fn probe_memory<B: AutodiffBackend>(
             push(MemoryRow { mode: mode.name().into(), frozen: l, measured_bytes: bytes, theory }, &mut rows);
         }
         let draws = spec.random_draws.max(1);
-        let (mut sum, mut tsum) = (0u64, TheoreticalMemory::default());
+        let mut bytes = Vec::with_capacity(draws);
+        let mut theories = Vec::with_capacity(draws);
         for d in 0..draws as u64 {
-            let (bytes, t) = measure(FreezeMode::Random, "random".into(), l, None, d)?;
-            sum += bytes;
-            tsum.activations += t.activations;
-            tsum.weights += t.weights;
-            tsum.gradients += t.gradients;
-            tsum.optimizer += t.optimizer;
+            let (b, t) = measure(FreezeMode::Random, "random".into(), l, None, d)?;
+            bytes.push(b);
+            theories.push(t);
         }
-        let k = draws as u64;
-        let theory = TheoreticalMemory { activations: tsum.activations / k, weights: tsum.weights / k, gradients: tsum.gradients / k, optimizer: tsum.optimizer / k };
-        push(MemoryRow { mode: "random".into(), frozen: l, measured_bytes: sum / k, theory }, &mut rows);
+        let measured = bytes.iter().sum::<u64>() / draws as u64;
+        let theory = TheoreticalMemory::mean(&theories);
+        push(MemoryRow { mode: "random".into(), frozen: l, measured_bytes: measured, theory }, &mut rows);
         if l >= 2 {
             for &s in &spec.toa_scales {
                 let settings = ToaSettings::new(s, ToaMode::Paper)?;

@@ -27,6 +27,13 @@ impl TheoreticalMemory {
     pub fn eq23(&self) -> u64 {
         self.activations + self.gradients + self.weights
     }
+
+    /// Component-wise mean (integer bytes), e.g. over random-freezing draws.
+    pub fn mean(all: &[Self]) -> Self {
+        let n = all.len().max(1) as u64;
+        let sum = |f: fn(&Self) -> u64| all.iter().map(f).sum::<u64>() / n;
+        Self { activations: sum(|m| m.activations), weights: sum(|m| m.weights), gradients: sum(|m| m.gradients), optimizer: sum(|m| m.optimizer) }
+    }
 }
 
 pub fn theoretical_memory(infos: &[LayerInfo], roles: &[LayerRole], batch: usize, momentum: bool) -> TheoreticalMemory {

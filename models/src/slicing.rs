@@ -23,13 +23,14 @@ pub(crate) fn conv_keep_inputs<B: Backend>(mut conv: Conv2d<B>, idx: &Tensor<B, 
 /// Keep input channels `idx`, each scaled by `alpha[j]`:
 /// weight `[out, in, kh, kw] -> [out, k, kh, kw]`, times `alpha` viewed as `[1, k, 1, 1]`.
 pub(crate) fn conv_scale_inputs<B: Backend>(
-    mut conv: Conv2d<B>,
+    conv: Conv2d<B>,
     idx: &Tensor<B, 1, Int>,
     alpha: &Tensor<B, 1>,
 ) -> Conv2d<B> {
+    let mut conv = conv_keep_inputs(conv, idx);
     let k = alpha.dims()[0];
     let alpha = alpha.clone().reshape([1, k, 1, 1]);
-    conv.weight = conv.weight.map(|w| w.select(1, idx.clone()) * alpha);
+    conv.weight = conv.weight.map(|w| w * alpha);
     conv
 }
 
@@ -75,18 +76,17 @@ pub(crate) fn linear_keep_inputs<B: Backend>(mut fc: Linear<B>, idx: &Tensor<B, 
 
 /// Keep the input rows of channels `idx`, scaled by `alpha` (see [`linear_input_rows`]).
 pub(crate) fn linear_scale_inputs<B: Backend>(
-    mut fc: Linear<B>,
+    fc: Linear<B>,
     idx: &Tensor<B, 1, Int>,
     alpha: &Tensor<B, 1>,
     prev_channels: usize,
 ) -> Linear<B> {
-    let [d_in, _] = fc.weight.dims();
-    let hw = d_in / prev_channels;
+    let hw = fc.weight.dims()[0] / prev_channels;
+    let mut fc = linear_keep_inputs(fc, idx, prev_channels);
     let k = alpha.dims()[0];
-    let rows = linear_input_rows(d_in, idx, prev_channels);
     // alpha: [k] -> [k, 1] -> [k, hw] -> [k·hw, 1] to scale whole rows.
     let alpha = alpha.clone().reshape([k, 1]).repeat_dim(1, hw).reshape([k * hw, 1]);
-    fc.weight = fc.weight.map(|w| w.select(0, rows) * alpha);
+    fc.weight = fc.weight.map(|w| w * alpha);
     fc
 }
 
