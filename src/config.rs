@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::backend::DeviceKind;
+use crate::strategy::StageLengths;
 use crate::toa::ToaMode;
 
 #[derive(Debug, Error)]
@@ -37,10 +38,11 @@ pub enum Method {
     Heterofl,
     Feddrop,
     Fjord,
+    Slt,
 }
 
 impl Method {
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 10] = [
         Method::Fedolf,
         Method::Fedavg,
         Method::FedavgDrop,
@@ -50,6 +52,7 @@ impl Method {
         Method::Heterofl,
         Method::Feddrop,
         Method::Fjord,
+        Method::Slt,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +66,7 @@ impl Method {
             Self::Heterofl => "heterofl",
             Self::Feddrop => "feddrop",
             Self::Fjord => "fjord",
+            Self::Slt => "slt",
         }
     }
 
@@ -77,12 +81,13 @@ impl Method {
             Self::Heterofl => "HeteroFL: width r = i/c prefix sub-model of every channel space, Scaler 1/r; masked MWA; static BN",
             Self::Feddrop => "Feddrop: random ⌈r·C⌉ channels per space each round (r = i/c); masked MWA; full model evaluated",
             Self::Fjord => "FjORD: r = i/c prefix sub-model; each batch trains a random p-prefix, p ∈ {1/c..r}; masked MWA",
+            Self::Slt => "SLT: stage j freezes layers < j, trains layer j (+i−1 more) at full width and the rest at width 0.5→1.0",
         }
     }
 
     /// Methods in which weaker clusters freeze `c − i` layers (so `c ≤ N` is required).
     pub fn freezes_layers(self) -> bool {
-        !matches!(self, Self::Fedavg | Self::FedavgDrop | Self::Heterofl | Self::Feddrop | Self::Fjord)
+        !matches!(self, Self::Fedavg | Self::FedavgDrop | Self::Heterofl | Self::Feddrop | Self::Fjord | Self::Slt)
     }
 }
 
@@ -110,7 +115,27 @@ pub struct Config {
     pub qsgd: QsgdConfig,
     #[serde(default)]
     pub heterofl: HeteroFlConfig,
+    #[serde(default)]
+    pub cocofl: CocoFlConfig,
+    #[serde(default)]
+    pub slt: SltConfig,
     pub energy: EnergyConfig,
+}
+
+/// CoCoFL options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CocoFlConfig {
+    /// Run frozen layers on fake-int8 weights (per-tensor symmetric).
+    pub fake_int8: bool,
+}
+
+/// SLT options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SltConfig {
+    /// `params`: stage lengths in proportion to the parameters each stage trains; `equal`.
+    pub stage_lengths: StageLengths,
 }
 
 /// HeteroFL options.

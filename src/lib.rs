@@ -19,6 +19,7 @@ pub mod toa;
 pub use fedolf_models as models;
 pub mod config;
 pub mod energy;
+pub mod fake_quant;
 pub mod plot;
 pub mod qsgd;
 pub mod report;

@@ -23,8 +23,9 @@ use crate::ordered_dropout::train_ordered_dropout;
 use crate::params::{layer_numel, mark_trainable, read_model, write_model, ParamError};
 use crate::qsgd::{quantize_prefix, QsgdError, QsgdSettings};
 use crate::rng::{stream, Purpose};
-use crate::strategy::{cocofl_blend, strategy_for, ClientPlan, Download, PlanContext, ServerRule};
-use crate::submodel::{embed, embedding_indices, extract};
+use crate::fake_quant::fake_int8_frozen;
+use crate::strategy::{cocofl_blend, stage_trainable_params, strategy_for, ClientPlan, Download, PlanContext, ServerRule, StageLengths, StrategyInputs};
+use crate::submodel::{embed_layer, embedding_indices, extract};
 use crate::toa::{sparsify_prefix, ToaError, ToaSettings};
 
 pub const BYTES_PER_PARAM: u64 = 4;
@@ -174,7 +175,6 @@ pub fn run<B: AutodiffBackend>(
     } else {
         Download::Toa(ToaSettings::new(cfg.toa.s, cfg.toa.mode)?)
     };
-    let strategy = strategy_for(cfg.method, download);
     let training = LocalTraining {
         epochs: cfg.train.epochs,
         batch_size: cfg.train.batch_size,
@@ -217,6 +217,9 @@ pub fn run<B: AutodiffBackend>(
         });
     }
     let layout = global.channel_spaces();
+    let slt_stage_params = (cfg.method == Method::Slt && cfg.slt.stage_lengths == StageLengths::Params)
+        .then(|| stage_trainable_params(&global.valid(), &layout, device));
+    let strategy = strategy_for(cfg.method, &StrategyInputs { download, cocofl_fake_int8: cfg.cocofl.fake_int8, slt_stage_params });
     let eligible: Vec<usize> = (0..fed.clients).filter(|&k| strategy.eligible(clusters[k], fed.clusters)).collect();
     let per_round = fed.clients_per_round.min(eligible.len());
     observer.on_start(&RunInfo {
@@ -238,7 +241,7 @@ pub fn run<B: AutodiffBackend>(
             .map(|i| eligible[i])
             .collect();
         picked.sort_unstable();
-        let ctx = PlanContext { num_layers, clusters: fed.clusters, round, layout: &layout };
+        let ctx = PlanContext { num_layers, clusters: fed.clusters, round, rounds: fed.rounds, layout: &layout };
         let plans: Vec<ClientPlan> = picked
             .iter()
             .map(|&k| strategy.plan(&ctx, k, clusters[k], &mut stream(cfg.seed, Purpose::Plan, round as u64, k as u64)))
@@ -258,6 +261,9 @@ pub fn run<B: AutodiffBackend>(
                 }
                 None => LocalModel::from_roles(&global, &plan.roles)?,
             };
+            if plan.fake_int8_frozen {
+                local = fake_int8_frozen(local)?;
+            }
             let frozen_bytes = match plan.download {
                 Download::Toa(settings) => {
                     let mut rng = stream(cfg.seed, Purpose::Toa, round as u64, plan.client as u64);
@@ -306,9 +312,14 @@ pub fn run<B: AutodiffBackend>(
             uploads.push(match &plan.width {
                 Some(spec) => {
                     let positions = embedding_indices(global.valid(), &layout, spec, device)?;
-                    let local_params: Vec<_> = layers.into_iter().map(|(_, p)| p).collect();
-                    let (values, masks): (Vec<_>, Vec<_>) =
-                        embed(&local_params, &positions, &global_params).into_iter().enumerate().map(|(l, (v, m))| ((l, v), m)).unzip();
+                    // Only trained layers travel (SLT freezes a prefix); each keeps its index.
+                    let (values, masks): (Vec<_>, Vec<_>) = layers
+                        .into_iter()
+                        .map(|(l, p)| {
+                            let (v, m) = embed_layer(&p, &positions[l], &global_params[l]);
+                            ((l, v), m)
+                        })
+                        .unzip();
                     LayerUpload::masked(weight, values, masks)
                 }
                 None => LayerUpload::whole(weight, layers),
@@ -341,12 +352,15 @@ pub fn run<B: AutodiffBackend>(
             .collect();
         global = write_model(global, &merged)?;
 
-        // 8. Evaluate (HeteroFL: static BN first).
+        // 8. Evaluate (HeteroFL: static BN first; SLT: the current stage's sub-model).
         let (accuracy, test_loss) = if round % fed.eval_every == 0 || round == fed.rounds {
             if cfg.method == Method::Heterofl && cfg.heterofl.static_bn {
                 global = recompute_bn_statistics(global, &train.images, 500);
             }
-            let (acc, loss) = evaluate(&global.valid(), &test, 500);
+            let (acc, loss) = match strategy.eval_width(&ctx) {
+                Some(spec) => evaluate(&extract(global.valid(), &layout, &spec, device), &test, 500),
+                None => evaluate(&global.valid(), &test, 500),
+            };
             if !loss.is_finite() {
                 return Err(SimError::Diverged { round, loss });
             }

@@ -41,6 +41,26 @@ impl WidthSpec {
         Self { kept: layout.sizes.iter().map(|&c| (0..kept_channels(r, c)).collect()).collect(), scaler: 1.0, per_batch_ratios: Vec::new() }
     }
 
+    /// SLT: every space that the first `full_layers` layers produce (their outputs and
+    /// inner channels) stays whole; every other space keeps its `⌈r·C⌉`-prefix. A residual
+    /// stage space produced by a full-width block therefore stays whole in later blocks too
+    /// (identity skips tie them); those blocks' inner spaces narrow.
+    pub fn prefix_after(layout: &SpaceLayout, full_layers: usize, r: f64) -> Self {
+        let mut whole = vec![false; layout.sizes.len()];
+        for spaces in layout.layers.iter().take(full_layers) {
+            for s in [spaces.inner, spaces.output].into_iter().flatten() {
+                whole[s] = true;
+            }
+        }
+        let kept = layout
+            .sizes
+            .iter()
+            .zip(&whole)
+            .map(|(&c, &w)| (0..if w { c } else { kept_channels(r, c) }).collect())
+            .collect();
+        Self { kept, scaler: 1.0, per_batch_ratios: Vec::new() }
+    }
+
     /// Feddrop: a uniformly random subset of `⌈r·C⌉` channels per space, drawn once per space
     /// (so residual skips stay aligned).
     pub fn random<R: Rng>(layout: &SpaceLayout, r: f64, rng: &mut R) -> Self {
@@ -124,23 +144,21 @@ pub fn embed<B: Backend>(
     indices: &[Vec<Tensor<B, 1, Int>>],
     global: &[LayerParams<B>],
 ) -> Vec<(LayerParams<B>, Vec<Tensor<B, 1>>)> {
-    local
-        .iter()
-        .zip(indices)
-        .zip(global)
-        .map(|((loc, idx), glob)| {
-            let mut values = Vec::with_capacity(glob.len());
-            let mut masks = Vec::with_capacity(glob.len());
-            for ((l, i), g) in loc.iter().zip(idx).zip(glob) {
-                let zeros = g.value.zeros_like();
-                values.push(NamedTensor {
-                    name: g.name.clone(),
-                    shape: g.shape.clone(),
-                    value: zeros.clone().scatter(0, i.clone(), l.value.clone(), IndexingUpdateOp::Add),
-                });
-                masks.push(zeros.scatter(0, i.clone(), l.value.ones_like(), IndexingUpdateOp::Add));
-            }
-            (values, masks)
-        })
-        .collect()
+    local.iter().zip(indices).zip(global).map(|((loc, idx), glob)| embed_layer(loc, idx, glob)).collect()
+}
+
+/// [`embed`] for one layer: `indices` and `global` are that layer's entries.
+pub fn embed_layer<B: Backend>(local: &LayerParams<B>, indices: &[Tensor<B, 1, Int>], global: &LayerParams<B>) -> (LayerParams<B>, Vec<Tensor<B, 1>>) {
+    let mut values = Vec::with_capacity(global.len());
+    let mut masks = Vec::with_capacity(global.len());
+    for ((l, i), g) in local.iter().zip(indices).zip(global) {
+        let zeros = g.value.zeros_like();
+        values.push(NamedTensor {
+            name: g.name.clone(),
+            shape: g.shape.clone(),
+            value: zeros.clone().scatter(0, i.clone(), l.value.clone(), IndexingUpdateOp::Add),
+        });
+        masks.push(zeros.scatter(0, i.clone(), l.value.ones_like(), IndexingUpdateOp::Add));
+    }
+    (values, masks)
 }

@@ -10,7 +10,7 @@ use fedolf::config::Method;
 use fedolf::freeze::LayerRole;
 use fedolf::params::NamedTensor;
 use fedolf::qsgd::{quantize_dequantize, QsgdSettings};
-use fedolf::strategy::{cocofl_blend, strategy_for, Download, PlanContext};
+use fedolf::strategy::{cocofl_blend, strategy_for, Download, PlanContext, StrategyInputs};
 use rand::SeedableRng;
 
 fn layout(n: usize) -> fedolf::models::SpaceLayout {
@@ -62,9 +62,9 @@ fn qsgd_is_unbiased_and_coarser_with_fewer_bits() {
 
 #[test]
 fn cocofl_windows_are_contiguous_and_start_anywhere_in_0_to_l() {
-    let s = strategy_for(Method::Cocofl, Download::Full);
+    let s = strategy_for(Method::Cocofl, &StrategyInputs::new(Download::Full));
     let l = layout(7);
-    let ctx = PlanContext { num_layers: 7, clusters: 5, round: 1, layout: &l };
+    let ctx = PlanContext { num_layers: 7, clusters: 5, round: 1, rounds: 10, layout: &l };
     let mut starts = std::collections::BTreeSet::new();
     let mut r = rng(2);
     for _ in 0..400 {
@@ -106,34 +106,167 @@ fn cocofl_server_rule_by_hand() {
 #[test]
 fn random_freezing_and_tinyfel_freeze_l_layers() {
     let lay = layout(10);
-    let ctx = PlanContext { num_layers: 10, clusters: 5, round: 1, layout: &lay };
+    let ctx = PlanContext { num_layers: 10, clusters: 5, round: 1, rounds: 10, layout: &lay };
     let mut r = rng(3);
     for cluster in 0..5 {
         let l = 4 - cluster;
-        let plan = strategy_for(Method::RandomFreeze, Download::Full).plan(&ctx, 0, cluster, &mut r).unwrap();
+        let plan = strategy_for(Method::RandomFreeze, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, cluster, &mut r).unwrap();
         assert_eq!(plan.frozen(), l);
-        let plan = strategy_for(Method::Tinyfel, Download::Full).plan(&ctx, 0, cluster, &mut r).unwrap();
+        let plan = strategy_for(Method::Tinyfel, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, cluster, &mut r).unwrap();
         assert_eq!(plan.roles[..l], vec![LayerRole::FrozenGradDiscarded; l][..]);
         assert_eq!(plan.frozen(), l);
     }
-    let drop = strategy_for(Method::FedavgDrop, Download::Full);
+    let drop = strategy_for(Method::FedavgDrop, &StrategyInputs::new(Download::Full));
     assert!(drop.eligible(4, 5) && !drop.eligible(3, 5));
 }
 
 #[test]
 fn heterofl_takes_prefixes_and_feddrop_random_subsets_of_width_i_over_c() {
     let lay = layout(3);
-    let ctx = PlanContext { num_layers: 3, clusters: 5, round: 1, layout: &lay };
+    let ctx = PlanContext { num_layers: 3, clusters: 5, round: 1, rounds: 10, layout: &lay };
     let mut r = rng(4);
     // Cluster 1 of 5 (i = 2): r = 0.4 → ⌈4⌉ of 10 and ⌈8⌉ of 20.
-    let plan = strategy_for(Method::Heterofl, Download::Full).plan(&ctx, 0, 1, &mut r).unwrap();
+    let plan = strategy_for(Method::Heterofl, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 1, &mut r).unwrap();
     let w = plan.width.unwrap();
     assert_eq!(w.kept, vec![(0..4).collect::<Vec<_>>(), (0..8).collect()]);
-    let a = strategy_for(Method::Feddrop, Download::Full).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
-    let b = strategy_for(Method::Feddrop, Download::Full).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
+    let a = strategy_for(Method::Feddrop, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
+    let b = strategy_for(Method::Feddrop, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
     assert_eq!((a.kept[0].len(), a.kept[1].len()), (4, 8));
     assert_ne!(a, b, "a fresh draw per plan");
     // The strongest cluster trains the full width.
-    let full = strategy_for(Method::Heterofl, Download::Full).plan(&ctx, 0, 4, &mut r).unwrap().width.unwrap();
+    let full = strategy_for(Method::Heterofl, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 4, &mut r).unwrap().width.unwrap();
     assert!(full.is_full(&lay));
+}
+
+#[test]
+fn slt_widths_and_stage_lengths_by_hand() {
+    use fedolf::strategy::{stage_count, stage_ends, stage_of, stage_width};
+    // s_j = 0.5 + 0.5·(j−1)/(J−1), J = N − 1.
+    assert_eq!(stage_count(4), 3);
+    assert_eq!((0..3).map(|j| stage_width(j, 3)).collect::<Vec<_>>(), vec![0.5, 0.75, 1.0]);
+    assert_eq!(stage_width(0, 1), 1.0);
+    // Equal weights over 6 rounds: 2 each. Weights 1:2:1 over 8: cumulative 2, 6, 8.
+    assert_eq!(stage_ends(&[1.0, 1.0, 1.0], 6), vec![2, 4, 6]);
+    assert_eq!(stage_ends(&[1.0, 2.0, 1.0], 8), vec![2, 6, 8]);
+    // A dominant first stage still leaves one round to each later stage.
+    assert_eq!(stage_ends(&[100.0, 1.0, 1.0], 3), vec![1, 2, 3]);
+    // Fewer rounds than stages: the first T stages get one round each.
+    assert_eq!(stage_ends(&[1.0; 4], 2), vec![1, 2, 2, 2]);
+    let ends = [2, 4, 6];
+    assert_eq!([1, 2, 3, 4, 5, 6].map(|t| stage_of(&ends, t)), [0, 0, 1, 1, 2, 2]);
+}
+
+/// A ResNet-like layout: stem (space 0 out, inner 1), identity block (inner 2, out 0),
+/// projection block (inner 4, out 3), head.
+fn resnet_like_layout() -> fedolf::models::SpaceLayout {
+    use fedolf::models::LayerSpaces;
+    let s = |input, inner, output| LayerSpaces { input, inner, output };
+    fedolf::models::SpaceLayout {
+        sizes: vec![16, 16, 16, 32, 32],
+        layers: vec![s(None, Some(1), Some(0)), s(Some(0), Some(2), Some(0)), s(Some(0), Some(4), Some(3)), s(Some(3), None, None)],
+    }
+}
+
+#[test]
+fn slt_plans_freeze_earlier_stages_and_narrow_what_no_full_layer_produces() {
+    let lay = resnet_like_layout();
+    // Equal stages over 6 rounds: rounds 1–2 stage 0 (s = 0.5), 3–4 stage 1 (0.75), 5–6 stage 2 (1.0).
+    let slt = strategy_for(Method::Slt, &StrategyInputs::new(Download::Full));
+    let ctx = |round| PlanContext { num_layers: 4, clusters: 2, round, rounds: 6, layout: &lay };
+    let mut r = rng(5);
+    let (f, t) = (LayerRole::FrozenNoGraph, LayerRole::Trained);
+
+    // Stage 0, weakest cluster (d = 1): the stem is full; block 1 shares the stem's space so
+    // its output stays whole, its inner space narrows to 8; stage 2's spaces narrow to 16.
+    let p = slt.plan(&ctx(1), 0, 0, &mut r).unwrap();
+    assert_eq!(p.roles, vec![t; 4]);
+    let kept: Vec<usize> = p.width.unwrap().kept.iter().map(Vec::len).collect();
+    assert_eq!(kept, vec![16, 16, 8, 16, 16]);
+    // Stage 1: the stem freezes; block 1 is full; s = 0.75 beyond.
+    let p = slt.plan(&ctx(3), 0, 0, &mut r).unwrap();
+    assert_eq!(p.roles, vec![f, t, t, t]);
+    let kept: Vec<usize> = p.width.unwrap().kept.iter().map(Vec::len).collect();
+    assert_eq!(kept, vec![16, 16, 16, 24, 24]);
+    assert_eq!(slt.eval_width(&ctx(3)).unwrap().kept.iter().map(Vec::len).collect::<Vec<_>>(), kept);
+    // The stronger cluster (d = 2) trains block 2 at full width too: nothing narrows.
+    let p = slt.plan(&ctx(4), 0, 1, &mut r).unwrap();
+    assert_eq!(p.roles, vec![f, t, t, t]);
+    assert!(p.width.is_none());
+    // Last stage: the first two layers frozen, the rest full; the full model is evaluated.
+    let p = slt.plan(&ctx(6), 0, 0, &mut r).unwrap();
+    assert_eq!((p.roles, p.width), (vec![f, f, t, t], None));
+    assert!(slt.eval_width(&ctx(6)).is_none());
+
+    // Parameter-weighted stages: 3 : 2 : 1 over 6 rounds → rounds 1–3, 4–5, 6.
+    let weighted = strategy_for(Method::Slt, &StrategyInputs { slt_stage_params: Some(vec![300, 200, 100]), ..StrategyInputs::new(Download::Full) });
+    let stage = |round| weighted.plan(&ctx(round), 0, 0, &mut rng(0)).unwrap().frozen();
+    assert_eq!([1, 3, 4, 5, 6].map(stage), [0, 0, 1, 1, 2]);
+}
+
+#[test]
+fn cocofl_fake_int8_flag_reaches_the_plan() {
+    let lay = layout(5);
+    let ctx = PlanContext { num_layers: 5, clusters: 3, round: 1, rounds: 10, layout: &lay };
+    let on = StrategyInputs { cocofl_fake_int8: true, ..StrategyInputs::new(Download::Full) };
+    assert!(strategy_for(Method::Cocofl, &on).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
+    assert!(!strategy_for(Method::Cocofl, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
+}
+
+#[test]
+fn fake_int8_keeps_255_levels_within_half_a_step() {
+    use fedolf::fake_quant::fake_int8;
+    let v: Vec<f32> = (0..4000).map(|i| ((i as f32) * 0.731).sin() * 3.0).collect();
+    let q = to_vec(&fake_int8(t(&v)[0].value.clone()));
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let step = max / 127.0;
+    let mut levels: Vec<i64> = q.iter().map(|x| (x / step).round() as i64).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    assert!(levels.len() <= 255 && levels.len() > 200, "{} levels", levels.len());
+    assert!(levels.iter().all(|l| l.abs() <= 127));
+    for (a, b) in v.iter().zip(&q) {
+        assert!((a - b).abs() <= step / 2.0 + 1e-5, "{a} → {b}");
+    }
+    assert_eq!(to_vec(&fake_int8(t(&[0.0, 0.0])[0].value.clone())), vec![0.0, 0.0]);
+}
+
+#[test]
+fn fake_int8_touches_only_frozen_weights_and_training_still_runs() {
+    use fedolf::fake_quant::fake_int8_frozen;
+    use fedolf::freeze::{LocalModel, SgdSettings};
+    use fedolf::models::ModelKind;
+    let global = ModelKind::Cnn.init::<Train>([1, 28, 28], 10, &device()).unwrap();
+    let before = host_params(&global);
+    let (f, tr, g) = (LayerRole::FrozenNoGraph, LayerRole::Trained, LayerRole::FrozenInGraph);
+    let local = fake_int8_frozen(LocalModel::from_roles(&global, &[f, tr, g]).unwrap()).unwrap();
+    let (prefix, graph) = (host_params(&local.no_graph), host_params(&local.graph));
+    let distinct = |v: &[f32]| {
+        let mut b: Vec<u32> = v.iter().map(|x| (x + 0.0).to_bits()).collect(); // −0 and +0 are one level
+        b.sort_unstable();
+        b.dedup();
+        b.len()
+    };
+    // Frozen weights (rank ≥ 2): quantized (≤ 255 values, changed); rank-1 tensors untouched.
+    let ranks: Vec<Vec<usize>> = fedolf::params::read_model(&global).iter().map(|l| l.iter().map(|t| t.shape.len()).collect()).collect();
+    let mut quantized = 0;
+    for (layer, i) in [(&prefix[0], 0), (&graph[1], 2)] {
+        for (((name, q), (_, w)), rank) in layer.iter().zip(&before[i]).zip(&ranks[i]) {
+            if *rank >= 2 {
+                assert!(distinct(q) <= 255 && q != w, "{name}: {} distinct values", distinct(q));
+                quantized += 1;
+            } else {
+                assert_eq!(q, w, "{name}");
+            }
+        }
+    }
+    assert_eq!(quantized, 3, "conv1 weight, MLP hidden and output weights");
+    // The trained layer is bit-identical to the global model.
+    assert_eq!(graph[0], before[1]);
+    // A step trains layer 2 only, through the quantized frozen layer above it.
+    let (x, y) = random_batch::<Inner>(8, [1, 28, 28], 10, 3);
+    let (stepped, loss) = local.fresh_step(x, y, &SgdSettings { lr: 0.1, momentum: 0.0, weight_decay: 0.0 });
+    assert!(loss.into_scalar().is_finite());
+    let after = host_params(&stepped.graph);
+    assert_ne!(after[0], graph[0]);
+    assert_eq!(after[1], graph[1]);
 }

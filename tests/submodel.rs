@@ -193,3 +193,32 @@ fn static_bn_statistics_do_not_depend_on_the_old_ones() {
     let second = stats(&recompute_bn_statistics(spoiled, &x, 8));
     assert!(max_abs_diff(&first, &second) < 1e-4, "recomputed statistics depend on the old ones");
 }
+
+#[test]
+fn slt_stage_submodels_run_and_train_on_every_model() {
+    use fedolf::freeze::{LocalModel, SgdSettings};
+    use fedolf::strategy::{stage_count, stage_plan, stage_trainable_params};
+    for kind in ModelKind::ALL {
+        let shape = [3, 32, 32];
+        let g = global(kind, shape);
+        let layout = g.channel_spaces();
+        let n = g.num_layers();
+        let (x, y) = random_batch::<Inner>(4, shape, 10, 2);
+        let weights = stage_trainable_params(&g.valid(), &layout, &device());
+        assert_eq!(weights.len(), stage_count(n));
+        assert!(weights.iter().all(|&w| w > 0), "{}: {weights:?}", kind.name());
+        for j in 0..stage_count(n) {
+            for full in [1, 2] {
+                let (roles, width) = stage_plan(&layout, n, j, full);
+                let sub = fedolf::params::mark_trainable(LayeredNet::<Train>::from_inner(extract(g.valid(), &layout, &width, &device())));
+                let local = LocalModel::from_roles(&sub, &roles).unwrap();
+                assert_eq!(local.no_graph.num_layers(), j, "{} stage {j}", kind.name());
+                let (stepped, loss) = local.fresh_step(x.clone(), y.clone(), &SgdSettings { lr: 0.01, momentum: 0.0, weight_decay: 0.0 });
+                assert!(loss.into_scalar().is_finite(), "{} stage {j} full {full}", kind.name());
+                assert_eq!(stepped.trained_layers().len(), n - j);
+            }
+        }
+        // The last stage trains the model's top at full width.
+        assert!(stage_plan(&layout, n, stage_count(n) - 1, 1).1.is_full(&layout));
+    }
+}

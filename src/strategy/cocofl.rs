@@ -6,7 +6,12 @@
 //! layers above it stay in the graph with `require_grad = false`. It uploads the window.
 //! Server, per layer: `r = uploaders / participants`,
 //! `θ ← r · mean(uploads) + (1 − r) · θ_old` (its own rule, not MWA; `mean` unweighted).
-//! The optional fake-int8 quantization of frozen layers is not implemented.
+//!
+//! Choice (BASELINES.md): optional fake int8 on the frozen layers (`cocofl.fake_int8`, off by
+//! default). Every frozen conv / linear weight tensor is quantized per tensor, symmetric:
+//! `ŵ = clamp(round(w/Δ), −127, 127)·Δ`, `Δ = max|w| / 127`, and the client runs the frozen
+//! layers on `ŵ` (`fake_quant.rs`). Biases and BatchNorm entries stay float, and so do
+//! activations: this models CoCoFL's int8 weights, not its int8 activation arithmetic.
 
 use burn::prelude::*;
 use rand::Rng;
@@ -18,7 +23,9 @@ use crate::config::Method;
 use crate::freeze::{FreezeError, LayerRole};
 use crate::params::{LayerParams, NamedTensor};
 
-pub struct CocoFl;
+pub struct CocoFl {
+    pub fake_int8: bool,
+}
 
 impl Strategy for CocoFl {
     fn method(&self) -> Method {
@@ -40,7 +47,7 @@ impl Strategy for CocoFl {
                 }
             })
             .collect();
-        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width: None })
+        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: self.fake_int8 })
     }
 
     fn server_rule(&self) -> ServerRule {

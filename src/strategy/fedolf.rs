@@ -26,6 +26,6 @@ impl Strategy for FedOlf {
             Download::Qsgd(q) if l >= 1 => Download::Qsgd(q),
             _ => Download::Full,
         };
-        Ok(ClientPlan { client, cluster, roles: ordered_roles(ctx.num_layers, l)?, download, width: None })
+        Ok(ClientPlan { client, cluster, roles: ordered_roles(ctx.num_layers, l)?, download, width: None, fake_int8_frozen: false })
     }
 }

@@ -27,6 +27,6 @@ impl Strategy for HeteroFl {
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
         let r = ctx.width_ratio(cluster);
         let width = WidthSpec::prefix(ctx.layout, r).with_scaler(r);
-        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width) })
+        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false })
     }
 }

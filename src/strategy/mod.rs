@@ -9,6 +9,7 @@ mod fedolf;
 mod fjord;
 mod heterofl;
 mod random_freeze;
+mod slt;
 mod tinyfel;
 
 use rand_chacha::ChaCha8Rng;
@@ -20,6 +21,7 @@ pub use fedolf::FedOlf;
 pub use fjord::Fjord;
 pub use heterofl::HeteroFl;
 pub use random_freeze::RandomFreeze;
+pub use slt::{stage_count, stage_ends, stage_of, stage_plan, stage_trainable_params, stage_width, Slt, StageLengths};
 pub use tinyfel::TinyFel;
 
 use crate::config::Method;
@@ -47,6 +49,8 @@ pub struct ClientPlan {
     pub download: Download,
     /// Width methods: the channels this client keeps (`None` = the full width).
     pub width: Option<WidthSpec>,
+    /// CoCoFL's option: frozen layers run on fake-int8 weights.
+    pub fake_int8_frozen: bool,
 }
 
 impl ClientPlan {
@@ -70,7 +74,9 @@ pub enum ServerRule {
 pub struct PlanContext<'a> {
     pub num_layers: usize,
     pub clusters: usize,
+    /// The current round (1-based) and the run's total `T`.
     pub round: usize,
+    pub rounds: usize,
     pub layout: &'a SpaceLayout,
 }
 
@@ -101,19 +107,42 @@ pub trait Strategy {
     fn server_rule(&self) -> ServerRule {
         ServerRule::LayerwiseMwa
     }
+    /// The sub-model to evaluate instead of the full global model (SLT's current stage).
+    fn eval_width(&self, _ctx: &PlanContext<'_>) -> Option<WidthSpec> {
+        None
+    }
 }
 
-/// The strategy for a method; `download` is the frozen-prefix compressor (FedOLF only).
-pub fn strategy_for(method: Method, download: Download) -> Box<dyn Strategy> {
+/// What strategies need beyond the method name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrategyInputs {
+    /// The frozen-prefix compressor (FedOLF only).
+    pub download: Download,
+    /// CoCoFL: run frozen layers on fake-int8 weights.
+    pub cocofl_fake_int8: bool,
+    /// SLT: parameters trained per stage (stage lengths in proportion); `None` = equal stages.
+    pub slt_stage_params: Option<Vec<usize>>,
+}
+
+impl StrategyInputs {
+    /// Every option at its default: `download` only.
+    pub fn new(download: Download) -> Self {
+        Self { download, cocofl_fake_int8: false, slt_stage_params: None }
+    }
+}
+
+/// The strategy for a method.
+pub fn strategy_for(method: Method, inputs: &StrategyInputs) -> Box<dyn Strategy> {
     match method {
-        Method::Fedolf => Box::new(FedOlf { download }),
+        Method::Fedolf => Box::new(FedOlf { download: inputs.download }),
         Method::Fedavg => Box::new(FedAvg { drop_weak: false }),
         Method::FedavgDrop => Box::new(FedAvg { drop_weak: true }),
         Method::RandomFreeze => Box::new(RandomFreeze),
         Method::Tinyfel => Box::new(TinyFel),
-        Method::Cocofl => Box::new(CocoFl),
+        Method::Cocofl => Box::new(CocoFl { fake_int8: inputs.cocofl_fake_int8 }),
         Method::Heterofl => Box::new(HeteroFl),
         Method::Feddrop => Box::new(Feddrop),
         Method::Fjord => Box::new(Fjord),
+        Method::Slt => Box::new(Slt { stage_params: inputs.slt_stage_params.clone() }),
     }
 }
