@@ -48,8 +48,8 @@ pub enum SimError {
     Param(#[from] ParamError),
     #[error(transparent)]
     Qsgd(#[from] QsgdError),
-    #[error(transparent)]
-    OrderedDropout(#[from] crate::ordered_dropout::OrderedDropoutError),
+    #[error("round {round}, client {client}: {source}")]
+    OrderedDropout { round: usize, client: usize, source: crate::ordered_dropout::OrderedDropoutError },
     #[error("config field `{field}`: {problem}")]
     Config { field: &'static str, problem: String },
     #[error("round {round}: the global model's test loss is {loss} (diverged; lower train.lr)")]
@@ -292,7 +292,8 @@ pub fn run<B: AutodiffBackend>(
                 if ratios.is_empty() {
                     return train_local(local, &data, &training, &mut rng).map_err(|source| SimError::Client { round, client: plan.client, source });
                 }
-                let (net, outcome) = train_ordered_dropout(local.join(), &layout.sizes, ratios, &data, &training, &mut rng)?;
+                let (net, outcome) = train_ordered_dropout(local.join(), &layout.sizes, ratios, &data, &training, &mut rng)
+                    .map_err(|source| SimError::OrderedDropout { round, client: plan.client, source })?;
                 Ok((LocalModel::from_roles(&net, &plan.roles)?, outcome))
             };
             let (result, peak_mem_mb) = match memory {

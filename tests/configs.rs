@@ -44,3 +44,16 @@ fn overrides_apply_and_bad_ones_are_named() {
     let e = Config::from_toml("name = ", "broken.toml", &[]).unwrap_err();
     assert!(e.to_string().starts_with("broken.toml"), "{e}");
 }
+
+#[test]
+fn method_options_parse_and_bad_ones_name_their_field() {
+    use fedolf::strategy::StageLengths;
+    let cfg = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &[]).unwrap();
+    assert_eq!((cfg.slt.stage_lengths, cfg.cocofl.fake_int8, cfg.heterofl.static_bn), (StageLengths::Params, false, true));
+    let cfg = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["slt.stage_lengths=\"equal\"".into(), "cocofl.fake_int8=true".into(), "method=slt".into()]).unwrap();
+    assert_eq!((cfg.slt.stage_lengths, cfg.cocofl.fake_int8, cfg.method), (StageLengths::Equal, true, Method::Slt));
+    let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["slt.stage_lengths=\"longest\"".into()]).unwrap_err();
+    assert!(e.to_string().contains("slt.stage_lengths"), "{e}");
+    let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["cocofl.int4=true".into()]).unwrap_err();
+    assert!(e.to_string().contains("cocofl") && e.to_string().contains("int4"), "{e}");
+}

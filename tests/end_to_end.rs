@@ -167,11 +167,12 @@ fn list_shows_models_datasets_and_methods() {
     let o = fedolf(&["list".to_string()]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
-    for name in ["fedolf", "fedavg", "cnn", "alexnet", "resnet20", "resnet44", "fashion-mnist", "emnist", "cifar10", "cifar100", "cinic10"] {
+    for name in ["fedolf", "fedavg", "slt", "cocofl", "heterofl", "feddrop", "fjord", "tinyfel", "random-freeze", "cnn", "alexnet", "resnet20", "resnet44", "fashion-mnist", "emnist", "cifar10", "cifar100", "cinic10"] {
         assert!(text.contains(name), "missing {name}:\n{text}");
     }
 }
 
+/// Every method learns: 3 rounds of a small iid experiment end above 20 % (chance 10 %).
 #[test]
 fn every_method_runs_three_rounds_above_chance() {
     for method in fedolf::config::Method::ALL {
@@ -186,6 +187,39 @@ fn every_method_runs_three_rounds_above_chance() {
         assert!(acc > 0.2, "{}: accuracy {acc} after 3 rounds (chance is 0.1)", method.name());
         let clients = std::fs::read_to_string(dir.join("clients.csv")).unwrap();
         assert!(clients.lines().count() > 3, "{}: clients.csv has per-client rows", method.name());
+    }
+}
+
+/// The default experiment itself (experiments/default.toml: CNN, 10k Fashion-MNIST training
+/// images, 50 clients, Dirichlet(0.1), c = 2), cut to 3 rounds and evaluated every round
+/// (evaluation does not change training). With α = 0.1 most clients hold one or two
+/// classes, and a round's average can collapse onto a single class (exactly 10 %; seen at
+/// round 3 for HeteroFL, Feddrop and FjORD), so the check is that some round's global model
+/// is well above chance: every method reaches 19–36 % in round 1 or 2, while a model that
+/// does not learn stays near 10 %. The data are whichever copy the default search finds;
+/// both train on the same first 10k images.
+#[test]
+fn every_method_runs_three_rounds_of_the_default_experiment_above_chance() {
+    for method in fedolf::config::Method::ALL {
+        let out = tempfile::tempdir().unwrap();
+        let args: Vec<String> = ["run", "--quiet", "--out", out.path().to_str().unwrap(), "--set", "federation.rounds=3", "--set", "federation.eval_every=1", "--set"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("method={}", method.name())])
+            .collect();
+        let o = fedolf(&args);
+        assert!(o.status.success(), "{}: {}", method.name(), String::from_utf8_lossy(&o.stderr));
+        let dir = only_run_dir(out.path());
+        let rounds = std::fs::read_to_string(dir.join("rounds.csv")).unwrap();
+        let mut lines = rounds.lines();
+        let column = lines.next().unwrap().split(',').position(|h| h == "accuracy").expect("an accuracy column");
+        let accuracies: Vec<f64> = lines.map(|l| l.split(',').nth(column).unwrap().parse().unwrap()).collect();
+        eprintln!("{}: accuracy per round {accuracies:?}", method.name());
+        assert_eq!(accuracies.len(), 3, "{}", method.name());
+        let best = accuracies.iter().cloned().fold(0.0, f64::max);
+        assert!(best > 0.15, "{}: best accuracy {best} in 3 rounds (chance is 0.1)", method.name());
+        let clients = std::fs::read_to_string(dir.join("clients.csv")).unwrap();
+        assert_eq!(clients.lines().count(), 1 + 3 * 10, "{}: one row per client per round", method.name());
     }
 }
 
