@@ -120,13 +120,13 @@ impl<'a> Progress<'a> {
 impl RoundObserver for Progress<'_> {
     fn on_start(&mut self, info: &RunInfo) {
         self.say(format!(
-            "data: {} ({} train / {} test) | model: {} layers, {:.2} M params | frozen per cluster: {:?} | results: {}",
+            "data: {} ({} train / {} test) | model: {} layers, {:.2} M params | frozen per cluster: {} | results: {}",
             info.dataset_source,
             info.train_size,
             info.test_size,
             info.num_layers,
             info.model_params as f64 / 1e6,
-            info.cluster_frozen,
+            info.cluster_frozen.as_ref().map_or("the layers below the SLT stage".to_string(), |f| format!("{f:?}")),
             self.dir.path.display()
         ));
     }

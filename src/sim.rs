@@ -104,7 +104,8 @@ pub struct RunInfo {
     pub test_size: usize,
     pub num_layers: usize,
     pub model_params: usize,
-    pub cluster_frozen: Vec<usize>,
+    /// Layers each cluster freezes (weakest first); `None` = it changes per round (SLT stages).
+    pub cluster_frozen: Option<Vec<usize>>,
 }
 
 /// Receives progress as the run goes (progress bars, incremental result files).
@@ -228,7 +229,8 @@ pub fn run<B: AutodiffBackend>(
         test_size: test.len(),
         num_layers,
         model_params,
-        cluster_frozen: (0..fed.clusters).rev().map(|i| if cfg.method.freezes_layers() { i } else { 0 }).collect(),
+        cluster_frozen: (cfg.method != Method::Slt)
+            .then(|| (0..fed.clusters).rev().map(|i| if cfg.method.freezes_layers() { i } else { 0 }).collect()),
     });
 
     let energy = Energy::from(&cfg.energy);
