@@ -223,6 +223,31 @@ fn every_method_runs_three_rounds_of_the_default_experiment_above_chance() {
     }
 }
 
+/// With one capacity cluster every client holds r = 1, so HeteroFL's and FjORD's prefix
+/// sub-models are the whole model and both must train exactly like FedAvg: same per-round
+/// accuracy, loss, bytes and per-client losses. FjORD trains a fresh copy per mini-batch (no
+/// momentum carried), so the comparison uses plain SGD (`train.momentum = 0`).
+#[test]
+fn width_methods_at_full_width_train_exactly_like_fedavg() {
+    let run = |method: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = tiny_args(out.path(), 2);
+        for set in ["federation.clusters=1", "train.momentum=0", "train.epochs=1", &format!("method={method}")] {
+            args.extend(["--set".to_string(), set.to_string()]);
+        }
+        let o = fedolf(&args);
+        assert!(o.status.success(), "{method}: {}", String::from_utf8_lossy(&o.stderr));
+        let dir = only_run_dir(out.path());
+        (csv_without_timing(&dir.join("rounds.csv")), csv_without_timing(&dir.join("clients.csv")))
+    };
+    let fedavg = run("fedavg");
+    for method in ["heterofl", "fjord"] {
+        let other = run(method);
+        assert_eq!(other.0, fedavg.0, "{method} rounds.csv differs from fedavg at r = 1");
+        assert_eq!(other.1, fedavg.1, "{method} clients.csv differs from fedavg at r = 1");
+    }
+}
+
 #[test]
 fn fedolf_with_qsgd_sends_fewer_frozen_bytes() {
     // c = 2 on the CNN: frozen clients freeze conv1 (weight 800 + bias 32 floats = 3328
