@@ -65,6 +65,12 @@ pub struct MemoryArgs {
     pub svg: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// ResNet shortcuts: a (parameter-free, He et al. §4.2) or b (1×1 conv + BN projection).
+    #[arg(long, default_value = "a")]
+    pub shortcut: String,
+    /// CNN hidden FC width (0 = the paper's CNN; 512 = FedAvg's).
+    #[arg(long, default_value_t = 0)]
+    pub cnn_hidden: usize,
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -75,9 +81,13 @@ pub struct RunArgs {
     /// Override a config field, e.g. `--set train.lr=0.01 --set method=fedavg`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// Random seed (overrides `seed`).
-    #[arg(long)]
+    /// Random seed: one run with this seed (overrides `seed` and clears `seeds`).
+    #[arg(long, conflicts_with = "seeds")]
     pub seed: Option<u64>,
+    /// Trials: one run per seed into one run folder, with mean ± std (overrides `seeds`),
+    /// e.g. `--seeds 1,2,3`.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
     /// cpu, cuda or wgpu (overrides `device`; only those compiled in).
     #[arg(long)]
     pub device: Option<String>,

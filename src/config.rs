@@ -104,6 +104,11 @@ pub struct Config {
     /// Run name: results go to `runs/<name>-<timestamp>/`.
     pub name: String,
     pub seed: u64,
+    /// Trials: one run per seed, into `trial-<seed>/` of one run folder, with the mean and
+    /// standard deviation across them (the paper's protocol: three trials). Empty = one run
+    /// with `seed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     pub method: Method,
     pub device: DeviceKind,
     pub data: DataConfig,
@@ -193,6 +198,32 @@ pub struct DataConfig {
 pub struct ModelConfig {
     /// cnn, alexnet, resnet20, resnet44.
     pub name: String,
+    /// CNN only: hidden FC width before the classifier. 0 = none (the FedOLF paper's EMNIST
+    /// CNN); 512 = FedAvg's CNN.
+    #[serde(default)]
+    pub cnn_hidden: usize,
+    /// ResNets only: `a` = parameter-free shortcuts (He et al. §4.2, the CIFAR ResNets);
+    /// `b` = 1×1 conv + BN projections.
+    #[serde(default)]
+    pub shortcut: ShortcutOption,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ShortcutOption {
+    #[default]
+    A,
+    B,
+}
+
+impl ModelConfig {
+    pub fn options(&self) -> fedolf_models::ModelOptions {
+        let shortcut = match self.shortcut {
+            ShortcutOption::A => fedolf_models::Shortcut::A,
+            ShortcutOption::B => fedolf_models::Shortcut::B,
+        };
+        fedolf_models::ModelOptions { cnn_hidden: self.cnn_hidden, shortcut }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,6 +299,15 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The seeds of the run's trials (`seeds`, or `[seed]`).
+    pub fn trial_seeds(&self) -> Vec<u64> {
+        if self.seeds.is_empty() {
+            vec![self.seed]
+        } else {
+            self.seeds.clone()
+        }
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a Config always serialises")
     }
@@ -275,6 +315,9 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         fn bad(field: &'static str, value: impl std::fmt::Display, problem: &str) -> ConfigError {
             ConfigError::Invalid { field, value: value.to_string(), problem: problem.into() }
+        }
+        if let Some(dup) = self.seeds.iter().enumerate().find_map(|(i, s)| self.seeds[..i].contains(s).then_some(*s)) {
+            return Err(bad("seeds", dup, "appears twice: each trial needs its own seed"));
         }
         let f = &self.federation;
         if f.clients == 0 {

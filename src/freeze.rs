@@ -11,8 +11,9 @@
 //!   before the update (TinyFEL).
 //! - `Trained` layers get gradients and SGD steps.
 //! Only trained parameters reach the optimizer, so only they get optimizer state. Frozen
-//! BatchNorm outside the graph normalises with running statistics (Burn's BN uses batch
-//! statistics only when autodiff is enabled).
+//! BatchNorm normalises with running statistics and never updates them, outside the graph
+//! (Burn's BN uses batch statistics only when autodiff is enabled) and inside it (the
+//! layer's `frozen_bn` flag), so every freezing mode computes the same frozen function.
 
 use burn::module::{AutodiffModule, ParamId};
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -108,7 +109,11 @@ impl<B: AutodiffBackend> LocalModel<B> {
         graph.layers = std::mem::take(&mut graph.layers)
             .into_iter()
             .zip(graph_roles)
-            .map(|(layer, role)| if *role == LayerRole::FrozenInGraph { pass_grad_only(layer) } else { layer })
+            .map(|(layer, role)| match role {
+                LayerRole::FrozenInGraph => frozen_bn(pass_grad_only(layer), true),
+                LayerRole::FrozenGradDiscarded => frozen_bn(layer, true),
+                _ => layer,
+            })
             .collect();
         let keep = graph_roles.contains(&LayerRole::FrozenGradDiscarded).then(|| {
             graph.layers.iter().zip(graph_roles).filter(|(_, r)| **r == LayerRole::Trained).flat_map(|(l, _)| param_ids(l)).collect()
@@ -176,10 +181,18 @@ impl<B: AutodiffBackend> LocalModel<B> {
             .collect()
     }
 
-    /// Reassemble the full model (the no-graph prefix lifted back onto autodiff).
+    /// Reassemble the full model (the no-graph prefix lifted back onto autodiff), every
+    /// layer's BatchNorm back in training mode.
     pub fn join(self) -> LayeredNet<B> {
-        LayeredNet::join(LayeredNet::from_inner(self.no_graph), self.graph)
+        let mut net = LayeredNet::join(LayeredNet::from_inner(self.no_graph), self.graph);
+        net.layers.iter_mut().for_each(|l| l.set_frozen_bn(false));
+        net
     }
+}
+
+fn frozen_bn<B: Backend>(mut layer: fedolf_models::Layer<B>, frozen: bool) -> fedolf_models::Layer<B> {
+    layer.set_frozen_bn(frozen);
+    layer
 }
 
 /// A client's data, already on the device: the whole split's tensors plus its sample indices.

@@ -27,3 +27,4 @@ pub mod sim;
 pub mod strategy;
 pub mod submodel;
 pub mod theory;
+pub mod trials;

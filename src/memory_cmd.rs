@@ -42,11 +42,11 @@ impl BackendTask for ProbeTask<'_> {
 fn run_probe(spec: &MemorySpec, alloc: &'static CountingAllocator, verbose: bool) -> anyhow::Result<Vec<MemoryRow>> {
     let mut print = |r: &MemoryRow| {
         if verbose {
-            println!("{:<10} {:>6} {:>12.1} {:>14.1} {:>7.2}", r.mode, r.frozen, r.measured_mb(), r.theoretical_mb(), r.ratio());
+            println!("{:<10} {:>6} {:>12.1} {:>12.1} {:>14.1} {:>7.2}", r.mode, r.frozen, r.absolute_mb(), r.measured_mb(), r.theoretical_mb(), r.ratio());
         }
     };
     if verbose {
-        println!("{:<10} {:>6} {:>12} {:>14} {:>7}", "mode", "frozen", "measured MB", "Eq.23 MB", "ratio");
+        println!("{:<10} {:>6} {:>12} {:>12} {:>14} {:>7}", "mode", "frozen", "absolute MB", "extra MB", "Eq.23 MB", "ratio");
     }
     // The counting allocator sees host memory: the probe runs on the CPU backend.
     let task = ProbeTask { spec, alloc, on_row: &mut print };
@@ -68,8 +68,14 @@ pub fn memory(args: MemoryArgs, alloc: &'static CountingAllocator) -> anyhow::Re
     if let Some(&l) = frozen.iter().find(|&&l| l >= n) {
         bail!("--frozen {l}: {} has {n} layers, so at most {} can freeze", model.name(), n - 1);
     }
+    let shortcut = match args.shortcut.as_str() {
+        "a" => fedolf_models::Shortcut::A,
+        "b" => fedolf_models::Shortcut::B,
+        other => bail!("--shortcut `{other}`: expected a (parameter-free, He et al. §4.2) or b (1×1 conv projection)"),
+    };
     let spec = MemorySpec {
         model,
+        options: fedolf_models::ModelOptions { cnn_hidden: args.cnn_hidden, shortcut },
         input,
         classes: dataset.num_classes(),
         batch: args.batch,
@@ -78,7 +84,13 @@ pub fn memory(args: MemoryArgs, alloc: &'static CountingAllocator) -> anyhow::Re
         toa_scales: vec![1.0, 0.75, 0.5, 0.25],
         seed: args.seed,
     };
-    println!("{} on {} ({:?}), batch {}: peak extra heap of one SGD step (forward + backward + update)", model.name(), dataset.name(), input, args.batch);
+    println!(
+        "{} on {} ({:?}), batch {}: peak heap of one SGD step (forward + backward + update); absolute = what the client holds (model copy, batch) + extra (the step's peak above that); ratio = extra / Eq. 23",
+        model.name(),
+        dataset.name(),
+        input,
+        args.batch
+    );
     let rows = run_probe(&spec, alloc, true)?;
     if let Some(csv) = &args.csv {
         write_atomic(csv, memory_csv(&rows).as_bytes()).with_context(|| format!("writing {}", csv.display()))?;
@@ -93,6 +105,7 @@ pub fn memory(args: MemoryArgs, alloc: &'static CountingAllocator) -> anyhow::Re
 pub fn bench_memory(batch: usize, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
     let spec = MemorySpec {
         model: ModelKind::ResNet20,
+        options: Default::default(),
         input: [3, 32, 32],
         classes: 100,
         batch,
@@ -101,7 +114,7 @@ pub fn bench_memory(batch: usize, alloc: &'static CountingAllocator) -> anyhow::
         toa_scales: vec![],
         seed: 1,
     };
-    println!("bench memory: ResNet20, 3×32×32, 100 classes, batch {batch}, CPU (counting allocator)");
+    println!("bench memory: ResNet20 (option A shortcuts), 3×32×32, 100 classes, batch {batch}, CPU (counting allocator)");
     let rows = run_probe(&spec, alloc, false)?;
     let get = |mode: &str, l: usize| rows.iter().find(|r| r.mode == mode && r.frozen == l).expect("probed");
     let (o4, r4, t4) = (get("ordered", 4), get("random", 4), get("tinyfel", 4));

@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use fedolf_models::{LayeredNet, ModelKind};
+use fedolf_models::{LayeredNet, ModelKind, ModelOptions};
 
 use crate::freeze::{FreezeError, LocalModel, SgdSettings};
 use crate::freeze_modes::{layer_roles, FreezeMode};
@@ -15,6 +15,7 @@ use crate::toa::{sparsify_prefix, ToaMode, ToaSettings};
 #[derive(Debug, Clone)]
 pub struct MemorySpec {
     pub model: ModelKind,
+    pub options: ModelOptions,
     pub input: [usize; 3],
     pub classes: usize,
     pub batch: usize,
@@ -31,13 +32,28 @@ pub struct MemoryRow {
     /// `ordered`, `random`, `tinyfel`, `none`, or `toa-<s>`.
     pub mode: String,
     pub frozen: usize,
+    /// Peak heap during the step above what the client held before it (the transient part:
+    /// activations, gradients, optimizer state).
     pub measured_bytes: u64,
+    /// What the client held before the step: its model copy (the TOA-sparsified prefix
+    /// included) and the input batch, counted from the allocations that built them.
+    pub resident_bytes: u64,
     pub theory: TheoreticalMemory,
 }
 
 impl MemoryRow {
     pub fn measured_mb(&self) -> f64 {
         self.measured_bytes as f64 / 1e6
+    }
+
+    /// The absolute peak, as `torch.cuda.max_memory_allocated` reports it: resident +
+    /// transient.
+    pub fn absolute_bytes(&self) -> u64 {
+        self.resident_bytes + self.measured_bytes
+    }
+
+    pub fn absolute_mb(&self) -> f64 {
+        self.absolute_bytes() as f64 / 1e6
     }
 
     pub fn theoretical_mb(&self) -> f64 {
@@ -59,29 +75,34 @@ pub fn probe_memory<B: AutodiffBackend>(
     on_row: &mut dyn FnMut(&MemoryRow),
 ) -> Result<Vec<MemoryRow>, FreezeError> {
     B::seed(device, spec.seed);
-    let global: LayeredNet<B> = spec.model.init(spec.input, spec.classes, device)?;
+    let global: LayeredNet<B> = spec.model.init_with(spec.input, spec.classes, &spec.options, device)?;
     let infos = global.layer_infos();
     let n = global.num_layers();
     if let Some(&l) = spec.frozen.iter().find(|&&l| l >= n) {
         return Err(FreezeError::TooManyFrozen { frozen: l, num_layers: n });
     }
     let [c, h, w] = spec.input;
-    let x = Tensor::<B::InnerBackend, 4>::random([spec.batch, c, h, w], burn::tensor::Distribution::Default, device);
+    let x_host = Tensor::<B::InnerBackend, 4>::random([spec.batch, c, h, w], burn::tensor::Distribution::Default, device).into_data();
     let labels: Vec<i64> = (0..spec.batch).map(|i| (i % spec.classes) as i64).collect();
-    let y = Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(labels, [spec.batch]), device);
+    let y_host = TensorData::new(labels, [spec.batch]);
 
     let mut rows = Vec::new();
-    let measure = |mode: FreezeMode, label: String, l: usize, toa: Option<ToaSettings>, draw: u64| -> Result<(u64, TheoreticalMemory), FreezeError> {
+    let measure = |mode: FreezeMode, label: String, l: usize, toa: Option<ToaSettings>, draw: u64| -> Result<(Measured, TheoreticalMemory), FreezeError> {
         let mut rng = stream(spec.seed, Purpose::MemoryProbe, l as u64, draw);
         let roles = layer_roles(mode, n, l, &mut rng)?;
-        // Built before measuring: the measured region is exactly one training step.
+        // Built before the step and counted apart: what the client holds (its model copy,
+        // the sparsified prefix, the batch) vs what one training step adds on top.
+        let before = alloc.current();
         let mut local = LocalModel::from_roles(&global, &roles)?;
         if let Some(settings) = toa {
             local.no_graph = sparsify_prefix(local.no_graph, settings, &mut rng)?.0;
         }
-        let (_, peak) = alloc.measure(|| local.single_step(x.clone(), y.clone(), &SGD));
-        log::debug!("{label} l={l} draw={draw}: {peak} B");
-        Ok((peak as u64, theoretical_memory(&infos, &roles, spec.batch, true)))
+        let x = Tensor::<B::InnerBackend, 4>::from_data(x_host.clone(), device);
+        let y = Tensor::<B::InnerBackend, 1, Int>::from_data(y_host.clone(), device);
+        let resident = alloc.current().saturating_sub(before) as u64;
+        let (_, peak) = alloc.measure(|| local.single_step(x, y, &SGD));
+        log::debug!("{label} l={l} draw={draw}: resident {resident} B, step {peak} B");
+        Ok((Measured { transient: peak as u64, resident }, theoretical_memory(&infos, &roles, spec.batch, true)))
     };
     // Warm-up: thread pools and one-time buffers are not part of any mode's cost.
     measure(FreezeMode::None, "warm-up".into(), 0, None, 0)?;
@@ -90,45 +111,55 @@ pub fn probe_memory<B: AutodiffBackend>(
         on_row(&row);
         rows.push(row);
     };
-    let (bytes, theory) = measure(FreezeMode::None, "none".into(), 0, None, 0)?;
-    push(MemoryRow { mode: "none".into(), frozen: 0, measured_bytes: bytes, theory }, &mut rows);
+    let row = |mode: String, frozen: usize, m: Measured, theory| MemoryRow { mode, frozen, measured_bytes: m.transient, resident_bytes: m.resident, theory };
+    let (m, theory) = measure(FreezeMode::None, "none".into(), 0, None, 0)?;
+    push(row("none".into(), 0, m, theory), &mut rows);
     for &l in &spec.frozen {
         for mode in [FreezeMode::Ordered, FreezeMode::TinyFel] {
-            let (bytes, theory) = measure(mode, mode.name().into(), l, None, 0)?;
-            push(MemoryRow { mode: mode.name().into(), frozen: l, measured_bytes: bytes, theory }, &mut rows);
+            let (m, theory) = measure(mode, mode.name().into(), l, None, 0)?;
+            push(row(mode.name().into(), l, m, theory), &mut rows);
         }
         let draws = spec.random_draws.max(1);
-        let mut bytes = Vec::with_capacity(draws);
+        let mut measured = Vec::with_capacity(draws);
         let mut theories = Vec::with_capacity(draws);
         for d in 0..draws as u64 {
-            let (b, t) = measure(FreezeMode::Random, "random".into(), l, None, d)?;
-            bytes.push(b);
+            let (m, t) = measure(FreezeMode::Random, "random".into(), l, None, d)?;
+            measured.push(m);
             theories.push(t);
         }
-        let measured = bytes.iter().sum::<u64>() / draws as u64;
-        let theory = TheoreticalMemory::mean(&theories);
-        push(MemoryRow { mode: "random".into(), frozen: l, measured_bytes: measured, theory }, &mut rows);
+        let mean = |f: fn(&Measured) -> u64| measured.iter().map(f).sum::<u64>() / draws as u64;
+        let m = Measured { transient: mean(|m| m.transient), resident: mean(|m| m.resident) };
+        push(row("random".into(), l, m, TheoreticalMemory::mean(&theories)), &mut rows);
         if l >= 2 {
             for &s in &spec.toa_scales {
                 let settings = ToaSettings::new(s, ToaMode::Paper)?;
                 let label = format!("toa-{s}");
-                let (bytes, theory) = measure(FreezeMode::Ordered, label.clone(), l, Some(settings), 0)?;
-                push(MemoryRow { mode: label, frozen: l, measured_bytes: bytes, theory }, &mut rows);
+                let (m, theory) = measure(FreezeMode::Ordered, label.clone(), l, Some(settings), 0)?;
+                push(row(label, l, m, theory), &mut rows);
             }
         }
     }
     Ok(rows)
 }
 
+/// One step's two measured parts (see [`MemoryRow`]).
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    transient: u64,
+    resident: u64,
+}
+
+/// `measured_mb` is the peak above the resident bytes; `absolute_mb` adds them back.
 pub fn memory_csv(rows: &[MemoryRow]) -> String {
-    let mut out = String::from("mode,frozen,measured_mb,theoretical_mb,ratio,activations_mb,weights_mb,gradients_mb,optimizer_mb\n");
+    let mut out = String::from("mode,frozen,measured_mb,absolute_mb,theoretical_mb,ratio,activations_mb,weights_mb,gradients_mb,optimizer_mb\n");
     for r in rows {
         let mb = |b: u64| b as f64 / 1e6;
         out.push_str(&format!(
-            "{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}\n",
+            "{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}\n",
             r.mode,
             r.frozen,
             r.measured_mb(),
+            r.absolute_mb(),
             r.theoretical_mb(),
             r.ratio(),
             mb(r.theory.activations),

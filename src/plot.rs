@@ -70,7 +70,8 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
     root.present().map_err(|e| err(&e))
 }
 
-/// Measured peak per mode against frozen layers, with ordered freezing's Eq. 23 line.
+/// Measured peaks per mode against frozen layers — the step's extra peak and the absolute
+/// peak (resident + extra) — with ordered freezing's Eq. 23 line.
 pub fn memory_chart(path: &Path, title: &str, rows: &[MemoryRow]) -> Result<(), PlotError> {
     let mut modes: Vec<&str> = Vec::new();
     for r in rows {
@@ -80,14 +81,18 @@ pub fn memory_chart(path: &Path, title: &str, rows: &[MemoryRow]) -> Result<(), 
     }
     let mut series: Vec<Series> = modes
         .iter()
-        .map(|m| Series {
-            name: format!("{m} (measured)"),
-            points: rows.iter().filter(|r| r.mode == *m).map(|r| (r.frozen as f64, r.measured_mb())).collect(),
+        .flat_map(|m| {
+            let of_mode = || rows.iter().filter(move |r| r.mode == *m);
+            [
+                Series { name: format!("{m} (extra)"), points: of_mode().map(|r| (r.frozen as f64, r.measured_mb())).collect() },
+                Series { name: format!("{m} (absolute)"), points: of_mode().map(|r| (r.frozen as f64, r.absolute_mb())).collect() },
+            ]
         })
         .collect();
     // `none` is one measurement; draw it as a level reference across the x range.
-    if let Some(none) = series.iter_mut().find(|s| s.name.starts_with("none")) {
-        if let (Some(&(_, y)), Some(max_l)) = (none.points.first(), rows.iter().map(|r| r.frozen).max()) {
+    let max_l = rows.iter().map(|r| r.frozen).max();
+    for none in series.iter_mut().filter(|s| s.name.starts_with("none")) {
+        if let (Some(&(_, y)), Some(max_l)) = (none.points.first(), max_l) {
             none.points = vec![(0.0, y), (max_l as f64, y)];
         }
     }
@@ -95,5 +100,5 @@ pub fn memory_chart(path: &Path, title: &str, rows: &[MemoryRow]) -> Result<(), 
         name: "ordered (Eq. 23)".into(),
         points: rows.iter().filter(|r| r.mode == "ordered").map(|r| (r.frozen as f64, r.theoretical_mb())).collect(),
     });
-    line_chart(path, title, "frozen layers l", "peak memory of one step (MB)", &series)
+    line_chart(path, title, "frozen layers l", "peak memory of one training step (MB)", &series)
 }

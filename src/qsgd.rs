@@ -7,6 +7,10 @@
 //! else `ℓ/s` — so `E[Q(v)] = v`. With `b` bits per value (1 sign + `b − 1` magnitude),
 //! `s = 2^{b−1} − 1` levels. Bytes sent: `⌈n·b / 8⌉ + 4·⌈n / d⌉` (values + one f32 norm per
 //! bucket).
+//!
+//! Only weights are quantized: BatchNorm running means and variances (buffers) travel in
+//! f32 and are counted at 4 bytes each — a quantized variance can round to zero and blow up
+//! the normalisation.
 
 use burn::prelude::*;
 use fedolf_models::LayeredNet;
@@ -74,7 +78,8 @@ pub fn quantize_dequantize<R: Rng>(values: &mut [f32], settings: QsgdSettings, r
     }
 }
 
-/// Quantize every tensor of a frozen prefix (the client's copy) and report the bytes sent.
+/// Quantize every weight tensor of a frozen prefix (the client's copy; buffers stay exact)
+/// and report the bytes sent.
 /// Values travel through the host here: this is the transport step.
 pub fn quantize_prefix<B: Backend, R: Rng>(mut net: LayeredNet<B>, settings: QsgdSettings, rng: &mut R) -> Result<(LayeredNet<B>, u64), ParamError> {
     let mut bytes = 0;
@@ -84,6 +89,10 @@ pub fn quantize_prefix<B: Backend, R: Rng>(mut net: LayeredNet<B>, settings: Qsg
         let params: Vec<NamedTensor<B>> = read_layer(&layer)
             .into_iter()
             .map(|t| {
+                if t.is_buffer() {
+                    bytes += 4 * t.numel() as u64;
+                    return t;
+                }
                 let device = t.value.device();
                 let mut values: Vec<f32> = t.value.into_data().convert::<f32>().into_vec().unwrap_or_default();
                 bytes += settings.bytes(values.len());

@@ -20,10 +20,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-pub const CSV_HEADER: &str = "round,accuracy,test_loss,train_loss,clients,bytes_down,bytes_up,frozen_bytes_down,compute_s,wall_s,peak_mem_mb,energy_compute_j,energy_comm_j";
+pub const CSV_HEADER: &str = "round,accuracy,test_loss,train_loss,clients,bytes_down,bytes_up,frozen_bytes_down,compute_s,wall_s,peak_mem_mb,peak_extra_mb,energy_compute_j,energy_comm_j";
 
-/// Columns that depend on the machine's speed, not on the seed.
-pub const TIMING_COLUMNS: [&str; 5] = ["compute_s", "wall_s", "peak_mem_mb", "energy_compute_j", "energy_comm_j"];
+/// Columns that depend on the machine (speed, allocator), not on the seed.
+pub const TIMING_COLUMNS: [&str; 6] = ["compute_s", "wall_s", "peak_mem_mb", "peak_extra_mb", "energy_compute_j", "energy_comm_j"];
 
 fn opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.6}")).unwrap_or_default()
@@ -34,7 +34,7 @@ pub fn rounds_csv(records: &[RoundRecord]) -> String {
     out.push('\n');
     for r in records {
         out.push_str(&format!(
-            "{},{},{},{:.6},{},{},{},{},{:.4},{:.4},{},{:.4},{:.4}\n",
+            "{},{},{},{:.6},{},{},{},{},{:.4},{:.4},{},{},{:.4},{:.4}\n",
             r.round,
             opt(r.accuracy),
             opt(r.test_loss),
@@ -46,6 +46,7 @@ pub fn rounds_csv(records: &[RoundRecord]) -> String {
             r.compute_s,
             r.wall_s,
             opt(r.peak_mem_mb),
+            opt(r.peak_extra_mb),
             r.energy_compute_j,
             r.energy_comm_j
         ));
@@ -53,15 +54,25 @@ pub fn rounds_csv(records: &[RoundRecord]) -> String {
     out
 }
 
-pub const CLIENTS_CSV_HEADER: &str = "round,client,cluster,frozen,samples,bytes_down,bytes_up,compute_s,peak_mem_mb,train_loss";
+pub const CLIENTS_CSV_HEADER: &str = "round,client,cluster,frozen,samples,bytes_down,bytes_up,compute_s,peak_mem_mb,peak_extra_mb,train_loss";
 
 pub fn client_rows(records: &[ClientRecord]) -> String {
     records
         .iter()
         .map(|c| {
             format!(
-                "{},{},{},{},{},{},{},{:.4},{},{:.6}\n",
-                c.round, c.client, c.cluster, c.frozen, c.samples, c.bytes_down, c.bytes_up, c.compute_s, opt(c.peak_mem_mb), c.train_loss
+                "{},{},{},{},{},{},{},{:.4},{},{},{:.6}\n",
+                c.round,
+                c.client,
+                c.cluster,
+                c.frozen,
+                c.samples,
+                c.bytes_down,
+                c.bytes_up,
+                c.compute_s,
+                opt(c.peak_mem_mb),
+                opt(c.peak_extra_mb),
+                c.train_loss
             )
         })
         .collect()
@@ -74,18 +85,25 @@ pub struct Summary {
     pub model: String,
     pub dataset: String,
     pub dataset_source: String,
+    pub seed: u64,
     /// "completed" or "failed".
     pub status: String,
     pub error: Option<String>,
     pub rounds_completed: usize,
-    /// Accuracy at the last evaluated round, as a fraction.
+    /// Accuracy at the last evaluated round, as a fraction (the paper's metric).
     pub final_accuracy: Option<f64>,
     pub best_accuracy: Option<f64>,
+    /// Mean accuracy over the last 10 % of evaluations (at least 3, or all if fewer): steadier
+    /// than `final_accuracy`, which under non-iid data swings with the clients round T drew.
+    pub mean_last_accuracy: Option<f64>,
     pub total_bytes_down: u64,
     pub total_bytes_up: u64,
     pub total_compute_s: f64,
     pub wall_s: f64,
+    /// Mean over rounds of the clients' mean absolute peak (CPU only).
     pub mean_peak_mem_mb: Option<f64>,
+    /// Mean over rounds of the clients' mean peak above their resident model (CPU only).
+    pub mean_peak_extra_mb: Option<f64>,
     pub energy_compute_kj: f64,
     pub energy_comm_kj: f64,
 }
@@ -93,27 +111,40 @@ pub struct Summary {
 impl Summary {
     pub fn new(cfg: &Config, source: &str, records: &[RoundRecord], wall_s: f64, error: Option<String>) -> Self {
         let evaluated: Vec<f64> = records.iter().filter_map(|r| r.accuracy).collect();
-        let peaks: Vec<f64> = records.iter().filter_map(|r| r.peak_mem_mb).collect();
+        let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
         Self {
             name: cfg.name.clone(),
             method: cfg.method.name().into(),
             model: cfg.model.name.clone(),
             dataset: cfg.data.dataset.clone(),
             dataset_source: source.into(),
+            seed: cfg.seed,
             status: if error.is_none() { "completed" } else { "failed" }.into(),
             error,
             rounds_completed: records.len(),
             final_accuracy: evaluated.last().copied(),
             best_accuracy: evaluated.iter().copied().reduce(f64::max),
+            mean_last_accuracy: mean_last(&evaluated),
             total_bytes_down: records.iter().map(|r| r.bytes_down).sum(),
             total_bytes_up: records.iter().map(|r| r.bytes_up).sum(),
             total_compute_s: records.iter().map(|r| r.compute_s).sum(),
             wall_s,
-            mean_peak_mem_mb: (!peaks.is_empty()).then(|| peaks.iter().sum::<f64>() / peaks.len() as f64),
+            mean_peak_mem_mb: mean(records.iter().filter_map(|r| r.peak_mem_mb).collect()),
+            mean_peak_extra_mb: mean(records.iter().filter_map(|r| r.peak_extra_mb).collect()),
             energy_compute_kj: records.iter().map(|r| r.energy_compute_j).sum::<f64>() / 1e3,
             energy_comm_kj: records.iter().map(|r| r.energy_comm_j).sum::<f64>() / 1e3,
         }
     }
+}
+
+/// Mean of the last `max(3, ⌈n/10⌉)` of `n` evaluations (all of them when `n < 3`).
+pub fn mean_last(evaluated: &[f64]) -> Option<f64> {
+    let n = evaluated.len();
+    if n == 0 {
+        return None;
+    }
+    let k = n.div_ceil(10).max(3).min(n);
+    Some(evaluated[n - k..].iter().sum::<f64>() / k as f64)
 }
 
 /// A run's output folder.
@@ -131,6 +162,13 @@ impl RunDir {
             n += 1;
             path = out.join(format!("{name}-{stamp}-{n}"));
         }
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path })
+    }
+
+    /// `<run>/trial-<seed>/`, one trial of a multi-seed run.
+    pub fn trial(&self, seed: u64) -> std::io::Result<Self> {
+        let path = self.path.join(format!("trial-{seed}"));
         std::fs::create_dir_all(&path)?;
         Ok(Self { path })
     }
@@ -159,7 +197,7 @@ impl RunDir {
         f.flush()
     }
 
-    pub fn write_summary(&self, summary: &Summary) -> std::io::Result<()> {
+    pub fn write_summary<S: Serialize>(&self, summary: &S) -> std::io::Result<()> {
         let json = serde_json::to_string_pretty(summary).expect("summary serialises");
         write_atomic(&self.path.join("summary.json"), json.as_bytes())
     }

@@ -11,6 +11,7 @@ use fedolf::config::{Config, DEFAULT_TOML};
 use fedolf::memory::CountingAllocator;
 use fedolf::report::{RunDir, Summary};
 use fedolf::sim::{self, RoundObserver, RoundRecord, RunInfo, SimError};
+use fedolf::trials::{Spread, TrialsSummary};
 use fedolf_datasets::Dataset;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -29,6 +30,11 @@ pub fn resolve_config(args: &RunArgs) -> anyhow::Result<Config> {
     let mut overrides = args.overrides.clone();
     if let Some(seed) = args.seed {
         overrides.push(format!("seed={seed}"));
+        overrides.push("seeds=[]".into());
+    }
+    if !args.seeds.is_empty() {
+        let list: Vec<String> = args.seeds.iter().map(u64::to_string).collect();
+        overrides.push(format!("seeds=[{}]", list.join(", ")));
     }
     if let Some(device) = &args.device {
         let kind = DeviceKind::parse(device)?;
@@ -45,20 +51,49 @@ pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<(
     let dataset = sim::load_dataset(&cfg)?;
     let dir = RunDir::create(&args.out, &cfg.name).with_context(|| format!("cannot create a run folder in {}", args.out.display()))?;
     dir.write_config(&cfg).context("writing config.toml")?;
+    let seeds = cfg.trial_seeds();
+    if cfg.seeds.is_empty() {
+        let (summary, result) = run_trial(&cfg, &dataset, &dir, args.quiet, alloc, None)?;
+        result?;
+        print_table(&summary, &dir);
+        return Ok(());
+    }
+    // The paper's protocol: one trial per seed, each in its own folder; the summary of all
+    // trials is rewritten after each one, so a failure keeps what finished.
+    let mut trials = Vec::with_capacity(seeds.len());
+    for (i, &seed) in seeds.iter().enumerate() {
+        let trial_cfg = Config { seed, seeds: Vec::new(), ..cfg.clone() };
+        let trial_dir = dir.trial(seed).with_context(|| format!("cannot create trial-{seed} in {}", dir.path.display()))?;
+        trial_dir.write_config(&trial_cfg).context("writing the trial's config.toml")?;
+        let label = format!("trial {}/{} (seed {seed})", i + 1, seeds.len());
+        let (summary, result) = run_trial(&trial_cfg, &dataset, &trial_dir, args.quiet, alloc, Some(label))?;
+        trials.push(summary);
+        dir.write_summary(&TrialsSummary::new(&seeds, trials.clone())).context("writing summary.json")?;
+        result.with_context(|| format!("trial with seed {seed}"))?;
+    }
+    print_trials_table(&TrialsSummary::new(&seeds, trials), &dir);
+    Ok(())
+}
 
+/// One seed's run into `dir`: progress, round files, `summary.json` (also on failure).
+fn run_trial(
+    cfg: &Config,
+    dataset: &Dataset,
+    dir: &RunDir,
+    quiet: bool,
+    alloc: &'static CountingAllocator,
+    label: Option<String>,
+) -> anyhow::Result<(Summary, Result<Vec<RoundRecord>, SimError>)> {
     let started = Instant::now();
-    let mut progress = Progress::new(&cfg, &dir, args.quiet);
+    let mut progress = Progress::new(cfg, dir, quiet, label);
     let memory = (cfg.device == DeviceKind::Cpu).then_some(alloc);
-    let task = SimTask { cfg: &cfg, dataset: &dataset, memory, observer: &mut progress };
+    let task = SimTask { cfg, dataset, memory, observer: &mut progress };
     let result = with_backend(cfg.device, task)?;
     progress.finish();
-
     let error = result.as_ref().err().map(|e| e.to_string());
-    let summary = Summary::new(&cfg, &dataset.source, &progress.records, started.elapsed().as_secs_f64(), error);
+    let summary = Summary::new(cfg, &dataset.source, &progress.records, started.elapsed().as_secs_f64(), error);
     dir.write_summary(&summary).context("writing summary.json")?;
-    result?;
-    print_table(&summary, &dir);
-    Ok(())
+    Ok((summary, result))
 }
 
 struct SimTask<'a> {
@@ -84,21 +119,26 @@ struct Progress<'a> {
     rounds: usize,
     records: Vec<RoundRecord>,
     last_accuracy: Option<f64>,
+    /// `trial i/n (seed s)` in multi-seed runs.
+    label: Option<String>,
 }
 
 impl<'a> Progress<'a> {
-    fn new(cfg: &Config, dir: &'a RunDir, quiet: bool) -> Self {
+    fn new(cfg: &Config, dir: &'a RunDir, quiet: bool, label: Option<String>) -> Self {
         let rounds = cfg.federation.rounds;
         let bar = ProgressBar::with_draw_target(Some(rounds as u64), ProgressDrawTarget::stderr());
         if quiet || !std::io::stderr().is_terminal() {
             bar.set_draw_target(ProgressDrawTarget::hidden());
         }
         bar.set_style(
-            ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}")
+            ProgressStyle::with_template("{spinner} {prefix}round {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}")
                 .expect("static template")
                 .progress_chars("=> "),
         );
-        Self { dir, bar, quiet, rounds, records: Vec::new(), last_accuracy: None }
+        if let Some(l) = &label {
+            bar.set_prefix(format!("{l} "));
+        }
+        Self { dir, bar, quiet, rounds, records: Vec::new(), last_accuracy: None, label }
     }
 
     fn say(&self, line: String) {
@@ -119,6 +159,9 @@ impl<'a> Progress<'a> {
 
 impl RoundObserver for Progress<'_> {
     fn on_start(&mut self, info: &RunInfo) {
+        if let Some(l) = &self.label {
+            self.say(l.clone());
+        }
         self.say(format!(
             "data: {} ({} train / {} test) | model: {} layers, {:.2} M params | frozen per cluster: {} | results: {}",
             info.dataset_source,
@@ -163,9 +206,16 @@ fn print_table(s: &Summary, dir: &RunDir) {
         ("rounds", s.rounds_completed.to_string()),
         ("final accuracy", pct(s.final_accuracy)),
         ("best accuracy", pct(s.best_accuracy)),
+        ("mean of last evals", pct(s.mean_last_accuracy)),
         ("bytes down / up", format!("{:.1} MB / {:.1} MB", s.total_bytes_down as f64 / 1e6, s.total_bytes_up as f64 / 1e6)),
         ("compute / wall", format!("{:.1} s / {:.1} s", s.total_compute_s, s.wall_s)),
-        ("mean peak memory", s.mean_peak_mem_mb.map_or("n/a".into(), |m| format!("{m:.1} MB"))),
+        (
+            "mean peak memory",
+            match (s.mean_peak_mem_mb, s.mean_peak_extra_mb) {
+                (Some(abs), Some(extra)) => format!("{abs:.1} MB (training adds {extra:.1} MB to the resident model)"),
+                _ => "n/a".into(),
+            },
+        ),
         ("energy compute / comm", format!("{:.3} kJ / {:.3} kJ", s.energy_compute_kj, s.energy_comm_kj)),
         ("results", dir.path.display().to_string()),
     ];
@@ -173,4 +223,27 @@ fn print_table(s: &Summary, dir: &RunDir) {
     for (k, v) in rows {
         println!("  {k:<22} {v}");
     }
+}
+
+fn print_trials_table(s: &TrialsSummary, dir: &RunDir) {
+    let pct = |v: &Option<Spread>| v.as_ref().map_or("n/a".to_string(), |a| {
+        let each: Vec<String> = a.values.iter().map(|v| format!("{:.2}", v * 100.0)).collect();
+        format!("{:.2} ± {:.2} %  ({})", a.mean * 100.0, a.std * 100.0, each.join(", "))
+    });
+    let seeds: Vec<String> = s.seeds.iter().map(u64::to_string).collect();
+    let rows = [
+        ("method", s.method.clone()),
+        ("model / dataset", format!("{} / {}", s.model, s.dataset)),
+        ("trials (seeds)", format!("{} ({})", s.trials_completed, seeds.join(", "))),
+        ("final accuracy", pct(&s.final_accuracy)),
+        ("best accuracy", pct(&s.best_accuracy)),
+        ("mean of last evals", pct(&s.mean_last_accuracy)),
+        ("mean peak memory", s.mean_peak_mem_mb.as_ref().map_or("n/a".into(), |m| format!("{:.1} ± {:.1} MB", m.mean, m.std))),
+        ("results", dir.path.display().to_string()),
+    ];
+    println!();
+    for (k, v) in rows {
+        println!("  {k:<22} {v}");
+    }
+    println!("  (mean ± sample standard deviation over trials; per-trial values in brackets)");
 }

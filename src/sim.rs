@@ -67,8 +67,12 @@ pub struct ClientRecord {
     pub bytes_down: u64,
     pub bytes_up: u64,
     pub compute_s: f64,
-    /// Peak extra heap during local training (CPU only).
+    /// Absolute peak of the client's heap during local training (CPU only): what it held
+    /// when training began (its model copy, the compressed prefix included) plus the peak of
+    /// what training added — the paper's `torch.cuda.max_memory_allocated`.
     pub peak_mem_mb: Option<f64>,
+    /// The peak of what local training added above the resident model (CPU only).
+    pub peak_extra_mb: Option<f64>,
     pub train_loss: f64,
 }
 
@@ -89,8 +93,10 @@ pub struct RoundRecord {
     /// Sum of the clients' local training seconds.
     pub compute_s: f64,
     pub wall_s: f64,
-    /// Mean over clients of the peak extra heap during local training (CPU only).
+    /// Mean over clients of the absolute peak heap during local training (CPU only).
     pub peak_mem_mb: Option<f64>,
+    /// Mean over clients of the peak heap above the resident model (CPU only).
+    pub peak_extra_mb: Option<f64>,
     pub energy_compute_j: f64,
     pub energy_comm_j: f64,
     pub per_client: Vec<ClientRecord>,
@@ -203,7 +209,7 @@ pub fn run<B: AutodiffBackend>(
     // The global model: seeded, and touched in a fixed order so lazy init is reproducible.
     let kind = ModelKind::parse(&cfg.model.name)?;
     B::seed(device, cfg.seed);
-    let mut global: LayeredNet<B> = kind.init(dataset.train.shape, dataset.num_classes, device)?;
+    let mut global: LayeredNet<B> = kind.init_with(dataset.train.shape, dataset.num_classes, &cfg.model.options(), device)?;
     let model_params: usize = read_model(&global).iter().flatten().map(|t| t.numel()).sum();
     let num_layers = global.num_layers();
     if cfg.method.freezes_layers() && fed.clusters > num_layers {
@@ -253,6 +259,9 @@ pub fn run<B: AutodiffBackend>(
         let mut uploads = Vec::with_capacity(plans.len());
         let mut per_client = Vec::with_capacity(plans.len());
         for plan in &plans {
+            // What the client holds before training is counted from the allocations that
+            // build it (copy, slicing, compression); temporaries freed on the way drop out.
+            let resident_from = memory.map(CountingAllocator::current);
             // 2–3. Lay out the client's copy (a width sub-model for the width methods);
             // compress the frozen prefix (TOA / QSGD).
             let mut local = match &plan.width {
@@ -298,13 +307,16 @@ pub fn run<B: AutodiffBackend>(
                     .map_err(|source| SimError::OrderedDropout { round, client: plan.client, source })?;
                 Ok((LocalModel::from_roles(&net, &plan.roles)?, outcome))
             };
-            let (result, peak_mem_mb) = match memory {
+            let resident = memory.zip(resident_from).map(|(alloc, from)| alloc.current().saturating_sub(from));
+            let (result, peak_extra) = match memory {
                 Some(alloc) => {
                     let (r, peak) = alloc.measure(train);
-                    (r, Some(peak as f64 / 1e6))
+                    (r, Some(peak))
                 }
                 None => (train(), None),
             };
+            let peak_extra_mb = peak_extra.map(|b| b as f64 / 1e6);
+            let peak_mem_mb = peak_extra.zip(resident).map(|(extra, held)| (extra + held) as f64 / 1e6);
             let (trained, outcome) = result?;
             let compute_s = started.elapsed().as_secs_f64();
 
@@ -338,6 +350,7 @@ pub fn run<B: AutodiffBackend>(
                     bytes_up,
                     compute_s,
                     peak_mem_mb,
+                    peak_extra_mb,
                     train_loss: outcome.mean_loss,
                 },
                 frozen_bytes,
@@ -391,7 +404,9 @@ fn round_record(
     let compute_s: f64 = per_client.iter().map(|(c, _)| c.compute_s).sum();
     let down: u64 = per_client.iter().map(|(c, _)| c.bytes_down).sum();
     let up: u64 = per_client.iter().map(|(c, _)| c.bytes_up).sum();
-    let peaks: Vec<f64> = per_client.iter().filter_map(|(c, _)| c.peak_mem_mb).collect();
+    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let peak_mem_mb = mean(per_client.iter().filter_map(|(c, _)| c.peak_mem_mb).collect());
+    let peak_extra_mb = mean(per_client.iter().filter_map(|(c, _)| c.peak_extra_mb).collect());
     RoundRecord {
         round,
         accuracy,
@@ -403,7 +418,8 @@ fn round_record(
         frozen_bytes_down: per_client.iter().map(|(_, f)| f).sum(),
         compute_s,
         wall_s,
-        peak_mem_mb: (!peaks.is_empty()).then(|| peaks.iter().sum::<f64>() / peaks.len() as f64),
+        peak_mem_mb,
+        peak_extra_mb,
         energy_compute_j: energy.compute_joules(compute_s),
         energy_comm_j: energy.comm_joules(down + up),
         per_client: per_client.into_iter().map(|(c, _)| c).collect(),

@@ -41,6 +41,13 @@ impl WidthSpec {
         Self { kept: layout.sizes.iter().map(|&c| (0..kept_channels(r, c)).collect()).collect(), scaler: 1.0, per_batch_ratios: Vec::new() }
     }
 
+    /// HeteroFL: the first `⌈r·C⌉` channels of every conv space; hidden FC spaces stay
+    /// whole (the first FC layer's input columns follow the conv channels kept).
+    pub fn prefix_conv(layout: &SpaceLayout, r: f64) -> Self {
+        let kept = layout.sizes.iter().zip(&layout.is_fc).map(|(&c, &fc)| (0..if fc { c } else { kept_channels(r, c) }).collect()).collect();
+        Self { kept, scaler: 1.0, per_batch_ratios: Vec::new() }
+    }
+
     /// SLT: every space that the first `full_layers` layers produce (their outputs and
     /// inner channels) stays whole; every other space keeps its `⌈r·C⌉`-prefix. A residual
     /// stage space produced by a full-width block therefore stays whole in later blocks too
@@ -76,7 +83,7 @@ impl WidthSpec {
         Self { kept, scaler: 1.0, per_batch_ratios: Vec::new() }
     }
 
-    /// With HeteroFL's Scaler: hidden outputs divided by `r` in training.
+    /// With HeteroFL's Scaler: conv outputs divided by `r` in training.
     pub fn with_scaler(mut self, r: f64) -> Self {
         self.scaler = (1.0 / r) as f32;
         self

@@ -3,8 +3,9 @@
 //! `m(w) = Σ_q m_AM(W_q) + m_G(W_q) + m_W(W_q)`
 //!
 //! over the layers in the autodiff graph: activation maps (batch × the layer's intermediate
-//! maps), gradients (trainable parameters) and weights; frozen layers outside the graph
-//! count their weights only. Optimizer state (SGD momentum: one buffer per trained
+//! maps, plus the input map of the first layer in the graph, which backward keeps for that
+//! layer's weight gradient), gradients (trainable parameters) and weights; frozen layers
+//! outside the graph count their weights only. Optimizer state (SGD momentum: one buffer per trained
 //! parameter) is not in Eq. 23 and is reported separately. 4 bytes per f32.
 
 use fedolf_models::LayerInfo;
@@ -38,10 +39,14 @@ impl TheoreticalMemory {
 
 pub fn theoretical_memory(infos: &[LayerInfo], roles: &[LayerRole], batch: usize, momentum: bool) -> TheoreticalMemory {
     let mut m = TheoreticalMemory::default();
-    for (info, role) in infos.iter().zip(roles) {
+    let first_in_graph = roles.iter().position(|r| *r != LayerRole::FrozenNoGraph);
+    for (i, (info, role)) in infos.iter().zip(roles).enumerate() {
         let params = info.trainable_params as u64 * F32;
         m.weights += params + info.buffer_elems as u64 * F32;
         let in_graph = *role != LayerRole::FrozenNoGraph;
+        if Some(i) == first_in_graph {
+            m.activations += (batch * info.input.elems()) as u64 * F32;
+        }
         if in_graph {
             m.activations += (batch * info.activation_elems) as u64 * F32;
         }

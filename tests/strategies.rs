@@ -14,7 +14,7 @@ use fedolf::strategy::{cocofl_blend, strategy_for, Download, PlanContext, Strate
 use rand::SeedableRng;
 
 fn layout(n: usize) -> fedolf::models::SpaceLayout {
-    fedolf::models::SpaceLayout { sizes: vec![10, 20], layers: vec![Default::default(); n] }
+    fedolf::models::SpaceLayout { sizes: vec![10, 20], is_fc: vec![false, false], layers: vec![Default::default(); n] }
 }
 
 fn rng(seed: u64) -> rand_chacha::ChaCha8Rng {
@@ -163,6 +163,7 @@ fn resnet_like_layout() -> fedolf::models::SpaceLayout {
     let s = |input, inner, output| LayerSpaces { input, inner, output };
     fedolf::models::SpaceLayout {
         sizes: vec![16, 16, 16, 32, 32],
+        is_fc: vec![false; 5],
         layers: vec![s(None, Some(1), Some(0)), s(Some(0), Some(2), Some(0)), s(Some(0), Some(4), Some(3)), s(Some(3), None, None)],
     }
 }

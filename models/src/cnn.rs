@@ -1,12 +1,18 @@
-//! The CNN of FedAvg (McMahan et al., AISTATS 2017), used by the FedOLF paper on EMNIST:
-//! conv5×5(32) → ReLU → maxpool2 → conv5×5(64) → ReLU → maxpool2 → FC(512) → ReLU → FC(classes).
+//! The EMNIST CNN of the FedOLF paper (§V: "two convolution layers and one fully-connected
+//! (FC) classifier"), the default:
+//! conv5×5(32) → ReLU → maxpool2 → conv5×5(64) → ReLU → maxpool2 → FC(classes).
 //!
-//! Freezing units (N = 3): conv block 1, conv block 2, the FC classifier (both linears).
+//! With `hidden > 0` (`model.cnn_hidden = 512`) it is the CNN of FedAvg (McMahan et al.,
+//! AISTATS 2017), which has a 512-unit hidden FC layer before the classifier:
+//! … → maxpool2 → FC(512) → ReLU → FC(classes).
+//!
+//! Freezing units (N = 3): conv block 1, conv block 2, the classifier (one linear, or both
+//! linears of the FedAvg variant).
 
 use burn::prelude::*;
 
 use crate::conv_unit::ConvUnit;
-use crate::dense_unit::MlpHead;
+use crate::dense_unit::{DenseUnit, MlpHead};
 use crate::error::ModelError;
 use crate::layer::Layer;
 use crate::net::LayeredNet;
@@ -16,12 +22,18 @@ pub struct CnnConfig {
     pub input: [usize; 3],
     pub num_classes: usize,
     pub channels: [usize; 2],
+    /// Hidden FC width before the classifier; 0 = none (the FedOLF paper's CNN).
     pub hidden: usize,
 }
 
 impl CnnConfig {
     pub fn new(input: [usize; 3], num_classes: usize) -> Self {
-        Self { input, num_classes, channels: [32, 64], hidden: 512 }
+        Self { input, num_classes, channels: [32, 64], hidden: 0 }
+    }
+
+    pub fn with_hidden(mut self, hidden: usize) -> Self {
+        self.hidden = hidden;
+        self
     }
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<LayeredNet<B>, ModelError> {
@@ -33,7 +45,10 @@ impl CnnConfig {
         let layers = vec![
             Layer::Conv(ConvUnit::new([c, c1], 5, 2, false, Some(2), device)),
             Layer::Conv(ConvUnit::new([c1, c2], 5, 2, false, Some(2), device)),
-            Layer::Mlp(MlpHead::new(flat, self.hidden, self.num_classes, device)),
+            match self.hidden {
+                0 => Layer::Dense(DenseUnit::new(flat, self.num_classes, false, device)),
+                hidden => Layer::Mlp(MlpHead::new(flat, hidden, self.num_classes, device)),
+            },
         ];
         Ok(LayeredNet::from_layers(layers, self.input, self.num_classes))
     }

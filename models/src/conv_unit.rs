@@ -22,6 +22,8 @@ pub struct ConvUnit<B: Backend> {
     /// HeteroFL's Scaler: conv outputs are multiplied by this (1/r on a width-r sub-model in
     /// training; 1 elsewhere). Not a parameter.
     pub scale: f32,
+    /// Frozen in the graph: BN normalises with running statistics (see `frozen_norm`).
+    pub frozen_bn: bool,
 }
 
 impl<B: Backend> ConvUnit<B> {
@@ -39,7 +41,7 @@ impl<B: Backend> ConvUnit<B> {
             .init(device);
         let bn = batch_norm.then(|| BatchNormConfig::new(channels[1]).init(device));
         let pool = pool_size.map(|p| MaxPool2dConfig::new([p, p]).with_strides([p, p]).init());
-        Self { conv, bn, pool, kernel, stride: 1, padding, pool_size: pool_size.unwrap_or(1), scale: 1.0 }
+        Self { conv, bn, pool, kernel, stride: 1, padding, pool_size: pool_size.unwrap_or(1), scale: 1.0, frozen_bn: false }
     }
 
     /// The convolution's output before BN/ReLU: the "pre-activation" TOA approximates.
@@ -54,7 +56,7 @@ impl<B: Backend> ConvUnit<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut x = crate::scaled(self.conv.forward(x), self.scale);
         if let Some(bn) = &self.bn {
-            x = bn.forward(x);
+            x = crate::frozen_norm::batch_norm(bn, x, self.frozen_bn);
         }
         x = relu(x);
         match &self.pool {

@@ -12,19 +12,17 @@ use crate::slicing;
 pub struct DenseUnit<B: Backend> {
     pub linear: Linear<B>,
     pub relu: bool,
-    /// HeteroFL's Scaler (see `ConvUnit::scale`); the class layer keeps 1.
-    pub scale: f32,
 }
 
 impl<B: Backend> DenseUnit<B> {
     pub fn new(d_in: usize, d_out: usize, relu: bool, device: &B::Device) -> Self {
-        Self { linear: LinearConfig::new(d_in, d_out).init(device), relu, scale: 1.0 }
+        Self { linear: LinearConfig::new(d_in, d_out).init(device), relu }
     }
 
     /// # Shapes
     /// `[b, d_in] -> [b, d_out]`
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = crate::scaled(self.linear.forward(x), self.scale);
+        let x = self.linear.forward(x);
         if self.relu {
             relu(x)
         } else {
@@ -63,8 +61,6 @@ impl<B: Backend> DenseUnit<B> {
 pub struct MlpHead<B: Backend> {
     pub hidden: Linear<B>,
     pub output: Linear<B>,
-    /// HeteroFL's Scaler on the hidden layer (see `ConvUnit::scale`).
-    pub scale: f32,
 }
 
 impl<B: Backend> MlpHead<B> {
@@ -72,14 +68,13 @@ impl<B: Backend> MlpHead<B> {
         Self {
             hidden: LinearConfig::new(d_in, d_hidden).init(device),
             output: LinearConfig::new(d_hidden, classes).init(device),
-            scale: 1.0,
         }
     }
 
     /// # Shapes
     /// `[b, d_in] -> [b, d_hidden] -> [b, classes]`
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.output.forward(relu(crate::scaled(self.hidden.forward(x), self.scale)))
+        self.output.forward(relu(self.hidden.forward(x)))
     }
 
     pub fn info(&self, input: FeatureShape) -> LayerInfo {

@@ -174,6 +174,20 @@ impl<B: Backend> Layer<B> {
         }
     }
 
+    /// Mark the layer frozen (or not) for its BatchNorms: frozen BN normalises with running
+    /// statistics and leaves them untouched, also inside the autodiff graph.
+    pub fn set_frozen_bn(&mut self, frozen: bool) {
+        match self {
+            Self::Conv(u) => u.frozen_bn = frozen,
+            Self::Stem(u) => {
+                u.frozen_bn = frozen;
+                u.block.frozen_bn = frozen;
+            }
+            Self::Block(u) => u.frozen_bn = frozen,
+            Self::Dense(_) | Self::Mlp(_) | Self::Head(_) => {}
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self {
             Self::Conv(_) => "conv",

@@ -16,8 +16,10 @@ mod conv_unit;
 mod dense_unit;
 mod error;
 mod features;
+mod frozen_norm;
 mod layer;
 mod net;
+mod padded_skip;
 pub mod resnet;
 mod residual;
 mod shape;
@@ -30,7 +32,8 @@ pub use error::ModelError;
 pub use features::Features;
 pub use layer::{Layer, ToaSite};
 pub use net::LayeredNet;
-pub use residual::{BasicBlock, PooledHead, StemUnit};
+pub use padded_skip::PaddedSkip;
+pub use residual::{BasicBlock, PooledHead, Shortcut, StemUnit};
 pub use shape::{FeatureShape, LayerInfo};
 pub use spaces::{LayerCut, LayerSpaces, SpaceLayout};
 
@@ -57,10 +60,10 @@ impl ModelKind {
 
     pub fn description(self) -> &'static str {
         match self {
-            Self::Cnn => "FedAvg CNN: 2 conv blocks + FC classifier (N = 3)",
+            Self::Cnn => "the paper's EMNIST CNN: 2 conv blocks + linear classifier (N = 3); model.cnn_hidden = 512: FedAvg's CNN",
             Self::AlexNet => "CIFAR AlexNet: 5 conv + 2 FC (N = 7)",
-            Self::ResNet20 => "CIFAR ResNet20: stem+block1, 8 blocks, pooled classifier (N = 10)",
-            Self::ResNet44 => "CIFAR ResNet44: stem+block1, 20 blocks, pooled classifier (N = 22)",
+            Self::ResNet20 => "CIFAR ResNet20 (option A shortcuts, 0.27 M): stem+block1, 8 blocks, pooled classifier (N = 10)",
+            Self::ResNet44 => "CIFAR ResNet44 (option A shortcuts, 0.66 M): stem+block1, 20 blocks, pooled classifier (N = 22)",
         }
     }
 
@@ -81,20 +84,42 @@ impl ModelKind {
             .ok_or_else(|| ModelError::UnknownModel(name.to_string()))
     }
 
-    /// Build the model for an input shape `[channels, height, width]` and a class count.
+    /// Build the model with default options for an input shape `[channels, height, width]`
+    /// and a class count.
     pub fn init<B: burn::prelude::Backend>(
         self,
         input: [usize; 3],
         num_classes: usize,
         device: &B::Device,
     ) -> Result<LayeredNet<B>, ModelError> {
+        self.init_with(input, num_classes, &ModelOptions::default(), device)
+    }
+
+    /// Build the model with `options` (each applies only to its model).
+    pub fn init_with<B: burn::prelude::Backend>(
+        self,
+        input: [usize; 3],
+        num_classes: usize,
+        options: &ModelOptions,
+        device: &B::Device,
+    ) -> Result<LayeredNet<B>, ModelError> {
         match self {
-            Self::Cnn => cnn::CnnConfig::new(input, num_classes).init(device),
+            Self::Cnn => cnn::CnnConfig::new(input, num_classes).with_hidden(options.cnn_hidden).init(device),
             Self::AlexNet => alexnet::AlexNetConfig::new(input, num_classes).init(device),
-            Self::ResNet20 => resnet::ResNetConfig::resnet20(input, num_classes).init(device),
-            Self::ResNet44 => resnet::ResNetConfig::resnet44(input, num_classes).init(device),
+            Self::ResNet20 => resnet::ResNetConfig::resnet20(input, num_classes).with_shortcut(options.shortcut).init(device),
+            Self::ResNet44 => resnet::ResNetConfig::resnet44(input, num_classes).with_shortcut(options.shortcut).init(device),
         }
     }
+}
+
+/// Architecture options beyond the model's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelOptions {
+    /// CNN: hidden FC width before the classifier; 0 = none (the FedOLF paper's CNN), 512 =
+    /// FedAvg's CNN.
+    pub cnn_hidden: usize,
+    /// ResNets: option A (parameter-free, the default) or B (projection) shortcuts.
+    pub shortcut: Shortcut,
 }
 
 /// Multiply by a scale unless it is 1 (no extra op, no extra stored map, in the common case).

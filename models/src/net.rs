@@ -60,21 +60,19 @@ impl<B: Backend> LayeredNet<B> {
             .collect()
     }
 
-    /// Set HeteroFL's Scaler on every hidden layer (conv outputs, hidden FC outputs; never
-    /// the class outputs): `1/r` while a width-r sub-model trains, `1` otherwise.
+    /// Set HeteroFL's Scaler on every conv output (the channels HeteroFL prunes): `1/r` while
+    /// a width-r sub-model trains, `1` otherwise. FC layers stay at full width in HeteroFL,
+    /// so their outputs are never scaled.
     pub fn set_scaler(&mut self, scale: f32) {
-        let last = self.layers.len().saturating_sub(1);
-        for (i, layer) in self.layers.iter_mut().enumerate() {
+        for layer in &mut self.layers {
             match layer {
                 Layer::Conv(u) => u.scale = scale,
-                Layer::Dense(u) => u.scale = if i == last { 1.0 } else { scale },
-                Layer::Mlp(u) => u.scale = scale,
                 Layer::Stem(u) => {
                     u.scale = scale;
                     u.block.scale = scale;
                 }
                 Layer::Block(u) => u.scale = scale,
-                Layer::Head(_) => {}
+                Layer::Dense(_) | Layer::Mlp(_) | Layer::Head(_) => {}
             }
         }
     }

@@ -1,6 +1,7 @@
 //! ResNet pieces (He et al., CVPR 2016, CIFAR variant): the basic residual block — the freezing
 //! unit — the stem that freezes together with block 1, and the pooled classifier.
-//! Downsampling blocks use a 1×1 conv + BN projection shortcut (option B).
+//! Downsampling blocks use He et al.'s option A shortcut (identity, stride-2 subsampling,
+//! zero-padded channels; no parameters) or option B (1×1 conv + BN projection).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
@@ -8,8 +9,21 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use crate::frozen_norm::batch_norm;
+use crate::padded_skip::PaddedSkip;
 use crate::shape::{conv_out, FeatureShape, LayerInfo};
 use crate::slicing;
+
+/// How a block that changes shape carries its input to the output (He et al., §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shortcut {
+    /// Option A: identity with stride-2 subsampling and zero-padded channels (the CIFAR
+    /// ResNets of §4.2: ResNet20 has 0.27 M parameters).
+    #[default]
+    A,
+    /// Option B: a 1×1 convolution + BN projection.
+    B,
+}
 
 fn conv3x3<B: Backend>(c_in: usize, c_out: usize, stride: usize, device: &B::Device) -> Conv2d<B> {
     Conv2dConfig::new([c_in, c_out], [3, 3])
@@ -35,15 +49,23 @@ pub struct BasicBlock<B: Backend> {
     pub bn1: BatchNorm<B>,
     pub conv2: Conv2d<B>,
     pub bn2: BatchNorm<B>,
+    /// Option B projection (only where the block changes shape).
     pub shortcut: Option<Projection<B>>,
+    /// Option A skip (only where the block changes shape); no parameters.
+    #[module(skip)]
+    pub padded_skip: Option<PaddedSkip>,
     pub stride: usize,
     /// HeteroFL's Scaler after every conv, before its BN (see `ConvUnit::scale`).
     pub scale: f32,
+    /// Frozen in the graph: BN normalises with running statistics (see `frozen_norm`).
+    pub frozen_bn: bool,
 }
 
 impl<B: Backend> BasicBlock<B> {
-    pub fn new(c_in: usize, c_out: usize, stride: usize, device: &B::Device) -> Self {
-        let shortcut = (stride != 1 || c_in != c_out).then(|| Projection {
+    pub fn new(c_in: usize, c_out: usize, stride: usize, shortcut: Shortcut, device: &B::Device) -> Self {
+        let reshapes = stride != 1 || c_in != c_out;
+        let padded_skip = (reshapes && shortcut == Shortcut::A).then(|| PaddedSkip::new(c_in, c_out, stride));
+        let shortcut = (reshapes && shortcut == Shortcut::B).then(|| Projection {
             conv: Conv2dConfig::new([c_in, c_out], [1, 1])
                 .with_stride([stride, stride])
                 .with_bias(false)
@@ -56,21 +78,24 @@ impl<B: Backend> BasicBlock<B> {
             conv2: conv3x3(c_out, c_out, 1, device),
             bn2: BatchNormConfig::new(c_out).init(device),
             shortcut,
+            padded_skip,
             stride,
             scale: 1.0,
+            frozen_bn: false,
         }
     }
 
     /// # Shapes
     /// `[b, c_in, h, w] -> [b, c_out, h/stride, w/stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let s = self.scale;
-        let skip = match &self.shortcut {
-            Some(p) => p.bn.forward(crate::scaled(p.conv.forward(x.clone()), s)),
-            None => x.clone(),
+        let (s, frozen) = (self.scale, self.frozen_bn);
+        let skip = match (&self.shortcut, &self.padded_skip) {
+            (Some(p), _) => batch_norm(&p.bn, crate::scaled(p.conv.forward(x.clone()), s), frozen),
+            (None, Some(pad)) => pad.forward(x.clone()),
+            (None, None) => x.clone(),
         };
-        let out = relu(self.bn1.forward(crate::scaled(self.conv1.forward(x), s)));
-        let out = self.bn2.forward(crate::scaled(self.conv2.forward(out), s));
+        let out = relu(batch_norm(&self.bn1, crate::scaled(self.conv1.forward(x), s), frozen));
+        let out = batch_norm(&self.bn2, crate::scaled(self.conv2.forward(out), s), frozen);
         relu(out + skip)
     }
 
@@ -108,6 +133,12 @@ impl<B: Backend> BasicBlock<B> {
 
     /// Keep the channels of `cut` (input / inner / output spaces), pure selection.
     pub(crate) fn slice(mut self, cut: &crate::spaces::LayerCut<B>) -> Self {
+        if let Some(skip) = self.padded_skip.take() {
+            let host = |idx: &Tensor<B, 1, Int>| idx.to_data().convert::<i64>().into_vec::<i64>().unwrap_or_default().into_iter().map(|i| i as usize).collect::<Vec<_>>();
+            let inputs = cut.input.as_ref().map(|(idx, _)| host(idx));
+            let outputs = cut.output.as_ref().map(host);
+            self.padded_skip = Some(skip.slice(inputs.as_deref(), outputs.as_deref()));
+        }
         if let Some((idx, _)) = &cut.input {
             self.conv1 = slicing::conv_keep_inputs(self.conv1, idx);
             self.shortcut = self.shortcut.map(|mut p| {
@@ -155,6 +186,8 @@ pub struct StemUnit<B: Backend> {
     pub block: BasicBlock<B>,
     /// HeteroFL's Scaler on the stem conv (the block has its own).
     pub scale: f32,
+    /// Frozen in the graph: BN normalises with running statistics (see `frozen_norm`).
+    pub frozen_bn: bool,
 }
 
 impl<B: Backend> StemUnit<B> {
@@ -162,15 +195,16 @@ impl<B: Backend> StemUnit<B> {
         Self {
             conv: conv3x3(c_in, width, 1, device),
             bn: BatchNormConfig::new(width).init(device),
-            block: BasicBlock::new(width, width, 1, device),
+            block: BasicBlock::new(width, width, 1, Shortcut::A, device),
             scale: 1.0,
+            frozen_bn: false,
         }
     }
 
     /// # Shapes
     /// `[b, c_in, h, w] -> [b, width, h, w]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.block.forward(relu(self.bn.forward(crate::scaled(self.conv.forward(x), self.scale))))
+        self.block.forward(relu(batch_norm(&self.bn, crate::scaled(self.conv.forward(x), self.scale), self.frozen_bn)))
     }
 
     pub fn info(&self, input: FeatureShape) -> LayerInfo {

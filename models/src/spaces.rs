@@ -21,6 +21,9 @@ pub struct LayerSpaces {
 pub struct SpaceLayout {
     /// Full channel count of each space.
     pub sizes: Vec<usize>,
+    /// Whether each space is a hidden FC layer's neurons (else conv channels). HeteroFL
+    /// prunes conv spaces only.
+    pub is_fc: Vec<bool>,
     pub layers: Vec<LayerSpaces>,
 }
 
@@ -37,8 +40,10 @@ impl<B: Backend> LayeredNet<B> {
     /// The channel spaces of this net, by walking its layers input side first.
     pub fn channel_spaces(&self) -> SpaceLayout {
         let mut sizes = Vec::new();
-        let new_space = |size: usize, sizes: &mut Vec<usize>| {
+        let mut is_fc = Vec::new();
+        let mut new_space = |size: usize, fc: bool, sizes: &mut Vec<usize>| {
             sizes.push(size);
+            is_fc.push(fc);
             Some(sizes.len() - 1)
         };
         let mut current: Option<usize> = None; // the space of the features flowing in
@@ -47,20 +52,22 @@ impl<B: Backend> LayeredNet<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             let input = current;
             let spaces = match layer {
-                Layer::Conv(u) => LayerSpaces { input, inner: None, output: new_space(u.conv.weight.dims()[0], &mut sizes) },
+                Layer::Conv(u) => LayerSpaces { input, inner: None, output: new_space(u.conv.weight.dims()[0], false, &mut sizes) },
                 Layer::Dense(u) => {
-                    let output = if i == last { None } else { new_space(u.linear.weight.dims()[1], &mut sizes) };
+                    let output = if i == last { None } else { new_space(u.linear.weight.dims()[1], true, &mut sizes) };
                     LayerSpaces { input, inner: None, output }
                 }
-                Layer::Mlp(u) => LayerSpaces { input, inner: new_space(u.hidden.weight.dims()[1], &mut sizes), output: None },
+                Layer::Mlp(u) => LayerSpaces { input, inner: new_space(u.hidden.weight.dims()[1], true, &mut sizes), output: None },
                 Layer::Stem(u) => {
-                    let output = new_space(u.conv.weight.dims()[0], &mut sizes);
-                    LayerSpaces { input, inner: new_space(u.block.inner_channels(), &mut sizes), output }
+                    let output = new_space(u.conv.weight.dims()[0], false, &mut sizes);
+                    LayerSpaces { input, inner: new_space(u.block.inner_channels(), false, &mut sizes), output }
                 }
                 Layer::Block(u) => {
-                    let inner = new_space(u.inner_channels(), &mut sizes);
-                    // An identity skip ties output to input; a projection starts a new space.
-                    let output = if u.shortcut.is_some() { new_space(u.conv2.weight.dims()[0], &mut sizes) } else { input };
+                    let inner = new_space(u.inner_channels(), false, &mut sizes);
+                    // An identity skip ties output to input; a block that changes shape
+                    // (projection, or option A's zero-padded channels) starts a new space.
+                    let reshapes = u.shortcut.is_some() || u.padded_skip.is_some();
+                    let output = if reshapes { new_space(u.conv2.weight.dims()[0], false, &mut sizes) } else { input };
                     LayerSpaces { input, inner, output }
                 }
                 Layer::Head(_) => LayerSpaces { input, inner: None, output: None },
@@ -68,6 +75,6 @@ impl<B: Backend> LayeredNet<B> {
             current = spaces.output;
             layers.push(spaces);
         }
-        SpaceLayout { sizes, layers }
+        SpaceLayout { sizes, is_fc, layers }
     }
 }
