@@ -169,6 +169,16 @@ impl<B: AutodiffBackend> LocalModel<B> {
         self.fresh_step(x, y, sgd).1.into_scalar().elem::<f64>()
     }
 
+    /// Bytes of every tensor the client holds (f32): the frozen prefix as compressed for it,
+    /// the rest in full, BN buffers included. Counted from the tensors, not the allocator:
+    /// Flex shares storage between the server's model and a fresh client copy until it is
+    /// written, while a real device holds its own copy.
+    pub fn resident_bytes(&self) -> u64 {
+        let numel: usize = self.no_graph.layers.iter().map(crate::params::layer_numel).sum::<usize>()
+            + self.graph.layers.iter().map(crate::params::layer_numel).sum::<usize>();
+        numel as u64 * 4
+    }
+
     /// The trained layers as `(global layer index, tensors)`: what the client uploads.
     pub fn trained_layers(&self) -> Vec<(usize, LayerParams<B::InnerBackend>)> {
         let m = self.no_graph.num_layers();

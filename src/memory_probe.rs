@@ -35,8 +35,8 @@ pub struct MemoryRow {
     /// Peak heap during the step above what the client held before it (the transient part:
     /// activations, gradients, optimizer state).
     pub measured_bytes: u64,
-    /// What the client held before the step: its model copy (the TOA-sparsified prefix
-    /// included) and the input batch, counted from the allocations that built them.
+    /// What the client holds before the step: its model copy (the TOA-sparsified prefix
+    /// included, see `LocalModel::resident_bytes`) and the input batch.
     pub resident_bytes: u64,
     pub theory: TheoreticalMemory,
 }
@@ -92,14 +92,13 @@ pub fn probe_memory<B: AutodiffBackend>(
         let roles = layer_roles(mode, n, l, &mut rng)?;
         // Built before the step and counted apart: what the client holds (its model copy,
         // the sparsified prefix, the batch) vs what one training step adds on top.
-        let before = alloc.current();
         let mut local = LocalModel::from_roles(&global, &roles)?;
         if let Some(settings) = toa {
             local.no_graph = sparsify_prefix(local.no_graph, settings, &mut rng)?.0;
         }
         let x = Tensor::<B::InnerBackend, 4>::from_data(x_host.clone(), device);
         let y = Tensor::<B::InnerBackend, 1, Int>::from_data(y_host.clone(), device);
-        let resident = alloc.current().saturating_sub(before) as u64;
+        let resident = local.resident_bytes() + (x_host.as_bytes().len() + y_host.as_bytes().len()) as u64;
         let (_, peak) = alloc.measure(|| local.single_step(x, y, &SGD));
         log::debug!("{label} l={l} draw={draw}: resident {resident} B, step {peak} B");
         Ok((Measured { transient: peak as u64, resident }, theoretical_memory(&infos, &roles, spec.batch, true)))

@@ -259,9 +259,6 @@ pub fn run<B: AutodiffBackend>(
         let mut uploads = Vec::with_capacity(plans.len());
         let mut per_client = Vec::with_capacity(plans.len());
         for plan in &plans {
-            // What the client holds before training is counted from the allocations that
-            // build it (copy, slicing, compression); temporaries freed on the way drop out.
-            let resident_from = memory.map(CountingAllocator::current);
             // 2–3. Lay out the client's copy (a width sub-model for the width methods);
             // compress the frozen prefix (TOA / QSGD).
             let mut local = match &plan.width {
@@ -293,7 +290,8 @@ pub fn run<B: AutodiffBackend>(
             // 4. Download = (compressed) frozen prefix + every other layer in full.
             let bytes_down = frozen_bytes + local.graph.layers.iter().map(layer_numel).sum::<usize>() as u64 * BYTES_PER_PARAM;
 
-            // 5. Local training.
+            // 5. Local training. The client holds its model copy before it starts.
+            let resident = local.resident_bytes() as usize;
             let indices = &parts[plan.client];
             let data = ClientData { images: &train.images, labels: &train.labels, indices };
             let mut rng = stream(cfg.seed, Purpose::LocalShuffle, round as u64, plan.client as u64);
@@ -307,7 +305,6 @@ pub fn run<B: AutodiffBackend>(
                     .map_err(|source| SimError::OrderedDropout { round, client: plan.client, source })?;
                 Ok((LocalModel::from_roles(&net, &plan.roles)?, outcome))
             };
-            let resident = memory.zip(resident_from).map(|(alloc, from)| alloc.current().saturating_sub(from));
             let (result, peak_extra) = match memory {
                 Some(alloc) => {
                     let (r, peak) = alloc.measure(train);
@@ -316,7 +313,7 @@ pub fn run<B: AutodiffBackend>(
                 None => (train(), None),
             };
             let peak_extra_mb = peak_extra.map(|b| b as f64 / 1e6);
-            let peak_mem_mb = peak_extra.zip(resident).map(|(extra, held)| (extra + held) as f64 / 1e6);
+            let peak_mem_mb = peak_extra.map(|extra| (extra + resident) as f64 / 1e6);
             let (trained, outcome) = result?;
             let compute_s = started.elapsed().as_secs_f64();
 

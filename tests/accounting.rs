@@ -14,17 +14,23 @@ use rand::SeedableRng;
 /// CNN on 1×8×8, 10 classes. By hand (5×5 'same' convs, 2×2 pools):
 /// conv1: 32×8×8 conv + 32×8×8 ReLU + 32×4×4 pool = 4608 maps; 32·25 + 32 = 832 params.
 /// conv2: 64×4×4 conv + ReLU + 64×2×2 pool = 2304 maps; 64·32·25 + 64 = 51 264 params.
-/// classifier: 256 → 512 → 10: 512 + 512 + 10 = 1034 maps; 131 584 + 5 130 = 136 714 params.
+/// classifier (the paper's CNN): 256 → 10: 10 maps; 2 560 + 10 = 2 570 params.
+/// FedAvg's variant: 256 → 512 → 10: 512 + 512 + 10 = 1034 maps; 131 584 + 5 130 = 136 714.
 #[test]
 fn layer_sizes_match_the_hand_count() {
     let net = ModelKind::Cnn.init::<Inner>([1, 8, 8], 10, &device()).unwrap();
     let infos = net.layer_infos();
     let got: Vec<(usize, usize, usize)> = infos.iter().map(|i| (i.activation_elems, i.trainable_params, i.buffer_elems)).collect();
-    assert_eq!(got, vec![(4608, 832, 0), (2304, 51_264, 0), (1034, 136_714, 0)]);
+    assert_eq!(got, vec![(4608, 832, 0), (2304, 51_264, 0), (10, 2570, 0)]);
     assert_eq!(infos[1].output, FeatureShape::Map { channels: 64, height: 2, width: 2 });
     // The byte counter counts the same elements the parameter walker sends.
     let numel: Vec<usize> = net.layers.iter().map(layer_numel).collect();
-    assert_eq!(numel, vec![832, 51_264, 136_714]);
+    assert_eq!(numel, vec![832, 51_264, 2570]);
+
+    let options = fedolf::models::ModelOptions { cnn_hidden: 512, ..Default::default() };
+    let fedavg = ModelKind::Cnn.init_with::<Inner>([1, 8, 8], 10, &options, &device()).unwrap();
+    let head = fedavg.layer_infos()[2].clone();
+    assert_eq!((head.activation_elems, head.trainable_params), (1034, 136_714));
 }
 
 #[test]
@@ -34,18 +40,19 @@ fn eq23_for_ordered_freezing_by_hand() {
     let roles = layer_roles(FreezeMode::Ordered, 3, 1, &mut rng).unwrap();
     assert_eq!(roles, vec![LayerRole::FrozenNoGraph, LayerRole::Trained, LayerRole::Trained]);
     let m = theoretical_memory(&net.layer_infos(), &roles, 2, true);
-    // Activations of the two trained layers for a batch of 2, 4 bytes each.
-    assert_eq!(m.activations, 2 * (2304 + 1034) * 4);
-    assert_eq!(m.weights, (832 + 51_264 + 136_714) * 4);
-    assert_eq!(m.gradients, (51_264 + 136_714) * 4);
-    assert_eq!(m.optimizer, (51_264 + 136_714) * 4);
+    // Activations of the two trained layers for a batch of 2, 4 bytes each, and the input
+    // map of the first trained one (32×4×4, kept for its weight gradient).
+    assert_eq!(m.activations, 2 * (512 + 2304 + 10) * 4);
+    assert_eq!(m.weights, (832 + 51_264 + 2570) * 4);
+    assert_eq!(m.gradients, (51_264 + 2570) * 4);
+    assert_eq!(m.optimizer, (51_264 + 2570) * 4);
     assert_eq!(m.eq23(), m.activations + m.weights + m.gradients);
 
-    // TinyFEL keeps the frozen layer's maps and computes its gradient too.
+    // TinyFEL keeps the frozen layer's maps (and the 1×8×8 image) and computes its gradient too.
     let roles = layer_roles(FreezeMode::TinyFel, 3, 1, &mut rng).unwrap();
     let t = theoretical_memory(&net.layer_infos(), &roles, 2, true);
-    assert_eq!(t.activations, 2 * (4608 + 2304 + 1034) * 4);
-    assert_eq!(t.gradients, (832 + 51_264 + 136_714) * 4);
+    assert_eq!(t.activations, 2 * (64 + 4608 + 2304 + 10) * 4);
+    assert_eq!(t.gradients, (832 + 51_264 + 2570) * 4);
     assert_eq!(t.optimizer, m.optimizer);
 }
 

@@ -5,7 +5,7 @@ use fedolf::config::{Config, Method, PartitionKind};
 #[test]
 fn every_experiment_config_is_valid() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
-    let mut n = 0;
+    let (mut n, mut paper) = (0, 0);
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
@@ -14,15 +14,26 @@ fn every_experiment_config_is_valid() {
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let stem = path.file_stem().unwrap().to_str().unwrap();
             if let Some(rest) = stem.strip_prefix("paper-") {
-                assert_eq!(format!("{}-{}", cfg.data.dataset, cfg.model.name), rest);
+                // paper-<dataset>-<model>.toml is Table III (non-iid); the -iid twin Table II.
+                let (column, iid) = match rest.strip_suffix("-iid") {
+                    Some(column) => (column, true),
+                    None => (rest, false),
+                };
+                assert_eq!(format!("{}-{}", cfg.data.dataset, cfg.model.name), column);
                 assert_eq!((cfg.federation.clients, cfg.federation.clients_per_round, cfg.federation.rounds, cfg.train.epochs), (100, 10, 500, 5));
-                assert_eq!(cfg.data.partition, PartitionKind::Dirichlet);
-                assert_eq!(cfg.data.alpha, 0.1);
+                if iid {
+                    assert_eq!(cfg.data.partition, PartitionKind::Iid, "{stem}");
+                } else {
+                    assert_eq!((cfg.data.partition, cfg.data.alpha), (PartitionKind::Dirichlet, 0.1), "{stem}");
+                }
+                assert_eq!(cfg.seeds, vec![1, 2, 3], "{stem}: the paper's three trials");
+                paper += 1;
             }
             n += 1;
         }
     }
-    assert!(n >= 7, "default + six paper columns, found {n}");
+    assert_eq!(paper, 12, "six paper columns, non-iid and iid");
+    assert!(n >= 13, "default + twelve paper configs, found {n}");
 }
 
 #[test]
@@ -31,6 +42,10 @@ fn the_default_is_fedolf_cnn_fashion_mnist_noniid_two_clusters() {
     assert_eq!(cfg.method, Method::Fedolf);
     assert_eq!((cfg.model.name.as_str(), cfg.data.dataset.as_str()), ("cnn", "fashion-mnist"));
     assert_eq!((cfg.data.partition, cfg.data.alpha, cfg.federation.clusters), (PartitionKind::Dirichlet, 0.1, 2));
+    assert!(cfg.seeds.is_empty(), "the default experiment is one seed");
+    assert_eq!(cfg.trial_seeds(), vec![cfg.seed]);
+    let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["seeds=[1, 2, 1]".into()]).unwrap_err();
+    assert!(e.to_string().contains("seeds"), "{e}");
 }
 
 #[test]

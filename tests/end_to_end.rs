@@ -260,11 +260,45 @@ fn fedolf_with_qsgd_sends_fewer_frozen_bytes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let dir = only_run_dir(out.path());
     let clients = std::fs::read_to_string(dir.join("clients.csv")).unwrap();
-    let full_model = 4 * (832 + 51_264 + 1_606_144 + 5_130) as u64;
+    let full_model = 4 * (832 + 51_264 + 31_370) as u64; // the paper's CNN: conv, conv, linear 3136 → 10
     for line in clients.lines().skip(1) {
         let c: Vec<&str> = line.split(',').collect();
         let (frozen, down): (usize, u64) = (c[3].parse().unwrap(), c[5].parse().unwrap());
         let expected = if frozen == 1 { full_model - 4 * 832 + 864 } else { full_model };
         assert_eq!(down, expected, "{line}");
     }
+}
+
+#[test]
+fn three_seeds_run_as_trials_with_mean_and_std_of_their_results() {
+    let out = tempfile::tempdir().unwrap();
+    let mut args = tiny_args(out.path(), 1);
+    args.extend(["--seeds".to_string(), "1,2,3".to_string()]);
+    let o = fedolf(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("±"), "the table shows mean ± std: {stdout}");
+    let dir = only_run_dir(out.path());
+    let read = |p: PathBuf| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let summary = read(dir.join("summary.json"));
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(summary["trials_completed"], 3);
+    for metric in ["final_accuracy", "best_accuracy", "mean_last_accuracy"] {
+        // The spread is computed from each trial's own summary.json.
+        let per_trial: Vec<f64> = [1, 2, 3].iter().map(|s| read(dir.join(format!("trial-{s}/summary.json")))[metric].as_f64().unwrap()).collect();
+        let mean = per_trial.iter().sum::<f64>() / 3.0;
+        let std = (per_trial.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+        let values: Vec<f64> = summary[metric]["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(values, per_trial, "{metric}");
+        assert!((summary[metric]["mean"].as_f64().unwrap() - mean).abs() < 1e-12, "{metric}");
+        assert!((summary[metric]["std"].as_f64().unwrap() - std).abs() < 1e-12, "{metric}");
+    }
+    // Each trial is a complete run with its own seed.
+    for s in [1, 2, 3] {
+        assert_eq!(read(dir.join(format!("trial-{s}/summary.json")))["seed"], s);
+        assert!(dir.join(format!("trial-{s}/rounds.csv")).exists());
+    }
+    let first = std::fs::read_to_string(dir.join("trial-1/clients.csv")).unwrap();
+    let second = std::fs::read_to_string(dir.join("trial-2/clients.csv")).unwrap();
+    assert_ne!(first.lines().nth(1), second.lines().nth(1), "different seeds sample different clients");
 }

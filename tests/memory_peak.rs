@@ -1,4 +1,5 @@
-//! Peak heap of one FedOLF training step falls strictly as more layers freeze (ResNet20).
+//! Peak heap of one FedOLF training step falls strictly as more layers freeze (ResNet20);
+//! the absolute peak counts the resident model on top and falls with TOA's s.
 //! Its own test binary: the counting allocator sees every thread, so nothing else may run
 //! beside it.
 
@@ -42,5 +43,42 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
     }
     // Freezing 8 of 10 blocks must save most of the activation memory, not a rounding error.
     assert!(peaks[4].1 * 2 < peaks[0].1, "{peaks:?}");
+
+    absolute_peak_holds_the_model_and_falls_with_toa();
+}
+
+/// The memory probe's absolute peak = resident (model copy + batch) + the step's extra peak.
+fn absolute_peak_holds_the_model_and_falls_with_toa() {
+    use fedolf::memory_probe::{probe_memory, MemorySpec};
+    let spec = MemorySpec {
+        model: ModelKind::ResNet20,
+        options: Default::default(),
+        input: [3, 32, 32],
+        classes: 100,
+        batch: 16,
+        frozen: vec![4],
+        random_draws: 1,
+        toa_scales: vec![1.0, 0.5, 0.25],
+        seed: 1,
+    };
+    let rows = probe_memory::<Train>(&spec, &device(), &ALLOC, &mut |_| {}).unwrap();
+    let model_bytes = 4 * fedolf::params::read_model(&ModelKind::ResNet20.init::<Inner>([3, 32, 32], 100, &device()).unwrap())
+        .iter()
+        .flatten()
+        .map(|t| t.numel() as u64)
+        .sum::<u64>();
+    let get = |mode: &str| rows.iter().find(|r| r.mode == mode).unwrap_or_else(|| panic!("{mode} probed"));
+    for r in &rows {
+        assert!(r.absolute_bytes() >= r.measured_bytes, "{r:?}");
+    }
+    // Without TOA the client holds a whole model copy (every weight and BN buffer).
+    for mode in ["none", "ordered", "tinyfel", "toa-1"] {
+        let r = get(mode);
+        assert!(r.resident_bytes >= model_bytes, "{mode}: resident {} < model {model_bytes}", r.resident_bytes);
+        assert!(r.absolute_bytes() >= r.measured_bytes + model_bytes);
+    }
+    // TOA sends (and the client holds) fewer frozen tensors: the absolute peak falls with s.
+    let (full, half, quarter) = (get("toa-1").absolute_bytes(), get("toa-0.5").absolute_bytes(), get("toa-0.25").absolute_bytes());
+    assert!(full > half && half > quarter, "absolute peak vs s: {full} {half} {quarter}");
 }
 

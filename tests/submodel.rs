@@ -151,7 +151,9 @@ fn the_scaler_survives_copies_and_scales_hidden_outputs() {
 fn ordered_dropout_trains_only_the_drawn_prefix() {
     use fedolf::freeze::{ClientData, LocalTraining, SgdSettings};
     use fedolf::ordered_dropout::train_ordered_dropout;
-    let g = global(ModelKind::Cnn, [1, 28, 28]);
+    // FedAvg's CNN (hidden FC 512): the hidden neurons are a sliced space too.
+    let options = fedolf::models::ModelOptions { cnn_hidden: 512, ..Default::default() };
+    let g = ModelKind::Cnn.init_with::<Train>([1, 28, 28], 10, &options, &device()).unwrap();
     let sizes = g.channel_spaces().sizes; // [32, 64, 512]
     let before = host_params(&g.valid());
     let (x, y) = random_batch::<Inner>(16, [1, 28, 28], 10, 9);
