@@ -78,7 +78,7 @@ impl Method {
             Self::RandomFreeze => "Random freezing (paper Fig. 2): c−i layers drawn at random; frozen layers above a trained one pass gradients",
             Self::Tinyfel => "TinyFEL: first c−i layers frozen only in backprop (whole forward recorded, their gradients dropped)",
             Self::Cocofl => "CoCoFL: a random window of N−(c−i) layers trains; server blends r·mean + (1−r)·old",
-            Self::Heterofl => "HeteroFL: width r = i/c prefix sub-model of every channel space, Scaler 1/r; masked MWA; static BN",
+            Self::Heterofl => "HeteroFL: width r = i/c prefix of every conv channel space (FC layers full), Scaler 1/r; masked MWA; static BN",
             Self::Feddrop => "Feddrop: random ⌈r·C⌉ channels per space each round (r = i/c); masked MWA; full model evaluated",
             Self::Fjord => "FjORD: r = i/c prefix sub-model; each batch trains a random p-prefix, p ∈ {1/c..r}; masked MWA",
             Self::Slt => "SLT: stage j freezes layers < j, trains layer j (+i−1 more) at full width and the rest at width 0.5→1.0",
