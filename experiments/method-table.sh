@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every method on the default experiment, three trials each (seeds 1, 2, 3), ROUNDS rounds
 # (default 30), two runs at a time with one thread each (on 2 cores that finishes sooner
-# than one run with two threads). Then: python3 experiments/method_table.py runs/table
+# than one run with two threads). Methods whose run in OUT already completed are skipped, so
+# an interrupted table resumes. Then: python3 experiments/method_table.py runs/table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-30}
@@ -9,6 +10,8 @@ OUT=${OUT:-runs/table}
 BIN=./target/release/fedolf
 cargo build --release --quiet
 mkdir -p "$OUT"
-printf '%s\n' fedolf fedavg heterofl tinyfel random-freeze cocofl slt fjord feddrop fedavg-drop |
+for m in fedolf fedavg heterofl tinyfel random-freeze cocofl slt fjord feddrop fedavg-drop; do
+  grep -qs '"status": "completed"' "$OUT/$m"-2*/summary.json || echo "$m"
+done |
   RAYON_NUM_THREADS=1 xargs -P 2 -I{} sh -c \
     "$BIN run --quiet --out $OUT --seeds 1,2,3 --set method={} --set name={} --set federation.rounds=$ROUNDS > $OUT/{}.log 2>&1 && echo done {} || echo FAILED {}"

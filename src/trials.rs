@@ -37,7 +37,8 @@ pub struct TrialsSummary {
     pub model: String,
     pub dataset: String,
     pub seeds: Vec<u64>,
-    /// "completed" when every trial completed, else "failed" (the failing trial says why).
+    /// "completed" when every trial completed, "failed" when one failed (it says why),
+    /// "running" while trials remain.
     pub status: String,
     pub trials_completed: usize,
     pub final_accuracy: Option<Spread>,
@@ -54,14 +55,20 @@ impl TrialsSummary {
         let spread = |f: fn(&Summary) -> Option<f64>| Spread::of(completed.iter().filter_map(|t| f(t)).collect());
         let first = trials.first();
         let field = |f: fn(&Summary) -> &String| first.map(|t| f(t).clone()).unwrap_or_default();
-        let all_done = completed.len() == seeds.len();
+        let status = if completed.len() == seeds.len() {
+            "completed"
+        } else if trials.iter().any(|t| t.status != "completed") {
+            "failed"
+        } else {
+            "running"
+        };
         Self {
             name: field(|t| &t.name),
             method: field(|t| &t.method),
             model: field(|t| &t.model),
             dataset: field(|t| &t.dataset),
             seeds: seeds.to_vec(),
-            status: if all_done { "completed" } else { "failed" }.into(),
+            status: status.into(),
             trials_completed: completed.len(),
             final_accuracy: spread(|t| t.final_accuracy),
             best_accuracy: spread(|t| t.best_accuracy),
