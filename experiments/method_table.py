@@ -12,9 +12,17 @@ def pct(spread):
     return f"{spread['mean'] * 100:.2f} ± {spread['std'] * 100:.2f} %"
 
 
+ORDER = ["fedolf", "tinyfel", "random-freeze", "cocofl", "slt", "fedavg", "fedavg-drop", "heterofl", "feddrop", "fjord"]
+
+
+def rank(path):
+    method = json.loads(path.read_text()).get("method", "")
+    return (ORDER.index(method) if method in ORDER else len(ORDER), method)
+
+
 def main(root):
     rows = []
-    for summary_path in sorted(pathlib.Path(root).glob("*/summary.json")):
+    for summary_path in sorted(pathlib.Path(root).glob("*/summary.json"), key=rank):
         s = json.loads(summary_path.read_text())
         if "trials" not in s:
             continue

@@ -210,3 +210,26 @@ fn trial_spreads_are_mean_and_sample_standard_deviation() {
     assert_eq!(fedolf::trials::Spread::of(vec![0.5]).unwrap().std, 0.0);
     assert!(fedolf::trials::Spread::of(vec![]).is_none());
 }
+
+#[test]
+fn a_random_width_resnet_with_option_a_skips_trains() {
+    // Feddrop keeps random channels: the option A skip then scatters the kept input channels
+    // that survive into the kept output channels (select + select_assign), and gradients
+    // flow back through it.
+    let g = ModelKind::ResNet20.init::<Train>([3, 32, 32], 10, &device()).unwrap();
+    let layout = g.channel_spaces();
+    let spec = WidthSpec::random(&layout, 0.5, &mut rand_chacha::ChaCha8Rng::seed_from_u64(5));
+    let sub = fedolf::params::mark_trainable(LayeredNet::<Train>::from_inner(extract(g.valid(), &layout, &spec, &device())));
+    let before = host_params(&sub.valid());
+    let (x, y) = random_batch::<Inner>(4, [3, 32, 32], 10, 6);
+    let indices: Vec<usize> = (0..4).collect();
+    let data = ClientData { images: &x, labels: &y, indices: &indices };
+    let settings = LocalTraining { epochs: 1, batch_size: 4, sgd: SgdSettings { lr: 0.05, momentum: 0.0, weight_decay: 0.0 } };
+    let local = LocalModel::ordered(&sub, 0).unwrap();
+    let (trained, outcome) = train_local(local, &data, &settings, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
+    assert!(outcome.mean_loss.is_finite());
+    let after = host_params(&trained.join().valid());
+    // Every block below the last downsampling skip received a gradient through it.
+    assert_ne!(before[4], after[4]);
+    assert_ne!(before[0], after[0]);
+}
