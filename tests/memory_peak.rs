@@ -56,7 +56,10 @@ fn absolute_peak_holds_the_model_and_falls_with_toa() {
         input: [3, 32, 32],
         classes: 100,
         batch: 16,
-        frozen: vec![4],
+        // l = 8: the frozen prefix's own forward pass is the step's peak, so TOA lowers the
+        // absolute peak by far more than the allocator's jitter (at l = 4 it saves only the
+        // few hundred kB of sparsified weights; see experiments/results).
+        frozen: vec![8],
         random_draws: 1,
         toa_scales: vec![1.0, 0.5, 0.25],
         seed: 1,
@@ -77,8 +80,11 @@ fn absolute_peak_holds_the_model_and_falls_with_toa() {
         assert!(r.resident_bytes >= model_bytes, "{mode}: resident {} < model {model_bytes}", r.resident_bytes);
         assert!(r.absolute_bytes() >= r.measured_bytes + model_bytes);
     }
-    // TOA sends (and the client holds) fewer frozen tensors: the absolute peak falls with s.
+    // TOA sends (and the client holds) fewer frozen tensors: the resident bytes fall strictly
+    // with s, and so does the absolute peak.
+    let resident: Vec<u64> = ["toa-1", "toa-0.5", "toa-0.25"].iter().map(|m| get(m).resident_bytes).collect();
+    assert!(resident[0] > resident[1] && resident[1] > resident[2], "resident vs s: {resident:?}");
     let (full, half, quarter) = (get("toa-1").absolute_bytes(), get("toa-0.5").absolute_bytes(), get("toa-0.25").absolute_bytes());
-    assert!(full > half && half > quarter, "absolute peak vs s: {full} {half} {quarter}");
+    assert!(full > half + (full >> 4) && full > quarter + (full >> 4), "absolute peak vs s: {full} {half} {quarter}");
 }
 
