@@ -208,21 +208,29 @@ pub struct ModelConfig {
     pub shortcut: ShortcutOption,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// ResNet shortcuts as configs and the command line spell them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ShortcutOption {
+    /// Parameter-free: subsampled identity, zero-padded channels (He et al. §4.2).
     #[default]
     A,
+    /// 1×1 conv + BN projection.
     B,
+}
+
+impl From<ShortcutOption> for fedolf_models::Shortcut {
+    fn from(option: ShortcutOption) -> Self {
+        match option {
+            ShortcutOption::A => Self::A,
+            ShortcutOption::B => Self::B,
+        }
+    }
 }
 
 impl ModelConfig {
     pub fn options(&self) -> fedolf_models::ModelOptions {
-        let shortcut = match self.shortcut {
-            ShortcutOption::A => fedolf_models::Shortcut::A,
-            ShortcutOption::B => fedolf_models::Shortcut::B,
-        };
-        fedolf_models::ModelOptions { cnn_hidden: self.cnn_hidden, shortcut }
+        fedolf_models::ModelOptions { cnn_hidden: self.cnn_hidden, shortcut: self.shortcut.into() }
     }
 }
 

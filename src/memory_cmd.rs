@@ -68,14 +68,9 @@ pub fn memory(args: MemoryArgs, alloc: &'static CountingAllocator) -> anyhow::Re
     if let Some(&l) = frozen.iter().find(|&&l| l >= n) {
         bail!("--frozen {l}: {} has {n} layers, so at most {} can freeze", model.name(), n - 1);
     }
-    let shortcut = match args.shortcut.as_str() {
-        "a" => fedolf_models::Shortcut::A,
-        "b" => fedolf_models::Shortcut::B,
-        other => bail!("--shortcut `{other}`: expected a (parameter-free, He et al. §4.2) or b (1×1 conv projection)"),
-    };
     let spec = MemorySpec {
         model,
-        options: fedolf_models::ModelOptions { cnn_hidden: args.cnn_hidden, shortcut },
+        options: fedolf_models::ModelOptions { cnn_hidden: args.cnn_hidden, shortcut: args.shortcut.into() },
         input,
         classes: dataset.num_classes(),
         batch: args.batch,

@@ -111,7 +111,6 @@ pub struct Summary {
 impl Summary {
     pub fn new(cfg: &Config, source: &str, records: &[RoundRecord], wall_s: f64, error: Option<String>) -> Self {
         let evaluated: Vec<f64> = records.iter().filter_map(|r| r.accuracy).collect();
-        let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
         Self {
             name: cfg.name.clone(),
             method: cfg.method.name().into(),
@@ -129,22 +128,24 @@ impl Summary {
             total_bytes_up: records.iter().map(|r| r.bytes_up).sum(),
             total_compute_s: records.iter().map(|r| r.compute_s).sum(),
             wall_s,
-            mean_peak_mem_mb: mean(records.iter().filter_map(|r| r.peak_mem_mb).collect()),
-            mean_peak_extra_mb: mean(records.iter().filter_map(|r| r.peak_extra_mb).collect()),
+            mean_peak_mem_mb: mean(&records.iter().filter_map(|r| r.peak_mem_mb).collect::<Vec<_>>()),
+            mean_peak_extra_mb: mean(&records.iter().filter_map(|r| r.peak_extra_mb).collect::<Vec<_>>()),
             energy_compute_kj: records.iter().map(|r| r.energy_compute_j).sum::<f64>() / 1e3,
             energy_comm_kj: records.iter().map(|r| r.energy_comm_j).sum::<f64>() / 1e3,
         }
     }
 }
 
+/// Arithmetic mean; `None` for no values.
+pub fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
 /// Mean of the last `max(3, ⌈n/10⌉)` of `n` evaluations (all of them when `n < 3`).
 pub fn mean_last(evaluated: &[f64]) -> Option<f64> {
     let n = evaluated.len();
-    if n == 0 {
-        return None;
-    }
     let k = n.div_ceil(10).max(3).min(n);
-    Some(evaluated[n - k..].iter().sum::<f64>() / k as f64)
+    mean(&evaluated[n - k..])
 }
 
 /// A run's output folder.

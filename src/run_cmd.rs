@@ -51,7 +51,6 @@ pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<(
     let dataset = sim::load_dataset(&cfg)?;
     let dir = RunDir::create(&args.out, &cfg.name).with_context(|| format!("cannot create a run folder in {}", args.out.display()))?;
     dir.write_config(&cfg).context("writing config.toml")?;
-    let seeds = cfg.trial_seeds();
     if cfg.seeds.is_empty() {
         let (summary, result) = run_trial(&cfg, &dataset, &dir, args.quiet, alloc, None)?;
         result?;
@@ -60,6 +59,7 @@ pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<(
     }
     // The paper's protocol: one trial per seed, each in its own folder; the summary of all
     // trials is rewritten after each one, so a failure keeps what finished.
+    let seeds = cfg.trial_seeds();
     let mut trials = Vec::with_capacity(seeds.len());
     for (i, &seed) in seeds.iter().enumerate() {
         let trial_cfg = Config { seed, seeds: Vec::new(), ..cfg.clone() };

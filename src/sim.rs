@@ -21,6 +21,7 @@ use crate::freeze::{train_local, ClientData, FreezeError, LocalModel, LocalTrain
 use crate::memory::CountingAllocator;
 use crate::ordered_dropout::train_ordered_dropout;
 use crate::params::{layer_numel, mark_trainable, read_model, write_model, ParamError};
+use crate::report::mean;
 use crate::qsgd::{quantize_prefix, QsgdError, QsgdSettings};
 use crate::rng::{stream, Purpose};
 use crate::fake_quant::fake_int8_frozen;
@@ -401,9 +402,8 @@ fn round_record(
     let compute_s: f64 = per_client.iter().map(|(c, _)| c.compute_s).sum();
     let down: u64 = per_client.iter().map(|(c, _)| c.bytes_down).sum();
     let up: u64 = per_client.iter().map(|(c, _)| c.bytes_up).sum();
-    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    let peak_mem_mb = mean(per_client.iter().filter_map(|(c, _)| c.peak_mem_mb).collect());
-    let peak_extra_mb = mean(per_client.iter().filter_map(|(c, _)| c.peak_extra_mb).collect());
+    let peak_mem_mb = mean(&per_client.iter().filter_map(|(c, _)| c.peak_mem_mb).collect::<Vec<_>>());
+    let peak_extra_mb = mean(&per_client.iter().filter_map(|(c, _)| c.peak_extra_mb).collect::<Vec<_>>());
     RoundRecord {
         round,
         accuracy,

@@ -36,16 +36,15 @@ pub struct WidthSpec {
 }
 
 impl WidthSpec {
-    /// HeteroFL / FjORD: the first `⌈r·C⌉` channels of every space.
+    /// The first `⌈r·C⌉` channels of every space (FjORD).
     pub fn prefix(layout: &SpaceLayout, r: f64) -> Self {
-        Self { kept: layout.sizes.iter().map(|&c| (0..kept_channels(r, c)).collect()).collect(), scaler: 1.0, per_batch_ratios: Vec::new() }
+        Self::prefix_except(layout, r, &vec![false; layout.sizes.len()])
     }
 
     /// HeteroFL: the first `⌈r·C⌉` channels of every conv space; hidden FC spaces stay
     /// whole (the first FC layer's input columns follow the conv channels kept).
     pub fn prefix_conv(layout: &SpaceLayout, r: f64) -> Self {
-        let kept = layout.sizes.iter().zip(&layout.is_fc).map(|(&c, &fc)| (0..if fc { c } else { kept_channels(r, c) }).collect()).collect();
-        Self { kept, scaler: 1.0, per_batch_ratios: Vec::new() }
+        Self::prefix_except(layout, r, &layout.is_fc)
     }
 
     /// SLT: every space that the first `full_layers` layers produce (their outputs and
@@ -59,12 +58,12 @@ impl WidthSpec {
                 whole[s] = true;
             }
         }
-        let kept = layout
-            .sizes
-            .iter()
-            .zip(&whole)
-            .map(|(&c, &w)| (0..if w { c } else { kept_channels(r, c) }).collect())
-            .collect();
+        Self::prefix_except(layout, r, &whole)
+    }
+
+    /// The `⌈r·C⌉`-prefix of every space, except the spaces marked `whole`, kept entire.
+    fn prefix_except(layout: &SpaceLayout, r: f64, whole: &[bool]) -> Self {
+        let kept = layout.sizes.iter().zip(whole).map(|(&c, &w)| (0..if w { c } else { kept_channels(r, c) }).collect()).collect();
         Self { kept, scaler: 1.0, per_batch_ratios: Vec::new() }
     }
 

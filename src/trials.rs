@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::report::Summary;
+use crate::report::{mean, Summary};
 
 /// Mean and spread of one metric across trials.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -18,11 +18,8 @@ pub struct Spread {
 impl Spread {
     /// `None` when no trial has the value.
     pub fn of(values: Vec<f64>) -> Option<Self> {
-        if values.is_empty() {
-            return None;
-        }
+        let mean = mean(&values)?;
         let n = values.len() as f64;
-        let mean = values.iter().sum::<f64>() / n;
         let std = if values.len() > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
         Some(Self { mean, std, values })
     }
