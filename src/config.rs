@@ -246,6 +246,10 @@ pub struct FederationConfig {
     /// c capacity clusters; cluster i (1..c) freezes l = c − i layers.
     pub clusters: usize,
     pub eval_every: usize,
+    /// Clients trained at once, each on its own thread with its own model copy (0 = the
+    /// device's default: one per core on the CPU). Results are bit-identical for every value.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -257,6 +261,14 @@ pub struct TrainConfig {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
+    /// With E > 1: compute the frozen prefix's outputs once per round and reuse them every
+    /// epoch (counted in the client's memory; equal results up to float summation order).
+    #[serde(default = "yes")]
+    pub cache_frozen: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

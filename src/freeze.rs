@@ -75,6 +75,8 @@ pub struct LocalTraining {
     pub epochs: usize,
     pub batch_size: usize,
     pub sgd: SgdSettings,
+    /// Compute the frozen prefix's outputs once per round and reuse them every epoch.
+    pub cache_frozen: bool,
 }
 
 /// A client's model for one round, laid out by roles.
@@ -130,23 +132,45 @@ impl<B: AutodiffBackend> LocalModel<B> {
     /// # Shapes
     /// `[b, c, h, w] (inner) -> [b, classes]`
     pub fn forward(&self, x: Tensor<B::InnerBackend, 4>) -> Tensor<B, 2> {
+        self.forward_graph(self.prefix_forward(x))
+    }
+
+    /// The frozen prefix alone, outside the graph (the identity when nothing is frozen).
+    /// # Shapes
+    /// `[b, c, h, w] -> [b, c', h', w']` (or `[b, d]` once a prefix reaches the classifier)
+    pub fn prefix_forward(&self, x: Tensor<B::InnerBackend, 4>) -> Features<B::InnerBackend> {
         let m = self.no_graph.num_layers();
-        let h = self.no_graph.forward_range(Features::Map(x), 0, m).expect("full range of the prefix");
-        let h = Features::<B>::from_inner(h);
+        self.no_graph.forward_range(Features::Map(x), 0, m).expect("full range of the prefix")
+    }
+
+    /// The layers in the graph, from the prefix's output to the logits `[b, classes]`.
+    fn forward_graph(&self, h: Features<B::InnerBackend>) -> Tensor<B, 2> {
         let n = self.graph.num_layers();
-        self.graph.forward_range(h, 0, n).expect("full range of the graph part").into_flat()
+        self.graph.forward_range(Features::from_inner(h), 0, n).expect("full range of the graph part").into_flat()
     }
 
     /// One SGD step on a batch with a fresh optimizer; returns the loss as a tensor.
     fn step<O: Optimizer<LayeredNet<B>, B>>(
-        mut self,
+        self,
         optim: &mut O,
         lr: f64,
         x: Tensor<B::InnerBackend, 4>,
         y: Tensor<B::InnerBackend, 1, Int>,
     ) -> (Self, Tensor<B::InnerBackend, 1>) {
-        let device = x.device();
-        let logits = self.forward(x);
+        let h = self.prefix_forward(x);
+        self.step_from_prefix(optim, lr, h, y)
+    }
+
+    /// One SGD step starting from the frozen prefix's output `h` (computed now or cached).
+    fn step_from_prefix<O: Optimizer<LayeredNet<B>, B>>(
+        mut self,
+        optim: &mut O,
+        lr: f64,
+        h: Features<B::InnerBackend>,
+        y: Tensor<B::InnerBackend, 1, Int>,
+    ) -> (Self, Tensor<B::InnerBackend, 1>) {
+        let device = y.device();
+        let logits = self.forward_graph(h);
         let loss = CrossEntropyLossConfig::new().init::<B>(&device).forward(logits, Tensor::from_inner(y));
         let value = loss.clone().inner();
         let mut grads = loss.backward();
@@ -223,15 +247,18 @@ pub struct LocalOutcome {
 /// # Shapes
 /// images `[n, c, h, w] -> [b, c, h, w]`, labels `[n] -> [b]`
 pub fn gather_batch<B: Backend>(data: &ClientData<'_, B>, batch: &[usize]) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
-    let device = data.images.device();
-    let idx = Tensor::<B, 1, Int>::from_data(
-        TensorData::new(batch.iter().map(|&i| i as i64).collect::<Vec<_>>(), [batch.len()]),
-        &device,
-    );
+    let idx = index_tensor(batch, &data.images.device());
     (data.images.clone().select(0, idx.clone()), data.labels.clone().select(0, idx))
 }
 
 /// E epochs of mini-batch SGD; returns the trained model.
+///
+/// With `settings.cache_frozen`, E > 1 and a frozen prefix outside the graph, the prefix's
+/// outputs for all the client's samples are computed once, before the first epoch, and every
+/// step starts from them (FedOLF's own speed-up: the prefix is a fixed function within the
+/// round). The cache is allocated inside the measured region, so it counts in the client's
+/// peak memory as it would on a device. Batches and their order are the same either way; only
+/// the prefix runs on other batch groupings, so results agree up to float summation order.
 pub fn train_local<B: AutodiffBackend, R: Rng>(
     mut model: LocalModel<B>,
     data: &ClientData<'_, B::InnerBackend>,
@@ -242,15 +269,28 @@ pub fn train_local<B: AutodiffBackend, R: Rng>(
         return Err(FreezeError::ZeroBatch);
     }
     let mut optim = sgd_optimizer::<B>(&settings.sgd);
-    let mut order = data.indices.to_vec();
+    let cache = (settings.cache_frozen && settings.epochs > 1 && model.no_graph.num_layers() > 0)
+        .then(|| prefix_cache(&model, data, settings.batch_size));
+    // Positions into `data.indices` (and into the cache), shuffled each epoch.
+    let mut order: Vec<usize> = (0..data.indices.len()).collect();
     let (mut steps, mut total_loss) = (0usize, 0.0f64);
     for epoch in 0..settings.epochs {
         order.shuffle(rng);
         let mut epoch_loss: Option<Tensor<B::InnerBackend, 1>> = None;
         let mut epoch_steps = 0;
         for batch in order.chunks(settings.batch_size) {
-            let (x, y) = gather_batch(data, batch);
-            let (next, loss) = model.step(&mut optim, settings.sgd.lr, x, y);
+            let samples: Vec<usize> = batch.iter().map(|&p| data.indices[p]).collect();
+            let (next, loss) = match &cache {
+                Some(features) => {
+                    let y = gather_labels(data, &samples);
+                    let h = gather_features(features, batch);
+                    model.step_from_prefix(&mut optim, settings.sgd.lr, h, y)
+                }
+                None => {
+                    let (x, y) = gather_batch(data, &samples);
+                    model.step(&mut optim, settings.sgd.lr, x, y)
+                }
+            };
             model = next;
             // Summed on the device; read once per epoch (no per-step host sync).
             epoch_loss = Some(match epoch_loss {
@@ -270,6 +310,48 @@ pub fn train_local<B: AutodiffBackend, R: Rng>(
     }
     let mean_loss = if steps > 0 { total_loss / steps as f64 } else { 0.0 };
     Ok((model, LocalOutcome { mean_loss, steps, samples: data.indices.len() * settings.epochs }))
+}
+
+/// The frozen prefix's output for every sample of `data.indices`, in that order, computed in
+/// batches of `batch` (so the transient peak is one batch's prefix activations).
+/// # Shapes
+/// `[n, c', h', w']` (or `[n, d]`), row `p` for sample `data.indices[p]`
+fn prefix_cache<B: AutodiffBackend>(model: &LocalModel<B>, data: &ClientData<'_, B::InnerBackend>, batch: usize) -> Features<B::InnerBackend> {
+    let parts: Vec<Features<B::InnerBackend>> = data
+        .indices
+        .chunks(batch)
+        .map(|chunk| model.prefix_forward(gather_batch(data, chunk).0))
+        .collect();
+    match parts.first() {
+        Some(Features::Flat(_)) => Features::Flat(Tensor::cat(parts.into_iter().map(Features::into_flat).collect(), 0)),
+        _ => Features::Map(Tensor::cat(
+            parts
+                .into_iter()
+                .map(|f| match f {
+                    Features::Map(x) => x,
+                    Features::Flat(_) => unreachable!("a prefix's output has one kind for every batch"),
+                })
+                .collect(),
+            0,
+        )),
+    }
+}
+
+fn index_tensor<B: Backend>(positions: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(positions.iter().map(|&i| i as i64).collect::<Vec<_>>(), [positions.len()]), device)
+}
+
+/// Rows `positions` of the prefix cache: `[n, ..] -> [b, ..]`.
+fn gather_features<B: Backend>(cache: &Features<B>, positions: &[usize]) -> Features<B> {
+    match cache {
+        Features::Map(x) => Features::Map(x.clone().select(0, index_tensor(positions, &x.device()))),
+        Features::Flat(x) => Features::Flat(x.clone().select(0, index_tensor(positions, &x.device()))),
+    }
+}
+
+/// Labels of `samples`: `[n] -> [b]`.
+fn gather_labels<B: Backend>(data: &ClientData<'_, B>, samples: &[usize]) -> Tensor<B, 1, Int> {
+    data.labels.clone().select(0, index_tensor(samples, &data.labels.device()))
 }
 
 pub(crate) fn sgd_optimizer<B: AutodiffBackend>(sgd: &SgdSettings) -> impl Optimizer<LayeredNet<B>, B> {

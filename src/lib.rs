@@ -7,8 +7,10 @@
 
 pub mod aggregate;
 pub mod backend;
+pub mod client_round;
 pub mod freeze;
 pub mod freeze_modes;
+pub mod host;
 pub mod memory;
 pub mod memory_probe;
 pub mod ordered_dropout;
@@ -28,3 +30,4 @@ pub mod strategy;
 pub mod submodel;
 pub mod theory;
 pub mod trials;
+pub mod workers;

@@ -9,25 +9,27 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use fedolf_datasets::partition::{self, DirichletSettings};
-use fedolf_datasets::{DataError, Dataset, DatasetKind, ImageSet};
+use fedolf_datasets::{DataError, Dataset, DatasetKind};
 use fedolf_models::{LayeredNet, ModelError, ModelKind};
 use rand::seq::index::sample;
 use thiserror::Error;
 
-use crate::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
+use crate::aggregate::{aggregate_layerwise, AggregateError};
+use crate::backend::DeviceKind;
+use crate::client_round::ClientRound;
 use crate::config::{Config, Method, PartitionKind};
 use crate::energy::Energy;
-use crate::freeze::{train_local, ClientData, FreezeError, LocalModel, LocalTraining, SgdSettings};
+use crate::freeze::{FreezeError, LocalTraining, SgdSettings};
+use crate::host::{model_to_host, HostSplit};
 use crate::memory::CountingAllocator;
-use crate::ordered_dropout::train_ordered_dropout;
-use crate::params::{layer_numel, mark_trainable, read_model, write_model, ParamError};
+use crate::params::{read_model, write_model, ParamError};
+use crate::qsgd::{QsgdError, QsgdSettings};
 use crate::report::mean;
-use crate::qsgd::{quantize_prefix, QsgdError, QsgdSettings};
 use crate::rng::{stream, Purpose};
-use crate::fake_quant::fake_int8_frozen;
 use crate::strategy::{cocofl_blend, stage_trainable_params, strategy_for, ClientPlan, Download, PlanContext, ServerRule, StageLengths, StrategyInputs};
-use crate::submodel::{embed_layer, embedding_indices, extract};
-use crate::toa::{sparsify_prefix, ToaError, ToaSettings};
+use crate::submodel::extract;
+use crate::toa::{ToaError, ToaSettings};
+use crate::workers::{WorkerError, WorkerLayout, Workers};
 
 pub const BYTES_PER_PARAM: u64 = 4;
 
@@ -53,6 +55,8 @@ pub enum SimError {
     OrderedDropout { round: usize, client: usize, source: crate::ordered_dropout::OrderedDropoutError },
     #[error("config field `{field}`: {problem}")]
     Config { field: &'static str, problem: String },
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
     #[error("round {round}: the global model's test loss is {loss} (diverged; lower train.lr)")]
     Diverged { round: usize, loss: f64 },
 }
@@ -130,24 +134,9 @@ struct DeviceSplit<B: Backend> {
 }
 
 impl<B: Backend> DeviceSplit<B> {
-    fn new(set: &ImageSet, stats: &[(f32, f32)], device: &B::Device) -> Self {
-        let [c, h, w] = set.shape;
-        let hw = h * w;
-        let pixels: Vec<f32> = set
-            .pixels
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| {
-                let (mean, std) = stats[(i / hw) % c];
-                (p as f32 / 255.0 - mean) / std
-            })
-            .collect();
-        let labels: Vec<i64> = set.labels.iter().map(|&l| l as i64).collect();
-        Self {
-            // [n·c·h·w] -> [n, c, h, w]
-            images: Tensor::from_data(TensorData::new(pixels, [set.len(), c, h, w]), device),
-            labels: Tensor::from_data(TensorData::new(labels, [set.len()]), device),
-        }
+    fn new(split: &HostSplit, device: &B::Device) -> Self {
+        let (images, labels) = split.to_device(device);
+        Self { images, labels }
     }
 
     fn len(&self) -> usize {
@@ -187,12 +176,16 @@ pub fn run<B: AutodiffBackend>(
         epochs: cfg.train.epochs,
         batch_size: cfg.train.batch_size,
         sgd: SgdSettings { lr: cfg.train.lr, momentum: cfg.train.momentum, weight_decay: cfg.train.weight_decay },
+        cache_frozen: cfg.train.cache_frozen,
     };
 
-    // Data on the device (inner backend: data needs no graph).
+    // Data normalised on the host (each client puts its own samples on its device); the
+    // server's copies on the device (inner backend: data needs no graph).
     let stats = dataset.train.channel_stats();
-    let train = DeviceSplit::<B::InnerBackend>::new(&dataset.train, &stats, device);
-    let test = DeviceSplit::<B::InnerBackend>::new(&dataset.test, &stats, device);
+    let host_train = HostSplit::new(&dataset.train, &stats);
+    let train = DeviceSplit::<B::InnerBackend>::new(&host_train, device);
+    let test = DeviceSplit::<B::InnerBackend>::new(&HostSplit::new(&dataset.test, &stats), device);
+    let workers = Workers::new(WorkerLayout::new(fed.workers, cfg.device != DeviceKind::Cpu))?;
 
     // Partition and capacity clusters (fixed for the run).
     let parts = match cfg.data.partition {
@@ -210,7 +203,8 @@ pub fn run<B: AutodiffBackend>(
     // The global model: seeded, and touched in a fixed order so lazy init is reproducible.
     let kind = ModelKind::parse(&cfg.model.name)?;
     B::seed(device, cfg.seed);
-    let mut global: LayeredNet<B> = kind.init_with(dataset.train.shape, dataset.num_classes, &cfg.model.options(), device)?;
+    let options = cfg.model.options();
+    let mut global: LayeredNet<B> = kind.init_with(dataset.train.shape, dataset.num_classes, &options, device)?;
     let model_params: usize = read_model(&global).iter().flatten().map(|t| t.numel()).sum();
     let num_layers = global.num_layers();
     if cfg.method.freezes_layers() && fed.clusters > num_layers {
@@ -256,103 +250,30 @@ pub fn run<B: AutodiffBackend>(
             .map(|&k| strategy.plan(&ctx, k, clusters[k], &mut stream(cfg.seed, Purpose::Plan, round as u64, k as u64)))
             .collect::<Result<_, _>>()?;
 
+        // 2–6. Each sampled client trains on a worker from a host copy of the global model;
+        // results come back in client order, so the run is the same for any worker count.
         let global_params = read_model(&global.valid());
+        let host_global = model_to_host(global_params.clone());
+        let clients = ClientRound {
+            round,
+            seed: cfg.seed,
+            model: kind,
+            input: dataset.train.shape,
+            classes: dataset.num_classes,
+            options: &options,
+            layout: &layout,
+            global: &host_global,
+            train: &host_train,
+            training: &training,
+            memory,
+        };
+        let results = workers.run_in_order(plans.len(), |i| clients.run::<B>(&plans[i], &parts[plans[i].client], device));
         let mut uploads = Vec::with_capacity(plans.len());
         let mut per_client = Vec::with_capacity(plans.len());
-        for plan in &plans {
-            // 2–3. Lay out the client's copy (a width sub-model for the width methods);
-            // compress the frozen prefix (TOA / QSGD).
-            let mut local = match &plan.width {
-                Some(spec) => {
-                    let mut sub = mark_trainable(LayeredNet::<B>::from_inner(extract(global.valid(), &layout, spec, device)));
-                    sub.set_scaler(spec.scaler);
-                    LocalModel::from_roles(&sub, &plan.roles)?
-                }
-                None => LocalModel::from_roles(&global, &plan.roles)?,
-            };
-            if plan.fake_int8_frozen {
-                local = fake_int8_frozen(local)?;
-            }
-            let frozen_bytes = match plan.download {
-                Download::Toa(settings) => {
-                    let mut rng = stream(cfg.seed, Purpose::Toa, round as u64, plan.client as u64);
-                    let (sparse, report) = sparsify_prefix(local.no_graph, settings, &mut rng)?;
-                    local.no_graph = sparse;
-                    report.frozen_sent_elems as u64 * BYTES_PER_PARAM
-                }
-                Download::Qsgd(settings) => {
-                    let mut rng = stream(cfg.seed, Purpose::Qsgd, round as u64, plan.client as u64);
-                    let (quantized, bytes) = quantize_prefix(local.no_graph, settings, &mut rng)?;
-                    local.no_graph = quantized;
-                    bytes
-                }
-                Download::Full => local.no_graph.layers.iter().map(layer_numel).sum::<usize>() as u64 * BYTES_PER_PARAM,
-            };
-            // 4. Download = (compressed) frozen prefix + every other layer in full.
-            let bytes_down = frozen_bytes + local.graph.layers.iter().map(layer_numel).sum::<usize>() as u64 * BYTES_PER_PARAM;
-
-            // 5. Local training. The client holds its model copy before it starts.
-            let resident = local.resident_bytes() as usize;
-            let indices = &parts[plan.client];
-            let data = ClientData { images: &train.images, labels: &train.labels, indices };
-            let mut rng = stream(cfg.seed, Purpose::LocalShuffle, round as u64, plan.client as u64);
-            let started = Instant::now();
-            let ratios = plan.width.as_ref().map_or(&[][..], |w| w.per_batch_ratios.as_slice());
-            let train = || -> Result<(LocalModel<B>, _), SimError> {
-                if ratios.is_empty() {
-                    return train_local(local, &data, &training, &mut rng).map_err(|source| SimError::Client { round, client: plan.client, source });
-                }
-                let (net, outcome) = train_ordered_dropout(local.join(), &layout.sizes, ratios, &data, &training, &mut rng)
-                    .map_err(|source| SimError::OrderedDropout { round, client: plan.client, source })?;
-                Ok((LocalModel::from_roles(&net, &plan.roles)?, outcome))
-            };
-            let (result, peak_extra) = match memory {
-                Some(alloc) => {
-                    let (r, peak) = alloc.measure(train);
-                    (r, Some(peak))
-                }
-                None => (train(), None),
-            };
-            let peak_extra_mb = peak_extra.map(|b| b as f64 / 1e6);
-            let peak_mem_mb = peak_extra.map(|extra| (extra + resident) as f64 / 1e6);
-            let (trained, outcome) = result?;
-            let compute_s = started.elapsed().as_secs_f64();
-
-            // 6. Upload = trained layers only (width sub-models: embedded with their masks).
-            let layers = trained.trained_layers();
-            let bytes_up = layers.iter().flat_map(|(_, p)| p).map(|t| t.numel() as u64).sum::<u64>() * BYTES_PER_PARAM;
-            let weight = indices.len() as f64;
-            uploads.push(match &plan.width {
-                Some(spec) => {
-                    let positions = embedding_indices(global.valid(), &layout, spec, device)?;
-                    // Only trained layers travel (SLT freezes a prefix); each keeps its index.
-                    let (values, masks): (Vec<_>, Vec<_>) = layers
-                        .into_iter()
-                        .map(|(l, p)| {
-                            let (v, m) = embed_layer(&p, &positions[l], &global_params[l]);
-                            ((l, v), m)
-                        })
-                        .unzip();
-                    LayerUpload::masked(weight, values, masks)
-                }
-                None => LayerUpload::whole(weight, layers),
-            });
-            per_client.push((
-                ClientRecord {
-                    round,
-                    client: plan.client,
-                    cluster: plan.cluster,
-                    frozen: plan.frozen(),
-                    samples: indices.len(),
-                    bytes_down,
-                    bytes_up,
-                    compute_s,
-                    peak_mem_mb,
-                    peak_extra_mb,
-                    train_loss: outcome.mean_loss,
-                },
-                frozen_bytes,
-            ));
+        for result in results {
+            let result = result?;
+            uploads.push(result.upload.to_device::<B::InnerBackend>(device));
+            per_client.push((result.record, result.frozen_bytes));
         }
 
         // 7. Aggregate (layers nobody trained keep their value).

@@ -12,7 +12,7 @@ use fedolf::models::ModelKind;
 use rand::SeedableRng;
 
 fn settings() -> LocalTraining {
-    LocalTraining { epochs: 2, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 } }
+    LocalTraining { epochs: 2, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }, cache_frozen: false }
 }
 
 #[test]
