@@ -87,3 +87,24 @@ pub fn with_backend<T: BackendTask>(kind: DeviceKind, task: T) -> Result<T::Outp
         other => Err(BackendError::NotCompiled(other.name())),
     }
 }
+
+/// Bytes in use on the calling thread's stream of a CubeCL device (cuda, wgpu), read from
+/// CubeCL's memory statistics (`ComputeClient::memory_usage().bytes_in_use`): the memory
+/// pages' slices handed out to live tensors on this stream (each worker thread has its own
+/// stream and memory manager, so other clients' tensors are not in it), not the pool reserved
+/// around them. The caller syncs first (`Backend::sync`) so queued kernels have run. `None` on
+/// the CPU, whose memory the counting allocator measures.
+pub fn device_bytes_in_use<D: std::any::Any>(device: &D) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Some(device) = (device as &dyn std::any::Any).downcast_ref::<burn::backend::cuda::CudaDevice>() {
+        let client = <cubecl::cuda::CudaRuntime as cubecl::Runtime>::client(device);
+        return client.memory_usage().ok().map(|usage| usage.bytes_in_use);
+    }
+    #[cfg(feature = "wgpu")]
+    if let Some(device) = (device as &dyn std::any::Any).downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        let client = <cubecl::wgpu::WgpuRuntime as cubecl::Runtime>::client(device);
+        return client.memory_usage().ok().map(|usage| usage.bytes_in_use);
+    }
+    let _ = device;
+    None
+}

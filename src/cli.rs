@@ -40,6 +40,26 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 128)]
         batch: usize,
     },
+    /// Seconds per local SGD step of every model at the paper's batch (l = 0 and the largest
+    /// l), and per round of the default experiment for several worker settings, with ratios
+    /// against the PyTorch twin (benches/pytorch_twin.py) measured in the same run.
+    Speed(SpeedArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SpeedArgs {
+    /// cpu, cuda or wgpu (only those compiled in).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Timed steps per model (after one warm-up step); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Rounds of the default experiment per worker setting.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Python with PyTorch installed (default: $FEDOLF_PYTHON, else python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -143,7 +143,9 @@ impl ClientRound<'_> {
                 bytes_down,
                 bytes_up,
                 compute_s,
-                peak_mem_mb: peak_extra.map(|extra| (extra + resident) as f64 / 1e6),
+                // CPU: resident model + the allocator's peak above it; GPU: the stream's bytes
+                // in use after the forward pass (see `LocalOutcome::device_peak_bytes`).
+                peak_mem_mb: peak_extra.map(|extra| (extra + resident) as f64 / 1e6).or(outcome.device_peak_bytes.map(|b| b as f64 / 1e6)),
                 peak_extra_mb: peak_extra.map(|b| b as f64 / 1e6),
                 train_loss: outcome.mean_loss,
             },

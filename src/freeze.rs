@@ -150,7 +150,7 @@ impl<B: AutodiffBackend> LocalModel<B> {
     }
 
     /// One SGD step on a batch with a fresh optimizer; returns the loss as a tensor.
-    fn step<O: Optimizer<LayeredNet<B>, B>>(
+    pub(crate) fn step<O: Optimizer<LayeredNet<B>, B>>(
         self,
         optim: &mut O,
         lr: f64,
@@ -158,7 +158,7 @@ impl<B: AutodiffBackend> LocalModel<B> {
         y: Tensor<B::InnerBackend, 1, Int>,
     ) -> (Self, Tensor<B::InnerBackend, 1>) {
         let h = self.prefix_forward(x);
-        self.step_from_prefix(optim, lr, h, y)
+        self.step_from_prefix(optim, lr, h, y, None)
     }
 
     /// One SGD step starting from the frozen prefix's output `h` (computed now or cached).
@@ -168,10 +168,15 @@ impl<B: AutodiffBackend> LocalModel<B> {
         lr: f64,
         h: Features<B::InnerBackend>,
         y: Tensor<B::InnerBackend, 1, Int>,
+        device_peak: Option<&mut Option<u64>>,
     ) -> (Self, Tensor<B::InnerBackend, 1>) {
         let device = y.device();
         let logits = self.forward_graph(h);
         let loss = CrossEntropyLossConfig::new().init::<B>(&device).forward(logits, Tensor::from_inner(y));
+        // The forward pass is done and nothing is freed yet: activations are at their peak.
+        if let Some(peak) = device_peak {
+            sample_device_memory::<B>(&device, peak);
+        }
         let value = loss.clone().inner();
         let mut grads = loss.backward();
         let grads = match &self.keep {
@@ -241,6 +246,9 @@ pub struct LocalOutcome {
     pub mean_loss: f64,
     pub steps: usize,
     pub samples: usize,
+    /// GPU: device memory in use on the client's stream right after the forward pass (max of
+    /// the first two steps), from CubeCL's statistics; `None` on the CPU.
+    pub device_peak_bytes: Option<u64>,
 }
 
 /// Gather a mini-batch by index on the device.
@@ -274,21 +282,26 @@ pub fn train_local<B: AutodiffBackend, R: Rng>(
     // Positions into `data.indices` (and into the cache), shuffled each epoch.
     let mut order: Vec<usize> = (0..data.indices.len()).collect();
     let (mut steps, mut total_loss) = (0usize, 0.0f64);
+    let mut device_peak = None;
     for epoch in 0..settings.epochs {
         order.shuffle(rng);
         let mut epoch_loss: Option<Tensor<B::InnerBackend, 1>> = None;
         let mut epoch_steps = 0;
         for batch in order.chunks(settings.batch_size) {
             let samples: Vec<usize> = batch.iter().map(|&p| data.indices[p]).collect();
+            // GPU memory is sampled in the first two steps (the second holds momentum state);
+            // each sample syncs the stream, so not in every step.
+            let sample = (steps + epoch_steps < 2).then_some(&mut device_peak);
             let (next, loss) = match &cache {
                 Some(features) => {
                     let y = gather_labels(data, &samples);
                     let h = gather_features(features, batch);
-                    model.step_from_prefix(&mut optim, settings.sgd.lr, h, y)
+                    model.step_from_prefix(&mut optim, settings.sgd.lr, h, y, sample)
                 }
                 None => {
                     let (x, y) = gather_batch(data, &samples);
-                    model.step(&mut optim, settings.sgd.lr, x, y)
+                    let h = model.prefix_forward(x);
+                    model.step_from_prefix(&mut optim, settings.sgd.lr, h, y, sample)
                 }
             };
             model = next;
@@ -309,7 +322,19 @@ pub fn train_local<B: AutodiffBackend, R: Rng>(
         steps += epoch_steps;
     }
     let mean_loss = if steps > 0 { total_loss / steps as f64 } else { 0.0 };
-    Ok((model, LocalOutcome { mean_loss, steps, samples: data.indices.len() * settings.epochs }))
+    Ok((model, LocalOutcome { mean_loss, steps, samples: data.indices.len() * settings.epochs, device_peak_bytes: device_peak }))
+}
+
+/// GPU only: the stream's bytes in use after a sync, kept as the maximum in `peak`. On the
+/// CPU nothing happens (no sync either); the counting allocator measures memory there.
+fn sample_device_memory<B: Backend>(device: &B::Device, peak: &mut Option<u64>) {
+    if crate::backend::device_bytes_in_use(device).is_none() {
+        return;
+    }
+    let _ = B::sync(device);
+    if let Some(bytes) = crate::backend::device_bytes_in_use(device) {
+        *peak = Some(peak.map_or(bytes, |p| p.max(bytes)));
+    }
 }
 
 /// The frozen prefix's output for every sample of `data.indices`, in that order, computed in

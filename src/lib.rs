@@ -26,6 +26,7 @@ pub mod plot;
 pub mod qsgd;
 pub mod report;
 pub mod sim;
+pub mod speed;
 pub mod strategy;
 pub mod submodel;
 pub mod theory;

@@ -1,5 +1,6 @@
 //! The `fedolf` binary: parse the command line, call the library, print the error chain.
 
+mod bench_speed;
 mod cli;
 mod memory_cmd;
 mod run_cmd;
@@ -22,6 +23,7 @@ fn main() {
         }
         cli::Command::Memory(args) => memory_cmd::memory(args, &ALLOC),
         cli::Command::Bench { which: cli::BenchKind::Memory { batch } } => memory_cmd::bench_memory(batch, &ALLOC),
+        cli::Command::Bench { which: cli::BenchKind::Speed(args) } => bench_speed::bench_speed(args, &ALLOC),
         cli::Command::Plot { run_dir } => memory_cmd::plot(&run_dir),
     };
     if let Err(e) = result {

@@ -7,15 +7,16 @@
 //! `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`). Counters are per
 //! allocator instance, not global statics, and count every thread (rayon workers included).
 //!
-//! Concurrent clients: every allocation is also charged to the *account* of the thread that
-//! makes it (a deallocation to the thread that frees). A worker tags every thread of its own
-//! rayon pool with its account ([`tag_thread`]), so a client measured on that worker sees only
-//! its own allocations, never another client's (`measure` on a tagged thread reads the
-//! thread's account; on an untagged thread, the whole heap).
+//! Concurrent clients: every allocation is charged to the *account* of the thread that makes
+//! it (a deallocation to the thread that frees). A worker tags every thread of its own rayon
+//! pool with its account ([`tag_thread`]), so a client measured on that worker sees only its
+//! own allocations, never another client's. Untagged threads (the main thread, Flex's global
+//! pool) share account 0. Each account sits on its own cache line, so concurrent workers never
+//! contend on a counter.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, Ordering};
 
 /// Accounts available to workers: `1..MAX_ACCOUNTS` (0 = untagged threads).
 pub const MAX_ACCOUNTS: usize = 256;
@@ -39,6 +40,7 @@ fn thread_account() -> usize {
 
 /// Net bytes allocated minus freed by one account's threads (negative when they free memory
 /// others allocated), and its high-water mark.
+#[repr(align(128))]
 struct Account {
     net: AtomicIsize,
     peak: AtomicIsize,
@@ -51,68 +53,33 @@ impl Account {
 }
 
 pub struct CountingAllocator {
-    current: AtomicUsize,
-    peak: AtomicUsize,
     accounts: [Account; MAX_ACCOUNTS],
 }
 
 impl CountingAllocator {
     pub const fn new() -> Self {
-        Self { current: AtomicUsize::new(0), peak: AtomicUsize::new(0), accounts: [const { Account::new() }; MAX_ACCOUNTS] }
+        Self { accounts: [const { Account::new() }; MAX_ACCOUNTS] }
     }
 
-    pub fn current(&self) -> usize {
-        self.current.load(Ordering::Relaxed)
-    }
-
-    pub fn peak(&self) -> usize {
-        self.peak.load(Ordering::Relaxed)
-    }
-
-    /// Restart the high-water mark from the current live bytes.
-    pub fn reset_peak(&self) -> usize {
-        let now = self.current();
-        self.peak.store(now, Ordering::Relaxed);
-        now
-    }
-
-    /// Run `f`; return its result and the peak extra heap bytes it needed. On a thread tagged
-    /// with an account, only that account's threads count (concurrent clients stay apart);
-    /// elsewhere, the whole heap.
+    /// Run `f`; return its result and the peak extra heap bytes it needed: the high-water mark
+    /// of the calling thread's account above its value at the start (a worker's pool, or the
+    /// untagged threads together).
     pub fn measure<T>(&self, f: impl FnOnce() -> T) -> (T, usize) {
-        match thread_account() {
-            0 => {
-                let base = self.reset_peak();
-                let out = f();
-                (out, self.peak().saturating_sub(base))
-            }
-            id => {
-                let account = &self.accounts[id];
-                let base = account.net.load(Ordering::Relaxed);
-                account.peak.store(base, Ordering::Relaxed);
-                let out = f();
-                (out, (account.peak.load(Ordering::Relaxed) - base).max(0) as usize)
-            }
-        }
+        let account = &self.accounts[thread_account()];
+        let base = account.net.load(Ordering::Relaxed);
+        account.peak.store(base, Ordering::Relaxed);
+        let out = f();
+        (out, (account.peak.load(Ordering::Relaxed) - base).max(0) as usize)
     }
 
     fn add(&self, size: usize) {
-        let now = self.current.fetch_add(size, Ordering::Relaxed) + size;
-        self.peak.fetch_max(now, Ordering::Relaxed);
-        let id = thread_account();
-        if id != 0 {
-            let account = &self.accounts[id];
-            let now = account.net.fetch_add(size as isize, Ordering::Relaxed) + size as isize;
-            account.peak.fetch_max(now, Ordering::Relaxed);
-        }
+        let account = &self.accounts[thread_account()];
+        let now = account.net.fetch_add(size as isize, Ordering::Relaxed) + size as isize;
+        account.peak.fetch_max(now, Ordering::Relaxed);
     }
 
     fn sub(&self, size: usize) {
-        self.current.fetch_sub(size, Ordering::Relaxed);
-        let id = thread_account();
-        if id != 0 {
-            self.accounts[id].net.fetch_sub(size as isize, Ordering::Relaxed);
-        }
+        self.accounts[thread_account()].net.fetch_sub(size as isize, Ordering::Relaxed);
     }
 }
 

@@ -74,7 +74,7 @@ pub fn train_ordered_dropout<B: AutodiffBackend, R: Rng>(
         steps += epoch_steps;
     }
     let mean_loss = if steps > 0 { total_loss / steps as f64 } else { 0.0 };
-    Ok((model, LocalOutcome { mean_loss, steps, samples: data.indices.len() * settings.epochs }))
+    Ok((model, LocalOutcome { mean_loss, steps, samples: data.indices.len() * settings.epochs, device_peak_bytes: None }))
 }
 
 /// Copy a trained prefix back into the sub-model it was cut from; other elements keep

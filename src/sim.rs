@@ -267,7 +267,9 @@ pub fn run<B: AutodiffBackend>(
             training: &training,
             memory,
         };
-        let results = workers.run_in_order(plans.len(), |i| clients.run::<B>(&plans[i], &parts[plans[i].client], device));
+        let mut largest_first: Vec<usize> = (0..plans.len()).collect();
+        largest_first.sort_by_key(|&i| std::cmp::Reverse(parts[plans[i].client].len()));
+        let results = workers.run_scheduled(&largest_first, |i| clients.run::<B>(&plans[i], &parts[plans[i].client], device));
         let mut uploads = Vec::with_capacity(plans.len());
         let mut per_client = Vec::with_capacity(plans.len());
         for result in results {

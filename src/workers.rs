@@ -84,16 +84,30 @@ impl Workers {
     /// Run `job(i)` for every `i in 0..jobs`, at most one per worker at a time; the results
     /// come back in job order whatever the finishing order.
     pub fn run_in_order<T: Send>(&self, jobs: usize, job: impl Fn(usize) -> T + Sync) -> Vec<T> {
+        self.run_scheduled(&(0..jobs).collect::<Vec<_>>(), job)
+    }
+
+    /// [`Self::run_in_order`], starting the jobs in the order `start` (a permutation of
+    /// `0..jobs`): longest first keeps a worker from being left with one long client at the
+    /// end of a round. The results are still in job order.
+    pub fn run_scheduled<T: Send>(&self, start: &[usize], job: impl Fn(usize) -> T + Sync) -> Vec<T> {
+        let jobs = start.len();
+        debug_assert!({
+            let mut sorted = start.to_vec();
+            sorted.sort_unstable();
+            sorted.iter().enumerate().all(|(i, &j)| i == j)
+        });
         let next = AtomicUsize::new(0);
         let results: Mutex<Vec<Option<T>>> = Mutex::new((0..jobs).map(|_| None).collect());
         std::thread::scope(|scope| {
             for pool in self.pools.iter().take(jobs) {
                 let (next, results, job) = (&next, &results, &job);
                 scope.spawn(move || loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= jobs {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= jobs {
                         break;
                     }
+                    let i = start[n];
                     // `install` runs the job on one of the pool's (tagged) threads.
                     let out = pool.install(|| job(i));
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(out);
@@ -123,6 +137,8 @@ mod tests {
                 i * i
             });
             assert_eq!(out, (0..9).map(|i| i * i).collect::<Vec<_>>(), "{workers} workers");
+            let out = pool.run_scheduled(&[4, 2, 0, 1, 3], |i| i + 10);
+            assert_eq!(out, vec![10, 11, 12, 13, 14], "{workers} workers, scheduled");
         }
     }
 
