@@ -163,13 +163,15 @@ impl RoundObserver for Progress<'_> {
             self.say(l.clone());
         }
         self.say(format!(
-            "data: {} ({} train / {} test) | model: {} layers, {:.2} M params | frozen per cluster: {} | results: {}",
+            "data: {} ({} train / {} test) | model: {} layers, {:.2} M params | frozen per cluster: {} | {} workers × {} threads | results: {}",
             info.dataset_source,
             info.train_size,
             info.test_size,
             info.num_layers,
             info.model_params as f64 / 1e6,
             info.cluster_frozen.as_ref().map_or("the layers below the SLT stage".to_string(), |f| format!("{f:?}")),
+            info.workers.workers,
+            info.workers.threads_per_worker,
             self.dir.path.display()
         ));
     }

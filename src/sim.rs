@@ -117,6 +117,8 @@ pub struct RunInfo {
     pub model_params: usize,
     /// Layers each cluster freezes (weakest first); `None` = it changes per round (SLT stages).
     pub cluster_frozen: Option<Vec<usize>>,
+    /// Clients trained at once, and kernel threads each.
+    pub workers: WorkerLayout,
 }
 
 /// Receives progress as the run goes (progress bars, incremental result files).
@@ -185,7 +187,8 @@ pub fn run<B: AutodiffBackend>(
     let host_train = HostSplit::new(&dataset.train, &stats);
     let train = DeviceSplit::<B::InnerBackend>::new(&host_train, device);
     let test = DeviceSplit::<B::InnerBackend>::new(&HostSplit::new(&dataset.test, &stats), device);
-    let workers = Workers::new(WorkerLayout::new(fed.workers, cfg.device != DeviceKind::Cpu))?;
+    let worker_layout = WorkerLayout::new(fed.workers, cfg.device != DeviceKind::Cpu);
+    let workers = Workers::new(worker_layout)?;
 
     // Partition and capacity clusters (fixed for the run).
     let parts = match cfg.data.partition {
@@ -232,6 +235,7 @@ pub fn run<B: AutodiffBackend>(
         model_params,
         cluster_frozen: (cfg.method != Method::Slt)
             .then(|| (0..fed.clusters).rev().map(|i| if cfg.method.freezes_layers() { i } else { 0 }).collect()),
+        workers: worker_layout,
     });
 
     let energy = Energy::from(&cfg.energy);

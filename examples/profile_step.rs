@@ -1,0 +1,13 @@
+//! Profiling aid: median step time of one model (not part of the product).
+use fedolf::models::ModelKind;
+use fedolf::speed::{median_step_seconds, StepSpec};
+type Train = burn::backend::Autodiff<burn::backend::Flex>;
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let model = ModelKind::parse(&args[1]).unwrap();
+    let batch: usize = args[2].parse().unwrap();
+    let frozen: usize = args[3].parse().unwrap();
+    let (input, classes) = if model == ModelKind::Cnn { ([1, 28, 28], 10) } else { ([3, 32, 32], 100) };
+    let spec = StepSpec { model, input, classes, batch, frozen, warmup: 1, repeats: 3 };
+    println!("{:.4}", median_step_seconds::<Train>(&spec, &Default::default()).unwrap());
+}
