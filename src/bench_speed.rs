@@ -102,12 +102,12 @@ pub fn bench_speed(args: SpeedArgs, alloc: &'static CountingAllocator) -> anyhow
     };
 
     // 2. Whole rounds of the default experiment: one worker, the default, and the default
-    // without the frozen-prefix cache.
+    // with the frozen-prefix cache.
     let default_workers = WorkerLayout::new(0, device != DeviceKind::Cpu);
     let settings = [
         (format!("workers = 1 ({} threads)", cores), vec!["federation.workers=1".to_string()]),
         (format!("workers = {} (default, {} thread each)", default_workers.workers, default_workers.threads_per_worker), vec![]),
-        ("default, train.cache_frozen = false".to_string(), vec!["train.cache_frozen=false".to_string()]),
+        ("default + train.cache_frozen = true".to_string(), vec!["train.cache_frozen=true".to_string()]),
     ];
     let mut rows = Vec::new();
     let mut workload = None;

@@ -262,13 +262,11 @@ pub struct TrainConfig {
     pub momentum: f64,
     pub weight_decay: f64,
     /// With E > 1: compute the frozen prefix's outputs once per round and reuse them every
-    /// epoch (counted in the client's memory; equal results up to float summation order).
-    #[serde(default = "yes")]
+    /// epoch (equal results up to float summation order). Off by default: the cache is
+    /// counted in the client's memory (a device would need it), and it can exceed the
+    /// training peak itself on a client with many samples.
+    #[serde(default)]
     pub cache_frozen: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
