@@ -28,6 +28,7 @@ use rand::Rng;
 use thiserror::Error;
 
 use crate::params::{deep_copy, param_ids, pass_grad_only, read_layer, LayerParams};
+use crate::submodel::index_tensor;
 
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum FreezeError {
@@ -360,10 +361,6 @@ fn prefix_cache<B: AutodiffBackend>(model: &LocalModel<B>, data: &ClientData<'_,
             0,
         )),
     }
-}
-
-fn index_tensor<B: Backend>(positions: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
-    Tensor::from_data(TensorData::new(positions.iter().map(|&i| i as i64).collect::<Vec<_>>(), [positions.len()]), device)
 }
 
 /// Rows `positions` of the prefix cache: `[n, ..] -> [b, ..]`.

@@ -93,7 +93,8 @@ impl WidthSpec {
     }
 }
 
-fn index_tensor<B: Backend>(idx: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+/// `[i64]` index tensor of `idx` (for `select` / `scatter`).
+pub(crate) fn index_tensor<B: Backend>(idx: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
     Tensor::from_data(TensorData::new(idx.iter().map(|&i| i as i64).collect::<Vec<_>>(), [idx.len()]), device)
 }
 
