@@ -12,7 +12,8 @@ def pct(spread):
     return f"{spread['mean'] * 100:.2f} ± {spread['std'] * 100:.2f} %"
 
 
-ORDER = ["fedolf", "tinyfel", "random-freeze", "cocofl", "slt", "fedavg", "fedavg-drop", "heterofl", "feddrop", "fjord"]
+ORDER = ["fedolf", "tinyfel", "random-freeze", "cocofl", "slt", "fedavg", "fedavg-drop", "heterofl", "feddrop", "fjord",
+         "depthfl", "scalefl", "adaptivefl", "nefl"]
 
 
 def rank(path):
@@ -30,13 +31,15 @@ def main(root):
         n = max(len(trials), 1)
         mean = lambda key: sum(t[key] or 0 for t in trials) / n
         finals = ", ".join(f"{t['final_accuracy'] * 100:.2f}" for t in trials)
+        # Multi-exit methods: the ensemble of every exit (mean-last, spread over trials).
+        ensemble = pct(s["mean_last_accuracy_ensemble"]) if s.get("mean_last_accuracy_ensemble") else ""
         rows.append(
             f"| `{s['method']}` | {pct(s['final_accuracy'])} | {pct(s['mean_last_accuracy'])} | {pct(s['best_accuracy'])} "
             f"| {finals} | {mean('total_bytes_down') / 1e9:.3f} | {mean('total_bytes_up') / 1e9:.3f} "
-            f"| {mean('mean_peak_mem_mb'):.1f} | {mean('mean_peak_extra_mb'):.1f} | {s['trials_completed']}/{len(s['seeds'])} |"
+            f"| {mean('mean_peak_mem_mb'):.1f} | {mean('mean_peak_extra_mb'):.1f} | {ensemble} | {s['trials_completed']}/{len(s['seeds'])} |"
         )
-    print("| method | final acc | mean of last evals | best acc | final per seed | GB down | GB up | peak MB (absolute) | peak MB (extra) | trials |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| method | final acc | mean of last evals | best acc | final per seed | GB down | GB up | peak MB (absolute) | peak MB (extra) | exit ensemble, mean of last | trials |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
 
 

@@ -29,12 +29,12 @@ pub struct ClientRound<'a> {
     pub round: usize,
     pub seed: u64,
     pub model: ModelKind,
+    /// Depths after which the model carries exit heads (multi-exit methods).
+    pub exit_depths: &'a [usize],
     pub input: [usize; 3],
     pub classes: usize,
     pub options: &'a ModelOptions,
     pub layout: &'a SpaceLayout,
-    /// The global model at the start of the round.
-    pub global: &'a [HostLayer],
     pub train: &'a HostSplit,
     pub training: &'a LocalTraining,
     /// The counting allocator, when memory is measured (CPU).
@@ -50,10 +50,12 @@ pub struct ClientResult {
 }
 
 impl ClientRound<'_> {
-    /// Run `plan` for the client whose samples are `indices`, on this thread's `device`.
-    pub fn run<B: AutodiffBackend>(&self, plan: &ClientPlan, indices: &[usize], device: &B::Device) -> Result<ClientResult, SimError> {
+    /// Run `plan` for the client whose samples are `indices`, from the model `start` (the
+    /// global model as this client downloads it), on this thread's `device`.
+    pub fn run<B: AutodiffBackend>(&self, plan: &ClientPlan, start: &[HostLayer], indices: &[usize], device: &B::Device) -> Result<ClientResult, SimError> {
         let (round, client) = (self.round, plan.client);
-        let global = write_model(self.model.init_with::<B>(self.input, self.classes, self.options, device)?, &model_to_device(self.global, device))?;
+        let model = self.model.init_with::<B>(self.input, self.classes, self.options, device)?.with_exits(self.exit_depths, device)?;
+        let global = write_model(model, &model_to_device(start, device))?;
 
         // 2–3. Lay out the client's copy (a width sub-model for the width methods); compress
         // the frozen prefix (TOA / QSGD).
@@ -65,6 +67,7 @@ impl ClientRound<'_> {
             }
             None => LocalModel::from_roles(&global, &plan.roles)?,
         };
+        local.objective = plan.objective;
         if plan.fake_int8_frozen {
             local = fake_int8_frozen(local)?;
         }
@@ -84,7 +87,7 @@ impl ClientRound<'_> {
             Download::Full => local.no_graph.layers.iter().map(layer_numel).sum::<usize>() as u64 * BYTES_PER_PARAM,
         };
         // 4. Download = (compressed) frozen prefix + every other layer in full.
-        let bytes_down = frozen_bytes + local.graph.layers.iter().map(layer_numel).sum::<usize>() as u64 * BYTES_PER_PARAM;
+        let bytes_down = frozen_bytes + local.graph_numel() as u64 * BYTES_PER_PARAM;
 
         // 5. Local training on the client's own samples. The client holds its model copy and
         // its data before it starts; the peak counts what training adds on top.

@@ -39,10 +39,14 @@ pub enum Method {
     Feddrop,
     Fjord,
     Slt,
+    Depthfl,
+    Scalefl,
+    Adaptivefl,
+    Nefl,
 }
 
 impl Method {
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 14] = [
         Method::Fedolf,
         Method::Fedavg,
         Method::FedavgDrop,
@@ -53,6 +57,10 @@ impl Method {
         Method::Feddrop,
         Method::Fjord,
         Method::Slt,
+        Method::Depthfl,
+        Method::Scalefl,
+        Method::Adaptivefl,
+        Method::Nefl,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +75,10 @@ impl Method {
             Self::Feddrop => "feddrop",
             Self::Fjord => "fjord",
             Self::Slt => "slt",
+            Self::Depthfl => "depthfl",
+            Self::Scalefl => "scalefl",
+            Self::Adaptivefl => "adaptivefl",
+            Self::Nefl => "nefl",
         }
     }
 
@@ -82,12 +94,11 @@ impl Method {
             Self::Feddrop => "Feddrop: random ⌈r·C⌉ channels per space each round (r = i/c); masked MWA; full model evaluated",
             Self::Fjord => "FjORD: r = i/c prefix sub-model; each batch trains a random p-prefix, p ∈ {1/c..r}; masked MWA",
             Self::Slt => "SLT: stage j freezes layers < j, trains layer j (+i−1 more) at full width and the rest at width 0.5→1.0",
+            Self::Depthfl => "DepthFL: cluster i trains the first N−(c−i) layers with an exit head at each depth it reaches; mutual self-distillation between exits",
+            Self::Scalefl => "ScaleFL: cluster i trains a width- and depth-scaled sub-model (≈ i/c of the parameters) with early exits; exit-weighted CE + KD (T = 3) from 25 % of the rounds",
+            Self::Adaptivefl => "AdaptiveFL: a pool of width × split-depth sub-models; each client draws one and falls back to the largest that fits its budget (i/c of the parameters)",
+            Self::Nefl => "NeFL: ResNets skip c−i non-first blocks (identity), CNN/AlexNet nest widths i/c; per-level BatchNorm banks",
         }
-    }
-
-    /// Methods in which weaker clusters freeze `c − i` layers (so `c ≤ N` is required).
-    pub fn freezes_layers(self) -> bool {
-        !matches!(self, Self::Fedavg | Self::FedavgDrop | Self::Heterofl | Self::Feddrop | Self::Fjord | Self::Slt)
     }
 }
 
@@ -124,6 +135,8 @@ pub struct Config {
     pub cocofl: CocoFlConfig,
     #[serde(default)]
     pub slt: SltConfig,
+    #[serde(default)]
+    pub scalefl: ScaleFlConfig,
     pub energy: EnergyConfig,
 }
 
@@ -141,6 +154,20 @@ pub struct CocoFlConfig {
 pub struct SltConfig {
     /// `params`: stage lengths in proportion to the parameters each stage trains; `equal`.
     pub stage_lengths: StageLengths,
+}
+
+/// ScaleFL options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScaleFlConfig {
+    /// γ, the weight of the exits' KD term (the reference code's default of 0 disables KD).
+    pub gamma: f64,
+}
+
+impl Default for ScaleFlConfig {
+    fn default() -> Self {
+        Self { gamma: 1.0 }
+    }
 }
 
 /// HeteroFL options.
@@ -385,6 +412,9 @@ impl Config {
         }
         if self.data.partition == PartitionKind::Dirichlet && !(self.data.alpha.is_finite() && self.data.alpha > 0.0) {
             return Err(bad("data.alpha", self.data.alpha, "must be finite and > 0"));
+        }
+        if !(self.scalefl.gamma.is_finite() && self.scalefl.gamma >= 0.0) {
+            return Err(bad("scalefl.gamma", self.scalefl.gamma, "must be finite and ≥ 0"));
         }
         let e = &self.energy;
         for (field, v) in [("energy.device_power_w", e.device_power_w), ("energy.link_power_w", e.link_power_w)] {

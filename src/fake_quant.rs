@@ -33,15 +33,13 @@ pub fn fake_int8_layer<B: Backend>(layer: Layer<B>, index: usize) -> Result<Laye
 /// Fake-quantize every frozen layer of a client's model (both outside the graph and passing
 /// gradients inside it); trained layers stay float.
 pub fn fake_int8_frozen<B: AutodiffBackend>(mut local: LocalModel<B>) -> Result<LocalModel<B>, ParamError> {
-    let prefix = local.no_graph.layers.len();
     let layers = std::mem::take(&mut local.no_graph.layers);
     local.no_graph.layers = layers.into_iter().enumerate().map(|(i, l)| fake_int8_layer(l, i)).collect::<Result<_, _>>()?;
     let layers = std::mem::take(&mut local.graph.layers);
     local.graph.layers = layers
         .into_iter()
-        .zip(&local.roles[prefix..])
-        .enumerate()
-        .map(|(i, (l, role))| if *role == LayerRole::Trained { Ok(l) } else { fake_int8_layer(l, prefix + i) })
+        .zip(&local.graph_index)
+        .map(|(l, &i)| if local.roles[i] == LayerRole::Trained { Ok(l) } else { fake_int8_layer(l, i) })
         .collect::<Result<_, _>>()?;
     Ok(local)
 }

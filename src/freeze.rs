@@ -10,13 +10,17 @@
 //! - `FrozenGradDiscarded` layers are fully in the graph and their gradients are dropped
 //!   before the update (TinyFEL).
 //! - `Trained` layers get gradients and SGD steps.
+//! - `Skipped` layers are not on the client at all: a skipped residual block is the identity
+//!   (NeFL's depth scaling), skipped top layers cut the model short (DepthFL, ScaleFL), where
+//!   an exit head at the cut gives the logits.
+//! The local loss is the plan's [`Objective`] over the model's outputs (one per exit reached,
+//! shallowest first, then the classifier's when the client holds it).
 //! Only trained parameters reach the optimizer, so only they get optimizer state. Frozen
 //! BatchNorm normalises with running statistics and never updates them, outside the graph
 //! (Burn's BN uses batch statistics only when autodiff is enabled) and inside it (the
 //! layer's `frozen_bn` flag), so every freezing mode computes the same frozen function.
 
 use burn::module::{AutodiffModule, ParamId};
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
@@ -27,6 +31,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use thiserror::Error;
 
+use crate::objective::Objective;
 use crate::params::{deep_copy, param_ids, pass_grad_only, read_layer, LayerParams};
 use crate::submodel::index_tensor;
 
@@ -53,6 +58,8 @@ pub enum LayerRole {
     FrozenInGraph,
     FrozenGradDiscarded,
     Trained,
+    /// Not held by the client: neither downloaded, run, trained nor uploaded.
+    Skipped,
 }
 
 /// FedOLF's layout: `[0, l)` frozen outside the graph, the rest trained.
@@ -88,6 +95,14 @@ pub struct LocalModel<B: AutodiffBackend> {
     /// Everything else, on the autodiff backend.
     pub graph: LayeredNet<B>,
     pub roles: Vec<LayerRole>,
+    /// The global layer index of each layer of `graph` (skipped layers are absent).
+    pub graph_index: Vec<usize>,
+    /// The global index of each exit head of `graph`.
+    exit_index: Vec<usize>,
+    /// Whether the client holds the classifier (else its deepest exit gives the logits).
+    final_logits: bool,
+    /// The local loss over the model's outputs.
+    pub objective: Objective,
     /// Only these parameters step (TinyFEL); `None` = every parameter with a gradient.
     keep: Option<Vec<ParamId>>,
 }
@@ -108,20 +123,37 @@ impl<B: AutodiffBackend> LocalModel<B> {
             return Err(FreezeError::BadRoles("layers outside the graph must come before every layer in it".into()));
         }
         let (prefix, mut graph) = deep_copy(global).split_at(m)?;
-        let graph_roles = &roles[m..];
-        graph.layers = std::mem::take(&mut graph.layers)
+        let graph_index: Vec<usize> = (m..n).filter(|&i| roles[i] != LayerRole::Skipped).collect();
+        let depth = graph_index.last().map_or(m, |&i| i + 1);
+        if graph.exits.iter().any(|e| e.after <= m) || (!graph.exits.is_empty() && roles[..depth].contains(&LayerRole::Skipped)) {
+            return Err(FreezeError::BadRoles("exit heads need every layer up to them in the graph".into()));
+        }
+        // Exits beyond the client's depth are not held; their global indices follow the N layers.
+        let exit_index: Vec<usize> = graph.exits.iter().enumerate().filter(|(_, e)| e.after <= depth).map(|(e, _)| n + e).collect();
+        graph.exits.retain(|e| e.after <= depth);
+        let final_logits = depth == n;
+        if !final_logits && !graph.exits.iter().any(|e| e.after == depth) {
+            return Err(FreezeError::BadRoles(format!("the model is cut after layer {depth} of {n}, where it has no exit head")));
+        }
+        let layers = std::mem::take(&mut graph.layers);
+        graph.layers = layers
             .into_iter()
-            .zip(graph_roles)
+            .zip(&roles[m..])
+            .filter(|(_, role)| **role != LayerRole::Skipped)
             .map(|(layer, role)| match role {
                 LayerRole::FrozenInGraph => frozen_bn(pass_grad_only(layer), true),
                 LayerRole::FrozenGradDiscarded => frozen_bn(layer, true),
                 _ => layer,
             })
             .collect();
-        let keep = graph_roles.contains(&LayerRole::FrozenGradDiscarded).then(|| {
-            graph.layers.iter().zip(graph_roles).filter(|(_, r)| **r == LayerRole::Trained).flat_map(|(l, _)| param_ids(l)).collect()
+        let keep = roles[m..].contains(&LayerRole::FrozenGradDiscarded).then(|| {
+            graph.layers.iter().zip(&graph_index).filter(|(_, &i)| roles[i] == LayerRole::Trained).flat_map(|(l, _)| param_ids(l)).collect::<Vec<_>>()
         });
-        Ok(Self { no_graph: prefix.valid(), graph, roles: roles.to_vec(), keep })
+        let keep = keep.map(|mut ids| {
+            ids.extend(graph.exits.iter().flat_map(param_ids));
+            ids
+        });
+        Ok(Self { no_graph: prefix.valid(), graph, roles: roles.to_vec(), graph_index, exit_index, final_logits, objective: Objective::CrossEntropy, keep })
     }
 
     /// FedOLF: the first `l` layers frozen outside the graph.
@@ -133,7 +165,7 @@ impl<B: AutodiffBackend> LocalModel<B> {
     /// # Shapes
     /// `[b, c, h, w] (inner) -> [b, classes]`
     pub fn forward(&self, x: Tensor<B::InnerBackend, 4>) -> Tensor<B, 2> {
-        self.forward_graph(self.prefix_forward(x))
+        self.forward_graph(self.prefix_forward(x)).pop().expect("a client model has an output")
     }
 
     /// The frozen prefix alone, outside the graph (the identity when nothing is frozen).
@@ -144,10 +176,11 @@ impl<B: AutodiffBackend> LocalModel<B> {
         self.no_graph.forward_range(Features::Map(x), 0, m).expect("full range of the prefix")
     }
 
-    /// The layers in the graph, from the prefix's output to the logits `[b, classes]`.
-    fn forward_graph(&self, h: Features<B::InnerBackend>) -> Tensor<B, 2> {
-        let n = self.graph.num_layers();
-        self.graph.forward_range(Features::from_inner(h), 0, n).expect("full range of the graph part").into_flat()
+    /// The layers in the graph, from the prefix's output to the logits `[b, classes]` of
+    /// every exit reached (shallowest first) and of the classifier when held.
+    fn forward_graph(&self, h: Features<B::InnerBackend>) -> Vec<Tensor<B, 2>> {
+        let depths: Vec<usize> = self.graph_index.iter().map(|i| i + 1).collect();
+        self.graph.forward_with_exits(Features::from_inner(h), &depths, self.final_logits)
     }
 
     /// One SGD step on a batch with a fresh optimizer; returns the loss as a tensor.
@@ -172,8 +205,8 @@ impl<B: AutodiffBackend> LocalModel<B> {
         device_peak: Option<&mut Option<u64>>,
     ) -> (Self, Tensor<B::InnerBackend, 1>) {
         let device = y.device();
-        let logits = self.forward_graph(h);
-        let loss = CrossEntropyLossConfig::new().init::<B>(&device).forward(logits, Tensor::from_inner(y));
+        let outputs = self.forward_graph(h);
+        let loss = self.objective.loss(outputs, Tensor::from_inner(y));
         // The forward pass is done and nothing is freed yet: activations are at their peak.
         if let Some(peak) = device_peak {
             sample_device_memory::<B>(&device, peak);
@@ -205,20 +238,28 @@ impl<B: AutodiffBackend> LocalModel<B> {
     /// written, while a real device holds its own copy.
     pub fn resident_bytes(&self) -> u64 {
         let numel: usize = self.no_graph.layers.iter().map(crate::params::layer_numel).sum::<usize>()
-            + self.graph.layers.iter().map(crate::params::layer_numel).sum::<usize>();
+            + self.graph.layers.iter().map(crate::params::layer_numel).sum::<usize>()
+            + self.graph.exits.iter().map(crate::params::layer_numel).sum::<usize>();
         numel as u64 * 4
     }
 
-    /// The trained layers as `(global layer index, tensors)`: what the client uploads.
+    /// The trained layers as `(global layer index, tensors)`, then the exit heads held
+    /// (global index `N + e`): what the client uploads.
     pub fn trained_layers(&self) -> Vec<(usize, LayerParams<B::InnerBackend>)> {
-        let m = self.no_graph.num_layers();
-        self.graph
+        let layers = self
+            .graph
             .layers
             .iter()
-            .enumerate()
-            .filter(|(i, _)| self.roles[m + i] == LayerRole::Trained)
-            .map(|(i, layer)| (m + i, read_layer(&layer.valid())))
-            .collect()
+            .zip(&self.graph_index)
+            .filter(|(_, &i)| self.roles[i] == LayerRole::Trained)
+            .map(|(layer, &i)| (i, read_layer(&layer.valid())));
+        let exits = self.graph.exits.iter().zip(&self.exit_index).map(|(exit, &i)| (i, read_layer(&exit.valid())));
+        layers.chain(exits).collect()
+    }
+
+    /// Elements of every tensor in the graph part (layers and exits): downloaded in full.
+    pub fn graph_numel(&self) -> usize {
+        self.graph.layers.iter().map(crate::params::layer_numel).sum::<usize>() + self.graph.exits.iter().map(crate::params::layer_numel).sum::<usize>()
     }
 
     /// Reassemble the full model (the no-graph prefix lifted back onto autodiff), every

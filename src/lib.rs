@@ -13,6 +13,7 @@ pub mod freeze_modes;
 pub mod host;
 pub mod memory;
 pub mod memory_probe;
+pub mod objective;
 pub mod ordered_dropout;
 pub mod params;
 pub mod rng;

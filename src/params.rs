@@ -67,15 +67,18 @@ impl<B: Backend> ModuleVisitor<B> for Reader<B> {
     }
 }
 
-/// Read layer `layer` of a model as named tensors (same device; no host copy).
-pub fn read_layer<B: Backend>(layer: &Layer<B>) -> LayerParams<B> {
+/// Read layer `layer` of a model (or any part of one, such as an exit head) as named tensors
+/// (same device; no host copy).
+pub fn read_layer<B: Backend, M: Module<B>>(layer: &M) -> LayerParams<B> {
     let mut reader = Reader { path: Vec::new(), out: Vec::new() };
     layer.visit(&mut reader);
     reader.out
 }
 
+/// Every layer's tensors, then every exit head's (multi-exit models): exit `e` is entry
+/// `N + e`, so exits travel and aggregate like layers.
 pub fn read_model<B: Backend>(net: &LayeredNet<B>) -> Vec<LayerParams<B>> {
-    net.layers.iter().map(read_layer).collect()
+    net.layers.iter().map(read_layer).chain(net.exits.iter().map(read_layer)).collect()
 }
 
 struct Writer<'a, B: Backend> {
@@ -126,8 +129,8 @@ fn dims_array<const D: usize>(shape: &[usize]) -> [usize; D] {
     dims
 }
 
-/// Replace every tensor of a layer. Names and shapes must match the layer exactly.
-pub fn write_layer<B: Backend>(layer: Layer<B>, index: usize, params: &LayerParams<B>) -> Result<Layer<B>, ParamError> {
+/// Replace every tensor of a layer (or exit head). Names and shapes must match exactly.
+pub fn write_layer<B: Backend, M: Module<B>>(layer: M, index: usize, params: &LayerParams<B>) -> Result<M, ParamError> {
     let mut writer = Writer { layer: index, path: Vec::new(), source: params.iter(), error: None, expected: 0 };
     let layer = layer.map(&mut writer);
     if let Some(err) = writer.error {
@@ -139,21 +142,26 @@ pub fn write_layer<B: Backend>(layer: Layer<B>, index: usize, params: &LayerPara
     Ok(layer)
 }
 
-/// Replace the layers of `net` for which `params[i]` is `Some`.
+/// Replace the layers (then exit heads, as in [`read_model`]) of `net` for which
+/// `params[i]` is `Some`.
 pub fn write_model<B: Backend>(mut net: LayeredNet<B>, params: &[Option<LayerParams<B>>]) -> Result<LayeredNet<B>, ParamError> {
-    if params.len() != net.layers.len() {
-        return Err(ParamError::LayerCount { expected: net.layers.len(), got: params.len() });
+    let n = net.layers.len();
+    if params.len() != n + net.exits.len() {
+        return Err(ParamError::LayerCount { expected: n + net.exits.len(), got: params.len() });
     }
-    let layers = std::mem::take(&mut net.layers);
-    net.layers = layers
-        .into_iter()
-        .zip(params)
-        .enumerate()
-        .map(|(i, (layer, p))| match p {
-            Some(p) => write_layer(layer, i, p),
-            None => Ok(layer),
-        })
-        .collect::<Result<_, _>>()?;
+    fn write_all<B: Backend, M: Module<B>>(parts: Vec<M>, params: &[Option<LayerParams<B>>], first: usize) -> Result<Vec<M>, ParamError> {
+        parts
+            .into_iter()
+            .zip(params)
+            .enumerate()
+            .map(|(i, (part, p))| match p {
+                Some(p) => write_layer(part, first + i, p),
+                None => Ok(part),
+            })
+            .collect()
+    }
+    net.layers = write_all(std::mem::take(&mut net.layers), &params[..n], 0)?;
+    net.exits = write_all(std::mem::take(&mut net.exits), &params[n..], n)?;
     Ok(net)
 }
 
@@ -164,8 +172,9 @@ pub fn deep_copy<B: AutodiffBackend>(net: &LayeredNet<B>) -> LayeredNet<B> {
     LayeredNet::from_inner(net.valid())
 }
 
-/// Elements a layer's tensors hold (weights, biases, BN affine and running statistics).
-pub fn layer_numel<B: Backend>(layer: &Layer<B>) -> usize {
+/// Elements a layer's (or exit head's) tensors hold (weights, biases, BN affine and running
+/// statistics).
+pub fn layer_numel<B: Backend, M: Module<B>>(layer: &M) -> usize {
     read_layer(layer).iter().map(NamedTensor::numel).sum()
 }
 
@@ -178,7 +187,7 @@ impl<B: Backend> ModuleVisitor<B> for IdCollector {
 }
 
 /// Parameter ids of a layer (to keep only some layers' gradients, as TinyFEL does).
-pub fn param_ids<B: Backend>(layer: &Layer<B>) -> Vec<burn::module::ParamId> {
+pub fn param_ids<B: Backend, M: Module<B>>(layer: &M) -> Vec<burn::module::ParamId> {
     let mut c = IdCollector(Vec::new());
     layer.visit(&mut c);
     c.0

@@ -20,7 +20,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-pub const CSV_HEADER: &str = "round,accuracy,test_loss,train_loss,clients,bytes_down,bytes_up,frozen_bytes_down,compute_s,wall_s,peak_mem_mb,peak_extra_mb,energy_compute_j,energy_comm_j";
+pub const CSV_HEADER: &str = "round,accuracy,test_loss,train_loss,clients,bytes_down,bytes_up,frozen_bytes_down,compute_s,wall_s,peak_mem_mb,peak_extra_mb,energy_compute_j,energy_comm_j,accuracy_ensemble";
 
 /// Columns that depend on the machine (speed, allocator), not on the seed.
 pub const TIMING_COLUMNS: [&str; 6] = ["compute_s", "wall_s", "peak_mem_mb", "peak_extra_mb", "energy_compute_j", "energy_comm_j"];
@@ -34,7 +34,7 @@ pub fn rounds_csv(records: &[RoundRecord]) -> String {
     out.push('\n');
     for r in records {
         out.push_str(&format!(
-            "{},{},{},{:.6},{},{},{},{},{:.4},{:.4},{},{},{:.4},{:.4}\n",
+            "{},{},{},{:.6},{},{},{},{},{:.4},{:.4},{},{},{:.4},{:.4},{}\n",
             r.round,
             opt(r.accuracy),
             opt(r.test_loss),
@@ -48,7 +48,8 @@ pub fn rounds_csv(records: &[RoundRecord]) -> String {
             opt(r.peak_mem_mb),
             opt(r.peak_extra_mb),
             r.energy_compute_j,
-            r.energy_comm_j
+            r.energy_comm_j,
+            opt(r.accuracy_ensemble)
         ));
     }
     out
@@ -96,6 +97,12 @@ pub struct Summary {
     /// Mean accuracy over the last 10 % of evaluations (at least 3, or all if fewer): steadier
     /// than `final_accuracy`, which under non-iid data swings with the clients round T drew.
     pub mean_last_accuracy: Option<f64>,
+    /// Multi-exit methods: the ensemble of every exit, at the last evaluation and as the
+    /// mean over the last evaluations (same rule as `mean_last_accuracy`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub final_accuracy_ensemble: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mean_last_accuracy_ensemble: Option<f64>,
     pub total_bytes_down: u64,
     pub total_bytes_up: u64,
     pub total_compute_s: f64,
@@ -111,6 +118,7 @@ pub struct Summary {
 impl Summary {
     pub fn new(cfg: &Config, source: &str, records: &[RoundRecord], wall_s: f64, error: Option<String>) -> Self {
         let evaluated: Vec<f64> = records.iter().filter_map(|r| r.accuracy).collect();
+        let ensemble: Vec<f64> = records.iter().filter_map(|r| r.accuracy_ensemble).collect();
         Self {
             name: cfg.name.clone(),
             method: cfg.method.name().into(),
@@ -124,6 +132,8 @@ impl Summary {
             final_accuracy: evaluated.last().copied(),
             best_accuracy: evaluated.iter().copied().reduce(f64::max),
             mean_last_accuracy: mean_last(&evaluated),
+            final_accuracy_ensemble: ensemble.last().copied(),
+            mean_last_accuracy_ensemble: mean_last(&ensemble),
             total_bytes_down: records.iter().map(|r| r.bytes_down).sum(),
             total_bytes_up: records.iter().map(|r| r.bytes_up).sum(),
             total_compute_s: records.iter().map(|r| r.compute_s).sum(),

@@ -1,6 +1,7 @@
 //! The simulation round loop (DESIGN.md, "FedOLF round"), readable top to bottom:
 //! sample clients → plan each → split + TOA → local training → upload active layers →
-//! layer-wise aggregation → evaluate every `eval_every` rounds.
+//! the strategy's merge → evaluate every `eval_every` rounds. Everything a method does
+//! differently is a [`Strategy`] hook; this loop names no method.
 
 use std::path::Path;
 use std::time::Instant;
@@ -14,10 +15,10 @@ use fedolf_models::{LayeredNet, ModelError, ModelKind};
 use rand::seq::index::sample;
 use thiserror::Error;
 
-use crate::aggregate::{aggregate_layerwise, AggregateError};
+use crate::aggregate::AggregateError;
 use crate::backend::DeviceKind;
 use crate::client_round::ClientRound;
-use crate::config::{Config, Method, PartitionKind};
+use crate::config::{Config, PartitionKind};
 use crate::energy::Energy;
 use crate::freeze::{FreezeError, LocalTraining, SgdSettings};
 use crate::host::{model_to_host, HostSplit};
@@ -26,7 +27,7 @@ use crate::params::{read_model, write_model, ParamError};
 use crate::qsgd::{QsgdError, QsgdSettings};
 use crate::report::mean;
 use crate::rng::{stream, Purpose};
-use crate::strategy::{cocofl_blend, stage_trainable_params, strategy_for, ClientPlan, Download, PlanContext, ServerRule, StageLengths, StrategyInputs};
+use crate::strategy::{strategy_for, ClientPlan, Download, EvalView, PlanContext, StrategyInputs};
 use crate::submodel::extract;
 use crate::toa::{ToaError, ToaSettings};
 use crate::workers::{WorkerError, WorkerLayout, Workers};
@@ -87,6 +88,8 @@ pub struct RoundRecord {
     pub round: usize,
     /// Test accuracy as a fraction, on evaluation rounds.
     pub accuracy: Option<f64>,
+    /// Multi-exit methods: accuracy of the mean of every exit's logits.
+    pub accuracy_ensemble: Option<f64>,
     pub test_loss: Option<f64>,
     /// Mean local training loss over the round's clients.
     pub train_loss: f64,
@@ -204,27 +207,29 @@ pub fn run<B: AutodiffBackend>(
     let clusters = partition::capacity_clusters(fed.clients, fed.clusters, &mut stream(cfg.seed, Purpose::Clusters, 0, 0))?;
 
     // The global model: seeded, and touched in a fixed order so lazy init is reproducible.
+    // Exit heads (multi-exit methods only) come after the layers.
     let kind = ModelKind::parse(&cfg.model.name)?;
     B::seed(device, cfg.seed);
     let options = cfg.model.options();
-    let mut global: LayeredNet<B> = kind.init_with(dataset.train.shape, dataset.num_classes, &options, device)?;
-    let model_params: usize = read_model(&global).iter().flatten().map(|t| t.numel()).sum();
-    let num_layers = global.num_layers();
-    if cfg.method.freezes_layers() && fed.clusters > num_layers {
+    let plain: LayeredNet<B> = kind.init_with(dataset.train.shape, dataset.num_classes, &options, device)?;
+    let model_params: usize = read_model(&plain).iter().flatten().map(|t| t.numel()).sum();
+    let num_layers = plain.num_layers();
+    let layout = plain.channel_spaces();
+    let probe = strategy_for::<B>(cfg.method, &StrategyInputs::new(download));
+    let exit_depths = probe.exit_depths(num_layers, fed.clusters);
+    let mut global = plain.with_exits(&exit_depths, device)?;
+    if probe.uses_levels() && fed.clusters > num_layers {
         return Err(SimError::Config {
             field: "federation.clusters",
             problem: format!(
-                "{} clusters freeze up to {} layers, but {} has only {num_layers} (use at most {num_layers} clusters)",
+                "{} clusters freeze or drop up to {} layers, but {} has only {num_layers} (use at most {num_layers} clusters)",
                 fed.clusters,
                 fed.clusters - 1,
                 kind.name()
             ),
         });
     }
-    let layout = global.channel_spaces();
-    let slt_stage_params = (cfg.method == Method::Slt && cfg.slt.stage_lengths == StageLengths::Params)
-        .then(|| stage_trainable_params(&global.valid(), &layout, device));
-    let strategy = strategy_for(cfg.method, &StrategyInputs { download, cocofl_fake_int8: cfg.cocofl.fake_int8, slt_stage_params });
+    let mut strategy = strategy_for::<B>(cfg.method, &StrategyInputs::for_run(cfg, download, &global.valid(), &layout, device));
     let eligible: Vec<usize> = (0..fed.clients).filter(|&k| strategy.eligible(clusters[k], fed.clusters)).collect();
     let per_round = fed.clients_per_round.min(eligible.len());
     observer.on_start(&RunInfo {
@@ -233,8 +238,7 @@ pub fn run<B: AutodiffBackend>(
         test_size: test.len(),
         num_layers,
         model_params,
-        cluster_frozen: (cfg.method != Method::Slt)
-            .then(|| (0..fed.clusters).rev().map(|i| if cfg.method.freezes_layers() { i } else { 0 }).collect()),
+        cluster_frozen: strategy.frozen_per_cluster(fed.clusters),
         workers: worker_layout,
     });
 
@@ -258,22 +262,26 @@ pub fn run<B: AutodiffBackend>(
         // results come back in client order, so the run is the same for any worker count.
         let global_params = read_model(&global.valid());
         let host_global = model_to_host(global_params.clone());
+        // What each client downloads: the global model, unless its method gives it its own.
+        let starts: Vec<Option<Vec<_>>> = plans.iter().map(|p| strategy.client_start(p, &host_global)).collect();
         let clients = ClientRound {
             round,
             seed: cfg.seed,
             model: kind,
+            exit_depths: &exit_depths,
             input: dataset.train.shape,
             classes: dataset.num_classes,
             options: &options,
             layout: &layout,
-            global: &host_global,
             train: &host_train,
             training: &training,
             memory,
         };
         let mut largest_first: Vec<usize> = (0..plans.len()).collect();
         largest_first.sort_by_key(|&i| std::cmp::Reverse(parts[plans[i].client].len()));
-        let results = workers.run_scheduled(&largest_first, |i| clients.run::<B>(&plans[i], &parts[plans[i].client], device));
+        let results = workers.run_scheduled(&largest_first, |i| {
+            clients.run::<B>(&plans[i], starts[i].as_deref().unwrap_or(&host_global), &parts[plans[i].client], device)
+        });
         let mut uploads = Vec::with_capacity(plans.len());
         let mut per_client = Vec::with_capacity(plans.len());
         for result in results {
@@ -282,34 +290,31 @@ pub fn run<B: AutodiffBackend>(
             per_client.push((result.record, result.frozen_bytes));
         }
 
-        // 7. Aggregate (layers nobody trained keep their value).
-        let merged = match strategy.server_rule() {
-            ServerRule::LayerwiseMwa => aggregate_layerwise(&global_params, &uploads)?,
-            ServerRule::CocoflBlend => cocofl_blend(&global_params, &uploads, plans.len())?,
-        };
+        // 7. Merge (layers nobody trained keep their value).
+        let merged = strategy.merge(&global_params, &uploads, &plans)?;
         let merged: Vec<_> = merged
             .into_iter()
             .map(|layer| layer.map(|tensors| tensors.into_iter().map(|t| lift::<B>(t)).collect()))
             .collect();
         global = write_model(global, &merged)?;
 
-        // 8. Evaluate (HeteroFL: static BN first; SLT: the current stage's sub-model).
-        let (accuracy, test_loss) = if round % fed.eval_every == 0 || round == fed.rounds {
-            if cfg.method == Method::Heterofl && cfg.heterofl.static_bn {
-                global = recompute_bn_statistics(global, &train.images, 500);
-            }
-            let (acc, loss) = match strategy.eval_width(&ctx) {
-                Some(spec) => evaluate(&extract(global.valid(), &layout, &spec, device), &test, 500),
-                None => evaluate(&global.valid(), &test, 500),
+        // 8. Evaluate what the strategy names, after its pre-evaluation step.
+        let (accuracy, test_loss, accuracy_ensemble) = if round % fed.eval_every == 0 || round == fed.rounds {
+            global = strategy.before_eval(global, &train.images);
+            let (acc, loss, ensemble) = match strategy.eval_view(&ctx) {
+                EvalView::Full => with_no_ensemble(evaluate(&global.valid(), &test, 500)),
+                EvalView::Width(spec) => with_no_ensemble(evaluate(&extract(global.valid(), &layout, &spec, device), &test, 500)),
+                EvalView::Exits => evaluate_exits(&global.valid(), &test, 500),
             };
             if !loss.is_finite() {
                 return Err(SimError::Diverged { round, loss });
             }
-            (Some(acc), Some(loss))
+            (Some(acc), Some(loss), ensemble)
         } else {
-            (None, None)
+            (None, None, None)
         };
-        let record = round_record(round, accuracy, test_loss, wall.elapsed().as_secs_f64(), &energy, per_client);
+        let mut record = round_record(round, accuracy, test_loss, wall.elapsed().as_secs_f64(), &energy, per_client);
+        record.accuracy_ensemble = accuracy_ensemble;
         observer.on_round(&record).map_err(|e| DataError::Io { path: "results".into(), source: e })?;
         records.push(record);
     }
@@ -334,6 +339,7 @@ fn round_record(
     RoundRecord {
         round,
         accuracy,
+        accuracy_ensemble: None,
         test_loss,
         train_loss: per_client.iter().map(|(c, _)| c.train_loss).sum::<f64>() / n,
         clients: per_client.len(),
@@ -350,27 +356,41 @@ fn round_record(
     }
 }
 
-/// HeteroFL's static BN: one pass over the training data in training mode (batch statistics,
-/// running statistics updated) without a backward pass; momentum `1/(t+1)` on batch t makes
-/// each running value the mean of the batch statistics. Models without BN are returned as is.
-pub fn recompute_bn_statistics<B: AutodiffBackend>(mut net: LayeredNet<B>, images: &Tensor<B::InnerBackend, 4>, batch: usize) -> LayeredNet<B> {
-    if !net.has_batch_norm() {
-        return net;
-    }
-    let n = images.dims()[0];
-    for (t, start) in (0..n).step_by(batch).enumerate() {
-        net.set_bn_momentum(1.0 / (t + 1) as f64);
-        // [n, c, h, w] -> [len, c, h, w]; the graph is dropped unused.
-        let x = images.clone().narrow(0, start, batch.min(n - start));
-        let _ = net.forward(Tensor::from_inner(x));
-    }
-    net.set_bn_momentum(0.1); // Burn's default, for the next round's local training
-    net
-}
+pub use crate::strategy::recompute_bn_statistics;
 
 /// Move an aggregated tensor (computed on the inner backend) back to the training backend.
 fn lift<B: AutodiffBackend>(t: crate::params::NamedTensor<B::InnerBackend>) -> crate::params::NamedTensor<B> {
     crate::params::NamedTensor { name: t.name, shape: t.shape, value: Tensor::from_inner(t.value) }
+}
+
+fn with_no_ensemble((acc, loss): (f64, f64)) -> (f64, f64, Option<f64>) {
+    (acc, loss, None)
+}
+
+/// A multi-exit model on a split, in batches: the deepest output's top-1 accuracy and mean
+/// cross-entropy, and the top-1 accuracy of the mean of every output's logits.
+fn evaluate_exits<B: Backend>(net: &LayeredNet<B>, split: &DeviceSplit<B>, batch: usize) -> (f64, f64, Option<f64>) {
+    let n = split.len();
+    let device = split.images.device();
+    let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init::<B>(&device);
+    let (mut deepest_hits, mut ensemble_hits, mut loss_sum) = (0i64, 0i64, 0.0f64);
+    for start in (0..n).step_by(batch) {
+        let len = batch.min(n - start);
+        // [n, c, h, w] -> [len, c, h, w]
+        let x = split.images.clone().narrow(0, start, len);
+        let y = split.labels.clone().narrow(0, start, len);
+        let outputs = net.forward_all_exits(x);
+        let count = outputs.len() as f32;
+        let deepest = outputs.last().expect("the classifier is an output").clone();
+        // mean over exits: Vec<[len, classes]> -> [len, classes]
+        let ensemble = outputs.into_iter().reduce(|a, b| a + b).expect("at least one output") / count;
+        let hits = |logits: Tensor<B, 2>| logits.argmax(1).reshape([len]).equal(y.clone()).int().sum().into_scalar().elem::<i64>();
+        deepest_hits += hits(deepest.clone());
+        ensemble_hits += hits(ensemble);
+        loss_sum += loss_fn.forward(deepest, y.clone()).into_scalar().elem::<f64>() * len as f64;
+    }
+    let n = n.max(1) as f64;
+    (deepest_hits as f64 / n, loss_sum / n, Some(ensemble_hits as f64 / n))
 }
 
 /// Top-1 accuracy (fraction) and mean cross-entropy of `net` on a split, in batches.

@@ -16,7 +16,7 @@ use fedolf_models::{LayerCut, LayeredNet, SpaceLayout};
 use rand::seq::index::sample;
 use rand::Rng;
 
-use crate::params::{read_layer, read_model, write_layer, LayerParams, NamedTensor, ParamError};
+use crate::params::{read_model, write_model, LayerParams, NamedTensor, ParamError};
 
 /// `max(1, ⌈r·C⌉)`.
 pub fn kept_channels(r: f64, channels: usize) -> usize {
@@ -114,6 +114,15 @@ pub fn extract<B: Backend>(mut net: LayeredNet<B>, layout: &SpaceLayout, spec: &
             layer.slice(&cut)
         })
         .collect();
+    // An exit reads the features of the layer it follows, sliced like that layer's output.
+    let exits = std::mem::take(&mut net.exits);
+    net.exits = exits
+        .into_iter()
+        .map(|exit| match exit.after.checked_sub(1).and_then(|l| layout.layers.get(l)).and_then(|s| s.output) {
+            Some(space) => exit.slice_input(&idx[space], layout.sizes[space]),
+            None => exit,
+        })
+        .collect();
     net
 }
 
@@ -125,21 +134,23 @@ pub fn embedding_indices<B: Backend>(
     spec: &WidthSpec,
     device: &B::Device,
 ) -> Result<Vec<Vec<Tensor<B, 1, Int>>>, ParamError> {
-    let layers = std::mem::take(&mut global.layers);
-    let mut indexed = Vec::with_capacity(layers.len());
-    for (i, layer) in layers.into_iter().enumerate() {
-        let params: LayerParams<B> = read_layer(&layer)
-            .into_iter()
-            .map(|t| {
-                let n = t.numel();
-                // f32 holds integers exactly up to 2^24; the largest tensor here is ~2M.
-                let value = Tensor::<B, 1, Int>::arange(0..n as i64, device).float();
-                NamedTensor { name: t.name, shape: t.shape, value }
-            })
-            .collect();
-        indexed.push(write_layer(layer, i, &params)?);
-    }
-    global.layers = indexed;
+    let indexed: Vec<Option<LayerParams<B>>> = read_model(&global)
+        .into_iter()
+        .map(|layer| {
+            Some(
+                layer
+                    .into_iter()
+                    .map(|t| {
+                        let n = t.numel();
+                        // f32 holds integers exactly up to 2^24; the largest tensor here is ~2M.
+                        let value = Tensor::<B, 1, Int>::arange(0..n as i64, device).float();
+                        NamedTensor { name: t.name, shape: t.shape, value }
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    global = write_model(global, &indexed)?;
     let local = extract(global, layout, spec, device);
     Ok(read_model(&local).into_iter().map(|layer| layer.into_iter().map(|t| t.value.round().int()).collect()).collect())
 }

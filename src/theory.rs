@@ -39,8 +39,11 @@ impl TheoreticalMemory {
 
 pub fn theoretical_memory(infos: &[LayerInfo], roles: &[LayerRole], batch: usize, momentum: bool) -> TheoreticalMemory {
     let mut m = TheoreticalMemory::default();
-    let first_in_graph = roles.iter().position(|r| *r != LayerRole::FrozenNoGraph);
+    let first_in_graph = roles.iter().position(|r| !matches!(r, LayerRole::FrozenNoGraph | LayerRole::Skipped));
     for (i, (info, role)) in infos.iter().zip(roles).enumerate() {
+        if *role == LayerRole::Skipped {
+            continue; // not on the client
+        }
         let params = info.trainable_params as u64 * F32;
         m.weights += params + info.buffer_elems as u64 * F32;
         let in_graph = *role != LayerRole::FrozenNoGraph;

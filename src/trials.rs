@@ -41,6 +41,9 @@ pub struct TrialsSummary {
     pub final_accuracy: Option<Spread>,
     pub best_accuracy: Option<Spread>,
     pub mean_last_accuracy: Option<Spread>,
+    /// Multi-exit methods: the exit ensemble's mean over the last evaluations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_last_accuracy_ensemble: Option<Spread>,
     pub mean_peak_mem_mb: Option<Spread>,
     pub trials: Vec<Summary>,
 }
@@ -70,6 +73,7 @@ impl TrialsSummary {
             final_accuracy: spread(|t| t.final_accuracy),
             best_accuracy: spread(|t| t.best_accuracy),
             mean_last_accuracy: spread(|t| t.mean_last_accuracy),
+            mean_last_accuracy_ensemble: spread(|t| t.mean_last_accuracy_ensemble),
             mean_peak_mem_mb: spread(|t| t.mean_peak_mem_mb),
             trials,
         }

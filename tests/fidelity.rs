@@ -22,7 +22,7 @@ fn options(cnn_hidden: usize, shortcut: Shortcut) -> ModelOptions {
 }
 
 fn weight_dims(layer: &Layer<Inner>) -> Vec<Vec<usize>> {
-    read_model(&LayeredNet { layers: vec![layer.clone()], input_channels: 1, input_height: 1, input_width: 1, num_classes: 2 })[0]
+    read_model(&LayeredNet { layers: vec![layer.clone()], exits: Vec::new(), full_depth: 1, input_channels: 1, input_height: 1, input_width: 1, num_classes: 2 })[0]
         .iter()
         .filter(|t| t.name.ends_with("weight"))
         .map(|t| t.shape.clone())
@@ -35,7 +35,7 @@ fn heterofl_prunes_conv_channels_and_keeps_fc_layers_whole() {
     // channels' 4×4 columns and keeps all 512 neurons; the classifier is [512, 10].
     let g = ModelKind::AlexNet.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
     let layout = g.channel_spaces();
-    let hetero = strategy_for(Method::Heterofl, &StrategyInputs::new(Download::Full));
+    let hetero = strategy_for::<Train>(Method::Heterofl, &StrategyInputs::new(Download::Full));
     let ctx = PlanContext { num_layers: 7, clusters: 2, round: 1, rounds: 1, layout: &layout };
     let plan = hetero.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
     let spec = plan.width.expect("HeteroFL plans a width");

@@ -10,7 +10,7 @@ use fedolf::config::Method;
 use fedolf::freeze::LayerRole;
 use fedolf::params::NamedTensor;
 use fedolf::qsgd::{quantize_dequantize, QsgdSettings};
-use fedolf::strategy::{cocofl_blend, strategy_for, Download, PlanContext, StrategyInputs};
+use fedolf::strategy::{cocofl_blend, strategy_for, Download, EvalView, PlanContext, StrategyInputs};
 use rand::SeedableRng;
 
 fn layout(n: usize) -> fedolf::models::SpaceLayout {
@@ -62,7 +62,7 @@ fn qsgd_is_unbiased_and_coarser_with_fewer_bits() {
 
 #[test]
 fn cocofl_windows_are_contiguous_and_start_anywhere_in_0_to_l() {
-    let s = strategy_for(Method::Cocofl, &StrategyInputs::new(Download::Full));
+    let s = strategy_for::<Train>(Method::Cocofl, &StrategyInputs::new(Download::Full));
     let l = layout(7);
     let ctx = PlanContext { num_layers: 7, clusters: 5, round: 1, rounds: 10, layout: &l };
     let mut starts = std::collections::BTreeSet::new();
@@ -110,13 +110,13 @@ fn random_freezing_and_tinyfel_freeze_l_layers() {
     let mut r = rng(3);
     for cluster in 0..5 {
         let l = 4 - cluster;
-        let plan = strategy_for(Method::RandomFreeze, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, cluster, &mut r).unwrap();
+        let plan = strategy_for::<Train>(Method::RandomFreeze, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, cluster, &mut r).unwrap();
         assert_eq!(plan.frozen(), l);
-        let plan = strategy_for(Method::Tinyfel, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, cluster, &mut r).unwrap();
+        let plan = strategy_for::<Train>(Method::Tinyfel, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, cluster, &mut r).unwrap();
         assert_eq!(plan.roles[..l], vec![LayerRole::FrozenGradDiscarded; l][..]);
         assert_eq!(plan.frozen(), l);
     }
-    let drop = strategy_for(Method::FedavgDrop, &StrategyInputs::new(Download::Full));
+    let drop = strategy_for::<Train>(Method::FedavgDrop, &StrategyInputs::new(Download::Full));
     assert!(drop.eligible(4, 5) && !drop.eligible(3, 5));
 }
 
@@ -126,15 +126,15 @@ fn heterofl_takes_prefixes_and_feddrop_random_subsets_of_width_i_over_c() {
     let ctx = PlanContext { num_layers: 3, clusters: 5, round: 1, rounds: 10, layout: &lay };
     let mut r = rng(4);
     // Cluster 1 of 5 (i = 2): r = 0.4 → ⌈4⌉ of 10 and ⌈8⌉ of 20.
-    let plan = strategy_for(Method::Heterofl, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 1, &mut r).unwrap();
+    let plan = strategy_for::<Train>(Method::Heterofl, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 1, &mut r).unwrap();
     let w = plan.width.unwrap();
     assert_eq!(w.kept, vec![(0..4).collect::<Vec<_>>(), (0..8).collect()]);
-    let a = strategy_for(Method::Feddrop, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
-    let b = strategy_for(Method::Feddrop, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
+    let a = strategy_for::<Train>(Method::Feddrop, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
+    let b = strategy_for::<Train>(Method::Feddrop, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
     assert_eq!((a.kept[0].len(), a.kept[1].len()), (4, 8));
     assert_ne!(a, b, "a fresh draw per plan");
     // The strongest cluster trains the full width.
-    let full = strategy_for(Method::Heterofl, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 4, &mut r).unwrap().width.unwrap();
+    let full = strategy_for::<Train>(Method::Heterofl, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 4, &mut r).unwrap().width.unwrap();
     assert!(full.is_full(&lay));
 }
 
@@ -172,7 +172,7 @@ fn resnet_like_layout() -> fedolf::models::SpaceLayout {
 fn slt_plans_freeze_earlier_stages_and_narrow_what_no_full_layer_produces() {
     let lay = resnet_like_layout();
     // Equal stages over 6 rounds: rounds 1–2 stage 0 (s = 0.5), 3–4 stage 1 (0.75), 5–6 stage 2 (1.0).
-    let slt = strategy_for(Method::Slt, &StrategyInputs::new(Download::Full));
+    let slt = strategy_for::<Train>(Method::Slt, &StrategyInputs::new(Download::Full));
     let ctx = |round| PlanContext { num_layers: 4, clusters: 2, round, rounds: 6, layout: &lay };
     let mut r = rng(5);
     let (f, t) = (LayerRole::FrozenNoGraph, LayerRole::Trained);
@@ -188,7 +188,8 @@ fn slt_plans_freeze_earlier_stages_and_narrow_what_no_full_layer_produces() {
     assert_eq!(p.roles, vec![f, t, t, t]);
     let kept: Vec<usize> = p.width.unwrap().kept.iter().map(Vec::len).collect();
     assert_eq!(kept, vec![16, 16, 16, 24, 24]);
-    assert_eq!(slt.eval_width(&ctx(3)).unwrap().kept.iter().map(Vec::len).collect::<Vec<_>>(), kept);
+    let EvalView::Width(stage) = slt.eval_view(&ctx(3)) else { panic!("SLT evaluates a sub-model before its last stage") };
+    assert_eq!(stage.kept.iter().map(Vec::len).collect::<Vec<_>>(), kept);
     // The stronger cluster (d = 2) trains block 2 at full width too: nothing narrows.
     let p = slt.plan(&ctx(4), 0, 1, &mut r).unwrap();
     assert_eq!(p.roles, vec![f, t, t, t]);
@@ -196,10 +197,10 @@ fn slt_plans_freeze_earlier_stages_and_narrow_what_no_full_layer_produces() {
     // Last stage: the first two layers frozen, the rest full; the full model is evaluated.
     let p = slt.plan(&ctx(6), 0, 0, &mut r).unwrap();
     assert_eq!((p.roles, p.width), (vec![f, f, t, t], None));
-    assert!(slt.eval_width(&ctx(6)).is_none());
+    assert_eq!(slt.eval_view(&ctx(6)), EvalView::Full);
 
     // Parameter-weighted stages: 3 : 2 : 1 over 6 rounds → rounds 1–3, 4–5, 6.
-    let weighted = strategy_for(Method::Slt, &StrategyInputs { slt_stage_params: Some(vec![300, 200, 100]), ..StrategyInputs::new(Download::Full) });
+    let weighted = strategy_for::<Train>(Method::Slt, &StrategyInputs { slt_stage_params: Some(vec![300, 200, 100]), ..StrategyInputs::new(Download::Full) });
     let stage = |round| weighted.plan(&ctx(round), 0, 0, &mut rng(0)).unwrap().frozen();
     assert_eq!([1, 3, 4, 5, 6].map(stage), [0, 0, 1, 1, 2]);
 }
@@ -209,8 +210,8 @@ fn cocofl_fake_int8_flag_reaches_the_plan() {
     let lay = layout(5);
     let ctx = PlanContext { num_layers: 5, clusters: 3, round: 1, rounds: 10, layout: &lay };
     let on = StrategyInputs { cocofl_fake_int8: true, ..StrategyInputs::new(Download::Full) };
-    assert!(strategy_for(Method::Cocofl, &on).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
-    assert!(!strategy_for(Method::Cocofl, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
+    assert!(strategy_for::<Train>(Method::Cocofl, &on).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
+    assert!(!strategy_for::<Train>(Method::Cocofl, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
 }
 
 #[test]

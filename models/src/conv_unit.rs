@@ -35,13 +35,27 @@ impl<B: Backend> ConvUnit<B> {
         pool_size: Option<usize>,
         device: &B::Device,
     ) -> Self {
+        Self::strided(channels, kernel, 1, padding, batch_norm, pool_size, device)
+    }
+
+    /// [`new`](Self::new) with a convolution stride (exit heads downsample with stride 2).
+    pub fn strided(
+        channels: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        batch_norm: bool,
+        pool_size: Option<usize>,
+        device: &B::Device,
+    ) -> Self {
         let conv = Conv2dConfig::new(channels, [kernel, kernel])
+            .with_stride([stride, stride])
             .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
             .with_bias(!batch_norm)
             .init(device);
         let bn = batch_norm.then(|| BatchNormConfig::new(channels[1]).init(device));
         let pool = pool_size.map(|p| MaxPool2dConfig::new([p, p]).with_strides([p, p]).init());
-        Self { conv, bn, pool, kernel, stride: 1, padding, pool_size: pool_size.unwrap_or(1), scale: 1.0, frozen_bn: false }
+        Self { conv, bn, pool, kernel, stride, padding, pool_size: pool_size.unwrap_or(1), scale: 1.0, frozen_bn: false }
     }
 
     /// The convolution's output before BN/ReLU: the "pre-activation" TOA approximates.

@@ -11,6 +11,8 @@ pub enum ModelError {
     TooFewClasses(usize),
     #[error("layer range {from}..{to} is invalid for a model with {num_layers} layers")]
     BadRange { from: usize, to: usize, num_layers: usize },
+    #[error("an exit after depth {depth} is impossible in a model of {num_layers} layers (exits sit after depths 1..{num_layers}, the classifier being the last)")]
+    BadExit { depth: usize, num_layers: usize },
     #[error("TOA cannot {op} on a {layer} layer")]
     ToaUnsupported { layer: &'static str, op: &'static str },
 }

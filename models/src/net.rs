@@ -3,6 +3,7 @@
 use burn::prelude::*;
 
 use crate::error::ModelError;
+use crate::exit::ExitHead;
 use crate::features::Features;
 use crate::layer::Layer;
 use crate::shape::{FeatureShape, LayerInfo};
@@ -10,6 +11,12 @@ use crate::shape::{FeatureShape, LayerInfo};
 #[derive(Module, Debug)]
 pub struct LayeredNet<B: Backend> {
     pub layers: Vec<Layer<B>>,
+    /// Early exits (multi-exit methods only; empty otherwise), ordered by depth. They belong
+    /// to the part of a split that holds the layers after the split point.
+    pub exits: Vec<ExitHead<B>>,
+    /// The full model's depth N (a depth-truncated client copy keeps it, to know that its
+    /// last layer is not the classifier).
+    pub full_depth: usize,
     pub input_channels: usize,
     pub input_height: usize,
     pub input_width: usize,
@@ -33,6 +40,61 @@ impl<B: Backend> LayeredNet<B> {
             .iter()
             .fold(Features::Map(x), |h, layer| layer.forward(h))
             .into_flat()
+    }
+
+    /// Attach an exit after each depth in `depths` (1 ≤ d < N, the classifier is the exit at
+    /// N): see [`ExitHead`] for the head each position gets.
+    pub fn with_exits(mut self, depths: &[usize], device: &B::Device) -> Result<Self, ModelError> {
+        let n = self.layers.len();
+        let infos = self.layer_infos();
+        let residual = self.layers.iter().any(|l| matches!(l, Layer::Block(_) | Layer::Stem(_)));
+        let final_width = match self.layers.last() {
+            Some(Layer::Head(h)) => h.fc.weight.dims()[0],
+            _ => 0,
+        };
+        let mut depths = depths.to_vec();
+        depths.sort_unstable();
+        depths.dedup();
+        for d in depths {
+            if d == 0 || d >= n {
+                return Err(ModelError::BadExit { depth: d, num_layers: n });
+            }
+            let exit = match infos[d - 1].output {
+                FeatureShape::Map { channels, .. } if residual => ExitHead::strided(d, channels, final_width.max(channels), self.num_classes, device),
+                FeatureShape::Map { channels, .. } => ExitHead::pooled(d, channels, self.num_classes, device),
+                FeatureShape::Flat(features) => ExitHead::linear(d, features, self.num_classes, device),
+            };
+            self.exits.push(exit);
+        }
+        Ok(self)
+    }
+
+    /// Every output of a multi-exit forward pass, shallowest first: one logit tensor per
+    /// exit reached, then the classifier's logits when `final_logits`. `depths[i]` is the
+    /// global depth after local layer `i` (a split or depth-truncated copy holds a part).
+    /// # Shapes
+    /// `[b, ..] -> Vec<[b, num_classes]>`
+    pub fn forward_with_exits(&self, x: Features<B>, depths: &[usize], final_logits: bool) -> Vec<Tensor<B, 2>> {
+        let mut outputs = Vec::with_capacity(self.exits.len() + 1);
+        let mut h = x;
+        for (layer, &depth) in self.layers.iter().zip(depths) {
+            h = layer.forward(h);
+            for exit in self.exits.iter().filter(|e| e.after == depth) {
+                outputs.push(exit.forward(h.clone()));
+            }
+        }
+        if final_logits {
+            outputs.push(h.into_flat());
+        }
+        outputs
+    }
+
+    /// The full model's outputs at every exit and the classifier (shallowest first).
+    /// # Shapes
+    /// `[b, c, h, w] -> Vec<[b, num_classes]>`
+    pub fn forward_all_exits(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 2>> {
+        let depths: Vec<usize> = (1..=self.layers.len()).collect();
+        self.forward_with_exits(Features::Map(x), &depths, true)
     }
 
     /// Run layers `from..to` only.
@@ -116,19 +178,23 @@ impl<B: Backend> LayeredNet<B> {
             return Err(ModelError::BadRange { from: 0, to: l, num_layers: self.layers.len() });
         }
         let suffix_layers = self.layers.split_off(l);
-        let suffix = Self { layers: suffix_layers, ..self.meta_clone() };
+        let exits = std::mem::take(&mut self.exits);
+        let suffix = Self { layers: suffix_layers, exits, ..self.meta_clone() };
         Ok((self, suffix))
     }
 
     /// Inverse of [`split_at`](Self::split_at).
     pub fn join(mut prefix: Self, suffix: Self) -> Self {
         prefix.layers.extend(suffix.layers);
+        prefix.exits.extend(suffix.exits);
         prefix
     }
 
     fn meta_clone(&self) -> Self {
         Self {
             layers: Vec::new(),
+            exits: Vec::new(),
+            full_depth: self.full_depth,
             input_channels: self.input_channels,
             input_height: self.input_height,
             input_width: self.input_width,
@@ -138,7 +204,9 @@ impl<B: Backend> LayeredNet<B> {
 
     pub(crate) fn from_layers(layers: Vec<Layer<B>>, input: [usize; 3], num_classes: usize) -> Self {
         Self {
+            full_depth: layers.len(),
             layers,
+            exits: Vec::new(),
             input_channels: input[0],
             input_height: input[1],
             input_width: input[2],

@@ -15,11 +15,13 @@
 
 use burn::prelude::*;
 use rand::Rng;
+use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, Download, PlanContext, ServerRule, Strategy};
+use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::aggregate::{masked_weighted_average, AggregateError, LayerUpload, Upload};
 use crate::config::Method;
+use crate::objective::Objective;
 use crate::freeze::{FreezeError, LayerRole};
 use crate::params::{LayerParams, NamedTensor};
 
@@ -27,9 +29,13 @@ pub struct CocoFl {
     pub fake_int8: bool,
 }
 
-impl Strategy for CocoFl {
+impl<B: AutodiffBackend> Strategy<B> for CocoFl {
     fn method(&self) -> Method {
         Method::Cocofl
+    }
+
+    fn uses_levels(&self) -> bool {
+        true
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
@@ -47,11 +53,16 @@ impl Strategy for CocoFl {
                 }
             })
             .collect();
-        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: self.fake_int8 })
+        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: self.fake_int8, objective: Objective::CrossEntropy, bn_bank: None })
     }
 
-    fn server_rule(&self) -> ServerRule {
-        ServerRule::CocoflBlend
+    fn merge(
+        &mut self,
+        global: &[LayerParams<B::InnerBackend>],
+        uploads: &[LayerUpload<B::InnerBackend>],
+        plans: &[ClientPlan],
+    ) -> Result<Vec<Option<LayerParams<B::InnerBackend>>>, AggregateError> {
+        cocofl_blend(global, uploads, plans.len())
     }
 }
 

@@ -2,17 +2,19 @@
 //! `θ ← Σ_k n_k θ_k / Σ_k n_k`. The paper's unconstrained upper bound.
 //! Drop variant (BASELINES.md choice): only the strongest cluster (`i_k = c`) takes part.
 
+use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
+use crate::objective::Objective;
 use crate::freeze::{FreezeError, LayerRole};
 
 pub struct FedAvg {
     pub drop_weak: bool,
 }
 
-impl Strategy for FedAvg {
+impl<B: AutodiffBackend> Strategy<B> for FedAvg {
     fn method(&self) -> Method {
         if self.drop_weak {
             Method::FedavgDrop
@@ -26,6 +28,6 @@ impl Strategy for FedAvg {
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
-        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: None, fake_int8_frozen: false })
+        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
     }
 }

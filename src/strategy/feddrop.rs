@@ -4,22 +4,24 @@
 //! residual skips stay aligned. The client trains the sub-model and uploads it; the server
 //! applies MWA over element masks. The full model is evaluated.
 
+use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
+use crate::objective::Objective;
 use crate::freeze::{FreezeError, LayerRole};
 use crate::submodel::WidthSpec;
 
 pub struct Feddrop;
 
-impl Strategy for Feddrop {
+impl<B: AutodiffBackend> Strategy<B> for Feddrop {
     fn method(&self) -> Method {
         Method::Feddrop
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
         let width = WidthSpec::random(ctx.layout, ctx.width_ratio(cluster), rng);
-        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false })
+        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
     }
 }

@@ -4,19 +4,25 @@
 //! `θ_l ← Σ_{k∈S_l} n_k θ_{k,l} / Σ_{k∈S_l} n_k`. TOA (needs `l_k ≥ 2`) or QSGD compresses
 //! the frozen layers' download.
 
+use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
+use crate::objective::Objective;
 use crate::freeze::{ordered_roles, FreezeError};
 
 pub struct FedOlf {
     pub download: Download,
 }
 
-impl Strategy for FedOlf {
+impl<B: AutodiffBackend> Strategy<B> for FedOlf {
     fn method(&self) -> Method {
         Method::Fedolf
+    }
+
+    fn uses_levels(&self) -> bool {
+        true
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
@@ -26,6 +32,6 @@ impl Strategy for FedOlf {
             Download::Qsgd(q) if l >= 1 => Download::Qsgd(q),
             _ => Download::Full,
         };
-        Ok(ClientPlan { client, cluster, roles: ordered_roles(ctx.num_layers, l)?, download, width: None, fake_int8_frozen: false })
+        Ok(ClientPlan { client, cluster, roles: ordered_roles(ctx.num_layers, l)?, download, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
     }
 }

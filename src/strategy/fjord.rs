@@ -7,16 +7,18 @@
 //! Choices: self-distillation off (BASELINES.md). Each mini-batch trains a fresh `p`-prefix
 //! copy, so SGD momentum does not carry across batches (plain SGD steps).
 
+use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
+use crate::objective::Objective;
 use crate::freeze::{FreezeError, LayerRole};
 use crate::submodel::WidthSpec;
 
 pub struct Fjord;
 
-impl Strategy for Fjord {
+impl<B: AutodiffBackend> Strategy<B> for Fjord {
     fn method(&self) -> Method {
         Method::Fjord
     }
@@ -24,6 +26,6 @@ impl Strategy for Fjord {
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
         let mut width = WidthSpec::prefix(ctx.layout, ctx.width_ratio(cluster));
         width.per_batch_ratios = (1..=cluster + 1).map(|i| i as f64 / ctx.clusters as f64).collect();
-        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false })
+        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
     }
 }

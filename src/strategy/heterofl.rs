@@ -10,19 +10,26 @@
 //! Scaler: every conv output is divided by `r_k` while the sub-model trains (identity at
 //! evaluation, where the global model has scale 1); FC outputs are not scaled (full width).
 //! Static BN (`heterofl.static_bn`, default on): before each evaluation the global model's BN
-//! statistics are recomputed with a no-grad pass over the training data (`sim.rs`); local
-//! training uses batch statistics.
+//! statistics are recomputed with a no-grad pass over the training data
+//! ([`recompute_bn_statistics`]); local training uses batch statistics.
 
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use fedolf_models::LayeredNet;
 use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
+use crate::objective::Objective;
 use crate::freeze::{FreezeError, LayerRole};
 use crate::submodel::WidthSpec;
 
-pub struct HeteroFl;
+pub struct HeteroFl {
+    /// Recompute the global BN statistics before each evaluation.
+    pub static_bn: bool,
+}
 
-impl Strategy for HeteroFl {
+impl<B: AutodiffBackend> Strategy<B> for HeteroFl {
     fn method(&self) -> Method {
         Method::Heterofl
     }
@@ -30,6 +37,32 @@ impl Strategy for HeteroFl {
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
         let r = ctx.width_ratio(cluster);
         let width = WidthSpec::prefix_conv(ctx.layout, r).with_scaler(r);
-        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false })
+        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
     }
+
+    fn before_eval(&self, global: LayeredNet<B>, train: &Tensor<B::InnerBackend, 4>) -> LayeredNet<B> {
+        if self.static_bn {
+            recompute_bn_statistics(global, train, 500)
+        } else {
+            global
+        }
+    }
+}
+
+/// HeteroFL's static BN: one pass over the training data in training mode (batch statistics,
+/// running statistics updated) without a backward pass; momentum `1/(t+1)` on batch t makes
+/// each running value the mean of the batch statistics. Models without BN are returned as is.
+pub fn recompute_bn_statistics<B: AutodiffBackend>(mut net: LayeredNet<B>, images: &Tensor<B::InnerBackend, 4>, batch: usize) -> LayeredNet<B> {
+    if !net.has_batch_norm() {
+        return net;
+    }
+    let n = images.dims()[0];
+    for (t, start) in (0..n).step_by(batch).enumerate() {
+        net.set_bn_momentum(1.0 / (t + 1) as f64);
+        // [n, c, h, w] -> [len, c, h, w]; the graph is dropped unused.
+        let x = images.clone().narrow(0, start, batch.min(n - start));
+        let _ = net.forward(Tensor::from_inner(x));
+    }
+    net.set_bn_momentum(0.1); // Burn's default, for the next round's local training
+    net
 }

@@ -1,35 +1,52 @@
 //! Methods as strategies: each file states its paper and its rule, and turns a sampled
-//! client into an owned [`ClientPlan`] (per-layer roles + download compressor); the round
-//! loop in `sim.rs` executes plans and applies the strategy's [`ServerRule`].
+//! client into an owned [`ClientPlan`] (per-layer roles, width, download compressor, local
+//! objective). Everything a method does differently goes through the [`Strategy`] hooks —
+//! what a client downloads, the server merge, the step before evaluation and what is
+//! evaluated — so the round loop in `sim.rs` names no method.
 
+mod adaptivefl;
 mod cocofl;
+mod depthfl;
 mod feddrop;
 mod fedavg;
 mod fedolf;
 mod fjord;
 mod heterofl;
+mod nefl;
 mod random_freeze;
+mod scalefl;
 mod slt;
 mod tinyfel;
 
 use rand_chacha::ChaCha8Rng;
 
+pub use adaptivefl::{fitting_model as adaptivefl_fitting_model, pool_with_params as adaptivefl_pool, AdaptiveFl, PoolModel};
 pub use cocofl::{cocofl_blend, CocoFl};
+pub use depthfl::{depthfl_weight, mutual_distillation_loss, DepthFl};
 pub use feddrop::Feddrop;
 pub use fedavg::FedAvg;
 pub use fedolf::FedOlf;
 pub use fjord::Fjord;
-pub use heterofl::HeteroFl;
+pub use heterofl::{recompute_bn_statistics, HeteroFl};
+pub use nefl::{is_batch_norm, nefl_skipped_blocks, NeFl};
 pub use random_freeze::RandomFreeze;
+pub use scalefl::{distills as scalefl_distills, matched_widths as scalefl_matched_widths, scaled_exits_loss, ScaleFl};
 pub use slt::{stage_count, stage_ends, stage_of, stage_plan, stage_trainable_params, stage_width, Slt, StageLengths};
 pub use tinyfel::TinyFel;
 
-use crate::config::Method;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use fedolf_models::{LayeredNet, SpaceLayout};
+
+use crate::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
+use crate::config::{Config, Method};
 use crate::freeze::{FreezeError, LayerRole};
+use crate::host::HostLayer;
+use crate::objective::Objective;
+use crate::params::LayerParams;
 use crate::qsgd::QsgdSettings;
 use crate::submodel::WidthSpec;
 use crate::toa::ToaSettings;
-use fedolf_models::SpaceLayout;
 
 /// How the frozen, out-of-graph prefix travels down.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,22 +68,35 @@ pub struct ClientPlan {
     pub width: Option<WidthSpec>,
     /// CoCoFL's option: frozen layers run on fake-int8 weights.
     pub fake_int8_frozen: bool,
+    /// The local loss (multi-exit methods distill between exits).
+    pub objective: Objective,
+    /// NeFL: the level whose own BatchNorm bank this client downloads and trains (`None` =
+    /// the global model's BatchNorm).
+    pub bn_bank: Option<usize>,
 }
 
 impl ClientPlan {
+    /// A plan with these roles, the full width, a full download and cross-entropy.
+    pub fn new(client: usize, cluster: usize, roles: Vec<LayerRole>) -> Self {
+        Self { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None }
+    }
+
     /// Layers the client does not train.
     pub fn frozen(&self) -> usize {
         self.roles.iter().filter(|r| **r != LayerRole::Trained).count()
     }
 }
 
-/// How the server merges uploads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerRule {
-    /// Layer-wise MWA with `w_k = n_k` (FedOLF's rule).
-    LayerwiseMwa,
-    /// CoCoFL: `θ ← r·mean(uploads) + (1 − r)·θ_old`, `r` = uploaders / participants.
-    CocoflBlend,
+/// What the server evaluates each evaluation round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalView {
+    /// The full global model.
+    Full,
+    /// A width sub-model of it (SLT's current stage).
+    Width(WidthSpec),
+    /// The full model with its exit heads: the deepest output is the accuracy, the mean of
+    /// every exit's logits the ensemble accuracy.
+    Exits,
 }
 
 /// Facts a plan needs.
@@ -97,19 +127,59 @@ impl PlanContext<'_> {
     }
 }
 
-pub trait Strategy {
+/// One method. `B` is the clients' training backend; the server merges on its inner backend.
+pub trait Strategy<B: AutodiffBackend> {
     fn method(&self) -> Method;
+
     /// Whether clients of this cluster take part at all (FedAvg's drop variant).
     fn eligible(&self, _cluster: usize, _clusters: usize) -> bool {
         true
     }
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError>;
-    fn server_rule(&self) -> ServerRule {
-        ServerRule::LayerwiseMwa
+
+    /// Whether cluster levels `l = c − i` freeze or cut layers, so `c ≤ N` is required.
+    fn uses_levels(&self) -> bool {
+        false
     }
-    /// The sub-model to evaluate instead of the full global model (SLT's current stage).
-    fn eval_width(&self, _ctx: &PlanContext<'_>) -> Option<WidthSpec> {
+
+    /// Layers each cluster freezes, weakest first, for the run header; `None` = it changes
+    /// per round.
+    fn frozen_per_cluster(&self, clusters: usize) -> Option<Vec<usize>> {
+        Some((0..clusters).rev().map(|i| if self.uses_levels() { i } else { 0 }).collect())
+    }
+
+    /// Depths after which the global model carries an exit head (multi-exit methods).
+    fn exit_depths(&self, _num_layers: usize, _clusters: usize) -> Vec<usize> {
+        Vec::new()
+    }
+
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError>;
+
+    /// The model this client downloads, when it is not the global model itself (NeFL: the
+    /// client's level's BatchNorm bank in place of the global one).
+    fn client_start(&self, _plan: &ClientPlan, _global: &[HostLayer]) -> Option<Vec<HostLayer>> {
         None
+    }
+
+    /// The server's merge of this round's uploads (in the order of `plans`): `Some(new
+    /// tensors)` per layer, `None` for layers that keep their value. Default: layer-wise MWA,
+    /// `w_k = n_k` (FedOLF's rule).
+    fn merge(
+        &mut self,
+        global: &[LayerParams<B::InnerBackend>],
+        uploads: &[LayerUpload<B::InnerBackend>],
+        _plans: &[ClientPlan],
+    ) -> Result<Vec<Option<LayerParams<B::InnerBackend>>>, AggregateError> {
+        aggregate_layerwise(global, uploads)
+    }
+
+    /// A step on the global model before it is evaluated (HeteroFL's static BN).
+    fn before_eval(&self, global: LayeredNet<B>, _train: &Tensor<B::InnerBackend, 4>) -> LayeredNet<B> {
+        global
+    }
+
+    /// What is evaluated.
+    fn eval_view(&self, _ctx: &PlanContext<'_>) -> EvalView {
+        EvalView::Full
     }
 }
 
@@ -122,17 +192,50 @@ pub struct StrategyInputs {
     pub cocofl_fake_int8: bool,
     /// SLT: parameters trained per stage (stage lengths in proportion); `None` = equal stages.
     pub slt_stage_params: Option<Vec<usize>>,
+    /// HeteroFL: recompute BN statistics before evaluation.
+    pub heterofl_static_bn: bool,
+    /// ScaleFL: each cluster's width (weakest first); `None` = `i/c`.
+    pub scalefl_widths: Option<Vec<f64>>,
+    /// ScaleFL: the KD weight γ.
+    pub scalefl_gamma: f64,
+    /// AdaptiveFL: the model pool with each model's parameter count, and the full model's.
+    pub adaptivefl_pool: Option<(Vec<PoolModel>, usize)>,
 }
 
 impl StrategyInputs {
     /// Every option at its default: `download` only.
     pub fn new(download: Download) -> Self {
-        Self { download, cocofl_fake_int8: false, slt_stage_params: None }
+        Self {
+            download,
+            cocofl_fake_int8: false,
+            slt_stage_params: None,
+            heterofl_static_bn: true,
+            scalefl_widths: None,
+            scalefl_gamma: 1.0,
+            adaptivefl_pool: None,
+        }
+    }
+
+    /// Everything the configured method needs, measured on the run's initial global model
+    /// (SLT's stage sizes, ScaleFL's widths, AdaptiveFL's pool).
+    pub fn for_run<B: Backend>(cfg: &Config, download: Download, global: &LayeredNet<B>, layout: &SpaceLayout, device: &B::Device) -> Self {
+        let n = global.num_layers();
+        let c = cfg.federation.clusters;
+        Self {
+            download,
+            cocofl_fake_int8: cfg.cocofl.fake_int8,
+            slt_stage_params: (cfg.method == Method::Slt && cfg.slt.stage_lengths == StageLengths::Params)
+                .then(|| stage_trainable_params(global, layout, device)),
+            heterofl_static_bn: cfg.heterofl.static_bn,
+            scalefl_widths: (cfg.method == Method::Scalefl).then(|| scalefl::matched_widths(global, layout, c, device)),
+            scalefl_gamma: cfg.scalefl.gamma,
+            adaptivefl_pool: (cfg.method == Method::Adaptivefl && n > 0).then(|| adaptivefl::pool_with_params(global, layout, c, device)),
+        }
     }
 }
 
 /// The strategy for a method.
-pub fn strategy_for(method: Method, inputs: &StrategyInputs) -> Box<dyn Strategy> {
+pub fn strategy_for<B: AutodiffBackend>(method: Method, inputs: &StrategyInputs) -> Box<dyn Strategy<B>> {
     match method {
         Method::Fedolf => Box::new(FedOlf { download: inputs.download }),
         Method::Fedavg => Box::new(FedAvg { drop_weak: false }),
@@ -140,9 +243,13 @@ pub fn strategy_for(method: Method, inputs: &StrategyInputs) -> Box<dyn Strategy
         Method::RandomFreeze => Box::new(RandomFreeze),
         Method::Tinyfel => Box::new(TinyFel),
         Method::Cocofl => Box::new(CocoFl { fake_int8: inputs.cocofl_fake_int8 }),
-        Method::Heterofl => Box::new(HeteroFl),
+        Method::Heterofl => Box::new(HeteroFl { static_bn: inputs.heterofl_static_bn }),
         Method::Feddrop => Box::new(Feddrop),
         Method::Fjord => Box::new(Fjord),
         Method::Slt => Box::new(Slt { stage_params: inputs.slt_stage_params.clone() }),
+        Method::Depthfl => Box::new(DepthFl),
+        Method::Scalefl => Box::new(ScaleFl { widths: inputs.scalefl_widths.clone(), gamma: inputs.scalefl_gamma as f32 }),
+        Method::Adaptivefl => Box::new(AdaptiveFl { pool: inputs.adaptivefl_pool.clone() }),
+        Method::Nefl => Box::new(NeFl::default()),
     }
 }

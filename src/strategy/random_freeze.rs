@@ -5,18 +5,24 @@
 //! saves little memory. Server: layer-wise MWA over the layers each client trained.
 
 use rand::seq::index::sample;
+use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
+use crate::objective::Objective;
 use crate::freeze::FreezeError;
 use crate::freeze_modes::roles_with_pass_grad;
 
 pub struct RandomFreeze;
 
-impl Strategy for RandomFreeze {
+impl<B: AutodiffBackend> Strategy<B> for RandomFreeze {
     fn method(&self) -> Method {
         Method::RandomFreeze
+    }
+
+    fn uses_levels(&self) -> bool {
+        true
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
@@ -25,6 +31,6 @@ impl Strategy for RandomFreeze {
         for i in sample(rng, ctx.num_layers, l).into_iter() {
             frozen[i] = true;
         }
-        Ok(ClientPlan { client, cluster, roles: roles_with_pass_grad(&frozen), download: Download::Full, width: None, fake_int8_frozen: false })
+        Ok(ClientPlan { client, cluster, roles: roles_with_pass_grad(&frozen), download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
     }
 }

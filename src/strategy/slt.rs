@@ -19,11 +19,13 @@
 
 use burn::prelude::*;
 use fedolf_models::{LayeredNet, SpaceLayout};
+use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{ClientPlan, Download, PlanContext, Strategy};
+use super::{ClientPlan, Download, EvalView, PlanContext, Strategy};
 use crate::config::Method;
+use crate::objective::Objective;
 use crate::freeze::{FreezeError, LayerRole};
 use crate::params::layer_numel;
 use crate::submodel::{extract, WidthSpec};
@@ -114,7 +116,7 @@ impl Slt {
     }
 }
 
-impl Strategy for Slt {
+impl<B: AutodiffBackend> Strategy<B> for Slt {
     fn method(&self) -> Method {
         Method::Slt
     }
@@ -123,12 +125,20 @@ impl Strategy for Slt {
         let j = stage_of(&self.ends(ctx), ctx.round);
         let (roles, width) = stage_plan(ctx.layout, ctx.num_layers, j, cluster + 1);
         let width = (!width.is_full(ctx.layout)).then_some(width);
-        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width, fake_int8_frozen: false })
+        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
     }
 
-    fn eval_width(&self, ctx: &PlanContext<'_>) -> Option<WidthSpec> {
+    fn frozen_per_cluster(&self, _clusters: usize) -> Option<Vec<usize>> {
+        None // by stage
+    }
+
+    fn eval_view(&self, ctx: &PlanContext<'_>) -> EvalView {
         let j = stage_of(&self.ends(ctx), ctx.round);
         let (_, width) = stage_plan(ctx.layout, ctx.num_layers, j, 1);
-        (!width.is_full(ctx.layout)).then_some(width)
+        if width.is_full(ctx.layout) {
+            EvalView::Full
+        } else {
+            EvalView::Width(width)
+        }
     }
 }

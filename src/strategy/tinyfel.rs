@@ -4,22 +4,28 @@
 //! the update. Same training result as FedOLF without TOA; it exists to measure memory and
 //! energy (paper Fig. 17). Server: layer-wise MWA.
 
+use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
+use crate::objective::Objective;
 use crate::freeze::{FreezeError, LayerRole};
 
 pub struct TinyFel;
 
-impl Strategy for TinyFel {
+impl<B: AutodiffBackend> Strategy<B> for TinyFel {
     fn method(&self) -> Method {
         Method::Tinyfel
+    }
+
+    fn uses_levels(&self) -> bool {
+        true
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
         let l = ctx.level(cluster)?;
         let roles = (0..ctx.num_layers).map(|i| if i < l { LayerRole::FrozenGradDiscarded } else { LayerRole::Trained }).collect();
-        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: false })
+        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
     }
 }

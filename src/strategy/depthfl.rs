@@ -1,0 +1,93 @@
+//! DepthFL (Kim, Yu, Jeong, Shin, "DepthFL: Depthwise federated learning for heterogeneous
+//! clients", ICLR 2023), as BASELINES.md specifies it.
+//!
+//! Level `l_k = c − i_k` drops the last `l_k` layers: the client trains layers
+//! `L_1..L_{N−l_k}` with an exit head after every depth `D_j = N − (c − j)`, `j ≤ i_k`, that
+//! it reaches (the classifier is the exit at depth N). With `n` exits' logits `z_1..z_n`
+//! (shallowest first) the batch loss is mutual self-distillation:
+//!
+//! `L = Σ_i [ CE(z_i, y) + (w_t / (n − 1)) Σ_{j≠i} KL(softmax(z_j).detach ‖ softmax(z_i)) ]`,
+//! `w_t = exp(−5 (1 − min(t, 300)/300)²)` at round t (no KD term when n = 1).
+//!
+//! Server: MWA with `w = n_k` over whole layers; exit heads aggregate like any layer, over
+//! the clients that hold them. Evaluation: the deepest output (the full model's
+//! classifier) is the reported accuracy, and the mean of every exit's logits the ensemble
+//! accuracy (`accuracy_ensemble`). Choices: FedDyn regularisation off (BASELINES.md); the KL
+//! is averaged over the batch (PyTorch's `batchmean`).
+
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use rand_chacha::ChaCha8Rng;
+
+use super::{ClientPlan, EvalView, PlanContext, Strategy};
+use crate::config::Method;
+use crate::freeze::{FreezeError, LayerRole};
+use crate::objective::{cross_entropy, distillation_kl, Objective};
+
+pub struct DepthFl;
+
+/// `w_t = exp(−5 (1 − min(t, 300)/300)²)`.
+pub fn depthfl_weight(round: usize) -> f32 {
+    let progress = round.min(300) as f64 / 300.0;
+    (-5.0 * (1.0 - progress).powi(2)).exp() as f32
+}
+
+/// The mutual self-distillation loss of the module doc over `outputs` (shallowest first).
+/// # Shapes
+/// each output `[b, classes]`, labels `[b]` `-> [1]`
+pub fn mutual_distillation_loss<B: Backend>(outputs: &[Tensor<B, 2>], y: Tensor<B, 1, Int>, weight: f32) -> Tensor<B, 1> {
+    let n = outputs.len();
+    let mut total: Option<Tensor<B, 1>> = None;
+    for (i, z_i) in outputs.iter().enumerate() {
+        let mut term = cross_entropy(z_i.clone(), y.clone());
+        if n > 1 {
+            for (_, z_j) in outputs.iter().enumerate().filter(|(j, _)| *j != i) {
+                term = term + distillation_kl(z_j.clone(), z_i.clone(), 1.0) * (weight / (n - 1) as f32);
+            }
+        }
+        total = Some(match total {
+            Some(t) => t + term,
+            None => term,
+        });
+    }
+    total.expect("a model has an output")
+}
+
+/// Depths where the global model carries exits: `N − l` for every level `l ∈ 1..c`.
+pub(super) fn level_cut_depths(num_layers: usize, clusters: usize) -> Vec<usize> {
+    (1..clusters).filter(|&l| l < num_layers).map(|l| num_layers - l).rev().collect()
+}
+
+/// Roles of a client that keeps the first `depth` layers.
+pub(super) fn depth_roles(num_layers: usize, depth: usize) -> Vec<LayerRole> {
+    (0..num_layers).map(|i| if i < depth { LayerRole::Trained } else { LayerRole::Skipped }).collect()
+}
+
+impl<B: AutodiffBackend> Strategy<B> for DepthFl {
+    fn method(&self) -> Method {
+        Method::Depthfl
+    }
+
+    fn uses_levels(&self) -> bool {
+        true
+    }
+
+    fn frozen_per_cluster(&self, clusters: usize) -> Option<Vec<usize>> {
+        Some(vec![0; clusters]) // levels drop layers; none are frozen
+    }
+
+    fn exit_depths(&self, num_layers: usize, clusters: usize) -> Vec<usize> {
+        level_cut_depths(num_layers, clusters)
+    }
+
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+        let l = ctx.level(cluster)?;
+        let mut plan = ClientPlan::new(client, cluster, depth_roles(ctx.num_layers, ctx.num_layers - l));
+        plan.objective = Objective::MutualDistillation { weight: depthfl_weight(ctx.round) };
+        Ok(plan)
+    }
+
+    fn eval_view(&self, _ctx: &PlanContext<'_>) -> EvalView {
+        EvalView::Exits
+    }
+}

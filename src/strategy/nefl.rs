@@ -1,0 +1,163 @@
+//! NeFL (Kang et al., "NeFL: Nested model scaling for federated learning with system
+//! heterogeneous clients"), as BASELINES.md specifies it.
+//!
+//! ResNets (depthwise nesting): a client of level `l_k = c − i_k` skips `l_k` non-first
+//! residual blocks — deepest stage first, the last block of a stage first — and a skipped
+//! block is the identity (each kept block's step scalar is fixed at 1). Models without
+//! identity blocks (the CNN, AlexNet; widthwise nesting): the client trains the `r_k = i_k/c`
+//! prefix of every hidden channel space. Each level below the full one keeps its own
+//! BatchNorm bank (γ, β and running statistics), downloaded by that level's clients and
+//! averaged only over them; every other tensor is shared and merged by MWA over everyone
+//! who holds it (`w = n_k`). The full level's bank is the global model's own BatchNorm,
+//! so the evaluated model — the full level with its bank — is the global model.
+//!
+//! Choices: fixed step scalars (the learnable ones are optional); a bank no client has
+//! trained yet starts from the initial model's BatchNorm.
+
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use fedolf_models::SpaceLayout;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+
+use super::{ClientPlan, PlanContext, Strategy};
+use crate::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
+use crate::config::Method;
+use crate::freeze::{FreezeError, LayerRole};
+use crate::host::{layer_to_device, layer_to_host, HostLayer};
+use crate::params::LayerParams;
+use crate::submodel::WidthSpec;
+
+#[derive(Default)]
+pub struct NeFl {
+    /// Each level's bank (a host copy of the whole model; only its BatchNorm entries count).
+    banks: BTreeMap<usize, Vec<HostLayer>>,
+    /// The initial model (from the first merge on): where an untrained bank starts.
+    initial: Option<Vec<HostLayer>>,
+}
+
+/// Whether a tensor (by its path) is a BatchNorm entry: γ, β or a running statistic.
+pub fn is_batch_norm(name: &str) -> bool {
+    matches!(name.rsplit('.').next(), Some("gamma" | "beta" | "running_mean" | "running_var"))
+}
+
+/// The blocks a level-`l` client skips: non-first residual blocks (identity skips: the block
+/// reads and writes one channel space), deepest stage first, each stage's last block first.
+pub fn nefl_skipped_blocks(layout: &SpaceLayout, l: usize) -> Result<Vec<usize>, FreezeError> {
+    let identity = identity_blocks(layout);
+    if l > identity.len() {
+        return Err(FreezeError::BadRoles(format!("NeFL level {l} skips {l} residual blocks, but the model has {} that can be skipped", identity.len())));
+    }
+    // Stages are spaces; a deeper stage's blocks have larger indices, so descending order
+    // takes the deepest stage's last block first and finishes a stage before the next.
+    let mut order = identity;
+    order.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(order.into_iter().take(l).collect())
+}
+
+/// Layers that read and write one channel space: residual blocks with an identity skip.
+fn identity_blocks(layout: &SpaceLayout) -> Vec<usize> {
+    (0..layout.layers.len()).filter(|&i| layout.layers[i].input.is_some() && layout.layers[i].input == layout.layers[i].output).collect()
+}
+
+/// `model` with every BatchNorm entry taken from `bank`.
+fn with_bank(model: &[HostLayer], bank: &[HostLayer]) -> Vec<HostLayer> {
+    model
+        .iter()
+        .zip(bank)
+        .map(|(layer, banked)| layer.iter().zip(banked).map(|(t, b)| if is_batch_norm(&t.name) { b.clone() } else { t.clone() }).collect())
+        .collect()
+}
+
+/// The upload without its BatchNorm entries (masked out), for the shared merge.
+fn without_batch_norm<B: Backend>(upload: &LayerUpload<B>) -> LayerUpload<B> {
+    let masks = upload
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(pos, (_, tensors))| {
+            tensors
+                .iter()
+                .enumerate()
+                .map(|(i, t)| match (is_batch_norm(&t.name), &upload.masks) {
+                    (true, _) => t.value.zeros_like(),
+                    (false, Some(m)) => m[pos][i].clone(),
+                    (false, None) => t.value.ones_like(),
+                })
+                .collect()
+        })
+        .collect();
+    LayerUpload::masked(upload.weight, upload.layers.clone(), masks)
+}
+
+impl<B: AutodiffBackend> Strategy<B> for NeFl {
+    fn method(&self) -> Method {
+        Method::Nefl
+    }
+
+    fn uses_levels(&self) -> bool {
+        true
+    }
+
+    fn frozen_per_cluster(&self, clusters: usize) -> Option<Vec<usize>> {
+        Some(vec![0; clusters])
+    }
+
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+        let l = ctx.level(cluster)?;
+        let depthwise = !identity_blocks(ctx.layout).is_empty();
+        let mut plan = ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]);
+        if depthwise {
+            for i in nefl_skipped_blocks(ctx.layout, l)? {
+                plan.roles[i] = LayerRole::Skipped;
+            }
+        } else {
+            let width = WidthSpec::prefix(ctx.layout, ctx.width_ratio(cluster));
+            plan.width = (!width.is_full(ctx.layout)).then_some(width);
+        }
+        plan.bn_bank = (l > 0).then_some(cluster);
+        Ok(plan)
+    }
+
+    fn client_start(&self, plan: &ClientPlan, global: &[HostLayer]) -> Option<Vec<HostLayer>> {
+        let level = plan.bn_bank?;
+        let bank = self.banks.get(&level).or(self.initial.as_ref())?;
+        Some(with_bank(global, bank))
+    }
+
+    fn merge(
+        &mut self,
+        global: &[LayerParams<B::InnerBackend>],
+        uploads: &[LayerUpload<B::InnerBackend>],
+        plans: &[ClientPlan],
+    ) -> Result<Vec<Option<LayerParams<B::InnerBackend>>>, AggregateError> {
+        let initial = self.initial.get_or_insert_with(|| global.iter().cloned().map(layer_to_host).collect()).clone();
+        // Shared tensors: everyone; BatchNorm: only the full level (the global model's bank).
+        let shared: Vec<LayerUpload<_>> = uploads
+            .iter()
+            .zip(plans)
+            .map(|(u, p)| if p.bn_bank.is_some() { without_batch_norm(u) } else { u.clone() })
+            .collect();
+        let merged = aggregate_layerwise(global, &shared)?;
+        // Each level's bank: MWA over that level's uploads only, BatchNorm entries kept.
+        let Some(device) = global.iter().flatten().next().map(|t| t.value.device()) else {
+            return Ok(merged);
+        };
+        let mut levels: Vec<usize> = plans.iter().filter_map(|p| p.bn_bank).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        for level in levels {
+            let bank = self.banks.get(&level).unwrap_or(&initial);
+            let bank_device: Vec<LayerParams<B::InnerBackend>> = bank.iter().map(|l| layer_to_device(l, &device)).collect();
+            let own: Vec<LayerUpload<_>> = uploads.iter().zip(plans).filter(|(_, p)| p.bn_bank == Some(level)).map(|(u, _)| u.clone()).collect();
+            let updated = aggregate_layerwise(&bank_device, &own)?;
+            let new_bank: Vec<HostLayer> = updated
+                .into_iter()
+                .zip(bank_device)
+                .map(|(new, old)| layer_to_host(new.unwrap_or(old)))
+                .collect();
+            self.banks.insert(level, with_bank(bank, &new_bank));
+        }
+        Ok(merged)
+    }
+}

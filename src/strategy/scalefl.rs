@@ -1,0 +1,129 @@
+//! ScaleFL (Ilhan, Su, Liu, "ScaleFL: Resource-adaptive federated learning with heterogeneous
+//! clients", CVPR 2023), as BASELINES.md specifies it.
+//!
+//! Each level scales width and depth: cluster `i_k` keeps the first `N − l_k` layers (DepthFL's
+//! cut, `l_k = c − i_k`) at the width `r_k` whose sub-model holds about `i_k / c` of the full
+//! model's parameters (exits included; found by bisection on the run's own model), every
+//! hidden channel space keeping its first `⌈r_k·C⌉` channels, with an exit head at each depth
+//! it reaches. With exits `z_1..z_n` (shallowest first) the batch loss is
+//!
+//! `L = [ Σ_{j<n} j·(CE(z_j, y) + γT²·KL(softmax(z_n/T).detach ‖ softmax(z_j/T))) + n·CE(z_n, y) ] / (n(n+1)/2)`,
+//!
+//! `T = 3`, KD from 25 % of the rounds on (0-based round index ≥ ⌊T_rounds/4⌋; before that
+//! γ is 0). γ = 1 by default (`scalefl.gamma`): the reference code's default of 0 silently
+//! disables KD. Server: MWA over element masks, `w = n_k`; exits are ordinary tensors.
+//! Evaluation: like DepthFL, the full model's classifier and the ensemble of all exits. An
+//! exit head's input follows its layer's width; its own channels stay whole (as HeteroFL's FC
+//! layers do). No Scaler.
+
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use fedolf_models::{LayeredNet, SpaceLayout};
+use rand_chacha::ChaCha8Rng;
+
+use super::depthfl::{depth_roles, level_cut_depths};
+use super::{ClientPlan, EvalView, PlanContext, Strategy};
+use crate::config::Method;
+use crate::freeze::FreezeError;
+use crate::objective::{cross_entropy, distillation_kl, Objective};
+use crate::params::layer_numel;
+use crate::submodel::{extract, WidthSpec};
+
+pub const TEMPERATURE: f32 = 3.0;
+
+pub struct ScaleFl {
+    /// Each cluster's width, weakest first; `None` = `i/c`.
+    pub widths: Option<Vec<f64>>,
+    pub gamma: f32,
+}
+
+/// ScaleFL's loss of the module doc over `outputs` (shallowest first); `gamma = 0` turns KD off.
+/// # Shapes
+/// each output `[b, classes]`, labels `[b]` `-> [1]`
+pub fn scaled_exits_loss<B: Backend>(outputs: &[Tensor<B, 2>], y: Tensor<B, 1, Int>, gamma: f32, temperature: f32) -> Tensor<B, 1> {
+    let n = outputs.len();
+    let deepest = outputs.last().expect("a model has an output");
+    let mut total = cross_entropy(deepest.clone(), y.clone()) * n as f32;
+    for (j, z) in outputs[..n - 1].iter().enumerate() {
+        let mut term = cross_entropy(z.clone(), y.clone());
+        if gamma > 0.0 {
+            term = term + distillation_kl(deepest.clone(), z.clone(), temperature) * (gamma * temperature * temperature);
+        }
+        total = total + term * (j + 1) as f32;
+    }
+    total / (n * (n + 1) / 2) as f32
+}
+
+/// Whether KD is on at a 1-based round of `rounds`.
+pub fn distills(round: usize, rounds: usize) -> bool {
+    round.saturating_sub(1) >= rounds / 4
+}
+
+/// Parameters a client holds with the first `depth` layers at width spec `width`.
+fn sub_model_params<B: Backend>(global: &LayeredNet<B>, layout: &SpaceLayout, depth: usize, width: &WidthSpec, device: &B::Device) -> usize {
+    let sub = extract(global.clone(), layout, width, device);
+    sub.layers[..depth].iter().map(layer_numel).sum::<usize>() + sub.exits.iter().filter(|e| e.after <= depth).map(layer_numel).sum::<usize>()
+}
+
+/// Each cluster's width (weakest first) so that its depth-cut sub-model holds about `i/c` of
+/// the full model's parameters: bisection on `r` (parameters grow with `r`).
+pub fn matched_widths<B: Backend>(global: &LayeredNet<B>, layout: &SpaceLayout, clusters: usize, device: &B::Device) -> Vec<f64> {
+    let n = global.num_layers();
+    let full: usize = global.layers.iter().map(layer_numel).sum();
+    (0..clusters)
+        .map(|cluster| {
+            let level = clusters - 1 - cluster;
+            if level == 0 || level >= n {
+                return 1.0;
+            }
+            let depth = n - level;
+            let target = full as f64 * (cluster + 1) as f64 / clusters as f64;
+            let (mut lo, mut hi) = (0.0f64, 1.0f64);
+            if sub_model_params(global, layout, depth, &WidthSpec::prefix(layout, 1.0), device) as f64 <= target {
+                return 1.0; // the depth cut alone is small enough
+            }
+            for _ in 0..14 {
+                let mid = 0.5 * (lo + hi);
+                if (sub_model_params(global, layout, depth, &WidthSpec::prefix(layout, mid), device) as f64) < target {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            hi
+        })
+        .collect()
+}
+
+impl<B: AutodiffBackend> Strategy<B> for ScaleFl {
+    fn method(&self) -> Method {
+        Method::Scalefl
+    }
+
+    fn uses_levels(&self) -> bool {
+        true
+    }
+
+    fn frozen_per_cluster(&self, clusters: usize) -> Option<Vec<usize>> {
+        Some(vec![0; clusters])
+    }
+
+    fn exit_depths(&self, num_layers: usize, clusters: usize) -> Vec<usize> {
+        level_cut_depths(num_layers, clusters)
+    }
+
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+        let l = ctx.level(cluster)?;
+        let mut plan = ClientPlan::new(client, cluster, depth_roles(ctx.num_layers, ctx.num_layers - l));
+        let r = self.widths.as_ref().and_then(|w| w.get(cluster).copied()).unwrap_or_else(|| ctx.width_ratio(cluster));
+        let width = WidthSpec::prefix(ctx.layout, r);
+        plan.width = (!width.is_full(ctx.layout)).then_some(width);
+        let gamma = if distills(ctx.round, ctx.rounds) { self.gamma } else { 0.0 };
+        plan.objective = Objective::ScaledExits { gamma, temperature: TEMPERATURE, distill: gamma > 0.0 };
+        Ok(plan)
+    }
+
+    fn eval_view(&self, _ctx: &PlanContext<'_>) -> EvalView {
+        EvalView::Exits
+    }
+}

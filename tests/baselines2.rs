@@ -1,0 +1,261 @@
+//! Baselines II: exit heads, DepthFL's and ScaleFL's losses, AdaptiveFL's fallback, NeFL's
+//! skipped blocks and BatchNorm banks. Hand-computed values say where they come from.
+
+mod common;
+
+use burn::prelude::*;
+use common::*;
+use fedolf::aggregate::LayerUpload;
+use fedolf::config::Method;
+use fedolf::freeze::{LayerRole, LocalModel};
+use fedolf::host::HostLayer;
+use fedolf::models::{ExitKind, Features, ModelKind};
+use fedolf::objective::Objective;
+use fedolf::params::NamedTensor;
+use fedolf::strategy::{
+    depthfl_weight, mutual_distillation_loss, nefl_skipped_blocks, scaled_exits_loss, strategy_for, AdaptiveFl, ClientPlan, NeFl, PlanContext, PoolModel, Strategy,
+    StrategyInputs, Download,
+};
+use rand::SeedableRng;
+
+fn logits(rows: &[&[f32]]) -> Tensor<Inner, 2> {
+    let (n, c) = (rows.len(), rows[0].len());
+    Tensor::from_data(TensorData::new(rows.iter().flat_map(|r| r.iter().copied()).collect::<Vec<_>>(), [n, c]), &device())
+}
+
+fn labels(y: &[i64]) -> Tensor<Inner, 1, Int> {
+    Tensor::from_data(TensorData::new(y.to_vec(), [y.len()]), &device())
+}
+
+fn scalar(t: Tensor<Inner, 1>) -> f64 {
+    t.into_scalar().elem::<f64>()
+}
+
+fn softmax(z: &[f64]) -> Vec<f64> {
+    let m = z.iter().cloned().fold(f64::MIN, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+fn kl(p: &[f64], q: &[f64]) -> f64 {
+    p.iter().zip(q).map(|(p, q)| p * (p / q).ln()).sum()
+}
+
+#[test]
+fn exit_heads_give_logits_at_every_depth_of_every_model() {
+    for kind in ModelKind::ALL {
+        for (input, classes) in [([1, 28, 28], 10), ([3, 32, 32], 100)] {
+            let net = kind.init::<Inner>(input, classes, &device()).unwrap();
+            let n = net.num_layers();
+            let depths: Vec<usize> = (1..n).collect();
+            let net = net.with_exits(&depths, &device()).unwrap();
+            assert_eq!(net.exits.len(), n - 1, "{}", kind.name());
+            let (x, _) = random_batch::<Inner>(2, input, classes, 1);
+            let outputs = net.forward_all_exits(x);
+            assert_eq!(outputs.len(), n, "{}: one output per exit plus the classifier", kind.name());
+            for (d, out) in outputs.iter().enumerate() {
+                assert_eq!(out.dims(), [2, classes], "{} {input:?}: output after depth {}", kind.name(), d + 1);
+            }
+            // A depth 0 or N exit is refused with the depth named.
+            let again = kind.init::<Inner>(input, classes, &device()).unwrap();
+            let err = again.with_exits(&[n], &device()).unwrap_err().to_string();
+            assert!(err.contains(&format!("depth {n}")), "{err}");
+        }
+    }
+}
+
+#[test]
+fn resnet_exits_step_up_to_the_final_width() {
+    // ResNet20 stages are 16, 32, 64 channels: an exit after block 1 (stage 1) needs two
+    // stride-2 steps, after block 4 (stage 2) one, after block 7 (stage 3) none.
+    let net = ModelKind::ResNet20.init::<Inner>([3, 32, 32], 10, &device()).unwrap().with_exits(&[1, 4, 7], &device()).unwrap();
+    let steps: Vec<usize> = net
+        .exits
+        .iter()
+        .map(|e| match &e.kind {
+            ExitKind::Strided(s) => s.steps.len(),
+            other => panic!("ResNet exits are strided, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(steps, vec![2, 1, 0]);
+    // Models without exits hold none: FedOLF's model and bytes are unchanged.
+    assert!(ModelKind::ResNet20.init::<Inner>([3, 32, 32], 10, &device()).unwrap().exits.is_empty());
+}
+
+#[test]
+fn depthfl_loss_matches_a_hand_computed_two_exit_example() {
+    // z1 = [0, 0], z2 = [ln 3, 0], y = 0: p1 = [1/2, 1/2], p2 = [3/4, 1/4].
+    let z1 = [0.0f64, 0.0];
+    let z2 = [3f64.ln(), 0.0];
+    let (p1, p2) = (softmax(&z1), softmax(&z2));
+    for w in [1.0f32, 0.25] {
+        // L = CE(z1) + w·KL(p2‖p1) + CE(z2) + w·KL(p1‖p2) (n − 1 = 1).
+        let expected = -p1[0].ln() + w as f64 * kl(&p2, &p1) - p2[0].ln() + w as f64 * kl(&p1, &p2);
+        let got = scalar(mutual_distillation_loss(&[logits(&[&[0.0, 0.0]]), logits(&[&[3f32.ln(), 0.0]])], labels(&[0]), w));
+        assert!((got - expected).abs() < 1e-5, "w = {w}: {got} vs {expected}");
+    }
+    // One exit: plain cross-entropy.
+    let single = scalar(mutual_distillation_loss(&[logits(&[&[3f32.ln(), 0.0]])], labels(&[0]), 1.0));
+    assert!((single - (4.0f64 / 3.0).ln()).abs() < 1e-6);
+    // w_t = exp(−5(1 − min(t,300)/300)²): e^−5 at 0, e^−1.25 at 150, 1 from 300 on.
+    assert!((depthfl_weight(0) as f64 - (-5f64).exp()).abs() < 1e-7);
+    assert!((depthfl_weight(150) as f64 - (-1.25f64).exp()).abs() < 1e-6);
+    assert_eq!((depthfl_weight(300), depthfl_weight(900)), (1.0, 1.0));
+}
+
+#[test]
+fn scalefl_loss_weights_exits_by_depth_and_distills_from_the_deepest() {
+    let zs: [[f64; 3]; 3] = [[0.2, -0.1, 0.4], [1.0, 0.0, -1.0], [2.0, 0.5, 0.1]];
+    let y = 1usize;
+    let outputs: Vec<Tensor<Inner, 2>> = zs.iter().map(|z| logits(&[&z.map(|v| v as f32)])).collect();
+    let ce = |z: &[f64]| -softmax(z)[y].ln();
+    // γ = 0: (1·CE1 + 2·CE2 + 3·CE3) / 6.
+    let plain = (ce(&zs[0]) + 2.0 * ce(&zs[1]) + 3.0 * ce(&zs[2])) / 6.0;
+    let got = scalar(scaled_exits_loss(&outputs, labels(&[y as i64]), 0.0, 3.0));
+    assert!((got - plain).abs() < 1e-5, "{got} vs {plain}");
+    // γ = 1, T = 3: exits j < n add j·γT²·KL(softmax(z_n/T) ‖ softmax(z_j/T)).
+    let t = 3.0;
+    let soft = |z: &[f64; 3]| softmax(&z.map(|v| v / t));
+    let kd = 1.0 * t * t * (kl(&soft(&zs[2]), &soft(&zs[0])) + 2.0 * kl(&soft(&zs[2]), &soft(&zs[1]))) / 6.0;
+    let got = scalar(scaled_exits_loss(&outputs, labels(&[y as i64]), 1.0, 3.0));
+    assert!((got - (plain + kd)).abs() < 1e-5, "{got} vs {}", plain + kd);
+}
+
+#[test]
+fn scalefl_turns_distillation_on_at_a_quarter_of_the_rounds() {
+    let net = ModelKind::Cnn.init::<Inner>([1, 28, 28], 10, &device()).unwrap();
+    let layout = net.channel_spaces();
+    let scalefl = strategy_for::<Train>(Method::Scalefl, &StrategyInputs::new(Download::Full));
+    let objective_at = |round| {
+        let ctx = PlanContext { num_layers: 3, clusters: 2, round, rounds: 100, layout: &layout };
+        scalefl.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap().objective
+    };
+    // Rounds 1..=25 (the first quarter) train without KD; from round 26 on γ = 1.
+    assert_eq!(objective_at(25), Objective::ScaledExits { gamma: 0.0, temperature: 3.0, distill: false });
+    assert_eq!(objective_at(26), Objective::ScaledExits { gamma: 1.0, temperature: 3.0, distill: true });
+    // The weak cluster keeps 2 of 3 layers (its exit after conv block 2).
+    let ctx = PlanContext { num_layers: 3, clusters: 2, round: 1, rounds: 100, layout: &layout };
+    let plan = scalefl.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
+    assert_eq!(plan.roles, vec![LayerRole::Trained, LayerRole::Trained, LayerRole::Skipped]);
+}
+
+#[test]
+fn scalefl_widths_match_a_share_of_the_parameters() {
+    // AlexNet, c = 5: each cluster's depth-cut, width-scaled sub-model (exits included)
+    // holds about i/5 of the full model's parameters.
+    let net = ModelKind::AlexNet.init::<Inner>([3, 32, 32], 10, &device()).unwrap().with_exits(&[3, 4, 5, 6], &device()).unwrap();
+    let layout = net.channel_spaces();
+    let widths = fedolf::strategy::scalefl_matched_widths(&net, &layout, 5, &device());
+    assert_eq!(widths.len(), 5);
+    assert_eq!(widths[4], 1.0);
+    assert!(widths.windows(2).all(|w| w[0] <= w[1]), "widths grow with capacity: {widths:?}");
+    assert!(widths[0] < 0.6 && widths[0] > 0.05, "{widths:?}");
+}
+
+#[test]
+fn adaptivefl_falls_back_to_the_largest_pool_model_that_fits() {
+    let pool: Vec<PoolModel> = [10, 40, 70, 100].iter().enumerate().map(|(i, &p)| PoolModel { width: (i + 1) as f64 / 4.0, split: 0, params: p }).collect();
+    use fedolf::strategy::adaptivefl_fitting_model as fit;
+    assert_eq!(fit(&pool, 3, 50.0).params, 40, "100 does not fit 50: the largest that does is 40");
+    assert_eq!(fit(&pool, 0, 50.0).params, 10, "a drawn model that fits is kept");
+    assert_eq!(fit(&pool, 2, 100.0).params, 70);
+    assert_eq!(fit(&pool, 3, 5.0).params, 10, "nothing fits: the smallest");
+    // Through the strategy: a weak client (budget 1/4 of 100) never trains more than 25.
+    let net = ModelKind::Cnn.init::<Inner>([1, 28, 28], 10, &device()).unwrap();
+    let layout = net.channel_spaces();
+    let (pool, full) = fedolf::strategy::adaptivefl_pool(&net, &layout, 4, &device());
+    let strategy = AdaptiveFl { pool: Some((pool.clone(), full)) };
+    let ctx = PlanContext { num_layers: 3, clusters: 4, round: 1, rounds: 10, layout: &layout };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..20 {
+        let plan = Strategy::<Train>::plan(&strategy, &ctx, 0, 0, &mut rng).unwrap();
+        let sub = fedolf::submodel::extract(net.clone(), &layout, plan.width.as_ref().expect("a weak client is narrowed"), &device());
+        let params: usize = sub.layers.iter().map(fedolf::params::layer_numel).sum();
+        assert!(params as f64 <= full as f64 / 4.0, "{params} > {}", full / 4);
+    }
+}
+
+#[test]
+fn depthfl_clients_upload_their_layers_and_the_exits_they_hold() {
+    // CNN, c = 2: the weak client keeps conv blocks 1–2 and the exit after block 2 (global
+    // entry 3 = N + 0); it neither runs nor uploads the classifier.
+    let global = ModelKind::Cnn.init::<Train>([1, 28, 28], 10, &device()).unwrap().with_exits(&[2], &device()).unwrap();
+    let local = LocalModel::from_roles(&global, &[LayerRole::Trained, LayerRole::Trained, LayerRole::Skipped]).unwrap();
+    let uploaded: Vec<usize> = local.trained_layers().into_iter().map(|(i, _)| i).collect();
+    assert_eq!(uploaded, vec![0, 1, 3]);
+    let (x, _) = random_batch::<Inner>(3, [1, 28, 28], 10, 2);
+    assert_eq!(local.forward(x).dims(), [3, 10]);
+    // A cut without an exit head there is refused.
+    let plain = ModelKind::Cnn.init::<Train>([1, 28, 28], 10, &device()).unwrap();
+    assert!(LocalModel::from_roles(&plain, &[LayerRole::Trained, LayerRole::Trained, LayerRole::Skipped]).is_err());
+}
+
+#[test]
+fn nefl_skips_the_deepest_identity_blocks_and_a_skipped_block_is_the_identity() {
+    let global = ModelKind::ResNet20.init::<Train>([3, 32, 32], 10, &device()).unwrap();
+    let layout = global.channel_spaces();
+    // ResNet20 layers: 0 stem+block 1, 1–2 stage 1, 3 (downsampling) 4–5 stage 2, 6
+    // (downsampling) 7–8 stage 3, 9 head. Identity blocks deepest first: 8, 7, 5, 4.
+    assert_eq!(nefl_skipped_blocks(&layout, 4).unwrap(), vec![8, 7, 5, 4]);
+    assert!(nefl_skipped_blocks(&layout, 7).is_err(), "only six blocks can be skipped");
+    let mut roles = vec![LayerRole::Trained; 10];
+    roles[8] = LayerRole::Skipped;
+    roles[7] = LayerRole::Skipped;
+    let local = LocalModel::from_roles(&global, &roles).unwrap();
+    let (x, _) = random_batch::<Inner>(4, [3, 32, 32], 10, 5);
+    let skipped = to_vec(&local.forward(x.clone()));
+    // The same layers without blocks 7 and 8, run directly (training-mode BN both times).
+    let h = global.forward_range(Features::Map(Tensor::from_inner(x)), 0, 7).unwrap();
+    let direct = to_vec(&global.forward_range(h, 9, 10).unwrap().into_flat());
+    assert!(max_abs_diff(&skipped, &direct) < 1e-5);
+    // Skipped layers are not uploaded.
+    let uploaded: Vec<usize> = local.trained_layers().into_iter().map(|(i, _)| i).collect();
+    assert_eq!(uploaded, vec![0, 1, 2, 3, 4, 5, 6, 9]);
+}
+
+fn named(name: &str, values: &[f32]) -> NamedTensor<Inner> {
+    NamedTensor { name: name.into(), shape: vec![values.len()], value: Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), &device()) }
+}
+
+fn upload(weight: f64, gamma: f32, w: f32) -> LayerUpload<Inner> {
+    LayerUpload::whole(weight, vec![(0, vec![named("Conv.bn.gamma", &[gamma]), named("Conv.conv.weight", &[w])])])
+}
+
+fn level_plan(client: usize, bank: Option<usize>) -> ClientPlan {
+    let mut plan = ClientPlan::new(client, bank.unwrap_or(2), vec![LayerRole::Trained]);
+    plan.bn_bank = bank;
+    plan
+}
+
+fn start_value(strategy: &NeFl, plan: &ClientPlan, global: &[HostLayer], name: &str) -> f32 {
+    let start = Strategy::<Train>::client_start(strategy, plan, global).unwrap_or_else(|| global.to_vec());
+    start[0].iter().find(|t| t.name == name).unwrap().values[0]
+}
+
+#[test]
+fn nefl_batch_norm_banks_average_only_within_their_level() {
+    let global = vec![vec![named("Conv.bn.gamma", &[1.0]), named("Conv.conv.weight", &[0.0])]];
+    let mut nefl = NeFl::default();
+    // Level 0: two clients (weights 1 and 3); the full level (no bank): one client.
+    let plans = [level_plan(0, Some(0)), level_plan(1, Some(0)), level_plan(2, None)];
+    let uploads = [upload(1.0, 2.0, 4.0), upload(3.0, 6.0, 8.0), upload(4.0, 10.0, 12.0)];
+    let merged = Strategy::<Train>::merge(&mut nefl, &global, &uploads, &plans).unwrap();
+    let layer = merged[0].as_ref().unwrap();
+    // Shared weight: MWA over all three, (4 + 24 + 48) / 8 = 9.5. Global BN = the full level's only: 10.
+    assert_eq!(to_vec(&layer[1].value), vec![9.5]);
+    assert_eq!(to_vec(&layer[0].value), vec![10.0]);
+    let host: Vec<HostLayer> = merged.into_iter().map(|l| fedolf::host::layer_to_host(l.unwrap())).collect();
+    // Level 0's bank: (2 + 18) / 4 = 5, downloaded with the shared weight.
+    assert_eq!(start_value(&nefl, &plans[0], &host, "Conv.bn.gamma"), 5.0);
+    assert_eq!(start_value(&nefl, &plans[0], &host, "Conv.conv.weight"), 9.5);
+    // Level 1 has trained nothing: its bank is the initial BN.
+    assert_eq!(start_value(&nefl, &level_plan(5, Some(1)), &host, "Conv.bn.gamma"), 1.0);
+    // A level-1 upload moves level 1's bank, never level 0's nor the global BN.
+    let global2: Vec<_> = host.iter().map(|l| fedolf::host::layer_to_device::<Inner>(l, &device())).collect();
+    let merged2 = Strategy::<Train>::merge(&mut nefl, &global2, &[upload(1.0, 7.0, 1.0)], &[level_plan(6, Some(1))]).unwrap();
+    assert_eq!(to_vec(&merged2[0].as_ref().unwrap()[0].value), vec![10.0]);
+    let host2: Vec<HostLayer> = merged2.into_iter().map(|l| fedolf::host::layer_to_host(l.unwrap())).collect();
+    assert_eq!(start_value(&nefl, &plans[0], &host2, "Conv.bn.gamma"), 5.0);
+    assert_eq!(start_value(&nefl, &level_plan(6, Some(1)), &host2, "Conv.bn.gamma"), 7.0);
+}
