@@ -68,7 +68,7 @@ fn random_freezing_keeps_frozen_layers_above_a_trained_one_in_the_graph() {
                 LayerRole::FrozenNoGraph => assert!(i < first_trained),
                 LayerRole::FrozenInGraph => assert!(i > first_trained),
                 LayerRole::Trained => {}
-                LayerRole::FrozenGradDiscarded => panic!("random mode never discards"),
+                LayerRole::FrozenGradDiscarded | LayerRole::Skipped => panic!("random mode never discards or skips"),
             }
         }
     }

@@ -142,15 +142,36 @@ fn scalefl_turns_distillation_on_at_a_quarter_of_the_rounds() {
 
 #[test]
 fn scalefl_widths_match_a_share_of_the_parameters() {
-    // AlexNet, c = 5: each cluster's depth-cut, width-scaled sub-model (exits included)
-    // holds about i/5 of the full model's parameters.
-    let net = ModelKind::AlexNet.init::<Inner>([3, 32, 32], 10, &device()).unwrap().with_exits(&[3, 4, 5, 6], &device()).unwrap();
-    let layout = net.channel_spaces();
-    let widths = fedolf::strategy::scalefl_matched_widths(&net, &layout, 5, &device());
-    assert_eq!(widths.len(), 5);
-    assert_eq!(widths[4], 1.0);
-    assert!(widths.windows(2).all(|w| w[0] <= w[1]), "widths grow with capacity: {widths:?}");
-    assert!(widths[0] < 0.6 && widths[0] > 0.05, "{widths:?}");
+    // Each cluster's depth-cut, width-scaled sub-model (its exits included) holds about i/c
+    // of the full model's parameters; where the depth cut alone is already below that share
+    // (AlexNet: its FC layers hold most parameters), the width stays 1.
+    for (kind, clusters) in [(ModelKind::ResNet20, 5), (ModelKind::AlexNet, 5), (ModelKind::Cnn, 2)] {
+        let plain = kind.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+        let n = plain.num_layers();
+        let full: usize = plain.layers.iter().map(fedolf::params::layer_numel).sum();
+        let depths: Vec<usize> = (1..clusters).map(|l| n - l).collect();
+        let net = plain.with_exits(&depths, &device()).unwrap();
+        let layout = net.channel_spaces();
+        let widths = fedolf::strategy::scalefl_matched_widths(&net, &layout, clusters, &device());
+        assert_eq!(widths[clusters - 1], 1.0);
+        // The strongest level is the whole model (with every exit).
+        for (cluster, &w) in widths.iter().enumerate().take(clusters - 1) {
+            let depth = n - (clusters - 1 - cluster);
+            let sub = fedolf::submodel::extract(net.clone(), &layout, &fedolf::submodel::WidthSpec::prefix(&layout, w), &device());
+            let held: usize = sub.layers[..depth].iter().map(fedolf::params::layer_numel).sum::<usize>()
+                + sub.exits.iter().filter(|e| e.after <= depth).map(fedolf::params::layer_numel).sum::<usize>();
+            let target = full as f64 * (cluster + 1) as f64 / clusters as f64;
+            let share = held as f64 / target;
+            assert!(
+                (w == 1.0 && share <= 1.0) || (share - 1.0).abs() < 0.05,
+                "{} cluster {cluster}: width {w} holds {held} parameters for a target of {target:.0}",
+                kind.name()
+            );
+        }
+        if kind == ModelKind::ResNet20 {
+            assert!(widths[0] < 1.0, "ResNet20's weakest level must narrow: {widths:?}");
+        }
+    }
 }
 
 #[test]
