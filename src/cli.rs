@@ -25,6 +25,14 @@ pub enum Command {
         #[command(subcommand)]
         which: BenchKind,
     },
+    /// Write a run's last checkpointed model as safetensors (PyTorch names and layouts).
+    Export {
+        /// A run folder (or one trial folder of a multi-seed run).
+        run_dir: PathBuf,
+        /// Output file (default: RUN_DIR/model.safetensors).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Plot a finished run: accuracy vs round and vs energy (SVG files in the run folder).
     Plot {
         /// A run folder (holds rounds.csv).
@@ -93,11 +101,17 @@ pub struct MemoryArgs {
     pub cnn_hidden: usize,
 }
 
-#[derive(Debug, Args, Default, Clone)]
+/// `fedolf run`'s options. A bare `fedolf` parses as `fedolf run` (same defaults).
+#[derive(Debug, Args, Clone)]
 pub struct RunArgs {
-    /// Experiment config (TOML). Default: the built-in experiments/default.toml.
-    #[arg(long)]
+    /// Experiment config (TOML). Default: $FEDOLF_CONFIG, else the built-in
+    /// experiments/default.toml.
+    #[arg(long, env = "FEDOLF_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Continue an interrupted or failed run from its last checkpoint, with the run's own
+    /// config.toml (the results are those of an uninterrupted run).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "overrides", "seed", "seeds", "device", "data_dir"])]
+    pub resume: Option<PathBuf>,
     /// Override a config field, e.g. `--set train.lr=0.01 --set method=fedavg`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,

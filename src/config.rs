@@ -15,6 +15,9 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("config field `{field}` = {value}: {problem}")]
     Invalid { field: &'static str, value: String, problem: String },
+    /// An invalid value, with the config it came from.
+    #[error("{origin}: {source}")]
+    InConfig { origin: String, source: Box<ConfigError> },
     #[error("--set `{0}`: expected key=value (e.g. train.lr=0.01)")]
     BadOverride(String),
     #[error("--set `{key}`: `{part}` is not a table in the config")]
@@ -122,6 +125,10 @@ pub struct Config {
     pub seeds: Vec<u64>,
     pub method: Method,
     pub device: DeviceKind,
+    /// Write `checkpoint/` every this many rounds (and always after the last); 0 = only at
+    /// the end.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
     pub data: DataConfig,
     pub model: ModelConfig,
     pub federation: FederationConfig,
@@ -138,6 +145,21 @@ pub struct Config {
     #[serde(default)]
     pub scalefl: ScaleFlConfig,
     pub energy: EnergyConfig,
+}
+
+fn default_checkpoint_every() -> usize {
+    10
+}
+
+/// What a client's NaN or infinite loss or upload does to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFinite {
+    /// Stop the run with an error naming the round and the client.
+    #[default]
+    Stop,
+    /// Leave the client out of the round's merge (counted in `rounds.csv`, `skipped`).
+    Skip,
 }
 
 /// CoCoFL options.
@@ -294,6 +316,9 @@ pub struct TrainConfig {
     /// training peak itself on a client with many samples.
     #[serde(default)]
     pub cache_frozen: bool,
+    /// A client's NaN/inf loss or upload: `stop` the run (default) or `skip` the client.
+    #[serde(default)]
+    pub nonfinite: NonFinite,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -340,7 +365,7 @@ impl Config {
             let message = e.into_inner().to_string().split_whitespace().collect::<Vec<_>>().join(" ");
             ConfigError::Parse { path: format!("{origin}: field `{path}`"), message }
         })?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| ConfigError::InConfig { origin: origin.into(), source: Box::new(e) })?;
         Ok(cfg)
     }
 

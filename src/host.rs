@@ -66,6 +66,15 @@ impl HostUpload {
         }
     }
 
+    /// The first uploaded tensor (`layer <i>: <name>`) holding NaN or ±inf, if any.
+    pub fn first_nonfinite(&self) -> Option<String> {
+        self.layers
+            .iter()
+            .flat_map(|(l, tensors)| tensors.iter().map(move |t| (l, t)))
+            .find(|(_, t)| t.values.iter().any(|v| !v.is_finite()))
+            .map(|(l, t)| format!("layer {l}: {}", t.name))
+    }
+
     pub fn to_device<B: Backend>(&self, device: &B::Device) -> LayerUpload<B> {
         LayerUpload {
             weight: self.weight,

@@ -15,7 +15,9 @@ static ALLOC: CountingAllocator = CountingAllocator::new();
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = cli::Cli::parse();
-    let result = match cli.command.unwrap_or(cli::Command::Run(Default::default())) {
+    // A bare `fedolf` is `fedolf run`, parsed by clap so both paths share its defaults.
+    let command = cli.command.unwrap_or_else(|| cli::Cli::parse_from(["fedolf", "run"]).command.expect("`run` is a subcommand"));
+    let result = match command {
         cli::Command::Run(args) => run_cmd::run(args, &ALLOC),
         cli::Command::List => {
             list();
@@ -25,6 +27,7 @@ fn main() {
         cli::Command::Bench { which: cli::BenchKind::Memory { batch } } => memory_cmd::bench_memory(batch, &ALLOC),
         cli::Command::Bench { which: cli::BenchKind::Speed(args) } => bench_speed::bench_speed(args, &ALLOC),
         cli::Command::Plot { run_dir } => memory_cmd::plot(&run_dir),
+        cli::Command::Export { run_dir, out } => run_cmd::export(&run_dir, out.as_deref()),
     };
     if let Err(e) = result {
         eprintln!("Error: {e:#}");

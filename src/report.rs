@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::sim::{ClientRecord, RoundRecord};
@@ -20,7 +20,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-pub const CSV_HEADER: &str = "round,accuracy,test_loss,train_loss,clients,bytes_down,bytes_up,frozen_bytes_down,compute_s,wall_s,peak_mem_mb,peak_extra_mb,energy_compute_j,energy_comm_j,accuracy_ensemble";
+pub const CSV_HEADER: &str = "round,accuracy,test_loss,train_loss,clients,bytes_down,bytes_up,frozen_bytes_down,compute_s,wall_s,peak_mem_mb,peak_extra_mb,energy_compute_j,energy_comm_j,accuracy_ensemble,skipped";
 
 /// Columns that depend on the machine (speed, allocator), not on the seed.
 pub const TIMING_COLUMNS: [&str; 6] = ["compute_s", "wall_s", "peak_mem_mb", "peak_extra_mb", "energy_compute_j", "energy_comm_j"];
@@ -34,7 +34,7 @@ pub fn rounds_csv(records: &[RoundRecord]) -> String {
     out.push('\n');
     for r in records {
         out.push_str(&format!(
-            "{},{},{},{:.6},{},{},{},{},{:.4},{:.4},{},{},{:.4},{:.4},{}\n",
+            "{},{},{},{:.6},{},{},{},{},{:.4},{:.4},{},{},{:.4},{:.4},{},{}\n",
             r.round,
             opt(r.accuracy),
             opt(r.test_loss),
@@ -49,7 +49,8 @@ pub fn rounds_csv(records: &[RoundRecord]) -> String {
             opt(r.peak_extra_mb),
             r.energy_compute_j,
             r.energy_comm_j,
-            opt(r.accuracy_ensemble)
+            opt(r.accuracy_ensemble),
+            r.skipped_clients
         ));
     }
     out
@@ -79,7 +80,7 @@ pub fn client_rows(records: &[ClientRecord]) -> String {
         .collect()
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub name: String,
     pub method: String,
@@ -192,20 +193,23 @@ impl RunDir {
         write_atomic(&self.path.join("rounds.csv"), rounds_csv(records).as_bytes())
     }
 
-    /// Append one round's client rows to `clients.csv` (header on first use). Appended, not
-    /// rewritten: the file grows to T × |C_t| rows.
-    pub fn append_clients(&self, records: &[ClientRecord]) -> std::io::Result<()> {
-        let path = self.path.join("clients.csv");
-        let fresh = !path.exists();
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        let mut text = String::new();
-        if fresh {
-            text.push_str(CLIENTS_CSV_HEADER);
-            text.push('\n');
+    /// Rewrite `clients.csv` with every round's client rows (atomically, like every results
+    /// file: a crash never leaves half a row).
+    pub fn write_clients(&self, records: &[RoundRecord]) -> std::io::Result<()> {
+        let mut text = String::from(CLIENTS_CSV_HEADER);
+        text.push('\n');
+        for r in records {
+            text.push_str(&client_rows(&r.per_client));
         }
-        text.push_str(&client_rows(records));
-        f.write_all(text.as_bytes())?;
-        f.flush()
+        write_atomic(&self.path.join("clients.csv"), text.as_bytes())
+    }
+
+    /// An existing run folder (to resume or export).
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        if !path.join("config.toml").exists() {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} is not a run folder (no config.toml)", path.display())));
+        }
+        Ok(Self { path: path.to_path_buf() })
     }
 
     pub fn write_summary<S: Serialize>(&self, summary: &S) -> std::io::Result<()> {

@@ -2,6 +2,9 @@
 //! bar, and write the run folder (also when the run fails part-way).
 
 use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -10,7 +13,8 @@ use fedolf::backend::{with_backend, BackendTask, DeviceKind};
 use fedolf::config::{Config, DEFAULT_TOML};
 use fedolf::memory::CountingAllocator;
 use fedolf::report::{RunDir, Summary};
-use fedolf::sim::{self, RoundObserver, RoundRecord, RunInfo, SimError};
+use fedolf::checkpoint::{Checkpoint, CheckpointError};
+use fedolf::sim::{self, RoundObserver, RoundRecord, RunInfo, RunStart, SimError};
 use fedolf::trials::{Spread, TrialsSummary};
 use fedolf_datasets::Dataset;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -47,51 +51,138 @@ pub fn resolve_config(args: &RunArgs) -> anyhow::Result<Config> {
 }
 
 pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
-    let cfg = resolve_config(&args)?;
+    let stop = stop_on_signals()?;
+    let (cfg, dir, resuming) = match &args.resume {
+        Some(path) => {
+            let dir = RunDir::open(path).with_context(|| format!("cannot resume {}", path.display()))?;
+            let config_path = dir.path.join("config.toml");
+            let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+            (Config::from_toml(&text, &config_path.display().to_string(), &[])?, dir, true)
+        }
+        None => {
+            let cfg = resolve_config(&args)?;
+            let dir = RunDir::create(&args.out, &cfg.name).with_context(|| format!("cannot create a run folder in {}", args.out.display()))?;
+            dir.write_config(&cfg).context("writing config.toml")?;
+            (cfg, dir, false)
+        }
+    };
     let dataset = sim::load_dataset(&cfg)?;
-    let dir = RunDir::create(&args.out, &cfg.name).with_context(|| format!("cannot create a run folder in {}", args.out.display()))?;
-    dir.write_config(&cfg).context("writing config.toml")?;
+    let opts = TrialOptions { quiet: args.quiet, alloc, stop: &stop, resume: resuming };
     if cfg.seeds.is_empty() {
-        let (summary, result) = run_trial(&cfg, &dataset, &dir, args.quiet, alloc, None)?;
-        result?;
+        let (summary, result) = run_trial(&cfg, &dataset, &dir, &opts, None)?;
+        check_end(result, &dir)?;
         print_table(&summary, &dir);
         return Ok(());
     }
     // The paper's protocol: one trial per seed, each in its own folder; the summary of all
-    // trials is rewritten after each one, so a failure keeps what finished.
+    // trials is rewritten after each one, so a failure keeps what finished. Resuming skips
+    // the trials that completed and continues the first that did not.
     let seeds = cfg.trial_seeds();
     let mut trials = Vec::with_capacity(seeds.len());
     for (i, &seed) in seeds.iter().enumerate() {
         let trial_cfg = Config { seed, seeds: Vec::new(), ..cfg.clone() };
         let trial_dir = dir.trial(seed).with_context(|| format!("cannot create trial-{seed} in {}", dir.path.display()))?;
+        if resuming {
+            if let Some(done) = completed_summary(&trial_dir) {
+                trials.push(done);
+                continue;
+            }
+        }
         trial_dir.write_config(&trial_cfg).context("writing the trial's config.toml")?;
         let label = format!("trial {}/{} (seed {seed})", i + 1, seeds.len());
-        let (summary, result) = run_trial(&trial_cfg, &dataset, &trial_dir, args.quiet, alloc, Some(label))?;
+        let (summary, result) = run_trial(&trial_cfg, &dataset, &trial_dir, &opts, Some(label))?;
         trials.push(summary);
         dir.write_summary(&TrialsSummary::new(&seeds, trials.clone())).context("writing summary.json")?;
-        result.with_context(|| format!("trial with seed {seed}"))?;
+        check_end(result, &dir).with_context(|| format!("trial with seed {seed}"))?;
     }
+    dir.write_summary(&TrialsSummary::new(&seeds, trials.clone())).context("writing summary.json")?;
     print_trials_table(&TrialsSummary::new(&seeds, trials), &dir);
     Ok(())
 }
 
-/// One seed's run into `dir`: progress, round files, `summary.json` (also on failure).
+/// SIGINT / SIGTERM set `stop` (the run checkpoints and ends); a second one ends the
+/// process at once.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop)).context("installing the signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing the signal handler")?;
+    }
+    Ok(stop)
+}
+
+/// An interruption is reported with the command that resumes the run.
+fn check_end(result: Result<Vec<RoundRecord>, SimError>, dir: &RunDir) -> anyhow::Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e @ SimError::Interrupted { .. }) => {
+            let root = dir.path.parent().filter(|p| p.join("config.toml").exists() && dir.path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("trial-")));
+            let run = root.unwrap_or(&dir.path);
+            Err(anyhow::anyhow!("{e}; resume with: fedolf run --resume {}", run.display()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A trial folder's summary when that trial completed.
+fn completed_summary(dir: &RunDir) -> Option<Summary> {
+    let text = std::fs::read_to_string(dir.path.join("summary.json")).ok()?;
+    let summary: Summary = serde_json::from_str(&text).ok()?;
+    (summary.status == "completed").then_some(summary)
+}
+
+/// `fedolf export RUN_DIR [--out FILE]`: the last checkpoint's model.
+pub fn export(run_dir: &Path, out: Option<&Path>) -> anyhow::Result<()> {
+    let source = run_dir.join(fedolf::checkpoint::FOLDER).join("model.safetensors");
+    if !source.exists() {
+        let trials: Vec<String> = std::fs::read_dir(run_dir)
+            .with_context(|| format!("cannot read {}", run_dir.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join(fedolf::checkpoint::FOLDER).exists())
+            .map(|e| e.path().display().to_string())
+            .collect();
+        anyhow::bail!(
+            "{} holds no checkpoint{}",
+            run_dir.display(),
+            if trials.is_empty() { String::new() } else { format!("; export one of its trials: {}", trials.join(", ")) }
+        );
+    }
+    let target = out.map(Path::to_path_buf).unwrap_or_else(|| run_dir.join("model.safetensors"));
+    std::fs::copy(&source, &target).with_context(|| format!("cannot write {}", target.display()))?;
+    println!("wrote {} (from {})", target.display(), source.display());
+    Ok(())
+}
+
+struct TrialOptions<'a> {
+    quiet: bool,
+    alloc: &'static CountingAllocator,
+    stop: &'a AtomicBool,
+    /// Continue from the trial's checkpoint when it has one.
+    resume: bool,
+}
+
+/// One seed's run into `dir`: progress, round files, checkpoints, `summary.json` (also on
+/// failure or interruption).
 fn run_trial(
     cfg: &Config,
     dataset: &Dataset,
     dir: &RunDir,
-    quiet: bool,
-    alloc: &'static CountingAllocator,
+    opts: &TrialOptions<'_>,
     label: Option<String>,
 ) -> anyhow::Result<(Summary, Result<Vec<RoundRecord>, SimError>)> {
     let started = Instant::now();
-    let mut progress = Progress::new(cfg, dir, quiet, label);
-    let memory = (cfg.device == DeviceKind::Cpu).then_some(alloc);
-    let task = SimTask { cfg, dataset, memory, observer: &mut progress };
+    let mut progress = Progress::new(cfg, dir, opts.quiet, label);
+    let memory = (cfg.device == DeviceKind::Cpu).then_some(opts.alloc);
+    let resume = (opts.resume && Checkpoint::exists(&dir.path)).then_some(dir.path.as_path());
+    let start = RunStart { resume, stop: Some(opts.stop) };
+    let task = SimTask { cfg, dataset, memory, observer: &mut progress, start };
     let result = with_backend(cfg.device, task)?;
     progress.finish();
     let error = result.as_ref().err().map(|e| e.to_string());
-    let summary = Summary::new(cfg, &dataset.source, &progress.records, started.elapsed().as_secs_f64(), error);
+    let mut summary = Summary::new(cfg, &dataset.source, &progress.records, started.elapsed().as_secs_f64(), error);
+    if matches!(result, Err(SimError::Interrupted { .. })) {
+        summary.status = "interrupted".into();
+    }
     dir.write_summary(&summary).context("writing summary.json")?;
     Ok((summary, result))
 }
@@ -101,12 +192,13 @@ struct SimTask<'a> {
     dataset: &'a Dataset,
     memory: Option<&'static CountingAllocator>,
     observer: &'a mut dyn RoundObserver,
+    start: RunStart<'a>,
 }
 
 impl BackendTask for SimTask<'_> {
     type Output = Result<Vec<RoundRecord>, SimError>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        sim::run::<B>(self.cfg, self.dataset, &device, self.memory, self.observer)
+        sim::run_from::<B>(self.cfg, self.dataset, &device, self.memory, self.observer, self.start)
     }
 }
 
@@ -176,10 +268,26 @@ impl RoundObserver for Progress<'_> {
         ));
     }
 
+    fn on_resume(&mut self, records: &[RoundRecord]) -> std::io::Result<()> {
+        // Rounds run after the checkpoint (before the interruption) are dropped: they are
+        // about to run again, with the same results.
+        self.records = records.to_vec();
+        self.last_accuracy = records.iter().rev().find_map(|r| r.accuracy);
+        self.dir.write_rounds(&self.records)?;
+        self.dir.write_clients(&self.records)?;
+        self.bar.set_position(records.len() as u64);
+        self.say(format!("resumed after round {} from {}", records.len(), self.dir.path.join(fedolf::checkpoint::FOLDER).display()));
+        Ok(())
+    }
+
+    fn on_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        checkpoint.write(&self.dir.path)
+    }
+
     fn on_round(&mut self, r: &RoundRecord) -> std::io::Result<()> {
         self.records.push(r.clone());
         self.dir.write_rounds(&self.records)?;
-        self.dir.append_clients(&r.per_client)?;
+        self.dir.write_clients(&self.records)?;
         if r.accuracy.is_some() {
             self.last_accuracy = r.accuracy;
         }

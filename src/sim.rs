@@ -4,6 +4,7 @@
 //! differently is a [`Strategy`] hook; this loop names no method.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -17,11 +18,12 @@ use thiserror::Error;
 
 use crate::aggregate::AggregateError;
 use crate::backend::DeviceKind;
+use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::client_round::ClientRound;
-use crate::config::{Config, PartitionKind};
+use crate::config::{Config, NonFinite, PartitionKind};
 use crate::energy::Energy;
 use crate::freeze::{FreezeError, LocalTraining, SgdSettings};
-use crate::host::{model_to_host, HostSplit};
+use crate::host::{model_to_device, model_to_host, HostSplit};
 use crate::memory::CountingAllocator;
 use crate::params::{read_model, write_model, ParamError};
 use crate::qsgd::{QsgdError, QsgdSettings};
@@ -60,10 +62,28 @@ pub enum SimError {
     Workers(#[from] WorkerError),
     #[error("round {round}: the global model's test loss is {loss} (diverged; lower train.lr)")]
     Diverged { round: usize, loss: f64 },
+    #[error("round {round}, client {client}: the upload's tensor `{tensor}` holds NaN or infinite values (diverged; lower train.lr, or set train.nonfinite = \"skip\")")]
+    NonFinite { round: usize, client: usize, tensor: String },
+    #[error("interrupted; the checkpoint holds the {round} rounds completed")]
+    Interrupted { round: usize },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("resume: {0}")]
+    Resume(String),
+}
+
+/// Where a run starts and what can stop it.
+#[derive(Default)]
+pub struct RunStart<'a> {
+    /// Continue after the checkpoint in this run folder (same config and seed).
+    pub resume: Option<&'a Path>,
+    /// Set (by a signal handler) to stop: clients not yet started are abandoned, the last
+    /// completed round is checkpointed, and the run returns [`SimError::Interrupted`].
+    pub stop: Option<&'a AtomicBool>,
 }
 
 /// One client's round (one row of `clients.csv`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClientRecord {
     pub round: usize,
     pub client: usize,
@@ -83,7 +103,7 @@ pub struct ClientRecord {
 }
 
 /// One round's measurements (one row of `rounds.csv`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RoundRecord {
     pub round: usize,
     /// Test accuracy as a fraction, on evaluation rounds.
@@ -94,6 +114,10 @@ pub struct RoundRecord {
     /// Mean local training loss over the round's clients.
     pub train_loss: f64,
     pub clients: usize,
+    /// Clients whose training diverged or whose upload held NaN/inf, left out of the merge
+    /// (`train.nonfinite = "skip"`).
+    #[serde(default)]
+    pub skipped_clients: usize,
     pub bytes_down: u64,
     pub bytes_up: u64,
     /// Of `bytes_down`, the frozen layers' share (after TOA).
@@ -130,6 +154,14 @@ pub trait RoundObserver {
     fn on_round(&mut self, _record: &RoundRecord) -> std::io::Result<()> {
         Ok(())
     }
+    /// A resumed run's records so far (before its first new round).
+    fn on_resume(&mut self, _records: &[RoundRecord]) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// A checkpoint to store (every `checkpoint_every` rounds, at the end, on interruption).
+    fn on_checkpoint(&mut self, _checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        Ok(())
+    }
 }
 
 /// A split's tensors on the device, normalised per channel with the training statistics.
@@ -163,13 +195,25 @@ pub fn load_dataset(cfg: &Config) -> Result<Dataset, SimError> {
     Ok(ds)
 }
 
-/// Run the experiment `cfg` on backend `B`.
+/// Run the experiment `cfg` on backend `B` from round 1.
 pub fn run<B: AutodiffBackend>(
     cfg: &Config,
     dataset: &Dataset,
     device: &B::Device,
     memory: Option<&CountingAllocator>,
     observer: &mut dyn RoundObserver,
+) -> Result<Vec<RoundRecord>, SimError> {
+    run_from::<B>(cfg, dataset, device, memory, observer, RunStart::default())
+}
+
+/// Run the experiment `cfg` on backend `B` from `start` (a checkpoint, or round 1).
+pub fn run_from<B: AutodiffBackend>(
+    cfg: &Config,
+    dataset: &Dataset,
+    device: &B::Device,
+    memory: Option<&CountingAllocator>,
+    observer: &mut dyn RoundObserver,
+    start: RunStart<'_>,
 ) -> Result<Vec<RoundRecord>, SimError> {
     let fed = &cfg.federation;
     let download = if cfg.qsgd.bits > 0 {
@@ -242,9 +286,26 @@ pub fn run<B: AutodiffBackend>(
         workers: worker_layout,
     });
 
-    let energy = Energy::from(&cfg.energy);
+    // Resume: the checkpoint's model, strategy state and records replace the fresh ones (the
+    // strategy's inputs above depend only on shapes, not on the weights).
     let mut records = Vec::with_capacity(fed.rounds);
-    for round in 1..=fed.rounds {
+    let mut first_round = 1;
+    if let Some(run_dir) = start.resume {
+        let template = model_to_host(read_model(&global.valid()));
+        let ckpt = Checkpoint::read(run_dir, &template, num_layers)?;
+        if ckpt.round > fed.rounds {
+            return Err(SimError::Resume(format!("the checkpoint holds {} rounds, the run has {}", ckpt.round, fed.rounds)));
+        }
+        global = write_model(global, &model_to_device(&ckpt.model, device))?;
+        strategy.restore_state(ckpt.strategy_state).map_err(SimError::Resume)?;
+        first_round = ckpt.round + 1;
+        records = ckpt.records;
+        observer.on_resume(&records).map_err(|e| DataError::Io { path: "results".into(), source: e })?;
+    }
+    let stopped = || start.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+    let skip_nonfinite = cfg.train.nonfinite == NonFinite::Skip;
+    let energy = Energy::from(&cfg.energy);
+    for round in first_round..=fed.rounds {
         let wall = Instant::now();
         // 1. Sample C_t uniformly without replacement (among eligible clients).
         let mut picked: Vec<usize> = sample(&mut stream(cfg.seed, Purpose::ClientSampling, round as u64, 0), eligible.len(), per_round)
@@ -280,18 +341,45 @@ pub fn run<B: AutodiffBackend>(
         let mut largest_first: Vec<usize> = (0..plans.len()).collect();
         largest_first.sort_by_key(|&i| std::cmp::Reverse(parts[plans[i].client].len()));
         let results = workers.run_scheduled(&largest_first, |i| {
+            if stopped() {
+                return Err(SimError::Interrupted { round: round - 1 });
+            }
             clients.run::<B>(&plans[i], starts[i].as_deref().unwrap_or(&host_global), &parts[plans[i].client], device)
         });
         let mut uploads = Vec::with_capacity(plans.len());
         let mut per_client = Vec::with_capacity(plans.len());
-        for result in results {
-            let result = result?;
+        let mut merged_plans = Vec::with_capacity(plans.len());
+        let mut skipped = 0;
+        for (result, plan) in results.into_iter().zip(&plans) {
+            let result = match result {
+                Err(SimError::Interrupted { .. }) => continue,
+                Err(SimError::Client { source: FreezeError::Diverged { .. }, .. }) if skip_nonfinite => {
+                    skipped += 1;
+                    continue;
+                }
+                other => other?,
+            };
+            // A NaN or inf never reaches the global model.
+            if let Some(tensor) = result.upload.first_nonfinite() {
+                if skip_nonfinite {
+                    skipped += 1;
+                    continue;
+                }
+                return Err(SimError::NonFinite { round, client: plan.client, tensor });
+            }
             uploads.push(result.upload.to_device::<B::InnerBackend>(device));
             per_client.push((result.record, result.frozen_bytes));
+            merged_plans.push(plan.clone());
+        }
+        if stopped() {
+            // The round is abandoned: the global model is still round − 1's.
+            let ckpt = Checkpoint { round: round - 1, model: host_global, num_layers, strategy_state: strategy.state(), records };
+            observer.on_checkpoint(&ckpt)?;
+            return Err(SimError::Interrupted { round: round - 1 });
         }
 
         // 7. Merge (layers nobody trained keep their value).
-        let merged = strategy.merge(&global_params, &uploads, &plans)?;
+        let merged = strategy.merge(&global_params, &uploads, &merged_plans)?;
         let merged: Vec<_> = merged
             .into_iter()
             .map(|layer| layer.map(|tensors| tensors.into_iter().map(|t| lift::<B>(t)).collect()))
@@ -315,8 +403,13 @@ pub fn run<B: AutodiffBackend>(
         };
         let mut record = round_record(round, accuracy, test_loss, wall.elapsed().as_secs_f64(), &energy, per_client);
         record.accuracy_ensemble = accuracy_ensemble;
+        record.skipped_clients = skipped;
         observer.on_round(&record).map_err(|e| DataError::Io { path: "results".into(), source: e })?;
         records.push(record);
+        if (cfg.checkpoint_every > 0 && round % cfg.checkpoint_every == 0) || round == fed.rounds {
+            let model = model_to_host(read_model(&global.valid()));
+            observer.on_checkpoint(&Checkpoint { round, model, num_layers, strategy_state: strategy.state(), records: records.clone() })?;
+        }
     }
     Ok(records)
 }
@@ -343,6 +436,7 @@ fn round_record(
         test_loss,
         train_loss: per_client.iter().map(|(c, _)| c.train_loss).sum::<f64>() / n,
         clients: per_client.len(),
+        skipped_clients: 0,
         bytes_down: down,
         bytes_up: up,
         frozen_bytes_down: per_client.iter().map(|(_, f)| f).sum(),

@@ -57,6 +57,11 @@ impl CifarKind {
 /// Parse one CIFAR binary file and append its records to `out`.
 pub fn read_cifar_file(path: &Path, kind: CifarKind, out: &mut ImageSet) -> Result<(), DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    parse_cifar(path, &bytes, kind, out)
+}
+
+/// [`read_cifar_file`] on the file's bytes (`path` names it in errors).
+pub fn parse_cifar(path: &Path, bytes: &[u8], kind: CifarKind, out: &mut ImageSet) -> Result<(), DataError> {
     let record = kind.label_bytes() + PIXELS;
     if bytes.is_empty() || bytes.len() % record != 0 {
         return Err(DataError::malformed(

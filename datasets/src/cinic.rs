@@ -11,10 +11,20 @@ pub const CLASSES: [&str; 10] = ["airplane", "automobile", "bird", "cat", "deer"
 
 /// Decode one PNG into 3×32×32 CHW bytes.
 pub fn decode_png(path: &Path) -> Result<Vec<u8>, DataError> {
-    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    decode_png_bytes(path, &bytes)
+}
+
+/// [`decode_png`] on the file's bytes (`path` names it in errors). The header's size is
+/// checked before any pixel buffer is allocated.
+pub fn decode_png_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, DataError> {
+    let mut decoder = png::Decoder::new(bytes);
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(|e| DataError::malformed(path, format!("not a readable PNG: {e}")))?;
+    let (w, h) = (reader.info().width, reader.info().height);
+    if (w, h) != (32, 32) {
+        return Err(DataError::malformed(path, format!("image is {w}×{h}, CINIC-10 images are 32×32")));
+    }
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).map_err(|e| DataError::malformed(path, format!("corrupt PNG data: {e}")))?;
     if (info.width, info.height) != (32, 32) {

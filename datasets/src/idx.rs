@@ -12,15 +12,35 @@ use crate::error::DataError;
 /// Read a whole file, un-gzipping when it starts with the gzip magic.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::malformed(path, format!("corrupt gzip stream: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    decode_maybe_gz(path, raw)
+}
+
+/// Un-gzip `raw` when it starts with the gzip magic (`path` names it in errors). The stream
+/// is read no further than one byte past what its IDX header claims, so a small file that
+/// inflates without end (a "gzip bomb") cannot exhaust memory; a claim larger than the data
+/// allocates only as data actually arrives.
+pub fn decode_maybe_gz(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
     }
+    let corrupt = |e: std::io::Error| DataError::malformed(path, format!("corrupt gzip stream: {e}"));
+    let mut decoder = flate2::read::GzDecoder::new(&raw[..]);
+    let mut out = Vec::new();
+    (&mut decoder).take(4).read_to_end(&mut out).map_err(corrupt)?;
+    if out.len() < 4 {
+        return Ok(out); // parse_idx reports the truncated header
+    }
+    let ndims = out[3] as u64;
+    (&mut decoder).take(4 * ndims).read_to_end(&mut out).map_err(corrupt)?;
+    if out.len() < 4 + 4 * ndims as usize {
+        return Ok(out);
+    }
+    let claim = (0..ndims as usize)
+        .map(|i| u32::from_be_bytes(out[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as u64)
+        .try_fold(1u64, |acc, d| acc.checked_mul(d))
+        .unwrap_or(u64::MAX - 1);
+    (&mut decoder).take(claim.saturating_add(1)).read_to_end(&mut out).map_err(corrupt)?;
+    Ok(out)
 }
 
 /// Parse an IDX byte buffer of unsigned bytes; returns its dimensions and data.
@@ -58,11 +78,29 @@ pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<u8>), Dat
 /// Read an image file and its label file into an [`ImageSet`] (1 channel).
 /// `transpose` flips rows and columns (EMNIST stores images transposed).
 pub fn read_idx_pair(images: &Path, labels: &Path, num_classes: usize, label_offset: u16, transpose: bool) -> Result<ImageSet, DataError> {
-    let (idims, mut pixels) = parse_idx(images, &read_maybe_gz(images)?)?;
+    let image_bytes = read_maybe_gz(images)?;
+    let label_bytes = read_maybe_gz(labels)?;
+    parse_idx_pair(images, &image_bytes, labels, &label_bytes, num_classes, label_offset, transpose)
+}
+
+/// [`read_idx_pair`] on the (un-gzipped) bytes of both files; the paths name them in errors.
+pub fn parse_idx_pair(
+    images: &Path,
+    image_bytes: &[u8],
+    labels: &Path,
+    label_bytes: &[u8],
+    num_classes: usize,
+    label_offset: u16,
+    transpose: bool,
+) -> Result<ImageSet, DataError> {
+    let (idims, mut pixels) = parse_idx(images, image_bytes)?;
     if idims.len() != 3 {
         return Err(DataError::malformed(images, format!("expected 3 dimensions [n, rows, cols] for images, found {idims:?}")));
     }
-    let (ldims, raw_labels) = parse_idx(labels, &read_maybe_gz(labels)?)?;
+    if idims.contains(&0) {
+        return Err(DataError::malformed(images, format!("dimensions {idims:?}: every dimension must be at least 1")));
+    }
+    let (ldims, raw_labels) = parse_idx(labels, label_bytes)?;
     if ldims.len() != 1 {
         return Err(DataError::malformed(labels, format!("expected 1 dimension [n] for labels, found {ldims:?}")));
     }

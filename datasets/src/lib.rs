@@ -7,6 +7,7 @@ mod dataset;
 mod error;
 pub mod idx;
 mod load;
+pub mod mutation;
 pub mod partition;
 
 pub use dataset::{Dataset, ImageSet};

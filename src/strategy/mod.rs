@@ -41,7 +41,7 @@ use fedolf_models::{LayeredNet, SpaceLayout};
 use crate::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
 use crate::config::{Config, Method};
 use crate::freeze::{FreezeError, LayerRole};
-use crate::host::HostLayer;
+use crate::host::{HostLayer, HostTensor};
 use crate::objective::Objective;
 use crate::params::LayerParams;
 use crate::qsgd::QsgdSettings;
@@ -180,6 +180,20 @@ pub trait Strategy<B: AutodiffBackend> {
     /// What is evaluated.
     fn eval_view(&self, _ctx: &PlanContext<'_>) -> EvalView {
         EvalView::Full
+    }
+
+    /// State carried from round to round beyond the global model (for checkpoints), as named
+    /// tensors; stateless methods have none.
+    fn state(&self) -> Vec<HostTensor> {
+        Vec::new()
+    }
+
+    /// Restore what [`state`](Self::state) saved.
+    fn restore_state(&mut self, state: Vec<HostTensor>) -> Result<(), String> {
+        match state.first() {
+            None => Ok(()),
+            Some(t) => Err(format!("{} keeps no state, but the checkpoint holds `{}`", self.method().name(), t.name)),
+        }
     }
 }
 

@@ -24,15 +24,15 @@ use super::{ClientPlan, PlanContext, Strategy};
 use crate::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
 use crate::config::Method;
 use crate::freeze::{FreezeError, LayerRole};
-use crate::host::{layer_to_device, layer_to_host, HostLayer};
+use crate::host::{layer_to_device, layer_to_host, HostLayer, HostTensor};
 use crate::params::LayerParams;
 use crate::submodel::WidthSpec;
 
 #[derive(Default)]
 pub struct NeFl {
-    /// Each level's bank (a host copy of the whole model; only its BatchNorm entries count).
+    /// Each level's bank: per layer, its BatchNorm tensors only.
     banks: BTreeMap<usize, Vec<HostLayer>>,
-    /// The initial model (from the first merge on): where an untrained bank starts.
+    /// The initial model's BatchNorm (from the first merge on): where an untrained bank starts.
     initial: Option<Vec<HostLayer>>,
 }
 
@@ -60,13 +60,23 @@ fn identity_blocks(layout: &SpaceLayout) -> Vec<usize> {
     (0..layout.layers.len()).filter(|&i| layout.layers[i].input.is_some() && layout.layers[i].input == layout.layers[i].output).collect()
 }
 
-/// `model` with every BatchNorm entry taken from `bank`.
+/// `model` with every BatchNorm entry that `bank` holds (matched by layer and name).
 fn with_bank(model: &[HostLayer], bank: &[HostLayer]) -> Vec<HostLayer> {
     model
         .iter()
-        .zip(bank)
-        .map(|(layer, banked)| layer.iter().zip(banked).map(|(t, b)| if is_batch_norm(&t.name) { b.clone() } else { t.clone() }).collect())
+        .enumerate()
+        .map(|(l, layer)| {
+            layer
+                .iter()
+                .map(|t| bank.get(l).and_then(|b| b.iter().find(|x| x.name == t.name && is_batch_norm(&x.name))).unwrap_or(t).clone())
+                .collect()
+        })
         .collect()
+}
+
+/// Only the BatchNorm tensors of each layer.
+fn batch_norm_only(model: &[HostLayer]) -> Vec<HostLayer> {
+    model.iter().map(|layer| layer.iter().filter(|t| is_batch_norm(&t.name)).cloned().collect()).collect()
 }
 
 /// The upload without its BatchNorm entries (masked out), for the shared merge.
@@ -119,6 +129,57 @@ impl<B: AutodiffBackend> Strategy<B> for NeFl {
         Ok(plan)
     }
 
+    /// Banks as `bank/<level>/<layer>/<name>`, the initial model as `initial/<layer>/<name>`.
+    fn state(&self) -> Vec<HostTensor> {
+        let flatten = |prefix: String, model: &[HostLayer]| -> Vec<HostTensor> {
+            model
+                .iter()
+                .enumerate()
+                .flat_map(|(l, layer)| layer.iter().map(move |t| (l, t)))
+                .map(|(l, t)| HostTensor { name: format!("{prefix}/{l}/{}", t.name), shape: t.shape.clone(), values: t.values.clone() })
+                .collect()
+        };
+        let mut out: Vec<HostTensor> = self.banks.iter().flat_map(|(level, bank)| flatten(format!("bank/{level}"), bank)).collect();
+        if let Some(initial) = &self.initial {
+            out.extend(flatten("initial".into(), initial));
+        }
+        out
+    }
+
+    fn restore_state(&mut self, state: Vec<HostTensor>) -> Result<(), String> {
+        let mut initial: BTreeMap<(usize, String), HostTensor> = BTreeMap::new();
+        let mut banks: BTreeMap<usize, Vec<(usize, HostTensor)>> = BTreeMap::new();
+        for t in state {
+            let parts: Vec<&str> = t.name.splitn(4, '/').collect();
+            let bad = || format!("NeFL state: unexpected tensor `{}`", t.name);
+            match parts.as_slice() {
+                ["initial", layer, name] => {
+                    let layer = layer.parse().map_err(|_| bad())?;
+                    initial.insert((layer, name.to_string()), HostTensor { name: name.to_string(), ..t.clone() });
+                }
+                ["bank", level, layer, name] => {
+                    let (level, layer) = (level.parse().map_err(|_| bad())?, layer.parse().map_err(|_| bad())?);
+                    banks.entry(level).or_default().push((layer, HostTensor { name: name.to_string(), ..t.clone() }));
+                }
+                _ => return Err(bad()),
+            }
+        }
+        if initial.is_empty() {
+            return if banks.is_empty() { Ok(()) } else { Err("NeFL state: banks without the initial model".into()) };
+        }
+        let by_layer = |entries: Vec<(usize, HostTensor)>| -> Vec<HostLayer> {
+            let layers = entries.iter().map(|(l, _)| l + 1).max().unwrap_or(0);
+            let mut out: Vec<HostLayer> = vec![Vec::new(); layers];
+            for (l, t) in entries {
+                out[l].push(t);
+            }
+            out
+        };
+        self.initial = Some(by_layer(initial.into_iter().map(|((l, _), t)| (l, t)).collect()));
+        self.banks = banks.into_iter().map(|(level, entries)| (level, by_layer(entries))).collect();
+        Ok(())
+    }
+
     fn client_start(&self, plan: &ClientPlan, global: &[HostLayer]) -> Option<Vec<HostLayer>> {
         let level = plan.bn_bank?;
         let bank = self.banks.get(&level).or(self.initial.as_ref())?;
@@ -131,7 +192,8 @@ impl<B: AutodiffBackend> Strategy<B> for NeFl {
         uploads: &[LayerUpload<B::InnerBackend>],
         plans: &[ClientPlan],
     ) -> Result<Vec<Option<LayerParams<B::InnerBackend>>>, AggregateError> {
-        let initial = self.initial.get_or_insert_with(|| global.iter().cloned().map(layer_to_host).collect()).clone();
+        let global_host: Vec<HostLayer> = global.iter().cloned().map(layer_to_host).collect();
+        let initial = self.initial.get_or_insert_with(|| batch_norm_only(&global_host)).clone();
         // Shared tensors: everyone; BatchNorm: only the full level (the global model's bank).
         let shared: Vec<LayerUpload<_>> = uploads
             .iter()
@@ -147,7 +209,8 @@ impl<B: AutodiffBackend> Strategy<B> for NeFl {
         levels.sort_unstable();
         levels.dedup();
         for level in levels {
-            let bank = self.banks.get(&level).unwrap_or(&initial);
+            // The level's model: the shared tensors with its bank (BatchNorm entries taken from it).
+            let bank = with_bank(&global_host, self.banks.get(&level).unwrap_or(&initial));
             let bank_device: Vec<LayerParams<B::InnerBackend>> = bank.iter().map(|l| layer_to_device(l, &device)).collect();
             let own: Vec<LayerUpload<_>> = uploads.iter().zip(plans).filter(|(_, p)| p.bn_bank == Some(level)).map(|(u, _)| u.clone()).collect();
             let updated = aggregate_layerwise(&bank_device, &own)?;
@@ -156,7 +219,7 @@ impl<B: AutodiffBackend> Strategy<B> for NeFl {
                 .zip(bank_device)
                 .map(|(new, old)| layer_to_host(new.unwrap_or(old)))
                 .collect();
-            self.banks.insert(level, with_bank(bank, &new_bank));
+            self.banks.insert(level, batch_norm_only(&new_bank));
         }
         Ok(merged)
     }
