@@ -280,3 +280,26 @@ fn nefl_batch_norm_banks_average_only_within_their_level() {
     assert_eq!(start_value(&nefl, &plans[0], &host2, "Conv.bn.gamma"), 5.0);
     assert_eq!(start_value(&nefl, &level_plan(6, Some(1)), &host2, "Conv.bn.gamma"), 7.0);
 }
+
+#[test]
+fn nefl_state_round_trips_through_a_checkpoint() {
+    // The banks after a merge, saved and restored into a fresh strategy, give the same
+    // downloads (what `--resume` relies on).
+    let global = vec![vec![named("Conv.bn.gamma", &[1.0]), named("Conv.conv.weight", &[0.0])]];
+    let mut nefl = NeFl::default();
+    let plans = [level_plan(0, Some(0)), level_plan(1, Some(1)), level_plan(2, None)];
+    let uploads = [upload(1.0, 2.0, 4.0), upload(3.0, 6.0, 8.0), upload(4.0, 10.0, 12.0)];
+    let merged = Strategy::<Train>::merge(&mut nefl, &global, &uploads, &plans).unwrap();
+    let host: Vec<HostLayer> = merged.into_iter().map(|l| fedolf::host::layer_to_host(l.unwrap())).collect();
+    let state = Strategy::<Train>::state(&nefl);
+    assert!(state.iter().all(|t| t.name.starts_with("bank/") || t.name.starts_with("initial/")), "{state:?}");
+    let mut restored = NeFl::default();
+    Strategy::<Train>::restore_state(&mut restored, state.clone()).unwrap();
+    for plan in [level_plan(7, Some(0)), level_plan(8, Some(1)), level_plan(9, Some(3))] {
+        assert_eq!(start_value(&nefl, &plan, &host, "Conv.bn.gamma"), start_value(&restored, &plan, &host, "Conv.bn.gamma"));
+    }
+    assert_eq!(Strategy::<Train>::state(&restored).len(), state.len());
+    // A stateless method refuses a state it did not write.
+    let mut fedavg = strategy_for::<Train>(Method::Fedavg, &StrategyInputs::new(Download::Full));
+    assert!(fedavg.restore_state(state).is_err());
+}

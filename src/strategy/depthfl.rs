@@ -72,8 +72,8 @@ impl<B: AutodiffBackend> Strategy<B> for DepthFl {
         true
     }
 
-    fn frozen_per_cluster(&self, clusters: usize) -> Option<Vec<usize>> {
-        Some(vec![0; clusters]) // levels drop layers; none are frozen
+    fn freezes_levels(&self) -> bool {
+        false // levels drop or skip layers
     }
 
     fn exit_depths(&self, num_layers: usize, clusters: usize) -> Vec<usize> {

@@ -141,10 +141,16 @@ pub trait Strategy<B: AutodiffBackend> {
         false
     }
 
+    /// Whether a level's layers are frozen (else they are dropped or skipped: DepthFL,
+    /// ScaleFL, NeFL).
+    fn freezes_levels(&self) -> bool {
+        self.uses_levels()
+    }
+
     /// Layers each cluster freezes, weakest first, for the run header; `None` = it changes
     /// per round.
     fn frozen_per_cluster(&self, clusters: usize) -> Option<Vec<usize>> {
-        Some((0..clusters).rev().map(|i| if self.uses_levels() { i } else { 0 }).collect())
+        Some((0..clusters).rev().map(|i| if self.freezes_levels() { i } else { 0 }).collect())
     }
 
     /// Depths after which the global model carries an exit head (multi-exit methods).

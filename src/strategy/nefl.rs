@@ -109,8 +109,8 @@ impl<B: AutodiffBackend> Strategy<B> for NeFl {
         true
     }
 
-    fn frozen_per_cluster(&self, clusters: usize) -> Option<Vec<usize>> {
-        Some(vec![0; clusters])
+    fn freezes_levels(&self) -> bool {
+        false // levels drop or skip layers
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {

@@ -104,8 +104,8 @@ impl<B: AutodiffBackend> Strategy<B> for ScaleFl {
         true
     }
 
-    fn frozen_per_cluster(&self, clusters: usize) -> Option<Vec<usize>> {
-        Some(vec![0; clusters])
+    fn freezes_levels(&self) -> bool {
+        false // levels drop or skip layers
     }
 
     fn exit_depths(&self, num_layers: usize, clusters: usize) -> Vec<usize> {

@@ -1,0 +1,177 @@
+//! Runs that survive: checkpoints, `--resume` after SIGINT giving the uninterrupted run's
+//! results bit for bit, `export`, the bare invocation's run folder, and NaN/inf handling.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fedolf"))
+}
+
+fn subset() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/datasets/data/fashion-mnist-subset").to_string()
+}
+
+/// A small run: 10 iid clients on 2,000 images, evaluated every round.
+fn small_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["run", "--quiet", "--out", out.to_str().unwrap(), "--data-dir", &subset()].iter().map(|s| s.to_string()).collect();
+    for set in ["data.train_limit=2000", "data.test_limit=500", "data.partition=iid", "federation.clients=10", "federation.clients_per_round=5", "federation.eval_every=1"]
+        .iter()
+        .chain(extra)
+    {
+        args.extend(["--set".to_string(), set.to_string()]);
+    }
+    args
+}
+
+fn only_dir(out: &Path) -> PathBuf {
+    let dirs: Vec<_> = std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+/// A results CSV without the machine-dependent columns.
+fn without_timing(path: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let keep: Vec<usize> = (0..header.len()).filter(|&i| !fedolf::report::TIMING_COLUMNS.contains(&header[i])).collect();
+    text.lines()
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            keep.iter().map(|&i| cells.get(i).unwrap_or(&"").to_string()).collect()
+        })
+        .collect()
+}
+
+fn status(dir: &Path) -> String {
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    s["status"].as_str().unwrap().to_string()
+}
+
+fn rows(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("rounds.csv")).map_or(0, |t| t.lines().count().saturating_sub(1))
+}
+
+/// Start a run, SIGINT it once `after` rounds are written, resume it; the resumed run must
+/// equal an uninterrupted one (results minus timing, and the final weights, byte for byte).
+fn interrupt_and_resume(extra: &[&str], rounds: usize, after: usize) {
+    let label = extra.join(" ");
+    let mut sets = vec![format!("federation.rounds={rounds}"), "checkpoint_every=2".to_string()];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+
+    let full = tempfile::tempdir().unwrap();
+    let o = bin().args(small_args(full.path(), &sets)).output().unwrap();
+    assert!(o.status.success(), "{label}: {}", String::from_utf8_lossy(&o.stderr));
+    let full_dir = only_dir(full.path());
+
+    let cut = tempfile::tempdir().unwrap();
+    let mut child = bin().args(small_args(cut.path(), &sets)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let cut_dir = loop {
+        let dirs: Vec<_> = std::fs::read_dir(cut.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        if let Some(d) = dirs.first().filter(|d| rows(d) >= after) {
+            break d.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "{label}: no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{label}: the run finished before the signal; raise `rounds`");
+    assert!(err.contains("interrupted") && err.contains("fedolf run --resume"), "{label}: {err}");
+    assert_eq!(status(&cut_dir), "interrupted");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cut_dir.join("checkpoint/state.json")).unwrap()).unwrap();
+    assert!(state["round"].as_u64().unwrap() as usize >= after, "{label}: checkpoint at {}", state["round"]);
+
+    let o = bin().args(["run", "--quiet", "--resume", cut_dir.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{label}: resume: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(status(&cut_dir), "completed");
+    for file in ["rounds.csv", "clients.csv"] {
+        assert_eq!(without_timing(&full_dir.join(file)), without_timing(&cut_dir.join(file)), "{label}: {file}");
+    }
+    let weights = |d: &Path| std::fs::read(d.join("checkpoint/model.safetensors")).unwrap();
+    assert!(weights(&full_dir) == weights(&cut_dir), "{label}: final weights differ");
+}
+
+#[test]
+fn fedolf_with_toa_resumes_bit_identically() {
+    interrupt_and_resume(&["method=fedolf", "federation.clusters=3", "toa.s=0.5"], 10, 3);
+}
+
+#[test]
+fn heterofl_resumes_bit_identically() {
+    interrupt_and_resume(&["method=heterofl"], 10, 3);
+}
+
+#[test]
+fn slt_resumes_bit_identically() {
+    // SLT's stage schedule depends on the round: a resume must pick the right stage.
+    interrupt_and_resume(&["method=slt"], 10, 3);
+}
+
+#[test]
+fn export_writes_pytorch_named_safetensors() {
+    let out = tempfile::tempdir().unwrap();
+    let o = bin().args(small_args(out.path(), &["federation.rounds=1"])).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = only_dir(out.path());
+    let target = out.path().join("cnn.safetensors");
+    let o = bin().args(["export", dir.to_str().unwrap(), "--out", target.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&target).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    names.sort();
+    // The paper's CNN: conv5×5(32), conv5×5(64), linear(64·7·7 → 10), PyTorch layouts.
+    assert_eq!(names, ["layers.0.conv.bias", "layers.0.conv.weight", "layers.1.conv.bias", "layers.1.conv.weight", "layers.2.linear.bias", "layers.2.linear.weight"]);
+    assert_eq!(st.tensor("layers.0.conv.weight").unwrap().shape(), [32, 1, 5, 5]);
+    assert_eq!(st.tensor("layers.2.linear.weight").unwrap().shape(), [10, 64 * 7 * 7]);
+    // A folder without a checkpoint is refused, naming it.
+    let o = bin().args(["export", out.path().to_str().unwrap()]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no checkpoint"));
+}
+
+#[test]
+fn bare_invocation_writes_into_runs() {
+    // No arguments at all: the config comes from the environment, results go to ./runs/.
+    let cwd = tempfile::tempdir().unwrap();
+    let config = cwd.path().join("small.toml");
+    let mut text = fedolf::config::DEFAULT_TOML.replace("rounds = 60", "rounds = 1").replace("train_limit = 10000", "train_limit = 1000");
+    text = text.replace("partition = \"dirichlet\"", "partition = \"iid\"").replace("test_limit = 0", "test_limit = 200");
+    text = text.replace("data_dir = \"\"", &format!("data_dir = \"{}\"", subset()));
+    std::fs::write(&config, text).unwrap();
+    let o = bin().current_dir(cwd.path()).env("FEDOLF_CONFIG", &config).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = only_dir(&cwd.path().join("runs"));
+    assert!(run.file_name().unwrap().to_string_lossy().starts_with("default-"));
+    assert!(run.join("summary.json").exists() && run.join("checkpoint/model.safetensors").exists());
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 2, "only small.toml and runs/ in the working folder");
+}
+
+fn run(extra: &[&str]) -> (Output, PathBuf, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let o = bin().args(small_args(out.path(), extra)).output().unwrap();
+    let dir = only_dir(out.path());
+    (o, dir, out)
+}
+
+#[test]
+fn nonfinite_clients_stop_the_run_or_are_skipped() {
+    // lr = 1e6 makes local training blow up in the first round.
+    let (o, dir, _keep) = run(&["federation.rounds=2", "train.lr=1e6"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("round 1, client") && (err.contains("diverged") || err.contains("NaN")), "{err}");
+    assert_eq!(status(&dir), "failed");
+    // Skipped instead: the run completes, every client is counted, the model never moves.
+    let (o, dir, _keep) = run(&["federation.rounds=2", "train.lr=1e6", "train.nonfinite=\"skip\""]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(dir.join("rounds.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "skipped").unwrap();
+    let skipped: Vec<usize> = text.lines().skip(1).map(|l| l.split(',').nth(col).unwrap().parse().unwrap()).collect();
+    assert_eq!(skipped, vec![5, 5]);
+}
