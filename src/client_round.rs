@@ -100,10 +100,10 @@ impl ClientRound<'_> {
         let ratios = plan.width.as_ref().map_or(&[][..], |w| w.per_batch_ratios.as_slice());
         let train = || -> Result<(LocalModel<B>, _), SimError> {
             if ratios.is_empty() {
-                return train_local(local, &data, self.training, &mut rng).map_err(|source| SimError::Client { round, client, source });
+                return train_local(local, &data, self.training, &mut rng).map_err(|error| SimError::Client { round, client, error });
             }
             let (net, outcome) = train_ordered_dropout(local.join(), &self.layout.sizes, ratios, &data, self.training, &mut rng)
-                .map_err(|source| SimError::OrderedDropout { round, client, source })?;
+                .map_err(|error| SimError::OrderedDropout { round, client, error })?;
             Ok((LocalModel::from_roles(&net, &plan.roles)?, outcome))
         };
         let (result, peak_extra) = match self.memory {

@@ -42,8 +42,9 @@ pub enum SimError {
     Data(#[from] DataError),
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("round {round}, client {client}: {source}")]
-    Client { round: usize, client: usize, source: FreezeError },
+    // `error`, not `source`: the message already carries it, and a source would print twice.
+    #[error("round {round}, client {client}: {error}")]
+    Client { round: usize, client: usize, error: FreezeError },
     #[error(transparent)]
     Freeze(#[from] FreezeError),
     #[error(transparent)]
@@ -54,8 +55,8 @@ pub enum SimError {
     Param(#[from] ParamError),
     #[error(transparent)]
     Qsgd(#[from] QsgdError),
-    #[error("round {round}, client {client}: {source}")]
-    OrderedDropout { round: usize, client: usize, source: crate::ordered_dropout::OrderedDropoutError },
+    #[error("round {round}, client {client}: {error}")]
+    OrderedDropout { round: usize, client: usize, error: crate::ordered_dropout::OrderedDropoutError },
     #[error("config field `{field}`: {problem}")]
     Config { field: &'static str, problem: String },
     #[error(transparent)]
@@ -353,7 +354,7 @@ pub fn run_from<B: AutodiffBackend>(
         for (result, plan) in results.into_iter().zip(&plans) {
             let result = match result {
                 Err(SimError::Interrupted { .. }) => continue,
-                Err(SimError::Client { source: FreezeError::Diverged { .. }, .. }) if skip_nonfinite => {
+                Err(SimError::Client { error: FreezeError::Diverged { .. }, .. }) if skip_nonfinite => {
                     skipped += 1;
                     continue;
                 }

@@ -67,7 +67,7 @@ fn interrupt_and_resume(extra: &[&str], rounds: usize, after: usize) {
     let full_dir = only_dir(full.path());
 
     let cut = tempfile::tempdir().unwrap();
-    let mut child = bin().args(small_args(cut.path(), &sets)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = bin().args(small_args(cut.path(), &sets)).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let started = Instant::now();
     let cut_dir = loop {
         let dirs: Vec<_> = std::fs::read_dir(cut.path()).unwrap().map(|e| e.unwrap().path()).collect();
@@ -160,18 +160,24 @@ fn run(extra: &[&str]) -> (Output, PathBuf, tempfile::TempDir) {
 
 #[test]
 fn nonfinite_clients_stop_the_run_or_are_skipped() {
-    // lr = 1e6 makes local training blow up in the first round.
-    let (o, dir, _keep) = run(&["federation.rounds=2", "train.lr=1e6"]);
+    // lr = 1e30 makes every client's local training overflow in its first epoch.
+    let (o, dir, _keep) = run(&["federation.rounds=2", "train.lr=1e30"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("round 1, client") && (err.contains("diverged") || err.contains("NaN")), "{err}");
     assert_eq!(status(&dir), "failed");
     // Skipped instead: the run completes, every client is counted, the model never moves.
-    let (o, dir, _keep) = run(&["federation.rounds=2", "train.lr=1e6", "train.nonfinite=\"skip\""]);
+    let (o, dir, _keep) = run(&["federation.rounds=2", "train.lr=1e30", "train.nonfinite=\"skip\""]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = std::fs::read_to_string(dir.join("rounds.csv")).unwrap();
     let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
     let col = header.iter().position(|h| *h == "skipped").unwrap();
     let skipped: Vec<usize> = text.lines().skip(1).map(|l| l.split(',').nth(col).unwrap().parse().unwrap()).collect();
     assert_eq!(skipped, vec![5, 5]);
+    // Nothing non-finite reached the global model.
+    let bytes = std::fs::read(dir.join("checkpoint/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, view) in st.tensors() {
+        assert!(view.data().chunks_exact(4).all(|c| f32::from_le_bytes(c.try_into().unwrap()).is_finite()), "{name}");
+    }
 }
