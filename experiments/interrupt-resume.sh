@@ -15,7 +15,7 @@ $BIN run --quiet --out "$OUT/cut" --set federation.rounds="$ROUNDS" & pid=$!
 until [ -f "$OUT"/cut/*/rounds.csv ] && [ "$(wc -l < "$OUT"/cut/*/rounds.csv)" -ge 8 ]; do sleep 0.2; done
 kill -INT "$pid"; wait "$pid" || true
 dir=$(ls -d "$OUT"/cut/*)
-echo "interrupted: $(grep -o '"status": "[a-z]*"' "$dir/summary.json"), checkpoint at round $(grep -o '"round":[0-9]*' "$dir/checkpoint/state.json")"
+echo "interrupted: $(grep -o '"status": "[a-z]*"' "$dir/summary.json"), checkpoint at round $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["round"])' "$dir/checkpoint/state.json")"
 $BIN run --quiet --resume "$dir"
 python3 - "$OUT" <<'PY'
 import csv, glob, sys
