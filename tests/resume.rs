@@ -77,7 +77,8 @@ fn interrupt_and_resume(extra: &[&str], rounds: usize, after: usize) {
         assert!(started.elapsed() < Duration::from_secs(600), "{label}: no progress");
         std::thread::sleep(Duration::from_millis(50));
     };
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    // SIGINT, as Ctrl-C sends it.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{label}: the run finished before the signal; raise `rounds`");
