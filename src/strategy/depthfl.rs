@@ -58,9 +58,12 @@ pub(super) fn level_cut_depths(num_layers: usize, clusters: usize) -> Vec<usize>
     (1..clusters).filter(|&l| l < num_layers).map(|l| num_layers - l).rev().collect()
 }
 
-/// Roles of a client that keeps the first `depth` layers.
-pub(super) fn depth_roles(num_layers: usize, depth: usize) -> Vec<LayerRole> {
-    (0..num_layers).map(|i| if i < depth { LayerRole::Trained } else { LayerRole::Skipped }).collect()
+/// The plan of a client whose level `l = c − i` drops the last `l` layers (DepthFL's cut,
+/// ScaleFL's too): the first `N − l` train, the rest are skipped.
+pub(super) fn depth_cut_plan(ctx: &PlanContext<'_>, client: usize, cluster: usize) -> Result<ClientPlan, FreezeError> {
+    let depth = ctx.num_layers - ctx.level(cluster)?;
+    let roles = (0..ctx.num_layers).map(|i| if i < depth { LayerRole::Trained } else { LayerRole::Skipped }).collect();
+    Ok(ClientPlan::new(client, cluster, roles))
 }
 
 impl<B: AutodiffBackend> Strategy<B> for DepthFl {
@@ -81,8 +84,7 @@ impl<B: AutodiffBackend> Strategy<B> for DepthFl {
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
-        let l = ctx.level(cluster)?;
-        let mut plan = ClientPlan::new(client, cluster, depth_roles(ctx.num_layers, ctx.num_layers - l));
+        let mut plan = depth_cut_plan(ctx, client, cluster)?;
         plan.objective = Objective::MutualDistillation { weight: depthfl_weight(ctx.round) };
         Ok(plan)
     }

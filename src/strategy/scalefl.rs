@@ -21,7 +21,7 @@ use burn::tensor::backend::AutodiffBackend;
 use fedolf_models::{LayeredNet, SpaceLayout};
 use rand_chacha::ChaCha8Rng;
 
-use super::depthfl::{depth_roles, level_cut_depths};
+use super::depthfl::{depth_cut_plan, level_cut_depths};
 use super::{ClientPlan, EvalView, PlanContext, Strategy};
 use crate::config::Method;
 use crate::freeze::FreezeError;
@@ -113,8 +113,7 @@ impl<B: AutodiffBackend> Strategy<B> for ScaleFl {
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
-        let l = ctx.level(cluster)?;
-        let mut plan = ClientPlan::new(client, cluster, depth_roles(ctx.num_layers, ctx.num_layers - l));
+        let mut plan = depth_cut_plan(ctx, client, cluster)?;
         let r = self.widths.as_ref().and_then(|w| w.get(cluster).copied()).unwrap_or_else(|| ctx.width_ratio(cluster));
         let width = WidthSpec::prefix(ctx.layout, r);
         plan.width = (!width.is_full(ctx.layout)).then_some(width);
