@@ -13,8 +13,9 @@ pub enum Objective {
     CrossEntropy,
     /// DepthFL's mutual self-distillation between exits with weight `w_t`.
     MutualDistillation { weight: f32 },
-    /// ScaleFL's depth-weighted exits with knowledge distillation from the deepest one.
-    ScaledExits { gamma: f32, temperature: f32, distill: bool },
+    /// ScaleFL's depth-weighted exits with knowledge distillation from the deepest one, of
+    /// weight `gamma` (0 before KD starts).
+    ScaledExits { gamma: f32, temperature: f32 },
 }
 
 impl Objective {
@@ -23,9 +24,7 @@ impl Objective {
         match self {
             Self::CrossEntropy => cross_entropy(outputs.pop().expect("a model has an output"), y),
             Self::MutualDistillation { weight } => crate::strategy::mutual_distillation_loss(&outputs, y, weight),
-            Self::ScaledExits { gamma, temperature, distill } => {
-                crate::strategy::scaled_exits_loss(&outputs, y, if distill { gamma } else { 0.0 }, temperature)
-            }
+            Self::ScaledExits { gamma, temperature } => crate::strategy::scaled_exits_loss(&outputs, y, gamma, temperature),
         }
     }
 }

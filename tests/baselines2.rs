@@ -132,8 +132,8 @@ fn scalefl_turns_distillation_on_at_a_quarter_of_the_rounds() {
         scalefl.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap().objective
     };
     // Rounds 1..=25 (the first quarter) train without KD; from round 26 on γ = 1.
-    assert_eq!(objective_at(25), Objective::ScaledExits { gamma: 0.0, temperature: 3.0, distill: false });
-    assert_eq!(objective_at(26), Objective::ScaledExits { gamma: 1.0, temperature: 3.0, distill: true });
+    assert_eq!(objective_at(25), Objective::ScaledExits { gamma: 0.0, temperature: 3.0 });
+    assert_eq!(objective_at(26), Objective::ScaledExits { gamma: 1.0, temperature: 3.0 });
     // The weak cluster keeps 2 of 3 layers (its exit after conv block 2).
     let ctx = PlanContext { num_layers: 3, clusters: 2, round: 1, rounds: 100, layout: &layout };
     let plan = scalefl.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();

@@ -118,7 +118,7 @@ impl<B: AutodiffBackend> Strategy<B> for ScaleFl {
         let width = WidthSpec::prefix(ctx.layout, r);
         plan.width = (!width.is_full(ctx.layout)).then_some(width);
         let gamma = if distills(ctx.round, ctx.rounds) { self.gamma } else { 0.0 };
-        plan.objective = Objective::ScaledExits { gamma, temperature: TEMPERATURE, distill: gamma > 0.0 };
+        plan.objective = Objective::ScaledExits { gamma, temperature: TEMPERATURE };
         Ok(plan)
     }
 
