@@ -147,11 +147,8 @@ impl<B: AutodiffBackend> LocalModel<B> {
             })
             .collect();
         let keep = roles[m..].contains(&LayerRole::FrozenGradDiscarded).then(|| {
-            graph.layers.iter().zip(&graph_index).filter(|(_, &i)| roles[i] == LayerRole::Trained).flat_map(|(l, _)| param_ids(l)).collect::<Vec<_>>()
-        });
-        let keep = keep.map(|mut ids| {
-            ids.extend(graph.exits.iter().flat_map(param_ids));
-            ids
+            let trained = graph.layers.iter().zip(&graph_index).filter(|(_, &i)| roles[i] == LayerRole::Trained).flat_map(|(l, _)| param_ids(l));
+            trained.chain(graph.exits.iter().flat_map(param_ids)).collect()
         });
         Ok(Self { no_graph: prefix.valid(), graph, roles: roles.to_vec(), graph_index, exit_index, final_logits, objective: Objective::CrossEntropy, keep })
     }
@@ -237,9 +234,7 @@ impl<B: AutodiffBackend> LocalModel<B> {
     /// Flex shares storage between the server's model and a fresh client copy until it is
     /// written, while a real device holds its own copy.
     pub fn resident_bytes(&self) -> u64 {
-        let numel: usize = self.no_graph.layers.iter().map(crate::params::layer_numel).sum::<usize>()
-            + self.graph.layers.iter().map(crate::params::layer_numel).sum::<usize>()
-            + self.graph.exits.iter().map(crate::params::layer_numel).sum::<usize>();
+        let numel: usize = self.no_graph.layers.iter().map(crate::params::layer_numel).sum::<usize>() + self.graph_numel();
         numel as u64 * 4
     }
 
