@@ -1,22 +1,30 @@
-//! One client's round, as a worker runs it (DESIGN.md, FedOLF round, steps 2–6): build the
-//! client's model from the host copy of the global weights, lay it out by the plan, compress
-//! the frozen prefix, train on the client's own samples, and hand back the upload as host data.
-//! Everything here lives on the worker's thread (its own device stream on a GPU); only
-//! [`ClientRound`] and [`ClientResult`] (host data) cross threads.
+//! One client's round (DESIGN.md, FedOLF round, steps 2–6) in three steps, each on one side
+//! of the wire:
+//! - [`ClientRound::prepare`] (server): build the client's model from the host copy of the
+//!   global weights, lay it out by the plan, compress the frozen prefix;
+//! - [`ClientRound::train`] (client): train on the client's own samples;
+//! - [`ClientRound::upload`] (server): the trained layers as the merge reads them (width
+//!   sub-models embedded in global coordinates with their masks).
+//!
+//! The simulator runs all three on one worker thread ([`ClientRound::run`]); a Flower
+//! deployment sends [`LocalModel::payload`] down, rebuilds the model on the node with
+//! [`ClientRound::rebuild`], and sends the trained layers back. Everything here lives on the
+//! calling thread (its own device stream on a GPU); only host data crosses threads.
 
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
+use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
 use fedolf_models::{LayeredNet, ModelKind, ModelOptions, SpaceLayout};
 
 use crate::aggregate::LayerUpload;
 use crate::fake_quant::fake_int8_frozen;
-use crate::freeze::{train_local, ClientData, LocalModel, LocalTraining};
-use crate::host::{model_to_device, HostLayer, HostSplit, HostUpload};
+use crate::freeze::{train_local, ClientData, LayerRole, LocalModel, LocalTraining};
+use crate::host::{layer_to_device, layer_to_host, model_to_device, HostLayer, HostSplit, HostUpload};
 use crate::memory::CountingAllocator;
 use crate::ordered_dropout::train_ordered_dropout;
-use crate::params::{layer_numel, mark_trainable, read_model, write_model};
+use crate::params::{layer_numel, mark_trainable, read_model, write_layer, write_layer_resized, write_model, LayerParams, ParamError};
 use crate::qsgd::quantize_prefix;
 use crate::rng::{stream, Purpose};
 use crate::sim::{ClientRecord, SimError, BYTES_PER_PARAM};
@@ -49,22 +57,52 @@ pub struct ClientResult {
     pub upload: HostUpload,
 }
 
+/// The server's side of a download: the client's model, ready to train or to send.
+pub struct Prepared<B: AutodiffBackend> {
+    pub local: LocalModel<B>,
+    /// The model the client started from (the width methods embed their upload in it).
+    pub start: LayeredNet<B>,
+    /// Of `bytes_down`, the frozen layers' share (after TOA / QSGD).
+    pub frozen_bytes: u64,
+    /// Download = (compressed) frozen prefix + every other layer held, in full.
+    pub bytes_down: u64,
+}
+
+/// What local training produced (on the client's device).
+pub struct Trained<B: AutodiffBackend> {
+    /// `(global index, tensors)` of every trained layer and exit head.
+    pub layers: Vec<(usize, LayerParams<B::InnerBackend>)>,
+    pub record: ClientRecord,
+}
+
 impl ClientRound<'_> {
-    /// Run `plan` for the client whose samples are `indices`, from the model `start` (the
+    /// Steps 2–6 for the client whose samples are `indices`, from the model `start` (the
     /// global model as this client downloads it), on this thread's `device`.
     pub fn run<B: AutodiffBackend>(&self, plan: &ClientPlan, start: &[HostLayer], indices: &[usize], device: &B::Device) -> Result<ClientResult, SimError> {
-        let (round, client) = (self.round, plan.client);
-        let model = self.model.init_with::<B>(self.input, self.classes, self.options, device)?.with_exits(self.exit_depths, device)?;
-        let global = write_model(model, &model_to_device(start, device))?;
+        let Prepared { local, start, frozen_bytes, bytes_down } = self.prepare::<B>(plan, start, device)?;
+        let trained = self.train(plan, local, bytes_down, indices, device)?;
+        let upload = self.upload(plan, trained.layers, indices.len() as f64, &start, device)?;
+        Ok(ClientResult { record: trained.record, frozen_bytes, upload })
+    }
 
-        // 2–3. Lay out the client's copy (a width sub-model for the width methods); compress
-        // the frozen prefix (TOA / QSGD).
+    /// The model `start` as this round's client models are built: the run's architecture and
+    /// exit heads, with `start`'s weights.
+    pub fn start_model<B: AutodiffBackend>(&self, start: &[HostLayer], device: &B::Device) -> Result<LayeredNet<B>, SimError> {
+        let model = self.template::<B>(device)?;
+        Ok(write_model(model, &model_to_device(start, device))?)
+    }
+
+    fn template<B: AutodiffBackend>(&self, device: &B::Device) -> Result<LayeredNet<B>, SimError> {
+        Ok(self.model.init_with::<B>(self.input, self.classes, self.options, device)?.with_exits(self.exit_depths, device)?)
+    }
+
+    /// Steps 2–3 (server): lay out the client's copy (a width sub-model for the width
+    /// methods) and compress the frozen prefix (TOA / QSGD).
+    pub fn prepare<B: AutodiffBackend>(&self, plan: &ClientPlan, start: &[HostLayer], device: &B::Device) -> Result<Prepared<B>, SimError> {
+        let (round, client) = (self.round, plan.client);
+        let global = self.start_model::<B>(start, device)?;
         let mut local = match &plan.width {
-            Some(spec) => {
-                let mut sub = mark_trainable(LayeredNet::<B>::from_inner(extract(global.valid(), self.layout, spec, device)));
-                sub.set_scaler(spec.scaler);
-                LocalModel::from_roles(&sub, &plan.roles)?
-            }
+            Some(spec) => LocalModel::from_roles(&self.sub_model(global.clone(), spec, device), &plan.roles)?,
             None => LocalModel::from_roles(&global, &plan.roles)?,
         };
         local.objective = plan.objective;
@@ -86,11 +124,66 @@ impl ClientRound<'_> {
             }
             Download::Full => local.no_graph.layers.iter().map(layer_numel).sum::<usize>() as u64 * BYTES_PER_PARAM,
         };
-        // 4. Download = (compressed) frozen prefix + every other layer in full.
         let bytes_down = frozen_bytes + local.graph_numel() as u64 * BYTES_PER_PARAM;
+        Ok(Prepared { local, start: global, frozen_bytes, bytes_down })
+    }
 
-        // 5. Local training on the client's own samples. The client holds its model copy and
-        // its data before it starts; the peak counts what training adds on top.
+    /// A width sub-model of `global`, trainable, with its Scaler.
+    fn sub_model<B: AutodiffBackend>(&self, global: LayeredNet<B>, spec: &crate::submodel::WidthSpec, device: &B::Device) -> LayeredNet<B> {
+        let mut sub = mark_trainable(LayeredNet::<B>::from_inner(extract(global.valid(), self.layout, spec, device)));
+        sub.set_scaler(spec.scaler);
+        sub
+    }
+
+    /// On a node: the client's model from what it downloaded ([`LocalModel::payload`] on the
+    /// server, as host data). The architecture comes from the run, the channels kept from the
+    /// plan, the weights from `payload`; a TOA-sparsified prefix keeps the shapes it arrived in.
+    pub fn rebuild<B: AutodiffBackend>(&self, plan: &ClientPlan, payload: &[(usize, HostLayer)], device: &B::Device) -> Result<LocalModel<B>, SimError> {
+        let template = self.template::<B>(device)?;
+        let mut net = match &plan.width {
+            Some(spec) => self.sub_model(template, spec, device),
+            None => template,
+        };
+        let n = net.num_layers();
+        if plan.roles.len() != n {
+            return Err(ParamError::LayerCount { expected: n, got: plan.roles.len() }.into());
+        }
+        let prefix = plan.roles.iter().take_while(|r| **r == LayerRole::FrozenNoGraph).count();
+        let mut received: Vec<Option<LayerParams<B>>> = vec![None; n + net.exits.len()];
+        for (i, layer) in payload {
+            let slot = received.get_mut(*i).ok_or(ParamError::LayerCount { expected: n + net.exits.len(), got: i + 1 })?;
+            *slot = Some(layer_to_device(layer, device));
+        }
+        let layers = std::mem::take(&mut net.layers);
+        net.layers = layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, layer)| match received[i].take() {
+                Some(p) if i < prefix => write_layer_resized(layer, i, &p),
+                Some(p) => write_layer(layer, i, &p),
+                None if plan.roles[i] == LayerRole::Skipped => Ok(layer),
+                None => Err(ParamError::CountMismatch { layer: i, expected: crate::params::read_layer(&layer).len(), got: 0 }),
+            })
+            .collect::<Result<_, _>>()?;
+        let exits = std::mem::take(&mut net.exits);
+        net.exits = exits
+            .into_iter()
+            .enumerate()
+            .map(|(e, exit)| match received[n + e].take() {
+                Some(p) => write_layer(exit, n + e, &p),
+                None => Ok(exit),
+            })
+            .collect::<Result<_, _>>()?;
+        let mut local = LocalModel::from_roles(&net, &plan.roles)?;
+        local.objective = plan.objective;
+        Ok(local)
+    }
+
+    /// Steps 4–5 (client): local training on the client's own samples `indices`. The client
+    /// holds its model copy and its data before it starts; the peak counts what training adds
+    /// on top. `bytes_down` is what [`Self::prepare`] counted.
+    pub fn train<B: AutodiffBackend>(&self, plan: &ClientPlan, local: LocalModel<B>, bytes_down: u64, indices: &[usize], device: &B::Device) -> Result<Trained<B>, SimError> {
+        let (round, client) = (self.round, plan.client);
         let resident = local.resident_bytes() as usize;
         let (images, labels) = self.train.subset_to_device::<B::InnerBackend>(indices, device);
         let positions: Vec<usize> = (0..indices.len()).collect();
@@ -115,45 +208,60 @@ impl ClientRound<'_> {
         };
         let (trained, outcome) = result?;
         let compute_s = started.elapsed().as_secs_f64();
-
-        // 6. Upload = trained layers only (width sub-models: embedded with their masks).
         let layers = trained.trained_layers();
         let bytes_up = layers.iter().flat_map(|(_, p)| p).map(|t| t.numel() as u64).sum::<u64>() * BYTES_PER_PARAM;
-        let weight = indices.len() as f64;
+        let record = ClientRecord {
+            round,
+            client,
+            cluster: plan.cluster,
+            frozen: plan.frozen(),
+            samples: indices.len(),
+            bytes_down,
+            bytes_up,
+            compute_s,
+            // CPU: resident model + the allocator's peak above it; GPU: the stream's bytes
+            // in use after the forward pass (see `LocalOutcome::device_peak_bytes`).
+            peak_mem_mb: peak_extra.map(|extra| (extra + resident) as f64 / 1e6).or(outcome.device_peak_bytes.map(|b| b as f64 / 1e6)),
+            peak_extra_mb: peak_extra.map(|b| b as f64 / 1e6),
+            train_loss: outcome.mean_loss,
+        };
+        Ok(Trained { layers, record })
+    }
+
+    /// Step 6 (server): the trained layers, weighted `n_k`, as the merge reads them; width
+    /// sub-models are embedded in `start`'s coordinates with their masks.
+    pub fn upload<B: AutodiffBackend>(
+        &self,
+        plan: &ClientPlan,
+        layers: Vec<(usize, LayerParams<B::InnerBackend>)>,
+        weight: f64,
+        start: &LayeredNet<B>,
+        device: &B::Device,
+    ) -> Result<HostUpload, SimError> {
         let upload = match &plan.width {
             Some(spec) => {
-                let positions = embedding_indices(global.valid(), self.layout, spec, device)?;
-                let global_params = read_model(&global.valid());
+                let positions = embedding_indices(start.valid(), self.layout, spec, device)?;
+                let global_params = read_model(&start.valid());
                 // Only trained layers travel (SLT freezes a prefix); each keeps its index.
-                let (values, masks): (Vec<_>, Vec<_>) = layers
-                    .into_iter()
-                    .map(|(l, p)| {
-                        let (v, m) = embed_layer(&p, &positions[l], &global_params[l]);
-                        ((l, v), m)
-                    })
-                    .unzip();
+                let mut values = Vec::with_capacity(layers.len());
+                let mut masks = Vec::with_capacity(layers.len());
+                for (l, p) in layers {
+                    let (Some(at), Some(global)) = (positions.get(l), global_params.get(l)) else {
+                        return Err(ParamError::LayerCount { expected: global_params.len(), got: l + 1 }.into());
+                    };
+                    let (v, m) = embed_layer(&p, at, global);
+                    values.push((l, v));
+                    masks.push(m);
+                }
                 LayerUpload::masked(weight, values, masks)
             }
             None => LayerUpload::whole(weight, layers),
         };
-        Ok(ClientResult {
-            record: ClientRecord {
-                round,
-                client,
-                cluster: plan.cluster,
-                frozen: plan.frozen(),
-                samples: indices.len(),
-                bytes_down,
-                bytes_up,
-                compute_s,
-                // CPU: resident model + the allocator's peak above it; GPU: the stream's bytes
-                // in use after the forward pass (see `LocalOutcome::device_peak_bytes`).
-                peak_mem_mb: peak_extra.map(|extra| (extra + resident) as f64 / 1e6).or(outcome.device_peak_bytes.map(|b| b as f64 / 1e6)),
-                peak_extra_mb: peak_extra.map(|b| b as f64 / 1e6),
-                train_loss: outcome.mean_loss,
-            },
-            frozen_bytes,
-            upload: HostUpload::from_device(upload),
-        })
+        Ok(HostUpload::from_device(upload))
     }
+}
+
+/// A model's payload on the host.
+pub fn payload_to_host<B: Backend>(payload: Vec<(usize, LayerParams<B>)>) -> Vec<(usize, HostLayer)> {
+    payload.into_iter().map(|(i, layer)| (i, layer_to_host(layer))).collect()
 }

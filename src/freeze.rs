@@ -52,7 +52,7 @@ pub enum FreezeError {
 }
 
 /// How one layer takes part in local training (and in the Eq. 23 count).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LayerRole {
     FrozenNoGraph,
     FrozenInGraph,
@@ -250,6 +250,16 @@ impl<B: AutodiffBackend> LocalModel<B> {
             .map(|(layer, &i)| (i, read_layer(&layer.valid())));
         let exits = self.graph.exits.iter().zip(&self.exit_index).map(|(exit, &i)| (i, read_layer(&exit.valid())));
         layers.chain(exits).collect()
+    }
+
+    /// Everything the client downloads, as `(global index, tensors)`: the (compressed)
+    /// frozen prefix, the layers in the graph, then the exit heads held (`N + e`). A Flower
+    /// node rebuilds this model from it ([`crate::client_round::ClientRound::rebuild`]).
+    pub fn payload(&self) -> Vec<(usize, LayerParams<B::InnerBackend>)> {
+        let prefix = self.no_graph.layers.iter().enumerate().map(|(i, layer)| (i, read_layer(layer)));
+        let layers = self.graph.layers.iter().zip(&self.graph_index).map(|(layer, &i)| (i, read_layer(&layer.valid())));
+        let exits = self.graph.exits.iter().zip(&self.exit_index).map(|(exit, &i)| (i, read_layer(&exit.valid())));
+        prefix.chain(layers).chain(exits).collect()
     }
 
     /// Elements of every tensor in the graph part (layers and exits): downloaded in full.

@@ -9,6 +9,8 @@ pub mod aggregate;
 pub mod backend;
 pub mod checkpoint;
 pub mod client_round;
+pub mod evaluate;
+pub mod federation;
 pub mod freeze;
 pub mod freeze_modes;
 pub mod host;

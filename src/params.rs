@@ -87,6 +87,8 @@ struct Writer<'a, B: Backend> {
     source: std::slice::Iter<'a, NamedTensor<B>>,
     error: Option<ParamError>,
     expected: usize,
+    /// Accept new dimensions of the same rank (a TOA-sparsified frozen layer).
+    resize: bool,
 }
 
 impl<B: Backend> ModuleMapper<B> for Writer<'_, B> {
@@ -109,16 +111,17 @@ impl<B: Backend> ModuleMapper<B> for Writer<'_, B> {
         let shape = old.dims().to_vec();
         if new.name != name {
             self.error = Some(ParamError::NameMismatch { layer: self.layer, expected: name, got: new.name.clone() });
-        } else if new.shape != shape {
+        } else if new.shape.len() != D || (!self.resize && new.shape != shape) {
             self.error = Some(ParamError::ShapeMismatch { layer: self.layer, name, expected: shape.clone(), got: new.shape.clone() });
         }
         if self.error.is_some() {
             return Param::from_mapped_value(id, old, mapper);
         }
         let require_grad = old.is_require_grad();
-        // [numel] -> original shape; keep the id so optimizers and records still match.
+        let shape = &new.shape;
+        // [numel] -> its shape; keep the id so optimizers and records still match.
         // Detached: a parameter must be a graph leaf, whatever op produced the new values.
-        let value = new.value.clone().detach().to_device(&old.device()).reshape::<D, _>(dims_array::<D>(&shape)).detach();
+        let value = new.value.clone().detach().to_device(&old.device()).reshape::<D, _>(dims_array::<D>(shape)).detach();
         Param::from_mapped_value(id, value.set_require_grad(require_grad), mapper)
     }
 }
@@ -131,7 +134,17 @@ fn dims_array<const D: usize>(shape: &[usize]) -> [usize; D] {
 
 /// Replace every tensor of a layer (or exit head). Names and shapes must match exactly.
 pub fn write_layer<B: Backend, M: Module<B>>(layer: M, index: usize, params: &LayerParams<B>) -> Result<M, ParamError> {
-    let mut writer = Writer { layer: index, path: Vec::new(), source: params.iter(), error: None, expected: 0 };
+    write_with(layer, index, params, false)
+}
+
+/// [`write_layer`] where each tensor may arrive with other dimensions of the same rank: a
+/// frozen layer that TOA kept only some channels of, rebuilt on the node that trains on it.
+pub fn write_layer_resized<B: Backend, M: Module<B>>(layer: M, index: usize, params: &LayerParams<B>) -> Result<M, ParamError> {
+    write_with(layer, index, params, true)
+}
+
+fn write_with<B: Backend, M: Module<B>>(layer: M, index: usize, params: &LayerParams<B>, resize: bool) -> Result<M, ParamError> {
+    let mut writer = Writer { layer: index, path: Vec::new(), source: params.iter(), error: None, expected: 0, resize };
     let layer = layer.map(&mut writer);
     if let Some(err) = writer.error {
         return Err(err);

@@ -24,7 +24,7 @@ pub fn kept_channels(r: f64, channels: usize) -> usize {
 }
 
 /// Kept channel indices (ascending) for every space of a model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WidthSpec {
     pub kept: Vec<Vec<usize>>,
     /// Multiplier on hidden-layer outputs while the sub-model trains (HeteroFL's Scaler,

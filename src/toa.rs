@@ -48,7 +48,7 @@ pub enum ToaError {
 }
 
 /// Validated TOA settings: `s ∈ (0, 1]` (`s = 1` means no TOA).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ToaSettings {
     s: f64,
     mode: ToaMode,

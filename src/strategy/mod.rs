@@ -49,15 +49,15 @@ use crate::submodel::WidthSpec;
 use crate::toa::ToaSettings;
 
 /// How the frozen, out-of-graph prefix travels down.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Download {
     Full,
     Toa(ToaSettings),
     Qsgd(QsgdSettings),
 }
 
-/// What one sampled client does this round.
-#[derive(Debug, Clone, PartialEq)]
+/// What one sampled client does this round (serialisable: it travels to a Flower node).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClientPlan {
     pub client: usize,
     /// Capacity cluster, 0-based (`i_k − 1`).

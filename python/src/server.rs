@@ -1,0 +1,229 @@
+//! The server side of a run, for a Flower `ServerApp`: the simulator's [`Federation`] (same
+//! sampling, plans, compression, merge and evaluation), driven one call per step, with the
+//! results files `fedolf run` writes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use fedolf::client_round::{payload_to_host, Prepared};
+use fedolf::config::{Config, NonFinite};
+use fedolf::federation::{round_record, Federation};
+use fedolf::host::{layer_to_device, HostUpload};
+use fedolf::report::{RunDir, Summary};
+use fedolf::sim::{load_dataset, ClientRecord, RoundRecord};
+use fedolf::strategy::ClientPlan;
+use fedolf_datasets::Dataset;
+use pyo3::prelude::*;
+
+use crate::wire::{from_wire, model_from_wire, model_to_wire, to_wire, WireTensor};
+use crate::{py_err, Train};
+
+/// A client's round in flight: what it was sent (to check what comes back).
+struct InFlight {
+    plan: ClientPlan,
+    prepared: Prepared<Train>,
+}
+
+/// The federation's server: holds the global model, the strategy and the test set.
+#[pyclass(unsendable)]
+pub struct Server {
+    fed: Federation<Train>,
+    dataset: Dataset,
+    round: usize,
+    in_flight: BTreeMap<usize, InFlight>,
+    received: BTreeMap<usize, (ClientPlan, HostUpload, ClientRecord, u64)>,
+    skipped: usize,
+    records: Vec<RoundRecord>,
+    dir: Option<RunDir>,
+}
+
+#[pymethods]
+impl Server {
+    /// `config_toml`: a `fedolf run` config (its text), with `overrides` (`key=value`, as
+    /// `fedolf run --set`). `out_dir`: where `rounds.csv`, `clients.csv`, `summary.json` and
+    /// `config.toml` go (`None` = nowhere).
+    #[new]
+    #[pyo3(signature = (config_toml, out_dir=None, overrides=Vec::new()))]
+    fn new(config_toml: &str, out_dir: Option<&str>, overrides: Vec<String>) -> PyResult<Self> {
+        let cfg = Config::from_toml(config_toml, "run config", &overrides).map_err(py_err)?;
+        let dataset = load_dataset(&cfg).map_err(py_err)?;
+        let fed = Federation::<Train>::new(&cfg, &dataset, &Default::default()).map_err(py_err)?;
+        let dir = match out_dir {
+            Some(path) => {
+                std::fs::create_dir_all(path).map_err(|e| py_err(format!("{path}: {e}")))?;
+                let dir = RunDir { path: Path::new(path).to_path_buf() };
+                dir.write_config(&cfg).map_err(|e| py_err(format!("{path}: {e}")))?;
+                Some(dir)
+            }
+            None => None,
+        };
+        Ok(Self { fed, dataset, round: 0, in_flight: BTreeMap::new(), received: BTreeMap::new(), skipped: 0, records: Vec::new(), dir })
+    }
+
+    /// The run's config as TOML (what every node trains with).
+    fn config_toml(&self) -> String {
+        self.fed.cfg.to_toml()
+    }
+
+    #[getter]
+    fn num_layers(&self) -> usize {
+        self.fed.num_layers
+    }
+
+    #[getter]
+    fn num_clients(&self) -> usize {
+        self.fed.cfg.federation.clients
+    }
+
+    #[getter]
+    fn rounds(&self) -> usize {
+        self.fed.cfg.federation.rounds
+    }
+
+    #[getter]
+    fn method(&self) -> &'static str {
+        self.fed.cfg.method.name()
+    }
+
+    #[getter]
+    fn dataset_source(&self) -> String {
+        self.dataset.source.clone()
+    }
+
+    /// Per-channel `(mean, std)` of the training split, which every node normalises with.
+    fn stats(&self) -> Vec<(f32, f32)> {
+        self.fed.stats.clone()
+    }
+
+    /// Client `k`'s capacity cluster (0-based).
+    fn cluster(&self, client: usize) -> PyResult<usize> {
+        self.fed.clusters.get(client).copied().ok_or_else(|| py_err(format!("client {client} is outside 0..{}", self.fed.clusters.len())))
+    }
+
+    /// The global model (every layer, then exit heads).
+    fn global_weights<'py>(&self, py: Python<'py>) -> Vec<WireTensor<'py>> {
+        model_to_wire(py, &self.fed.host_global())
+    }
+
+    /// Replace the global model (the arrays a Flower strategy carries between rounds).
+    fn set_global(&mut self, weights: Vec<WireTensor<'_>>) -> PyResult<()> {
+        let n = self.fed.host_global().len();
+        let model = model_from_wire(&weights, n, "global model")?;
+        self.fed.set_global(&model).map_err(py_err)
+    }
+
+    /// Start round `round`: the clients sampled and each one's plan, as `(client, plan JSON)`.
+    fn plan_round(&mut self, round: usize) -> PyResult<Vec<(usize, String)>> {
+        if round == 0 || round > self.fed.cfg.federation.rounds {
+            return Err(py_err(format!("round {round} is outside 1..={}", self.fed.cfg.federation.rounds)));
+        }
+        self.round = round;
+        self.in_flight.clear();
+        self.received.clear();
+        self.skipped = 0;
+        let plans = self.fed.plans(round).map_err(py_err)?;
+        let host_global = self.fed.host_global();
+        let mut out = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let start = self.fed.client_start(&plan, &host_global);
+            let clients = self.fed.client_round(round, None);
+            let prepared = clients.prepare::<Train>(&plan, start.as_deref().unwrap_or(&host_global), &Default::default()).map_err(py_err)?;
+            out.push((plan.client, serde_json::to_string(&plan).map_err(py_err)?));
+            self.in_flight.insert(plan.client, InFlight { plan, prepared });
+        }
+        Ok(out)
+    }
+
+    /// What client `client` downloads this round: its model laid out by its plan, the frozen
+    /// prefix compressed (TOA / QSGD), as `(tensors, bytes_down, frozen_bytes)`.
+    fn download<'py>(&self, py: Python<'py>, client: usize) -> PyResult<(Vec<WireTensor<'py>>, u64, u64)> {
+        let flight = self.in_flight.get(&client).ok_or_else(|| py_err(format!("client {client} was not sampled in round {}", self.round)))?;
+        let payload = payload_to_host(flight.prepared.local.payload());
+        Ok((to_wire(py, &payload), flight.prepared.bytes_down, flight.prepared.frozen_bytes))
+    }
+
+    /// Client `client`'s reply: the layers it trained and its record (JSON, as the node's
+    /// `Client.train` returns it). Checked against what it was sent.
+    fn receive(&mut self, client: usize, layers: Vec<WireTensor<'_>>, record_json: &str) -> PyResult<()> {
+        let flight = self.in_flight.remove(&client).ok_or_else(|| py_err(format!("client {client}: no round in flight for it (round {})", self.round)))?;
+        let record: ClientRecord = serde_json::from_str(record_json).map_err(|e| py_err(format!("client {client}: record: {e}")))?;
+        let layers = from_wire(&layers, &format!("client {client} upload"))?;
+        let expected = flight.prepared.local.trained_layers();
+        let shapes = |l: &[(usize, Vec<(String, Vec<usize>)>)]| l.to_vec();
+        let got: Vec<(usize, Vec<(String, Vec<usize>)>)> = layers.iter().map(|(i, t)| (*i, t.iter().map(|t| (t.name.clone(), t.shape.clone())).collect())).collect();
+        let want: Vec<(usize, Vec<(String, Vec<usize>)>)> = expected.iter().map(|(i, t)| (*i, t.iter().map(|t| (t.name.clone(), t.shape.clone())).collect())).collect();
+        if shapes(&got) != want {
+            return Err(py_err(format!(
+                "client {client}: the upload's layers and shapes differ from what its plan trains (expected layers {:?}, got {:?})",
+                want.iter().map(|(i, _)| i).collect::<Vec<_>>(),
+                got.iter().map(|(i, _)| i).collect::<Vec<_>>()
+            )));
+        }
+        if record.samples == 0 || record.client != client || record.round != self.round {
+            return Err(py_err(format!("client {client}: record says client {} round {} with {} samples", record.client, record.round, record.samples)));
+        }
+        let device = Default::default();
+        let trained = layers.iter().map(|(i, layer)| (*i, layer_to_device(layer, &device))).collect();
+        let clients = self.fed.client_round(self.round, None);
+        let upload = clients.upload(&flight.plan, trained, record.samples as f64, &flight.prepared.start, &device).map_err(py_err)?;
+        if let Some(tensor) = upload.first_nonfinite() {
+            if self.fed.cfg.train.nonfinite == NonFinite::Skip {
+                self.skipped += 1;
+                return Ok(());
+            }
+            return Err(py_err(format!("round {}, client {client}: the upload's tensor `{tensor}` holds NaN or infinite values (diverged; lower train.lr, or set train.nonfinite = \"skip\")", self.round)));
+        }
+        self.received.insert(client, (flight.plan, upload, record, flight.prepared.frozen_bytes));
+        Ok(())
+    }
+
+    /// Clients sampled this round that have not replied.
+    fn missing(&self) -> Vec<usize> {
+        self.in_flight.keys().copied().collect()
+    }
+
+    /// End the round: merge what arrived (in client order, as the simulator does), evaluate,
+    /// append the round to the results files. `wall_s`: the round's wall time as the caller
+    /// saw it. Returns the round's record as JSON (the `rounds.csv` fields and per-client rows).
+    fn finish_round(&mut self, wall_s: f64) -> PyResult<String> {
+        let round = self.round;
+        let received = std::mem::take(&mut self.received);
+        let mut plans = Vec::with_capacity(received.len());
+        let mut uploads = Vec::with_capacity(received.len());
+        let mut per_client = Vec::with_capacity(received.len());
+        for (_, (plan, upload, record, frozen_bytes)) in received {
+            plans.push(plan);
+            uploads.push(upload);
+            per_client.push((record, frozen_bytes));
+        }
+        self.fed.merge(&uploads, &plans).map_err(py_err)?;
+        let evaluation = self.fed.evaluate_round(round).map_err(py_err)?;
+        let mut record = round_record(round, evaluation, wall_s, &self.fed.energy, per_client);
+        record.skipped_clients = self.skipped + self.in_flight.len();
+        self.in_flight.clear();
+        let json = serde_json::to_string(&record).map_err(py_err)?;
+        self.records.push(record);
+        if let Some(dir) = &self.dir {
+            let io = |e: std::io::Error| py_err(format!("{}: {e}", dir.path.display()));
+            dir.write_rounds(&self.records).map_err(io)?;
+            dir.write_clients(&self.records).map_err(io)?;
+        }
+        Ok(json)
+    }
+
+    /// `(accuracy, test loss)` of the global model now.
+    fn evaluate(&mut self) -> (f64, f64) {
+        let (acc, loss, _) = self.fed.evaluate_now(self.round.max(1));
+        (acc, loss)
+    }
+
+    /// Write `summary.json` (as `fedolf run` does) and return it as JSON.
+    #[pyo3(signature = (wall_s, error=None))]
+    fn write_summary(&self, wall_s: f64, error: Option<String>) -> PyResult<String> {
+        let summary = Summary::new(&self.fed.cfg, &self.dataset.source, &self.records, wall_s, error);
+        if let Some(dir) = &self.dir {
+            dir.write_summary(&summary).map_err(|e| py_err(format!("{}: {e}", dir.path.display())))?;
+        }
+        serde_json::to_string(&summary).map_err(py_err)
+    }
+}
