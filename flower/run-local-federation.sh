@@ -32,11 +32,14 @@ work="$(mktemp -d)"
 export FLWR_HOME="$work/flwr-home" FLWR_DISABLE_UPDATE_CHECK=1 FLWR_TELEMETRY_ENABLED=0
 mkdir -p "$FLWR_HOME"
 pids=()
+alive() { for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && return 0; done; return 1; }
 cleanup() {
-  # SuperNodes first, then the SuperLink; each was started as its own process group.
+  # SuperNodes first, then the SuperLink; each was started as its own process group. They
+  # get 10 s to stop on SIGTERM, then SIGKILL; the script returns only once all are gone.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM -- "-${pids[i]}" 2>/dev/null || true; done
-  sleep 1
+  for _ in $(seq 1 50); do alive || break; sleep 0.2; done
   for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 50); do alive || break; sleep 0.1; done
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM

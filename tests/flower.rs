@@ -79,7 +79,7 @@ fn two_nodes_two_rounds_improve_and_match_the_simulator() {
         .arg(&venv)
         .arg("--out")
         .arg(out.path())
-        .args(["--set", "data.train_limit=2000; data.test_limit=1000"])
+        .args(["--set", "federation.clusters=2; data.train_limit=2000; data.test_limit=1000"])
         .spawn()
         .unwrap();
     let status = wait_bounded(child, Duration::from_secs(900), "run-local-federation.sh");

@@ -11,6 +11,7 @@ import time
 from logging import INFO
 from pathlib import Path
 
+import tomli
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
@@ -50,6 +51,15 @@ def discover_nodes(grid: Grid, timeout: float) -> dict:
     raise RuntimeError(f"after {timeout:.0f} s, nodes for partitions {sorted(partitions)} of {expected} have connected")
 
 
+def configured(config_toml: str, overrides: list, table: str, key: str):
+    """A config value as the run will see it: the last override of `table.key`, else the file's."""
+    for override in reversed(overrides):
+        name, _, value = override.partition("=")
+        if name.strip() == f"{table}.{key}":
+            return tomli.loads(f"v = {value.strip()}")["v"]
+    return tomli.loads(config_toml).get(table, {}).get(key)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
@@ -62,7 +72,12 @@ def main(grid: Grid, context: Context) -> None:
 
     started = time.time()
     node_of_client = discover_nodes(grid, float(rc.get("node-timeout", 120)))
-    overrides.append(f"federation.clients={len(node_of_client)}")
+    nodes = len(node_of_client)
+    overrides.append(f"federation.clients={nodes}")
+    per_round = configured(config_toml, overrides, "federation", "clients_per_round")
+    if per_round is not None and int(per_round) > nodes:
+        log(INFO, "fedolf: %s clients per round configured, %d nodes: every node trains each round", per_round, nodes)
+        overrides.append(f"federation.clients_per_round={nodes}")
     server = fedolf.Server(config_toml, out_dir, overrides)
     log(INFO, "fedolf: %s on %s, %d nodes, results in %s", server.method, server.dataset_source, len(node_of_client), out_dir)
 
