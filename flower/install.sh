@@ -19,8 +19,11 @@ if ! "$venv/bin/python" -c "import flwr, maturin" >/dev/null 2>&1; then
   "$venv/bin/pip" install -q --no-deps flwr==1.42.0
 fi
 # The bindings: rebuilt whenever the Rust sources changed (cargo decides; the build shares
-# the repository's target/ folder).
-(cd "$root/python" && "$venv/bin/maturin" build --release --quiet --target-dir "$root/target" -o "$root/target/wheels" -i "$venv/bin/python")
+# the workspace's target/ folder). FEDOLF_WHEEL_FEATURES=cuda,wgpu builds them with the
+# binary's GPU features, reusing `cargo build --release --features cuda,wgpu`.
+features=()
+[ -z "${FEDOLF_WHEEL_FEATURES:-}" ] || features=(--features "$FEDOLF_WHEEL_FEATURES")
+(cd "$root/python" && "$venv/bin/maturin" build --release --quiet "${features[@]}" -o "$root/target/wheels" -i "$venv/bin/python")
 wheel="$(ls -t "$root"/target/wheels/fedolf-*.whl | head -1)"
 "$venv/bin/pip" install -q --force-reinstall --no-deps "$wheel"
 "$venv/bin/python" -c "import fedolf, flwr; print('fedolf bindings and flwr', flwr.__version__, 'in', '$venv')"
