@@ -6,11 +6,12 @@
 # summary.json, flower.json) go to OUT.
 #
 # usage: flower/run-local-federation.sh [--nodes N] [--rounds R] [--out DIR] [--set "k=v; k=v"]
-#        [--venv DIR] [--timeout SECONDS]
-# Installs what it needs first (flower/install.sh). Every process it starts is stopped on exit.
+#        [--venv DIR] [--timeout SECONDS] [--no-install]
+# Installs what it needs first (flower/install.sh; --no-install uses the venv as it is).
+# Every process it starts is stopped on exit.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-nodes=3 rounds=3 out="" extra="" venv="$root/.venv-flower" timeout=900
+nodes=3 rounds=3 out="" extra="" venv="$root/.venv-flower" timeout=900 install=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes="$2"; shift 2 ;;
@@ -19,6 +20,7 @@ while [ $# -gt 0 ]; do
     --set) extra="$2"; shift 2 ;;
     --venv) venv="$2"; shift 2 ;;
     --timeout) timeout="$2"; shift 2 ;;
+    --no-install) install=0; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -26,7 +28,7 @@ done
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 
-"$root/flower/install.sh" "$venv" >&2
+[ "$install" = 0 ] || "$root/flower/install.sh" "$venv" >&2
 export PATH="$venv/bin:$PATH"    # SuperLink and SuperNodes find flower-superexec on PATH
 work="$(mktemp -d)"
 export FLWR_HOME="$work/flwr-home" FLWR_DISABLE_UPDATE_CHECK=1 FLWR_TELEMETRY_ENABLED=0
