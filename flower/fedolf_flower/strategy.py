@@ -80,7 +80,8 @@ class FedolfStrategy(Strategy):
             self.server.receive(int(meta["client"]), from_record(reply.content["upload"]), str(meta["record"]))
         missing = self.server.missing()
         if missing:
-            log(WARNING, "round %d: no upload from clients %s; they are left out of the merge", server_round, missing)
+            nodes = [self.node_of_client[c] for c in missing]
+            log(WARNING, "round %d: no upload from clients %s (nodes %s: failed, or no reply within %.0f s); they are left out of the merge and counted as skipped", server_round, missing, nodes, self.round_timeout)
         record = self.server.finish_round(time.time() - self._started)
         self.records.append(record)
         accuracy = record["accuracy"]
