@@ -75,6 +75,18 @@ class MergeEquivalence(unittest.TestCase):
             sent = sum(v.size for v in payload.values()) * 4
             self.assertEqual(sent, int(msg.content["config"]["bytes-down"]))
 
+    def test_a_node_that_never_replies_is_left_out_and_counted(self):
+        replies, uploads = self.replies(np.random.default_rng(3))
+        with self.assertLogs("flwr", level="WARNING") as logs:
+            merged, metrics = self.strategy.aggregate_train(1, replies[:2])
+        self.assertIn("node", "\n".join(logs.output))
+        self.assertEqual(self.strategy.records[-1]["skipped_clients"], 1)
+        self.assertEqual(metrics["clients"], 2)
+        reference = fedolf.aggregate(self.global0, uploads[:2])
+        flower = from_record(merged)
+        for key in reference:
+            self.assertTrue(np.array_equal(flower[key], reference[key]), key)
+
     def test_an_upload_of_the_wrong_shape_names_the_client(self):
         def tamper(client, layers):
             if client == 1:
