@@ -261,7 +261,12 @@ impl ClientRound<'_> {
     }
 }
 
-/// A model's payload on the host.
+/// Indexed layers (a payload, trained layers) on the host.
 pub fn payload_to_host<B: Backend>(payload: Vec<(usize, LayerParams<B>)>) -> Vec<(usize, HostLayer)> {
     payload.into_iter().map(|(i, layer)| (i, layer_to_host(layer))).collect()
+}
+
+/// Indexed host layers on `device`.
+pub fn payload_to_device<B: Backend>(payload: &[(usize, HostLayer)], device: &B::Device) -> Vec<(usize, LayerParams<B>)> {
+    payload.iter().map(|(i, layer)| (*i, layer_to_device(layer, device))).collect()
 }

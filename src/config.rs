@@ -321,6 +321,18 @@ pub struct TrainConfig {
     pub nonfinite: NonFinite,
 }
 
+impl TrainConfig {
+    /// The local-training settings every client of the run uses.
+    pub fn local_training(&self) -> crate::freeze::LocalTraining {
+        crate::freeze::LocalTraining {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            sgd: crate::freeze::SgdSettings { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay },
+            cache_frozen: self.cache_frozen,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToaConfig {

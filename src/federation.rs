@@ -16,7 +16,7 @@ use crate::client_round::ClientRound;
 use crate::config::{Config, PartitionKind};
 use crate::energy::Energy;
 use crate::evaluate::{evaluate, evaluate_exits, DeviceSplit};
-use crate::freeze::{LocalTraining, SgdSettings};
+use crate::freeze::LocalTraining;
 use crate::host::{model_to_device, model_to_host, HostLayer, HostSplit, HostUpload};
 use crate::memory::CountingAllocator;
 use crate::params::{read_model, write_model};
@@ -68,12 +68,7 @@ impl<B: AutodiffBackend> Federation<B> {
         } else {
             Download::Toa(ToaSettings::new(cfg.toa.s, cfg.toa.mode)?)
         };
-        let training = LocalTraining {
-            epochs: cfg.train.epochs,
-            batch_size: cfg.train.batch_size,
-            sgd: SgdSettings { lr: cfg.train.lr, momentum: cfg.train.momentum, weight_decay: cfg.train.weight_decay },
-            cache_frozen: cfg.train.cache_frozen,
-        };
+        let training = cfg.train.local_training();
 
         // Data normalised on the host (each client puts its own samples on its device); the
         // server's copies on the device (inner backend: data needs no graph).

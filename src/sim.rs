@@ -256,8 +256,7 @@ pub fn run_from<B: AutodiffBackend>(
         }
         if stopped() {
             // The round is abandoned: the global model is still round − 1's.
-            let ckpt = Checkpoint { round: round - 1, model: host_global, num_layers: fed.num_layers, strategy_state: fed.strategy.state(), records };
-            observer.on_checkpoint(&ckpt)?;
+            observer.on_checkpoint(&fed.checkpoint(round - 1, records))?;
             return Err(SimError::Interrupted { round: round - 1 });
         }
 

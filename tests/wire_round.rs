@@ -6,7 +6,7 @@
 mod common;
 
 use common::{device, Train};
-use fedolf::client_round::payload_to_host;
+use fedolf::client_round::{payload_to_device, payload_to_host};
 use fedolf::config::{Config, DEFAULT_TOML};
 use fedolf::federation::Federation;
 use fedolf::sim::load_dataset;
@@ -55,7 +55,7 @@ fn both_ways_agree(cfg: &Config) {
         let trained = clients.train(&plan_on_node, local, prepared.bytes_down, indices, &dev).unwrap();
         let uploaded = payload_to_host(trained.layers);
         // Server: embed the upload.
-        let layers = uploaded.iter().map(|(l, layer)| (*l, fedolf::host::layer_to_device(layer, &dev))).collect();
+        let layers = payload_to_device(&uploaded, &dev);
         let wire = clients.upload(plan, layers, indices.len() as f64, &prepared.start, &dev).unwrap();
 
         let what = format!("{} client {}", cfg.method.name(), plan.client);

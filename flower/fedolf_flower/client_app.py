@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 import fedolf
+
+from .records import from_record, to_record
 
 app = ClientApp()
 # A node's data, loaded once per run config (a ClientApp process can serve many rounds).
@@ -44,12 +46,12 @@ def train(msg: Message, context: Context) -> Message:
     client = _clients[key]
     if int(config["client"]) != pid:
         raise ValueError(f"this node is partition {pid}, the server sent client {config['client']}'s round")
-    payload = {k: a.numpy() for k, a in msg.content["payload"].items()}
+    payload = from_record(msg.content["payload"])
     stats = list(config["stats"])
     layers, record = client.train(int(config["round"]), str(config["plan"]), payload, list(zip(stats[0::2], stats[1::2])), int(config["bytes-down"]))
     content = RecordDict(
         {
-            "upload": ArrayRecord({k: Array(v) for k, v in layers.items()}),
+            "upload": to_record(layers),
             "meta": ConfigRecord({"client": pid, "record": json.dumps(record)}),
             "metrics": MetricRecord({"train_loss": float(record["train_loss"]), "num-examples": int(record["samples"])}),
         }

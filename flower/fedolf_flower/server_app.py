@@ -18,7 +18,8 @@ from flwr.serverapp import Grid, ServerApp
 
 import fedolf
 
-from .strategy import FedolfStrategy, to_record
+from .records import to_record
+from .strategy import FedolfStrategy
 
 app = ServerApp()
 APP_ROOT = Path(__file__).resolve().parent.parent

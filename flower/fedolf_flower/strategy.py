@@ -8,26 +8,17 @@ layer-by-layer merge. This class maps clients to Flower nodes and plans to messa
 
 from __future__ import annotations
 
-import json
 import time
 from logging import INFO, WARNING
 from typing import Dict, Iterable, List, Optional, Tuple
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 import fedolf
-
-
-def to_record(weights: Dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({key: Array(value) for key, value in weights.items()})
-
-
-def from_record(record: ArrayRecord) -> Dict[str, np.ndarray]:
-    return {key: array.numpy() for key, array in record.items()}
+from .records import from_record, to_record
 
 
 class FedolfStrategy(Strategy):

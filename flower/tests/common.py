@@ -2,6 +2,7 @@
 
 import os
 import sys
+import unittest
 from pathlib import Path
 
 FLOWER_DIR = Path(__file__).resolve().parent.parent
@@ -25,11 +26,5 @@ MACHINE_COLUMNS = {"compute_s", "wall_s", "peak_mem_mb", "peak_extra_mb", "energ
 def fedolf_binary() -> str:
     path = os.environ.get("FEDOLF_BIN")
     if not path:
-        raise unittest_skip("FEDOLF_BIN (the fedolf binary) is not set; the Rust test tests/flower.rs sets it")
+        raise unittest.SkipTest("FEDOLF_BIN (the fedolf binary) is not set; the Rust test tests/flower.rs sets it")
     return path
-
-
-def unittest_skip(reason):
-    import unittest
-
-    return unittest.SkipTest(reason)

@@ -12,7 +12,8 @@ from common import CONFIG, SMALL
 from flwr.supercore.task_identity import TaskIdentity
 
 import fedolf
-from fedolf_flower.strategy import FedolfStrategy, from_record, to_record
+from fedolf_flower.records import from_record, to_record
+from fedolf_flower.strategy import FedolfStrategy
 
 
 def record_for(client, round_, samples):

@@ -6,10 +6,9 @@ use burn::module::AutodiffModule;
 use fedolf::client_round::{payload_to_host, ClientRound};
 use fedolf::config::Config;
 use fedolf::federation::partition_clients;
-use fedolf::freeze::{LocalTraining, SgdSettings};
 use fedolf::host::HostSplit;
 use fedolf::sim::load_dataset;
-use fedolf::strategy::{strategy_for, ClientPlan, Download, StrategyInputs};
+use fedolf::strategy::{exit_depths_for, ClientPlan};
 use fedolf_datasets::ImageSet;
 use fedolf_models::{LayeredNet, ModelKind, SpaceLayout};
 use pyo3::prelude::*;
@@ -63,7 +62,7 @@ impl Client {
         let classes = fedolf_datasets::DatasetKind::parse(&cfg.data.dataset).map_err(py_err)?.num_classes();
         let kind = ModelKind::parse(&cfg.model.name).map_err(py_err)?;
         let net: LayeredNet<Train> = kind.init_with(samples.shape, classes, &cfg.model.options(), &Default::default()).map_err(py_err)?;
-        let exit_depths = strategy_for::<Train>(cfg.method, &StrategyInputs::new(Download::Full)).exit_depths(net.num_layers(), cfg.federation.clusters);
+        let exit_depths = exit_depths_for::<Train>(cfg.method, net.num_layers(), cfg.federation.clusters);
         Ok(Self { layout: net.valid().channel_spaces(), cfg, samples, classes, kind, exit_depths, normalised: None })
     }
 
@@ -96,12 +95,7 @@ impl Client {
         let payload = from_wire(&payload, "payload")?;
         let cfg = &self.cfg;
         let options = cfg.model.options();
-        let training = LocalTraining {
-            epochs: cfg.train.epochs,
-            batch_size: cfg.train.batch_size,
-            sgd: SgdSettings { lr: cfg.train.lr, momentum: cfg.train.momentum, weight_decay: cfg.train.weight_decay },
-            cache_frozen: cfg.train.cache_frozen,
-        };
+        let training = cfg.train.local_training();
         let clients = ClientRound {
             round,
             seed: cfg.seed,

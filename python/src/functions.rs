@@ -5,12 +5,13 @@
 use burn::module::AutodiffModule;
 use burn::prelude::Backend;
 use fedolf::aggregate::{aggregate_layerwise, LayerUpload};
+use fedolf::client_round::payload_to_device;
 use fedolf::config::Method;
 use fedolf::freeze::ordered_roles;
 use fedolf::host::{layer_to_device, layer_to_host, model_to_host};
 use fedolf::params::{read_model, write_model};
 use fedolf::rng::{stream, Purpose};
-use fedolf::strategy::{strategy_for, ClientPlan, Download, StrategyInputs};
+use fedolf::strategy::{exit_depths_for, ClientPlan};
 use fedolf::toa::{sparsify_prefix, ToaMode, ToaSettings};
 use fedolf_models::{LayeredNet, ModelKind, ModelOptions};
 use pyo3::prelude::*;
@@ -28,7 +29,7 @@ fn init_model(model: &str, input_shape: [usize; 3], classes: usize, seed: u64, m
     let exits = match method {
         Some(m) => {
             let method: Method = serde_json::from_value(serde_json::Value::String(m.to_string())).map_err(|_| py_err(format!("unknown method `{m}` (see `fedolf list`)")))?;
-            strategy_for::<Train>(method, &StrategyInputs::new(Download::Full)).exit_depths(net.num_layers(), clusters)
+            exit_depths_for::<Train>(method, net.num_layers(), clusters)
         }
         None => Vec::new(),
     };
@@ -123,7 +124,7 @@ pub fn aggregate<'py>(
     let mut device_uploads = Vec::with_capacity(uploads.len());
     for (k, (weight, tensors, masks)) in uploads.iter().enumerate() {
         let values = from_wire(tensors, &format!("upload {k}"))?;
-        let layers: Vec<_> = values.iter().map(|(l, layer)| (*l, layer_to_device::<Inner>(layer, &device))).collect();
+        let layers = payload_to_device::<Inner>(&values, &device);
         let upload = match masks {
             None => LayerUpload::whole(*weight, layers),
             Some(masks) => {

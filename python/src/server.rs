@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fedolf::client_round::{payload_to_host, Prepared};
+use fedolf::client_round::{payload_to_device, payload_to_host, Prepared};
 use fedolf::config::{Config, NonFinite};
 use fedolf::federation::{round_record, Federation};
-use fedolf::host::{layer_to_device, HostUpload};
+use fedolf::host::HostUpload;
 use fedolf::report::{RunDir, Summary};
-use fedolf::sim::{load_dataset, ClientRecord, RoundRecord};
+use fedolf::sim::{load_dataset, ClientRecord, RoundRecord, SimError};
 use fedolf::strategy::ClientPlan;
 use fedolf_datasets::Dataset;
 use pyo3::prelude::*;
@@ -123,10 +123,10 @@ impl Server {
         self.skipped = 0;
         let plans = self.fed.plans(round).map_err(py_err)?;
         let host_global = self.fed.host_global();
+        let clients = self.fed.client_round(round, None);
         let mut out = Vec::with_capacity(plans.len());
         for plan in plans {
             let start = self.fed.client_start(&plan, &host_global);
-            let clients = self.fed.client_round(round, None);
             let prepared = clients.prepare::<Train>(&plan, start.as_deref().unwrap_or(&host_global), &Default::default()).map_err(py_err)?;
             out.push((plan.client, serde_json::to_string(&plan).map_err(py_err)?));
             self.in_flight.insert(plan.client, InFlight { plan, prepared });
@@ -148,11 +148,10 @@ impl Server {
         let flight = self.in_flight.remove(&client).ok_or_else(|| py_err(format!("client {client}: no round in flight for it (round {})", self.round)))?;
         let record: ClientRecord = serde_json::from_str(record_json).map_err(|e| py_err(format!("client {client}: record: {e}")))?;
         let layers = from_wire(&layers, &format!("client {client} upload"))?;
-        let expected = flight.prepared.local.trained_layers();
-        let shapes = |l: &[(usize, Vec<(String, Vec<usize>)>)]| l.to_vec();
-        let got: Vec<(usize, Vec<(String, Vec<usize>)>)> = layers.iter().map(|(i, t)| (*i, t.iter().map(|t| (t.name.clone(), t.shape.clone())).collect())).collect();
-        let want: Vec<(usize, Vec<(String, Vec<usize>)>)> = expected.iter().map(|(i, t)| (*i, t.iter().map(|t| (t.name.clone(), t.shape.clone())).collect())).collect();
-        if shapes(&got) != want {
+        // (layer, [(name, shape)]) of what arrived and of what the plan trains.
+        let got: Vec<_> = layers.iter().map(|(i, t)| (*i, t.iter().map(|t| (t.name.clone(), t.shape.clone())).collect::<Vec<_>>())).collect();
+        let want: Vec<_> = flight.prepared.local.trained_layers().into_iter().map(|(i, t)| (i, t.into_iter().map(|t| (t.name, t.shape)).collect::<Vec<_>>())).collect();
+        if got != want {
             return Err(py_err(format!(
                 "client {client}: the upload's layers and shapes differ from what its plan trains (expected layers {:?}, got {:?})",
                 want.iter().map(|(i, _)| i).collect::<Vec<_>>(),
@@ -163,7 +162,7 @@ impl Server {
             return Err(py_err(format!("client {client}: record says client {} round {} with {} samples", record.client, record.round, record.samples)));
         }
         let device = Default::default();
-        let trained = layers.iter().map(|(i, layer)| (*i, layer_to_device(layer, &device))).collect();
+        let trained = payload_to_device(&layers, &device);
         let clients = self.fed.client_round(self.round, None);
         let upload = clients.upload(&flight.plan, trained, record.samples as f64, &flight.prepared.start, &device).map_err(py_err)?;
         if let Some(tensor) = upload.first_nonfinite() {
@@ -171,7 +170,7 @@ impl Server {
                 self.skipped += 1;
                 return Ok(());
             }
-            return Err(py_err(format!("round {}, client {client}: the upload's tensor `{tensor}` holds NaN or infinite values (diverged; lower train.lr, or set train.nonfinite = \"skip\")", self.round)));
+            return Err(py_err(SimError::NonFinite { round: self.round, client, tensor }));
         }
         self.received.insert(client, (flight.plan, upload, record, flight.prepared.frozen_bytes));
         Ok(())

@@ -254,6 +254,12 @@ impl StrategyInputs {
     }
 }
 
+/// Depths after which `method`'s models carry exit heads (what a node, which never builds
+/// the run's strategy, needs to lay out the model it is sent).
+pub fn exit_depths_for<B: AutodiffBackend>(method: Method, num_layers: usize, clusters: usize) -> Vec<usize> {
+    strategy_for::<B>(method, &StrategyInputs::new(Download::Full)).exit_depths(num_layers, clusters)
+}
+
 /// The strategy for a method.
 pub fn strategy_for<B: AutodiffBackend>(method: Method, inputs: &StrategyInputs) -> Box<dyn Strategy<B>> {
     match method {
