@@ -99,6 +99,10 @@ pub struct MemoryArgs {
     /// CNN hidden FC width (0 = the paper's CNN; 512 = FedAvg's).
     #[arg(long, default_value_t = 0)]
     pub cnn_hidden: usize,
+    /// Instead of the probe table: for every model at its paper config's batch, the fewest
+    /// frozen layers whose predicted training peak (calibrated Eq. 23) fits this many MB.
+    #[arg(long, value_name = "MB")]
+    pub budget: Option<f64>,
 }
 
 /// `fedolf run`'s options. A bare `fedolf` parses as `fedolf run` (same defaults).

@@ -224,6 +224,8 @@ impl ClientRound<'_> {
             peak_mem_mb: peak_extra.map(|extra| (extra + resident) as f64 / 1e6).or(outcome.device_peak_bytes.map(|b| b as f64 / 1e6)),
             peak_extra_mb: peak_extra.map(|b| b as f64 / 1e6),
             train_loss: outcome.mean_loss,
+            budget_mb: plan.memory.map(|m| m.budget_mb),
+            predicted_mb: plan.memory.map(|m| m.predicted_mb),
         };
         Ok(Trained { layers, record })
     }

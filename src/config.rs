@@ -162,6 +162,18 @@ pub enum NonFinite {
     Skip,
 }
 
+/// What decides how much of the model a client trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Capacity {
+    /// A fixed table: cluster i of c freezes (or prunes) `l = c − i` layers.
+    #[default]
+    Clusters,
+    /// Each client declares a memory budget (`budgets_mb`); each round it trains the largest
+    /// plan of its method whose predicted training peak fits (`crate::budget`).
+    Memory,
+}
+
 /// CoCoFL options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -299,6 +311,27 @@ pub struct FederationConfig {
     /// device's default: one per core on the CPU). Results are bit-identical for every value.
     #[serde(default)]
     pub workers: usize,
+    /// `clusters` (the fixed table above) or `memory` (budgets choose each round).
+    #[serde(default)]
+    pub capacity: Capacity,
+    /// With `capacity = "memory"`: device profiles in MB, dealt to the clients at random
+    /// like clusters (client k gets profile `cluster_k` of `budgets_mb.len()`).
+    #[serde(default)]
+    pub budgets_mb: Vec<f64>,
+    /// With `capacity = "memory"`: each round a client's budget is its profile × (1 + u),
+    /// u uniform in [−jitter, jitter] (the paper's "real-time memory limit"); 0 = fixed.
+    #[serde(default)]
+    pub budget_jitter: f64,
+}
+
+impl FederationConfig {
+    /// Capacity groups the clients are dealt into: the clusters, or the budget profiles.
+    pub fn capacity_groups(&self) -> usize {
+        match self.capacity {
+            Capacity::Clusters => self.clusters,
+            Capacity::Memory => self.budgets_mb.len(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -413,6 +446,20 @@ impl Config {
         }
         if f.clusters == 0 || f.clusters > f.clients {
             return Err(bad("federation.clusters", f.clusters, &format!("must be in 1..={} (federation.clients)", f.clients)));
+        }
+        if f.capacity == Capacity::Memory {
+            if f.budgets_mb.is_empty() || f.budgets_mb.len() > f.clients {
+                return Err(bad("federation.budgets_mb", format!("{:?}", f.budgets_mb), &format!("capacity = \"memory\" needs 1..={} budgets in MB (federation.clients)", f.clients)));
+            }
+            if let Some(b) = f.budgets_mb.iter().find(|b| !(b.is_finite() && **b > 0.0)) {
+                return Err(bad("federation.budgets_mb", b, "every budget must be a finite number of MB > 0"));
+            }
+            if !(f.budget_jitter.is_finite() && (0.0..1.0).contains(&f.budget_jitter)) {
+                return Err(bad("federation.budget_jitter", f.budget_jitter, "must be in [0, 1)"));
+            }
+        } else if !f.budgets_mb.is_empty() || f.budget_jitter != 0.0 {
+            let field = if f.budgets_mb.is_empty() { "federation.budget_jitter" } else { "federation.budgets_mb" };
+            return Err(bad(field, "set", "applies only with federation.capacity = \"memory\""));
         }
         if f.eval_every == 0 {
             return Err(bad("federation.eval_every", f.eval_every, "must be at least 1"));

@@ -3,6 +3,8 @@
 //! Flower server (the `fedolf` Python module) drives the same value from Flower's strategy
 //! hooks, so both sample, plan, compress, merge and evaluate with the same code.
 
+use std::sync::Mutex;
+
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -11,12 +13,13 @@ use fedolf_datasets::{DataError, Dataset};
 use fedolf_models::{LayeredNet, ModelKind, ModelOptions, SpaceLayout};
 use rand::seq::index::sample;
 
+use crate::budget::{mb, round_budget_mb, Calibration, MemoryFit, PeakPredictor, PlanFacts, ProbeRow, SatOut};
 use crate::checkpoint::Checkpoint;
 use crate::client_round::ClientRound;
-use crate::config::{Config, PartitionKind};
+use crate::config::{Capacity, Config, PartitionKind};
 use crate::energy::Energy;
 use crate::evaluate::{evaluate, evaluate_exits, DeviceSplit};
-use crate::freeze::LocalTraining;
+use crate::freeze::{ordered_roles, FreezeError, LocalTraining};
 use crate::host::{model_to_device, model_to_host, HostLayer, HostSplit, HostUpload};
 use crate::memory::CountingAllocator;
 use crate::params::{read_model, write_model};
@@ -41,6 +44,8 @@ pub struct Federation<B: AutodiffBackend> {
     pub layout: SpaceLayout,
     pub exit_depths: Vec<usize>,
     pub training: LocalTraining,
+    /// How the frozen prefix travels (FedOLF's TOA or QSGD settings).
+    pub download: Download,
     /// Per-channel `(mean, std)` of the training split: every client normalises with these.
     pub stats: Vec<(f32, f32)>,
     pub host_train: HostSplit,
@@ -48,8 +53,13 @@ pub struct Federation<B: AutodiffBackend> {
     test: DeviceSplit<B::InnerBackend>,
     /// Each client's sample indices into the training split.
     pub parts: Vec<Vec<usize>>,
-    /// Each client's capacity cluster (0-based).
+    /// Each client's capacity cluster (0-based); with memory budgets, its budget profile.
     pub clusters: Vec<usize>,
+    /// The capacity levels plans are drawn from: `federation.clusters`, or with memory
+    /// budgets every level the model allows (N: l = 0..N−1 frozen, or N widths).
+    pub levels: usize,
+    /// Memory budgets: the calibrated peak predictor (after [`Self::calibrate`]).
+    predictor: Option<Mutex<PeakPredictor>>,
     /// Clients that take part at all (sampled from each round).
     pub eligible: Vec<usize>,
     pub global: LayeredNet<B>,
@@ -88,7 +98,13 @@ impl<B: AutodiffBackend> Federation<B> {
         let num_layers = plain.num_layers();
         let layout = plain.channel_spaces();
         let probe = strategy_for::<B>(cfg.method, &StrategyInputs::new(download));
-        let exit_depths = probe.exit_depths(num_layers, fed.clusters);
+        // With memory budgets a client may land on any level the model allows, so the
+        // strategy sees N levels (its `c`) and the budget picks one per round.
+        let levels = match fed.capacity {
+            Capacity::Clusters => fed.clusters,
+            Capacity::Memory => num_layers,
+        };
+        let exit_depths = probe.exit_depths(num_layers, levels);
         let global = plain.with_exits(&exit_depths, device)?;
         if probe.uses_levels() && fed.clusters > num_layers {
             return Err(SimError::Config {
@@ -101,8 +117,14 @@ impl<B: AutodiffBackend> Federation<B> {
                 ),
             });
         }
-        let strategy = strategy_for::<B>(cfg.method, &StrategyInputs::for_run(cfg, download, &global.valid(), &layout, device));
-        let eligible: Vec<usize> = (0..fed.clients).filter(|&k| strategy.eligible(clusters[k], fed.clusters)).collect();
+        let mut level_cfg = cfg.clone();
+        level_cfg.federation.clusters = levels;
+        let strategy = strategy_for::<B>(cfg.method, &StrategyInputs::for_run(&level_cfg, download, &global.valid(), &layout, device));
+        // With budgets everyone may take part: the budget decides each round.
+        let eligible: Vec<usize> = match fed.capacity {
+            Capacity::Clusters => (0..fed.clients).filter(|&k| strategy.eligible(clusters[k], fed.clusters)).collect(),
+            Capacity::Memory => (0..fed.clients).collect(),
+        };
         Ok(Self {
             cfg: cfg.clone(),
             kind,
@@ -114,12 +136,15 @@ impl<B: AutodiffBackend> Federation<B> {
             layout,
             exit_depths,
             training,
+            download,
             stats,
             host_train,
             train,
             test,
             parts,
             clusters,
+            levels,
+            predictor: None,
             eligible,
             global,
             strategy,
@@ -141,30 +166,147 @@ impl<B: AutodiffBackend> Federation<B> {
             test_size: self.test.len(),
             num_layers: self.num_layers,
             model_params: self.model_params,
-            cluster_frozen: self.strategy.frozen_per_cluster(self.cfg.federation.clusters),
+            cluster_frozen: match self.cfg.federation.capacity {
+                Capacity::Clusters => self.strategy.frozen_per_cluster(self.cfg.federation.clusters),
+                Capacity::Memory => None,
+            },
+            calibration: self.predictor.as_ref().map(|p| p.lock().expect("predictor lock").calibration.clone()),
             workers,
         }
     }
 
     pub fn plan_context(&self, round: usize) -> PlanContext<'_> {
         let fed = &self.cfg.federation;
-        PlanContext { num_layers: self.num_layers, clusters: fed.clusters, round, rounds: fed.rounds, layout: &self.layout }
+        PlanContext { num_layers: self.num_layers, clusters: self.levels, round, rounds: fed.rounds, layout: &self.layout }
     }
 
     /// Step 1: `C_t` clients sampled uniformly without replacement among the eligible ones,
     /// each planned by the strategy (ascending client order).
     pub fn plans(&self, round: usize) -> Result<Vec<ClientPlan>, SimError> {
+        Ok(self.plan_round(round)?.plans)
+    }
+
+    /// [`Self::plans`], and the sampled clients whose memory budget fits no plan.
+    pub fn plan_round(&self, round: usize) -> Result<RoundPlans, SimError> {
         let seed = self.cfg.seed;
         let mut picked: Vec<usize> = sample(&mut stream(seed, Purpose::ClientSampling, round as u64, 0), self.eligible.len(), self.per_round())
             .into_iter()
             .map(|i| self.eligible[i])
             .collect();
         picked.sort_unstable();
-        let ctx = self.plan_context(round);
-        Ok(picked
-            .iter()
-            .map(|&k| self.strategy.plan(&ctx, k, self.clusters[k], &mut stream(seed, Purpose::Plan, round as u64, k as u64)))
-            .collect::<Result<_, _>>()?)
+        if self.cfg.federation.capacity == Capacity::Clusters {
+            let plans = picked.iter().map(|&k| self.plan_at(round, k, self.clusters[k])).collect::<Result<_, _>>()?;
+            return Ok(RoundPlans { plans, sat_out: Vec::new() });
+        }
+        let fed = &self.cfg.federation;
+        let mut out = RoundPlans { plans: Vec::with_capacity(picked.len()), sat_out: Vec::new() };
+        for &k in &picked {
+            let budget_mb = round_budget_mb(fed.budgets_mb[self.clusters[k]], fed.budget_jitter, seed, round, k);
+            // The least constrained level first (level c − 1: nothing frozen, full width);
+            // the first whose predicted peak fits is the client's plan.
+            let mut smallest_mb = f64::INFINITY;
+            let mut chosen = None;
+            for level in (0..self.levels).rev() {
+                let (mut candidate, predicted) = self.level_plan(round, k, level)?;
+                let predicted_mb = mb(predicted);
+                smallest_mb = smallest_mb.min(predicted_mb);
+                if predicted_mb <= budget_mb {
+                    candidate.memory = Some(MemoryFit { budget_mb, predicted_mb });
+                    chosen = Some(candidate);
+                    break;
+                }
+            }
+            match chosen {
+                Some(p) => out.plans.push(p),
+                None => out.sat_out.push(SatOut { client: k, budget_mb, smallest_mb }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The strategy's plan for `client` at capacity level `level` (its cluster, or the level
+    /// its budget allows) in `round`.
+    fn plan_at(&self, round: usize, client: usize, level: usize) -> Result<ClientPlan, FreezeError> {
+        self.strategy.plan(&self.plan_context(round), client, level, &mut stream(self.cfg.seed, Purpose::Plan, round as u64, client as u64))
+    }
+
+    /// Memory budgets: the plan client `client` trains at capacity level `level` (of
+    /// [`Self::levels`]; the last is the least constrained) in round `round`, and its
+    /// predicted training peak in bytes.
+    pub fn level_plan(&self, round: usize, client: usize, level: usize) -> Result<(ClientPlan, u64), SimError> {
+        let plan = self.plan_at(round, client, level)?;
+        let predicted = self.predicted_peak(&plan, self.parts[client].len())?;
+        Ok((plan, predicted))
+    }
+
+    /// The predicted training peak (bytes) of `plan` on a client with `samples`; the plan's
+    /// shape facts are worked out once (by building the client's model as the server would)
+    /// and cached.
+    pub fn predicted_peak(&self, plan: &ClientPlan, samples: usize) -> Result<u64, SimError> {
+        let predictor = self.predictor.as_ref().ok_or_else(|| SimError::Config {
+            field: "federation.capacity",
+            problem: "memory budgets need the peak predictor: call Federation::calibrate before planning".into(),
+        })?;
+        let mut predictor = predictor.lock().expect("predictor lock");
+        if let Some(facts) = predictor.facts(plan) {
+            return Ok(predictor.predict(facts, samples));
+        }
+        let facts = self.plan_facts(plan)?;
+        predictor.remember(plan, facts);
+        Ok(predictor.predict(&facts, samples))
+    }
+
+    /// What a plan's memory depends on: the model the server builds for it (width
+    /// sub-model, compressed prefix) and Eq. 23 of the model it trains.
+    pub fn plan_facts(&self, plan: &ClientPlan) -> Result<PlanFacts, SimError> {
+        let prepared = self.client_round(0, None).prepare::<B>(plan, &self.host_global(), &self.device)?;
+        let infos = match &plan.width {
+            Some(spec) => extract(self.global.valid(), &self.layout, spec, &self.device).layer_infos(),
+            None => self.global.valid().layer_infos(),
+        };
+        Ok(PlanFacts::new(plan, &infos, prepared.local.resident_bytes(), self.training.batch_size, self.training.sgd.momentum > 0.0))
+    }
+
+    /// Memory budgets only: measure `ρ_l` for every `l` (two SGD steps of FedOLF's ordered
+    /// plan on the first training samples, on this backend) and keep the predictor for the
+    /// run. `memory` is the CPU's counting allocator; a GPU reports its own statistics.
+    /// `on_level` sees each measurement as it is made.
+    pub fn calibrate(&mut self, memory: Option<&CountingAllocator>, on_level: &mut dyn FnMut(&ProbeRow)) -> Result<(), SimError> {
+        if self.cfg.federation.capacity != Capacity::Memory {
+            return Ok(());
+        }
+        let batch = self.training.batch_size;
+        let probe_training = LocalTraining { epochs: 1, cache_frozen: false, ..self.training.clone() };
+        let indices: Vec<usize> = (0..(2 * batch).min(self.host_train.len())).collect();
+        let host_global = self.host_global();
+        let mut clients = self.client_round(0, memory);
+        clients.training = &probe_training;
+        let download = self.download;
+        let measure = |l: usize| -> Result<ProbeRow, SimError> {
+            let mut plan = ClientPlan::new(0, 0, ordered_roles(self.num_layers, l)?);
+            plan.download = download;
+            let facts = self.plan_facts(&plan)?;
+            let prepared = clients.prepare::<B>(&plan, &host_global, &self.device)?;
+            let trained = clients.train(&plan, prepared.local, prepared.bytes_down, &indices, &self.device)?;
+            let peak_mb = trained.record.peak_mem_mb.ok_or_else(|| SimError::Config {
+                field: "federation.capacity",
+                problem: "\"memory\" calibrates on measured memory, and this backend measures none (on the CPU the binary must install fedolf::memory::CountingAllocator as its global allocator)".into(),
+            })?;
+            let resident = facts.resident_bytes;
+            let measured = ((peak_mb * 1e6).round() as u64).saturating_sub(resident);
+            Ok(ProbeRow { frozen: l, measured_transient: measured, theoretical_transient: facts.transient_bytes(), resident })
+        };
+        // Warm-up: thread pools and one-time buffers are no client's cost.
+        measure(0)?;
+        let mut rows = Vec::with_capacity(self.num_layers);
+        for l in 0..self.num_layers {
+            let row = measure(l)?;
+            on_level(&row);
+            rows.push(row);
+        }
+        let caches_prefix = self.training.cache_frozen && self.training.epochs > 1;
+        self.predictor = Some(Mutex::new(PeakPredictor::new(Calibration { batch, rows }, caches_prefix)));
+        Ok(())
     }
 
     /// The global model on the host.
@@ -248,6 +390,13 @@ impl<B: AutodiffBackend> Federation<B> {
     }
 }
 
+/// One round's plans, and the sampled clients that sat it out (no plan fits their budget).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundPlans {
+    pub plans: Vec<ClientPlan>,
+    pub sat_out: Vec<SatOut>,
+}
+
 /// Each client's samples and capacity cluster, both fixed for the run by the seed: every
 /// process that reads the same data with the same config (a Flower node, the simulator)
 /// deals the same partition.
@@ -263,7 +412,7 @@ pub fn partition_clients(cfg: &Config, dataset: &Dataset) -> Result<(Vec<Vec<usi
             &mut stream(cfg.seed, Purpose::Partition, 0, 0),
         )?,
     };
-    let clusters = partition::capacity_clusters(fed.clients, fed.clusters, &mut stream(cfg.seed, Purpose::Clusters, 0, 0))?;
+    let clusters = partition::capacity_clusters(fed.clients, fed.capacity_groups(), &mut stream(cfg.seed, Purpose::Clusters, 0, 0))?;
     Ok((parts, clusters))
 }
 
@@ -289,6 +438,7 @@ pub fn round_record(
         train_loss: per_client.iter().map(|(c, _)| c.train_loss).sum::<f64>() / n,
         clients: per_client.len(),
         skipped_clients: 0,
+        unfit_clients: 0,
         bytes_down: down,
         bytes_up: up,
         frozen_bytes_down: per_client.iter().map(|(_, f)| f).sum(),

@@ -7,6 +7,7 @@
 
 pub mod aggregate;
 pub mod backend;
+pub mod budget;
 pub mod checkpoint;
 pub mod client_round;
 pub mod evaluate;

@@ -9,10 +9,86 @@ use fedolf::memory::CountingAllocator;
 use fedolf::memory_probe::{memory_csv, probe_memory, MemoryRow, MemorySpec};
 use fedolf::plot::{line_chart, memory_chart, Series};
 use fedolf::report::write_atomic;
-use fedolf_datasets::DatasetKind;
+use fedolf::config::Config;
+use fedolf::federation::Federation;
+use fedolf::sim::SimError;
+use fedolf_datasets::{Dataset, DatasetKind, ImageSet};
 use fedolf_models::ModelKind;
 
 use crate::cli::MemoryArgs;
+
+/// The paper's experiments, one per model: `fedolf memory --budget` reads each one's batch,
+/// input shape and TOA setting from here.
+const PAPER_CONFIGS: [(&str, &str); 4] = [
+    ("experiments/paper-emnist-cnn.toml", include_str!("../experiments/paper-emnist-cnn.toml")),
+    ("experiments/paper-cifar10-alexnet.toml", include_str!("../experiments/paper-cifar10-alexnet.toml")),
+    ("experiments/paper-cifar100-resnet20.toml", include_str!("../experiments/paper-cifar100-resnet20.toml")),
+    ("experiments/paper-cifar100-resnet44.toml", include_str!("../experiments/paper-cifar100-resnet44.toml")),
+];
+
+struct FitTask<'a> {
+    cfg: &'a Config,
+    dataset: &'a Dataset,
+    alloc: &'static CountingAllocator,
+}
+
+impl BackendTask for FitTask<'_> {
+    /// `(frozen, predicted bytes)` from the least frozen level to the most.
+    type Output = Result<Vec<(usize, u64)>, SimError>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let mut fed = Federation::<B>::new(self.cfg, self.dataset, &device)?;
+        fed.calibrate(Some(self.alloc), &mut |_| {})?;
+        (0..fed.levels).rev().map(|level| fed.level_plan(1, 0, level).map(|(plan, bytes)| (plan.frozen(), bytes))).collect()
+    }
+}
+
+/// Random pixels of the dataset's shape: the predictor needs shapes and a probe batch, not
+/// images.
+fn random_images(dataset: DatasetKind, n: usize, seed: u64) -> ImageSet {
+    let shape = dataset.input_shape();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    let pixels = (0..n * shape.iter().product::<usize>()).map(|_| rand::Rng::random::<u8>(&mut rng)).collect();
+    let labels = (0..n).map(|i| (i % dataset.num_classes()) as u16).collect();
+    ImageSet { shape, pixels, labels }
+}
+
+/// `fedolf memory --budget MB`: which `l` fits for each model (FedOLF's plans, each paper
+/// config's batch and TOA, the predictor calibrated on this CPU as a run would).
+fn fits_budget(budget: f64, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
+    if !(budget.is_finite() && budget > 0.0) {
+        bail!("--budget {budget}: must be a number of MB > 0");
+    }
+    println!("memory budget {budget} MB: the fewest frozen layers whose predicted training peak fits (FedOLF; each model at its paper config's batch; Eq. 23 calibrated by 2 measured SGD steps per l on this CPU)");
+    println!("{:<9} {:<9} {:>5} {:>3}  {:<10} predicted peak MB at l = 0, 1, …", "model", "dataset", "batch", "N", "fits");
+    for (path, text) in PAPER_CONFIGS {
+        let mut cfg = Config::from_toml(text, path, &[])?;
+        let overrides = [
+            "federation.clients=1".to_string(),
+            "federation.clients_per_round=1".into(),
+            "federation.clusters=1".into(),
+            "data.partition=\"iid\"".into(),
+            "federation.capacity=\"memory\"".into(),
+            format!("federation.budgets_mb=[{budget}]"),
+        ];
+        cfg = Config::from_toml(&cfg.to_toml(), path, &overrides)?;
+        let kind = DatasetKind::parse(&cfg.data.dataset)?;
+        let n = 2 * cfg.train.batch_size;
+        let dataset = Dataset {
+            name: kind.name().into(),
+            num_classes: kind.num_classes(),
+            train: random_images(kind, n, 1),
+            test: random_images(kind, 10, 2),
+            source: "random pixels (shapes only)".into(),
+        };
+        let task = FitTask { cfg: &cfg, dataset: &dataset, alloc };
+        let mut levels = with_backend(DeviceKind::Cpu, task)??;
+        levels.sort_unstable();
+        let fits = levels.iter().find(|(_, b)| *b as f64 / 1e6 <= budget).map_or("none".to_string(), |(l, _)| format!("l = {l}"));
+        let peaks: Vec<String> = levels.iter().map(|(_, b)| format!("{:.1}", *b as f64 / 1e6)).collect();
+        println!("{:<9} {:<9} {:>5} {:>3}  {:<10} {}", cfg.model.name, kind.name(), cfg.train.batch_size, levels.len(), fits, peaks.join(" "));
+    }
+    Ok(())
+}
 
 /// `0..=9`, `0..4`, `0,2,4` or `3`.
 pub fn parse_frozen(text: &str) -> anyhow::Result<Vec<usize>> {
@@ -54,6 +130,9 @@ fn run_probe(spec: &MemorySpec, alloc: &'static CountingAllocator, verbose: bool
 }
 
 pub fn memory(args: MemoryArgs, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
+    if let Some(budget) = args.budget {
+        return fits_budget(budget, alloc);
+    }
     let model = ModelKind::parse(&args.model)?;
     let dataset = DatasetKind::parse(&args.dataset)?;
     if args.batch == 0 {

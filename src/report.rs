@@ -20,7 +20,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-pub const CSV_HEADER: &str = "round,accuracy,test_loss,train_loss,clients,bytes_down,bytes_up,frozen_bytes_down,compute_s,wall_s,peak_mem_mb,peak_extra_mb,energy_compute_j,energy_comm_j,accuracy_ensemble,skipped";
+pub const CSV_HEADER: &str = "round,accuracy,test_loss,train_loss,clients,bytes_down,bytes_up,frozen_bytes_down,compute_s,wall_s,peak_mem_mb,peak_extra_mb,energy_compute_j,energy_comm_j,accuracy_ensemble,skipped,unfit";
 
 /// Columns that depend on the machine (speed, allocator), not on the seed.
 pub const TIMING_COLUMNS: [&str; 6] = ["compute_s", "wall_s", "peak_mem_mb", "peak_extra_mb", "energy_compute_j", "energy_comm_j"];
@@ -34,7 +34,7 @@ pub fn rounds_csv(records: &[RoundRecord]) -> String {
     out.push('\n');
     for r in records {
         out.push_str(&format!(
-            "{},{},{},{:.6},{},{},{},{},{:.4},{:.4},{},{},{:.4},{:.4},{},{}\n",
+            "{},{},{},{:.6},{},{},{},{},{:.4},{:.4},{},{},{:.4},{:.4},{},{},{}\n",
             r.round,
             opt(r.accuracy),
             opt(r.test_loss),
@@ -50,20 +50,21 @@ pub fn rounds_csv(records: &[RoundRecord]) -> String {
             r.energy_compute_j,
             r.energy_comm_j,
             opt(r.accuracy_ensemble),
-            r.skipped_clients
+            r.skipped_clients,
+            r.unfit_clients
         ));
     }
     out
 }
 
-pub const CLIENTS_CSV_HEADER: &str = "round,client,cluster,frozen,samples,bytes_down,bytes_up,compute_s,peak_mem_mb,peak_extra_mb,train_loss";
+pub const CLIENTS_CSV_HEADER: &str = "round,client,cluster,frozen,samples,bytes_down,bytes_up,compute_s,peak_mem_mb,peak_extra_mb,train_loss,budget_mb,predicted_mb";
 
 pub fn client_rows(records: &[ClientRecord]) -> String {
     records
         .iter()
         .map(|c| {
             format!(
-                "{},{},{},{},{},{},{},{:.4},{},{},{:.6}\n",
+                "{},{},{},{},{},{},{},{:.4},{},{},{:.6},{},{}\n",
                 c.round,
                 c.client,
                 c.cluster,
@@ -74,7 +75,9 @@ pub fn client_rows(records: &[ClientRecord]) -> String {
                 c.compute_s,
                 opt(c.peak_mem_mb),
                 opt(c.peak_extra_mb),
-                c.train_loss
+                c.train_loss,
+                opt(c.budget_mb),
+                opt(c.predicted_mb)
             )
         })
         .collect()
@@ -114,6 +117,10 @@ pub struct Summary {
     pub mean_peak_extra_mb: Option<f64>,
     pub energy_compute_kj: f64,
     pub energy_comm_kj: f64,
+    /// `federation.capacity = "memory"`: how often the measured peak exceeded the budget
+    /// (the predictor's miss rate), by how much, and who sat out.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub memory_budgets: Option<crate::budget::BudgetSummary>,
 }
 
 impl Summary {
@@ -143,6 +150,7 @@ impl Summary {
             mean_peak_extra_mb: mean(&records.iter().filter_map(|r| r.peak_extra_mb).collect::<Vec<_>>()),
             energy_compute_kj: records.iter().map(|r| r.energy_compute_j).sum::<f64>() / 1e3,
             energy_comm_kj: records.iter().map(|r| r.energy_comm_j).sum::<f64>() / 1e3,
+            memory_budgets: crate::budget::BudgetSummary::from_records(records),
         }
     }
 }

@@ -20,6 +20,8 @@ pub enum Purpose {
     /// QSGD rounding for one client in one round.
     Qsgd = 7,
     MemoryProbe = 8,
+    /// A client's memory budget jitter in one round.
+    Budget = 9,
 }
 
 /// SplitMix64 finaliser: a cheap, well-mixed hash of the seed material.

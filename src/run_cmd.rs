@@ -250,6 +250,20 @@ impl<'a> Progress<'a> {
 }
 
 impl RoundObserver for Progress<'_> {
+    fn on_calibration(&mut self, row: &fedolf::budget::ProbeRow, of: usize) {
+        if row.frozen == 0 {
+            self.say(format!("memory budgets: calibrating the peak predictor (2 SGD steps per frozen count, {of} counts)"));
+        }
+        self.say(format!(
+            "  l = {:>2}: resident {:.1} MB + measured {:.1} MB ÷ Eq. 23 {:.1} MB = ρ {:.3}",
+            row.frozen,
+            row.resident as f64 / 1e6,
+            row.measured_transient as f64 / 1e6,
+            row.theoretical_transient as f64 / 1e6,
+            row.ratio()
+        ));
+    }
+
     fn on_start(&mut self, info: &RunInfo) {
         if let Some(l) = &self.label {
             self.say(l.clone());
@@ -261,7 +275,11 @@ impl RoundObserver for Progress<'_> {
             info.test_size,
             info.num_layers,
             info.model_params as f64 / 1e6,
-            info.cluster_frozen.as_ref().map_or("the layers below the SLT stage".to_string(), |f| format!("{f:?}")),
+            match (&info.cluster_frozen, &info.calibration) {
+                (Some(f), _) => format!("{f:?}"),
+                (None, Some(_)) => "chosen each round by each client's memory budget".to_string(),
+                (None, None) => "the layers below the SLT stage".to_string(),
+            },
             info.workers.workers,
             info.workers.threads_per_worker,
             self.dir.path.display()
@@ -293,6 +311,7 @@ impl RoundObserver for Progress<'_> {
         }
         let acc = r.accuracy.map_or("      ".to_string(), |a| format!("{:5.1}%", a * 100.0));
         let mem = r.peak_mem_mb.map_or(String::new(), |m| format!(" | peak {m:.1} MB"));
+        let mem = if r.unfit_clients > 0 { format!("{mem} | {} sat out (no plan fits its budget)", r.unfit_clients) } else { mem };
         self.say(format!(
             "round {:>4}/{} | acc {acc} | train loss {:.4} | down {:.2} MB up {:.2} MB | compute {:.1} s{mem}",
             r.round,
@@ -332,6 +351,17 @@ fn print_table(s: &Summary, dir: &RunDir) {
     println!();
     for (k, v) in rows {
         println!("  {k:<22} {v}");
+    }
+    if let Some(b) = &s.memory_budgets {
+        let rows = [
+            ("over budget", format!("{} of {} client rounds ({:.1} %)", b.over_budget, b.client_rounds, 100.0 * b.miss_rate)),
+            ("excess when over", format!("mean {:.2} MB, max {:.2} MB ({:.1} % of its budget)", b.mean_excess_mb, b.max_excess_mb, b.max_excess_pct)),
+            ("prediction error", format!("mean {:.1} %, worst {:.1} % (|measured − predicted| ÷ predicted)", b.mean_abs_error_pct, b.max_abs_error_pct)),
+            ("sat out", format!("{} sampled client rounds fit no plan", b.sat_out)),
+        ];
+        for (k, v) in rows {
+            println!("  {k:<22} {v}");
+        }
     }
 }
 

@@ -91,6 +91,12 @@ pub struct ClientRecord {
     /// The peak of what local training added above the resident model (CPU only).
     pub peak_extra_mb: Option<f64>,
     pub train_loss: f64,
+    /// `federation.capacity = "memory"`: the client's budget this round and the predicted
+    /// peak of the plan it trained.
+    #[serde(default)]
+    pub budget_mb: Option<f64>,
+    #[serde(default)]
+    pub predicted_mb: Option<f64>,
 }
 
 /// One round's measurements (one row of `rounds.csv`).
@@ -109,6 +115,10 @@ pub struct RoundRecord {
     /// (`train.nonfinite = "skip"`).
     #[serde(default)]
     pub skipped_clients: usize,
+    /// `federation.capacity = "memory"`: sampled clients whose budget fits no plan (they sat
+    /// the round out).
+    #[serde(default)]
+    pub unfit_clients: usize,
     pub bytes_down: u64,
     pub bytes_up: u64,
     /// Of `bytes_down`, the frozen layers' share (after TOA).
@@ -137,10 +147,15 @@ pub struct RunInfo {
     pub cluster_frozen: Option<Vec<usize>>,
     /// Clients trained at once, and kernel threads each.
     pub workers: WorkerLayout,
+    /// Memory budgets: the predictor's measured ratios per frozen count.
+    pub calibration: Option<crate::budget::Calibration>,
 }
 
 /// Receives progress as the run goes (progress bars, incremental result files).
 pub trait RoundObserver {
+    /// Memory budgets: one probe measurement of the peak predictor's calibration (before
+    /// [`Self::on_start`]).
+    fn on_calibration(&mut self, _row: &crate::budget::ProbeRow, _of: usize) {}
     fn on_start(&mut self, _info: &RunInfo) {}
     fn on_round(&mut self, _record: &RoundRecord) -> std::io::Result<()> {
         Ok(())
@@ -192,6 +207,8 @@ pub fn run_from<B: AutodiffBackend>(
     let worker_layout = WorkerLayout::new(cfg.federation.workers, cfg.device != DeviceKind::Cpu);
     let workers = Workers::new(worker_layout)?;
     let mut fed = Federation::<B>::new(cfg, dataset, device)?;
+    let levels = fed.num_layers;
+    fed.calibrate(memory, &mut |row| observer.on_calibration(row, levels))?;
     observer.on_start(&fed.info(&dataset.source, worker_layout));
 
     // Resume: the checkpoint's model, strategy state and records replace the fresh ones (the
@@ -213,8 +230,10 @@ pub fn run_from<B: AutodiffBackend>(
     let skip_nonfinite = cfg.train.nonfinite == NonFinite::Skip;
     for round in first_round..=cfg.federation.rounds {
         let wall = Instant::now();
-        // 1. Sample C_t and plan each client.
-        let plans = fed.plans(round)?;
+        // 1. Sample C_t and plan each client (with memory budgets, the largest plan that
+        // fits each one's budget; those that fit none sit the round out).
+        let round_plans = fed.plan_round(round)?;
+        let plans = round_plans.plans;
 
         // 2–6. Each sampled client trains on a worker from a host copy of the global model;
         // results come back in client order, so the run is the same for any worker count.
@@ -267,6 +286,7 @@ pub fn run_from<B: AutodiffBackend>(
         let evaluation = fed.evaluate_round(round)?;
         let mut record = round_record(round, evaluation, wall.elapsed().as_secs_f64(), &fed.energy, per_client);
         record.skipped_clients = skipped;
+        record.unfit_clients = round_plans.sat_out.len();
         observer.on_round(&record).map_err(|e| DataError::Io { path: "results".into(), source: e })?;
         records.push(record);
         if (cfg.checkpoint_every > 0 && round % cfg.checkpoint_every == 0) || round == cfg.federation.rounds {

@@ -33,6 +33,8 @@ pub struct Server {
     in_flight: BTreeMap<usize, InFlight>,
     received: BTreeMap<usize, (ClientPlan, HostUpload, ClientRecord, u64)>,
     skipped: usize,
+    /// Sampled clients this round whose memory budget fits no plan.
+    unfit: usize,
     records: Vec<RoundRecord>,
     dir: Option<RunDir>,
 }
@@ -47,7 +49,9 @@ impl Server {
     fn new(config_toml: &str, out_dir: Option<&str>, overrides: Vec<String>) -> PyResult<Self> {
         let cfg = Config::from_toml(config_toml, "run config", &overrides).map_err(py_err)?;
         let dataset = load_dataset(&cfg).map_err(py_err)?;
-        let fed = Federation::<Train>::new(&cfg, &dataset, &Default::default()).map_err(py_err)?;
+        let mut fed = Federation::<Train>::new(&cfg, &dataset, &Default::default()).map_err(py_err)?;
+        // Memory budgets: the peak predictor is calibrated here, on the server's CPU.
+        fed.calibrate(Some(&crate::ALLOC), &mut |_| {}).map_err(py_err)?;
         let dir = match out_dir {
             Some(path) => {
                 std::fs::create_dir_all(path).map_err(|e| py_err(format!("{path}: {e}")))?;
@@ -57,7 +61,7 @@ impl Server {
             }
             None => None,
         };
-        Ok(Self { fed, dataset, round: 0, in_flight: BTreeMap::new(), received: BTreeMap::new(), skipped: 0, records: Vec::new(), dir })
+        Ok(Self { fed, dataset, round: 0, in_flight: BTreeMap::new(), received: BTreeMap::new(), skipped: 0, unfit: 0, records: Vec::new(), dir })
     }
 
     /// The run's config as TOML (what every node trains with).
@@ -121,7 +125,9 @@ impl Server {
         self.in_flight.clear();
         self.received.clear();
         self.skipped = 0;
-        let plans = self.fed.plans(round).map_err(py_err)?;
+        let round_plans = self.fed.plan_round(round).map_err(py_err)?;
+        self.unfit = round_plans.sat_out.len();
+        let plans = round_plans.plans;
         let host_global = self.fed.host_global();
         let clients = self.fed.client_round(round, None);
         let mut out = Vec::with_capacity(plans.len());
@@ -199,6 +205,7 @@ impl Server {
         let evaluation = self.fed.evaluate_round(round).map_err(py_err)?;
         let mut record = round_record(round, evaluation, wall_s, &self.fed.energy, per_client);
         record.skipped_clients = self.skipped + self.in_flight.len();
+        record.unfit_clients = self.unfit;
         self.in_flight.clear();
         let json = serde_json::to_string(&record).map_err(py_err)?;
         self.records.push(record);

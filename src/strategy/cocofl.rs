@@ -53,7 +53,7 @@ impl<B: AutodiffBackend> Strategy<B> for CocoFl {
                 }
             })
             .collect();
-        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: self.fake_int8, objective: Objective::CrossEntropy, bn_bank: None })
+        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: self.fake_int8, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
     }
 
     fn merge(

@@ -22,6 +22,6 @@ impl<B: AutodiffBackend> Strategy<B> for Feddrop {
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
         let width = WidthSpec::random(ctx.layout, ctx.width_ratio(cluster), rng);
-        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
+        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
     }
 }

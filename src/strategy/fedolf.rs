@@ -32,6 +32,6 @@ impl<B: AutodiffBackend> Strategy<B> for FedOlf {
             Download::Qsgd(q) if l >= 1 => Download::Qsgd(q),
             _ => Download::Full,
         };
-        Ok(ClientPlan { client, cluster, roles: ordered_roles(ctx.num_layers, l)?, download, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
+        Ok(ClientPlan { client, cluster, roles: ordered_roles(ctx.num_layers, l)?, download, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
     }
 }

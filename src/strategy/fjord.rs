@@ -26,6 +26,6 @@ impl<B: AutodiffBackend> Strategy<B> for Fjord {
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
         let mut width = WidthSpec::prefix(ctx.layout, ctx.width_ratio(cluster));
         width.per_batch_ratios = (1..=cluster + 1).map(|i| i as f64 / ctx.clusters as f64).collect();
-        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
+        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
     }
 }

@@ -37,7 +37,7 @@ impl<B: AutodiffBackend> Strategy<B> for HeteroFl {
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
         let r = ctx.width_ratio(cluster);
         let width = WidthSpec::prefix_conv(ctx.layout, r).with_scaler(r);
-        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
+        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
     }
 
     fn before_eval(&self, global: LayeredNet<B>, train: &Tensor<B::InnerBackend, 4>) -> LayeredNet<B> {

@@ -73,12 +73,16 @@ pub struct ClientPlan {
     /// NeFL: the level whose own BatchNorm bank this client downloads and trains (`None` =
     /// the global model's BatchNorm).
     pub bn_bank: Option<usize>,
+    /// `federation.capacity = "memory"`: the budget this plan was chosen to fit, and its
+    /// predicted peak.
+    #[serde(default)]
+    pub memory: Option<crate::budget::MemoryFit>,
 }
 
 impl ClientPlan {
     /// A plan with these roles, the full width, a full download and cross-entropy.
     pub fn new(client: usize, cluster: usize, roles: Vec<LayerRole>) -> Self {
-        Self { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None }
+        Self { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None }
     }
 
     /// Layers the client does not train.

@@ -31,6 +31,6 @@ impl<B: AutodiffBackend> Strategy<B> for RandomFreeze {
         for i in sample(rng, ctx.num_layers, l).into_iter() {
             frozen[i] = true;
         }
-        Ok(ClientPlan { client, cluster, roles: roles_with_pass_grad(&frozen), download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
+        Ok(ClientPlan { client, cluster, roles: roles_with_pass_grad(&frozen), download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
     }
 }

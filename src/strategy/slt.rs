@@ -125,7 +125,7 @@ impl<B: AutodiffBackend> Strategy<B> for Slt {
         let j = stage_of(&self.ends(ctx), ctx.round);
         let (roles, width) = stage_plan(ctx.layout, ctx.num_layers, j, cluster + 1);
         let width = (!width.is_full(ctx.layout)).then_some(width);
-        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None })
+        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
     }
 
     fn frozen_per_cluster(&self, _clusters: usize) -> Option<Vec<usize>> {
