@@ -10,7 +10,7 @@
 //! - `resident(p)`: every tensor the client holds when training starts (its model copy, the
 //!   frozen prefix as TOA left it), exact, from the shapes of the model the server builds;
 //! - `m_A`, `m_G`: Eq. 23's activation and gradient terms of the plan's (sub-)model at the
-//!   run's batch ([`crate::theory`]); `m_O`: the momentum buffers;
+//!   client's batch `min(B, n)` ([`crate::theory`]); `m_O`: the momentum buffers;
 //! - `ρ_l`: measured ÷ theoretical transient memory of FedOLF's ordered plan with `l` leading
 //!   layers out of the graph, from a short probe (two SGD steps at the run's batch, on the
 //!   run's own backend) once per run ([`Calibration`]). It absorbs what Eq. 23 leaves out:
@@ -56,6 +56,14 @@ impl PlanFacts {
     /// What one training step adds on top of the resident model, by Eq. 23 (+ momentum).
     pub fn transient_bytes(&self) -> u64 {
         self.theory.activations + self.theory.gradients + self.theory.optimizer
+    }
+
+    /// [`Self::transient_bytes`] with batches of `batch` instead of the `full_batch` the facts
+    /// were worked out at (a client with fewer samples than the batch trains on them all at
+    /// once): activations scale with the batch, gradients and momentum do not.
+    pub fn transient_bytes_at(&self, batch: usize, full_batch: usize) -> f64 {
+        let scale = batch.min(full_batch) as f64 / full_batch.max(1) as f64;
+        self.theory.activations as f64 * scale + (self.theory.gradients + self.theory.optimizer) as f64
     }
 }
 
@@ -122,7 +130,7 @@ impl PeakPredictor {
 
     /// Predicted peak in bytes of a plan whose facts are `facts`, on a client with `samples`.
     pub fn predict(&self, facts: &PlanFacts, samples: usize) -> u64 {
-        let transient = self.calibration.ratio(facts.prefix) * facts.transient_bytes() as f64;
+        let transient = self.calibration.ratio(facts.prefix) * facts.transient_bytes_at(samples, self.calibration.batch);
         let cache = if self.caches_prefix { (samples * facts.prefix_output_elems * 4) as u64 } else { 0 };
         facts.resident_bytes + transient.round() as u64 + cache
     }

@@ -30,7 +30,7 @@ use crate::sim::{ClientRecord, RoundRecord, RunInfo, SimError};
 use crate::strategy::{strategy_for, ClientPlan, Download, EvalView, PlanContext, Strategy, StrategyInputs};
 use crate::submodel::extract;
 use crate::toa::ToaSettings;
-use crate::workers::WorkerLayout;
+use crate::workers::{WorkerLayout, Workers};
 
 /// A run's fixed facts and its changing state (global model, strategy state).
 pub struct Federation<B: AutodiffBackend> {
@@ -276,15 +276,13 @@ impl<B: AutodiffBackend> Federation<B> {
             return Ok(());
         }
         let batch = self.training.batch_size;
-        let probe_training = LocalTraining { epochs: 1, cache_frozen: false, ..self.training.clone() };
-        let indices: Vec<usize> = (0..(2 * batch).min(self.host_train.len())).collect();
+        let probe_training = self.probe_training();
+        let indices = self.probe_samples();
         let host_global = self.host_global();
         let mut clients = self.client_round(0, memory);
         clients.training = &probe_training;
-        let download = self.download;
         let measure = |l: usize| -> Result<ProbeRow, SimError> {
-            let mut plan = ClientPlan::new(0, 0, ordered_roles(self.num_layers, l)?);
-            plan.download = download;
+            let plan = self.probe_plan(l)?;
             let facts = self.plan_facts(&plan)?;
             let prepared = clients.prepare::<B>(&plan, &host_global, &self.device)?;
             let trained = clients.train(&plan, prepared.local, prepared.bytes_down, &indices, &self.device)?;
@@ -318,6 +316,44 @@ impl<B: AutodiffBackend> Federation<B> {
     pub fn set_global(&mut self, model: &[HostLayer]) -> Result<(), SimError> {
         let global = self.global.clone();
         self.global = write_model(global, &model_to_device(model, &self.device))?;
+        Ok(())
+    }
+
+    /// The probe's training: one epoch over [`Self::probe_samples`], no prefix cache.
+    fn probe_training(&self) -> LocalTraining {
+        LocalTraining { epochs: 1, cache_frozen: false, ..self.training.clone() }
+    }
+
+    /// Two batches of the first training samples.
+    fn probe_samples(&self) -> Vec<usize> {
+        (0..(2 * self.training.batch_size).min(self.host_train.len())).collect()
+    }
+
+    /// FedOLF's ordered plan with `l` layers frozen, as the run sends it down.
+    fn probe_plan(&self, l: usize) -> Result<ClientPlan, SimError> {
+        let mut plan = ClientPlan::new(0, 0, ordered_roles(self.num_layers, l)?);
+        plan.download = self.download;
+        Ok(plan)
+    }
+
+    /// Memory budgets only: one probe step on every worker before the first round, so each
+    /// worker's threads make their one-time allocations (kernel scratch buffers, pool
+    /// bookkeeping) outside any client's measured peak, as the calibration's own warm-up
+    /// did on this thread.
+    pub fn warm_up(&self, workers: &Workers, memory: Option<&CountingAllocator>) -> Result<(), SimError> {
+        if self.predictor.is_none() {
+            return Ok(());
+        }
+        let probe_training = self.probe_training();
+        let indices = self.probe_samples();
+        let host_global = self.host_global();
+        let mut clients = self.client_round(0, memory);
+        clients.training = &probe_training;
+        let plan = self.probe_plan(0)?;
+        let device = &self.device;
+        for result in workers.on_each(|| clients.run::<B>(&plan, &host_global, &indices, device).map(|_| ())) {
+            result?;
+        }
         Ok(())
     }
 

@@ -209,6 +209,7 @@ pub fn run_from<B: AutodiffBackend>(
     let mut fed = Federation::<B>::new(cfg, dataset, device)?;
     let levels = fed.num_layers;
     fed.calibrate(memory, &mut |row| observer.on_calibration(row, levels))?;
+    fed.warm_up(&workers, memory)?;
     observer.on_start(&fed.info(&dataset.source, worker_layout));
 
     // Resume: the checkpoint's model, strategy state and records replace the fresh ones (the

@@ -81,6 +81,12 @@ impl Workers {
         self.pools.len()
     }
 
+    /// Run `job` once on every worker, one after another (its threads make their one-time
+    /// allocations before anything on them is measured).
+    pub fn on_each<T: Send>(&self, job: impl Fn() -> T + Sync) -> Vec<T> {
+        self.pools.iter().map(|pool| pool.install(&job)).collect()
+    }
+
     /// Run `job(i)` for every `i in 0..jobs`, at most one per worker at a time; the results
     /// come back in job order whatever the finishing order.
     pub fn run_in_order<T: Send>(&self, jobs: usize, job: impl Fn(usize) -> T + Sync) -> Vec<T> {

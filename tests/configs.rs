@@ -72,3 +72,22 @@ fn method_options_parse_and_bad_ones_name_their_field() {
     let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["cocofl.int4=true".into()]).unwrap_err();
     assert!(e.to_string().contains("cocofl") && e.to_string().contains("int4"), "{e}");
 }
+
+#[test]
+fn memory_budget_settings_are_checked_and_bad_ones_name_their_field() {
+    let parse = |sets: &[&str]| Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let cfg = parse(&["federation.capacity=\"memory\"", "federation.budgets_mb=[64, 128, 256, 512]", "federation.budget_jitter=0.2"]).unwrap();
+    assert_eq!(cfg.federation.capacity, fedolf::config::Capacity::Memory);
+    assert_eq!(cfg.federation.capacity_groups(), 4);
+    assert_eq!(parse(&[]).unwrap().federation.capacity, fedolf::config::Capacity::Clusters, "clusters stay the default");
+    for (sets, field) in [
+        (&["federation.capacity=\"memory\""][..], "federation.budgets_mb"),
+        (&["federation.capacity=\"memory\"", "federation.budgets_mb=[64, -1]"][..], "federation.budgets_mb"),
+        (&["federation.capacity=\"memory\"", "federation.budgets_mb=[64]", "federation.budget_jitter=1.5"][..], "federation.budget_jitter"),
+        (&["federation.budgets_mb=[64]"][..], "federation.budgets_mb"),
+        (&["federation.capacity=\"disk\""][..], "federation.capacity"),
+    ] {
+        let e = parse(sets).unwrap_err().to_string();
+        assert!(e.contains(field), "{sets:?}: {e}");
+    }
+}

@@ -1,0 +1,224 @@
+//! Memory budgets choose the frozen count (`federation.capacity = "memory"`): the calibrated
+//! predictor is monotone in l and within 10 % of the measured peak for the paper's models at
+//! their paper batches; a client never trains a plan predicted over its budget; budgets that
+//! match a cluster table train exactly as the table does; width baselines fit their own
+//! sub-models. Its own test binary with the counting allocator; the tests take a lock, so one
+//! measures at a time.
+
+mod common;
+
+use std::sync::Mutex;
+
+use common::{device, Train};
+use fedolf::config::{Config, DEFAULT_TOML};
+use fedolf_datasets::{Dataset, DatasetKind, ImageSet};
+use fedolf::federation::Federation;
+use fedolf::memory::CountingAllocator;
+use fedolf::report::Summary;
+use fedolf::sim::{load_dataset, run, RoundObserver, RoundRecord};
+
+#[global_allocator]
+static ALLOC: CountingAllocator = CountingAllocator::new();
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn measuring() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Quiet;
+impl RoundObserver for Quiet {}
+
+/// Seeded pixels of `kind`'s shape (memory depends on shapes, not on the images).
+fn random_images(kind: DatasetKind, n: usize, seed: u64) -> ImageSet {
+    let shape = kind.input_shape();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let pixels = (0..n * shape.iter().product::<usize>())
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 56) as u8
+        })
+        .collect();
+    ImageSet { shape, pixels, labels: (0..n).map(|i| (i % kind.num_classes()) as u16).collect() }
+}
+
+/// One client holding `samples` random images, under one huge budget, with the paper
+/// config's model, batch and optimizer (one local epoch).
+fn paper_client(paper_toml: &str, samples: usize, extra: &[&str]) -> (Config, Dataset) {
+    let mut overrides: Vec<String> = [
+        "federation.clients=1",
+        "federation.clients_per_round=1",
+        "federation.clusters=1",
+        "data.partition=\"iid\"",
+        "federation.capacity=\"memory\"",
+        "federation.budgets_mb=[100000]",
+        "train.epochs=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    overrides.extend(extra.iter().map(|s| s.to_string()));
+    let cfg = Config::from_toml(paper_toml, "paper config", &overrides).unwrap();
+    let kind = DatasetKind::parse(&cfg.data.dataset).unwrap();
+    let dataset = Dataset {
+        name: kind.name().into(),
+        num_classes: kind.num_classes(),
+        train: random_images(kind, samples, 1),
+        test: random_images(kind, 20, 2),
+        source: "random pixels".into(),
+    };
+    (cfg, dataset)
+}
+
+#[test]
+fn the_calibrated_predictor_is_monotone_in_l_and_within_10_percent_of_the_measured_peak() {
+    let _one = measuring();
+    let dev = device();
+    // The paper's batches: CNN 16, AlexNet 128, ResNet20 128 (ResNet20 with TOA s = 0.5, so
+    // the resident prefix shrinks too). Each client holds 2 full batches and a partial one:
+    // more steps, and another batch size, than the 2-step probe. The CNN trains 3 epochs.
+    let cases: [(&str, &str, usize, &[&str]); 3] = [
+        ("cnn", include_str!("../experiments/paper-emnist-cnn.toml"), 40, &["train.epochs=3"]),
+        ("alexnet", include_str!("../experiments/paper-cifar10-alexnet.toml"), 320, &[]),
+        ("resnet20", include_str!("../experiments/paper-cifar100-resnet20.toml"), 320, &["toa.s=0.5"]),
+    ];
+    let mut worst = (0.0f64, String::new());
+    for (name, toml, samples, extra) in cases {
+        let (cfg, dataset) = paper_client(toml, samples, extra);
+        let mut fed = Federation::<Train>::new(&cfg, &dataset, &dev).unwrap();
+        fed.calibrate(Some(&ALLOC), &mut |_| {}).unwrap();
+        let n = fed.num_layers;
+        // Level n − 1 − l freezes l layers.
+        let predicted: Vec<u64> = (0..n).map(|l| fed.level_plan(1, 0, n - 1 - l).unwrap().1).collect();
+        for l in 1..n {
+            assert!(predicted[l] <= predicted[l - 1], "{name}: predicted peak rises from l = {} to {l}: {predicted:?}", l - 1);
+        }
+        assert!(predicted[n - 1] < predicted[0] / 2, "{name}: freezing all but the classifier should at least halve the peak: {predicted:?}");
+
+        let host_global = fed.host_global();
+        let clients = fed.client_round(1, Some(&ALLOC));
+        let checked: Vec<usize> = if n <= 3 { (0..n).collect() } else { vec![0, n / 2, n - 1] };
+        for l in checked {
+            let (plan, predicted) = fed.level_plan(1, 0, n - 1 - l).unwrap();
+            assert_eq!(plan.frozen(), l);
+            let result = clients.run::<Train>(&plan, &host_global, &fed.parts[0], &dev).unwrap();
+            let measured = result.record.peak_mem_mb.unwrap();
+            let predicted_mb = predicted as f64 / 1e6;
+            let error = (measured - predicted_mb).abs() / predicted_mb;
+            eprintln!("{name} batch {} l = {l}: predicted {predicted_mb:.2} MB, measured {measured:.2} MB ({:+.1} %)", cfg.train.batch_size, 100.0 * (measured / predicted_mb - 1.0));
+            if error > worst.0 {
+                worst = (error, format!("{name} l = {l}: predicted {predicted_mb:.2} MB, measured {measured:.2} MB"));
+            }
+            assert!(error <= 0.10, "{name} l = {l}: predicted {predicted_mb:.2} MB, measured {measured:.2} MB ({:.1} % off)", 100.0 * error);
+        }
+    }
+    eprintln!("worst case: {:.1} % ({})", 100.0 * worst.0, worst.1);
+}
+
+/// The default experiment, small: `clients` on the shipped subset.
+fn small(extra: &[&str]) -> Config {
+    let mut overrides: Vec<String> = [
+        concat!("data.data_dir=", env!("CARGO_MANIFEST_DIR"), "/datasets/data/fashion-mnist-subset"),
+        "data.train_limit=2000",
+        "data.test_limit=300",
+        "federation.clients=20",
+        "federation.clients_per_round=8",
+        "federation.rounds=3",
+        "federation.eval_every=3",
+        "federation.workers=2",
+        "train.epochs=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    overrides.extend(extra.iter().map(|s| s.to_string()));
+    Config::from_toml(DEFAULT_TOML, "default", &overrides).unwrap()
+}
+
+fn run_small(cfg: &Config) -> Vec<RoundRecord> {
+    let dataset = load_dataset(cfg).unwrap();
+    run::<Train>(cfg, &dataset, &device(), Some(&ALLOC), &mut Quiet).unwrap()
+}
+
+#[test]
+fn a_client_never_trains_a_plan_predicted_over_its_budget() {
+    let _one = measuring();
+    // CNN at batch 32 predicts about 6 MB at l = 2, 10 at l = 1, 19 at l = 0: a 3 MB device
+    // fits nothing; the jitter moves the others between levels from round to round.
+    let cfg = small(&["federation.capacity=\"memory\"", "federation.budgets_mb=[3, 8, 12, 40]", "federation.budget_jitter=0.2"]);
+    let records = run_small(&cfg);
+    let clients: Vec<_> = records.iter().flat_map(|r| &r.per_client).collect();
+    assert!(!clients.is_empty());
+    for c in &clients {
+        let (budget, predicted) = (c.budget_mb.unwrap(), c.predicted_mb.unwrap());
+        assert!(predicted <= budget, "round {} client {}: trained a plan predicted at {predicted} MB on a {budget} MB budget", c.round, c.client);
+        assert!(c.peak_mem_mb.is_some());
+    }
+    let mut frozen: Vec<usize> = clients.iter().map(|c| c.frozen).collect();
+    frozen.sort_unstable();
+    frozen.dedup();
+    assert!(frozen.len() >= 2, "budgets from 8 to 40 MB should land on different frozen counts: {frozen:?}");
+    assert!(clients.iter().filter(|c| c.budget_mb.unwrap() >= 32.0).all(|c| c.frozen == 0), "a 40 MB device trains the whole CNN");
+    let sat_out: usize = records.iter().map(|r| r.unfit_clients).sum();
+    assert!(sat_out > 0, "the 3 MB devices fit no plan and must sit out");
+    for r in &records {
+        assert_eq!(r.clients + r.unfit_clients, cfg.federation.clients_per_round, "round {}: trained + sat out = sampled", r.round);
+    }
+    let summary = Summary::new(&cfg, "subset", &records, 0.0, None).memory_budgets.unwrap();
+    assert_eq!(summary.sat_out, sat_out);
+    assert_eq!(summary.client_rounds, clients.len());
+    assert!(summary.max_abs_error_pct < 25.0, "prediction error {summary:?}");
+}
+
+#[test]
+fn budgets_that_match_a_cluster_table_train_exactly_as_the_table_does() {
+    let _one = measuring();
+    // iid: every client holds 100 samples (full batches). 7 MB fits l = 2 only, 12 MB l = 1,
+    // 1000 MB l = 0: the three budget profiles are dealt as the three clusters are.
+    let table = run_small(&small(&["data.partition=\"iid\"", "federation.clusters=3"]));
+    let budgets = run_small(&small(&["data.partition=\"iid\"", "federation.capacity=\"memory\"", "federation.budgets_mb=[7, 12, 1000]"]));
+    assert_eq!(table.len(), budgets.len());
+    for (a, b) in table.iter().zip(&budgets) {
+        assert_eq!(a.accuracy, b.accuracy, "round {}", a.round);
+        assert_eq!(a.train_loss, b.train_loss, "round {}", a.round);
+        assert_eq!((a.bytes_down, a.bytes_up), (b.bytes_down, b.bytes_up), "round {}", a.round);
+        let key = |r: &RoundRecord| r.per_client.iter().map(|c| (c.client, c.frozen, c.samples, c.bytes_up)).collect::<Vec<_>>();
+        assert_eq!(key(a), key(b), "round {}: the same clients freeze the same layers", a.round);
+        assert!(b.per_client.iter().all(|c| c.budget_mb.is_some() && c.predicted_mb.is_some()));
+        assert!(a.per_client.iter().all(|c| c.budget_mb.is_none()));
+    }
+}
+
+#[test]
+fn width_baselines_fit_their_own_sub_models() {
+    let _one = measuring();
+    let cfg = small(&["method=heterofl", "data.partition=\"iid\"", "federation.rounds=2", "federation.capacity=\"memory\"", "federation.budgets_mb=[8, 12, 1000]"]);
+    let records = run_small(&cfg);
+    let clients: Vec<_> = records.iter().flat_map(|r| &r.per_client).collect();
+    for c in &clients {
+        assert_eq!(c.frozen, 0, "HeteroFL prunes width, it does not freeze");
+        assert!(c.predicted_mb.unwrap() <= c.budget_mb.unwrap());
+    }
+    // Smaller budget, narrower sub-model: fewer bytes up.
+    let up = |budget: f64| clients.iter().filter(|c| c.budget_mb == Some(budget)).map(|c| c.bytes_up).max();
+    let (small_up, full_up) = (up(8.0), up(1000.0));
+    if let (Some(s), Some(f)) = (small_up, full_up) {
+        assert!(s < f, "an 8 MB device trains a narrower model than a 1000 MB one ({s} vs {f} bytes up)");
+    } else {
+        panic!("both the 8 MB and the 1000 MB profiles should be sampled in 2 rounds of 8 of 20 clients");
+    }
+}
+
+#[test]
+fn calibration_without_any_memory_measurement_is_a_clear_error() {
+    let _one = measuring();
+    let cfg = small(&["federation.capacity=\"memory\"", "federation.budgets_mb=[64]"]);
+    let dataset = load_dataset(&cfg).unwrap();
+    let mut fed = Federation::<Train>::new(&cfg, &dataset, &device()).unwrap();
+    let e = fed.calibrate(None, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("federation.capacity") && e.contains("measures none"), "{e}");
+    let e = fed.plans(1).unwrap_err().to_string();
+    assert!(e.contains("calibrate"), "{e}");
+}
