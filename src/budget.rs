@@ -11,15 +11,17 @@
 //!   frozen prefix as TOA left it), exact, from the shapes of the model the server builds;
 //! - `m_A`, `m_G`: Eq. 23's activation and gradient terms of the plan's (sub-)model at the
 //!   client's batch `min(B, n)` ([`crate::theory`]); `m_O`: the momentum buffers;
-//! - `ρ_l`: measured ÷ theoretical transient memory of FedOLF's ordered plan with `l` leading
-//!   layers out of the graph, from a short probe (two SGD steps at the run's batch, on the
-//!   run's own backend) once per run ([`Calibration`]). It absorbs what Eq. 23 leaves out:
-//!   the gathered batch, the loss, autodiff bookkeeping, the new copies of updated weights;
+//! - `ρ_l`: measured ÷ theoretical transient memory of the method's own plan at capacity
+//!   level l (FedOLF: the ordered plan with `l` frozen; a width method: its sub-model of that
+//!   level), from a short probe (two SGD steps at the run's batch, on the run's own backend)
+//!   once per run ([`Calibration`]). It absorbs what Eq. 23 leaves out: the gathered batch,
+//!   the loss, autodiff bookkeeping, the new copies of updated weights, exit heads;
 //! - `cache(p, n)`: with `train.cache_frozen` and E > 1, the frozen prefix's outputs for all
 //!   n samples (`n · |a_l| · 4` bytes).
 //!
-//! A plan with `l` leading out-of-graph layers uses `ρ_l`; width sub-models and the other
-//! methods' plans use the ratio at their own `l`, applied to their own Eq. 23.
+//! Plans whose draws differ from client to client (random freezing, Feddrop, CoCoFL) use the
+//! ratio of their level's probed draw, applied to their own Eq. 23. FjORD is probed at the
+//! full width of its level (its per-batch widths only ever train less).
 
 use std::collections::HashMap;
 
@@ -75,9 +77,11 @@ pub fn facts_key(plan: &ClientPlan) -> String {
     format!("{:?}|{:?}|{:?}|{}|{:?}", plan.roles, kept, plan.download, plan.fake_int8_frozen, plan.objective)
 }
 
-/// One probe measurement: FedOLF's ordered plan with `frozen` layers out of the graph.
+/// One probe measurement: the method's plan at capacity `level`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct ProbeRow {
+    pub level: usize,
+    /// Layers the plan does not train.
     pub frozen: usize,
     /// Measured peak above the resident model, bytes.
     pub measured_transient: u64,
@@ -92,7 +96,7 @@ impl ProbeRow {
     }
 }
 
-/// `ρ_l` for every `l` in `0..N`, measured on the run's backend.
+/// `ρ` for every capacity level, measured on the run's backend (`rows[level]`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Calibration {
     pub batch: usize,
@@ -100,9 +104,9 @@ pub struct Calibration {
 }
 
 impl Calibration {
-    /// `ρ_l` (the last measured one for an `l` beyond the probe).
-    pub fn ratio(&self, l: usize) -> f64 {
-        self.rows.get(l.min(self.rows.len().saturating_sub(1))).map_or(1.0, ProbeRow::ratio)
+    /// `ρ` at `level` (the last measured one beyond the probe).
+    pub fn ratio(&self, level: usize) -> f64 {
+        self.rows.get(level.min(self.rows.len().saturating_sub(1))).map_or(1.0, ProbeRow::ratio)
     }
 }
 
@@ -128,9 +132,10 @@ impl PeakPredictor {
         self.facts.insert(facts_key(plan), facts);
     }
 
-    /// Predicted peak in bytes of a plan whose facts are `facts`, on a client with `samples`.
-    pub fn predict(&self, facts: &PlanFacts, samples: usize) -> u64 {
-        let transient = self.calibration.ratio(facts.prefix) * facts.transient_bytes_at(samples, self.calibration.batch);
+    /// Predicted peak in bytes of a plan at capacity `level` whose facts are `facts`, on a
+    /// client with `samples`.
+    pub fn predict(&self, facts: &PlanFacts, level: usize, samples: usize) -> u64 {
+        let transient = self.calibration.ratio(level) * facts.transient_bytes_at(samples, self.calibration.batch);
         let cache = if self.caches_prefix { (samples * facts.prefix_output_elems * 4) as u64 } else { 0 };
         facts.resident_bytes + transient.round() as u64 + cache
     }

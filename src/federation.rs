@@ -19,7 +19,7 @@ use crate::client_round::ClientRound;
 use crate::config::{Capacity, Config, PartitionKind};
 use crate::energy::Energy;
 use crate::evaluate::{evaluate, evaluate_exits, DeviceSplit};
-use crate::freeze::{ordered_roles, FreezeError, LocalTraining};
+use crate::freeze::{FreezeError, LocalModel, LocalTraining};
 use crate::host::{model_to_device, model_to_host, HostLayer, HostSplit, HostUpload};
 use crate::memory::CountingAllocator;
 use crate::params::{read_model, write_model};
@@ -235,42 +235,49 @@ impl<B: AutodiffBackend> Federation<B> {
     /// predicted training peak in bytes.
     pub fn level_plan(&self, round: usize, client: usize, level: usize) -> Result<(ClientPlan, u64), SimError> {
         let plan = self.plan_at(round, client, level)?;
-        let predicted = self.predicted_peak(&plan, self.parts[client].len())?;
+        let predicted = self.predicted_peak(&plan, level, self.parts[client].len())?;
         Ok((plan, predicted))
     }
 
-    /// The predicted training peak (bytes) of `plan` on a client with `samples`; the plan's
+    /// The predicted training peak (bytes) of `plan`, a plan at capacity `level`, on a client
+    /// with `samples`; the plan's
     /// shape facts are worked out once (by building the client's model as the server would)
     /// and cached.
-    pub fn predicted_peak(&self, plan: &ClientPlan, samples: usize) -> Result<u64, SimError> {
+    pub fn predicted_peak(&self, plan: &ClientPlan, level: usize, samples: usize) -> Result<u64, SimError> {
         let predictor = self.predictor.as_ref().ok_or_else(|| SimError::Config {
             field: "federation.capacity",
             problem: "memory budgets need the peak predictor: call Federation::calibrate before planning".into(),
         })?;
         let mut predictor = predictor.lock().expect("predictor lock");
         if let Some(facts) = predictor.facts(plan) {
-            return Ok(predictor.predict(facts, samples));
+            return Ok(predictor.predict(facts, level, samples));
         }
         let facts = self.plan_facts(plan)?;
         predictor.remember(plan, facts);
-        Ok(predictor.predict(&facts, samples))
+        Ok(predictor.predict(&facts, level, samples))
     }
 
     /// What a plan's memory depends on: the model the server builds for it (width
     /// sub-model, compressed prefix) and Eq. 23 of the model it trains.
     pub fn plan_facts(&self, plan: &ClientPlan) -> Result<PlanFacts, SimError> {
         let prepared = self.client_round(0, None).prepare::<B>(plan, &self.host_global(), &self.device)?;
+        Ok(self.facts_of(plan, &prepared.local))
+    }
+
+    /// [`Self::plan_facts`] of the client model `local` the server built for `plan`.
+    fn facts_of(&self, plan: &ClientPlan, local: &LocalModel<B>) -> PlanFacts {
         let infos = match &plan.width {
             Some(spec) => extract(self.global.valid(), &self.layout, spec, &self.device).layer_infos(),
             None => self.global.valid().layer_infos(),
         };
-        Ok(PlanFacts::new(plan, &infos, prepared.local.resident_bytes(), self.training.batch_size, self.training.sgd.momentum > 0.0))
+        PlanFacts::new(plan, &infos, local.resident_bytes(), self.training.batch_size, self.training.sgd.momentum > 0.0)
     }
 
-    /// Memory budgets only: measure `ρ_l` for every `l` (two SGD steps of FedOLF's ordered
-    /// plan on the first training samples, on this backend) and keep the predictor for the
-    /// run. `memory` is the CPU's counting allocator; a GPU reports its own statistics.
-    /// `on_level` sees each measurement as it is made.
+    /// Memory budgets only: measure `ρ` at every capacity level (two SGD steps of the
+    /// method's own plan at that level, on the first training samples, on this backend) and
+    /// keep the predictor for the run. For FedOLF level `N − 1 − l` is the ordered plan with
+    /// `l` frozen. `memory` is the CPU's counting allocator; a GPU reports its own
+    /// statistics. `on_level` sees each measurement as it is made.
     pub fn calibrate(&mut self, memory: Option<&CountingAllocator>, on_level: &mut dyn FnMut(&ProbeRow)) -> Result<(), SimError> {
         if self.cfg.federation.capacity != Capacity::Memory {
             return Ok(());
@@ -279,12 +286,13 @@ impl<B: AutodiffBackend> Federation<B> {
         let probe_training = self.probe_training();
         let indices = self.probe_samples();
         let host_global = self.host_global();
-        let mut clients = self.client_round(0, memory);
+        let mut clients = self.client_round(1, memory);
         clients.training = &probe_training;
-        let measure = |l: usize| -> Result<ProbeRow, SimError> {
-            let plan = self.probe_plan(l)?;
-            let facts = self.plan_facts(&plan)?;
-            let prepared = clients.prepare::<B>(&plan, &host_global, &self.device)?;
+        let measure = |level: usize| -> Result<ProbeRow, SimError> {
+            let plan = self.probe_plan(level)?;
+            let start = self.client_start(&plan, &host_global);
+            let prepared = clients.prepare::<B>(&plan, start.as_deref().unwrap_or(&host_global), &self.device)?;
+            let facts = self.facts_of(&plan, &prepared.local);
             let trained = clients.train(&plan, prepared.local, prepared.bytes_down, &indices, &self.device)?;
             let peak_mb = trained.record.peak_mem_mb.ok_or_else(|| SimError::Config {
                 field: "federation.capacity",
@@ -292,16 +300,17 @@ impl<B: AutodiffBackend> Federation<B> {
             })?;
             let resident = facts.resident_bytes;
             let measured = ((peak_mb * 1e6).round() as u64).saturating_sub(resident);
-            Ok(ProbeRow { frozen: l, measured_transient: measured, theoretical_transient: facts.transient_bytes(), resident })
+            Ok(ProbeRow { level, frozen: plan.frozen(), measured_transient: measured, theoretical_transient: facts.transient_bytes(), resident })
         };
         // Warm-up: thread pools and one-time buffers are no client's cost.
-        measure(0)?;
-        let mut rows = Vec::with_capacity(self.num_layers);
-        for l in 0..self.num_layers {
-            let row = measure(l)?;
+        measure(self.levels - 1)?;
+        let mut rows = Vec::with_capacity(self.levels);
+        for level in (0..self.levels).rev() {
+            let row = measure(level)?;
             on_level(&row);
             rows.push(row);
         }
+        rows.reverse();
         let caches_prefix = self.training.cache_frozen && self.training.epochs > 1;
         self.predictor = Some(Mutex::new(PeakPredictor::new(Calibration { batch, rows }, caches_prefix)));
         Ok(())
@@ -329,10 +338,13 @@ impl<B: AutodiffBackend> Federation<B> {
         (0..(2 * self.training.batch_size).min(self.host_train.len())).collect()
     }
 
-    /// FedOLF's ordered plan with `l` layers frozen, as the run sends it down.
-    fn probe_plan(&self, l: usize) -> Result<ClientPlan, SimError> {
-        let mut plan = ClientPlan::new(0, 0, ordered_roles(self.num_layers, l)?);
-        plan.download = self.download;
+    /// The method's plan at `level` for client 0 in round 1, at its widest: FjORD's
+    /// per-batch widths are dropped, so the probe measures the largest sub-model it may train.
+    fn probe_plan(&self, level: usize) -> Result<ClientPlan, SimError> {
+        let mut plan = self.plan_at(1, 0, level)?;
+        if let Some(width) = &mut plan.width {
+            width.per_batch_ratios.clear();
+        }
         Ok(plan)
     }
 
@@ -347,11 +359,13 @@ impl<B: AutodiffBackend> Federation<B> {
         let probe_training = self.probe_training();
         let indices = self.probe_samples();
         let host_global = self.host_global();
-        let mut clients = self.client_round(0, memory);
+        let mut clients = self.client_round(1, memory);
         clients.training = &probe_training;
-        let plan = self.probe_plan(0)?;
+        let plan = self.probe_plan(self.levels - 1)?;
+        let start = self.client_start(&plan, &host_global);
+        let start = start.as_deref().unwrap_or(&host_global);
         let device = &self.device;
-        for result in workers.on_each(|| clients.run::<B>(&plan, &host_global, &indices, device).map(|_| ())) {
+        for result in workers.on_each(|| clients.run::<B>(&plan, start, &indices, device).map(|_| ())) {
             result?;
         }
         Ok(())

@@ -12,7 +12,7 @@ use fedolf::report::write_atomic;
 use fedolf::config::Config;
 use fedolf::federation::Federation;
 use fedolf::sim::SimError;
-use fedolf_datasets::{Dataset, DatasetKind, ImageSet};
+use fedolf_datasets::{Dataset, DatasetKind};
 use fedolf_models::ModelKind;
 
 use crate::cli::MemoryArgs;
@@ -42,16 +42,6 @@ impl BackendTask for FitTask<'_> {
     }
 }
 
-/// Random pixels of the dataset's shape: the predictor needs shapes and a probe batch, not
-/// images.
-fn random_images(dataset: DatasetKind, n: usize, seed: u64) -> ImageSet {
-    let shape = dataset.input_shape();
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
-    let pixels = (0..n * shape.iter().product::<usize>()).map(|_| rand::Rng::random::<u8>(&mut rng)).collect();
-    let labels = (0..n).map(|i| (i % dataset.num_classes()) as u16).collect();
-    ImageSet { shape, pixels, labels }
-}
-
 /// `fedolf memory --budget MB`: which `l` fits for each model (FedOLF's plans, each paper
 /// config's batch and TOA, the predictor calibrated on this CPU as a run would).
 fn fits_budget(budget: f64, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
@@ -73,13 +63,7 @@ fn fits_budget(budget: f64, alloc: &'static CountingAllocator) -> anyhow::Result
         cfg = Config::from_toml(&cfg.to_toml(), path, &overrides)?;
         let kind = DatasetKind::parse(&cfg.data.dataset)?;
         let n = 2 * cfg.train.batch_size;
-        let dataset = Dataset {
-            name: kind.name().into(),
-            num_classes: kind.num_classes(),
-            train: random_images(kind, n, 1),
-            test: random_images(kind, 10, 2),
-            source: "random pixels (shapes only)".into(),
-        };
+        let dataset = Dataset::random_pixels(kind, n, 10, 1);
         let task = FitTask { cfg: &cfg, dataset: &dataset, alloc };
         let mut levels = with_backend(DeviceKind::Cpu, task)??;
         levels.sort_unstable();

@@ -251,11 +251,12 @@ impl<'a> Progress<'a> {
 
 impl RoundObserver for Progress<'_> {
     fn on_calibration(&mut self, row: &fedolf::budget::ProbeRow, of: usize) {
-        if row.frozen == 0 {
-            self.say(format!("memory budgets: calibrating the peak predictor (2 SGD steps per frozen count, {of} counts)"));
+        if row.level + 1 == of {
+            self.say(format!("memory budgets: calibrating the peak predictor (2 SGD steps of the method's plan at each of {of} capacity levels)"));
         }
         self.say(format!(
-            "  l = {:>2}: resident {:.1} MB + measured {:.1} MB ÷ Eq. 23 {:.1} MB = ρ {:.3}",
+            "  level {:>2} (l = {:>2} not trained): resident {:.1} MB + measured {:.1} MB ÷ Eq. 23 {:.1} MB = ρ {:.3}",
+            row.level,
             row.frozen,
             row.resident as f64 / 1e6,
             row.measured_transient as f64 / 1e6,
@@ -355,7 +356,10 @@ fn print_table(s: &Summary, dir: &RunDir) {
     if let Some(b) = &s.memory_budgets {
         let rows = [
             ("over budget", format!("{} of {} client rounds ({:.1} %)", b.over_budget, b.client_rounds, 100.0 * b.miss_rate)),
-            ("excess when over", format!("mean {:.2} MB, max {:.2} MB ({:.1} % of its budget)", b.mean_excess_mb, b.max_excess_mb, b.max_excess_pct)),
+            (
+                "excess when over",
+                if b.over_budget == 0 { "none".into() } else { format!("mean {:.2} MB, max {:.2} MB ({:.1} % of its budget)", b.mean_excess_mb, b.max_excess_mb, b.max_excess_pct) },
+            ),
             ("prediction error", format!("mean {:.1} %, worst {:.1} % (|measured − predicted| ÷ predicted)", b.mean_abs_error_pct, b.max_abs_error_pct)),
             ("sat out", format!("{} sampled client rounds fit no plan", b.sat_out)),
         ];

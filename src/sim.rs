@@ -207,7 +207,7 @@ pub fn run_from<B: AutodiffBackend>(
     let worker_layout = WorkerLayout::new(cfg.federation.workers, cfg.device != DeviceKind::Cpu);
     let workers = Workers::new(worker_layout)?;
     let mut fed = Federation::<B>::new(cfg, dataset, device)?;
-    let levels = fed.num_layers;
+    let levels = fed.levels;
     fed.calibrate(memory, &mut |row| observer.on_calibration(row, levels))?;
     fed.warm_up(&workers, memory)?;
     observer.on_start(&fed.info(&dataset.source, worker_layout));

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use common::{device, Train};
 use fedolf::config::{Config, DEFAULT_TOML};
-use fedolf_datasets::{Dataset, DatasetKind, ImageSet};
+use fedolf_datasets::{Dataset, DatasetKind};
 use fedolf::federation::Federation;
 use fedolf::memory::CountingAllocator;
 use fedolf::report::Summary;
@@ -28,21 +28,6 @@ fn measuring() -> std::sync::MutexGuard<'static, ()> {
 
 struct Quiet;
 impl RoundObserver for Quiet {}
-
-/// Seeded pixels of `kind`'s shape (memory depends on shapes, not on the images).
-fn random_images(kind: DatasetKind, n: usize, seed: u64) -> ImageSet {
-    let shape = kind.input_shape();
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let pixels = (0..n * shape.iter().product::<usize>())
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 56) as u8
-        })
-        .collect();
-    ImageSet { shape, pixels, labels: (0..n).map(|i| (i % kind.num_classes()) as u16).collect() }
-}
 
 /// One client holding `samples` random images, under one huge budget, with the paper
 /// config's model, batch and optimizer (one local epoch).
@@ -62,13 +47,7 @@ fn paper_client(paper_toml: &str, samples: usize, extra: &[&str]) -> (Config, Da
     overrides.extend(extra.iter().map(|s| s.to_string()));
     let cfg = Config::from_toml(paper_toml, "paper config", &overrides).unwrap();
     let kind = DatasetKind::parse(&cfg.data.dataset).unwrap();
-    let dataset = Dataset {
-        name: kind.name().into(),
-        num_classes: kind.num_classes(),
-        train: random_images(kind, samples, 1),
-        test: random_images(kind, 20, 2),
-        source: "random pixels".into(),
-    };
+    let dataset = Dataset::random_pixels(kind, samples, 20, 1);
     (cfg, dataset)
 }
 

@@ -61,3 +61,20 @@ pub struct Dataset {
     /// Where it was read from (shown in logs and the run's config).
     pub source: String,
 }
+
+impl Dataset {
+    /// Seeded random pixels in `kind`'s shape with cycling labels: for what depends on shapes
+    /// only (memory prediction, probes), never for accuracy.
+    pub fn random_pixels(kind: crate::DatasetKind, train: usize, test: usize, seed: u64) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let shape = kind.input_shape();
+        let mut split = |n: usize| ImageSet {
+            shape,
+            pixels: (0..n * shape.iter().product::<usize>()).map(|_| rng.random::<u8>()).collect(),
+            labels: (0..n).map(|i| (i % kind.num_classes()) as u16).collect(),
+        };
+        let (train, test) = (split(train), split(test));
+        Self { name: kind.name().into(), num_classes: kind.num_classes(), train, test, source: "random pixels (shapes only)".into() }
+    }
+}
