@@ -200,15 +200,17 @@ impl BudgetSummary {
         let excess: Vec<(f64, f64)> = pairs.iter().filter(|(b, _, m)| m > b).map(|(b, _, m)| (m - b, 100.0 * (m - b) / b)).collect();
         let errors: Vec<f64> = pairs.iter().map(|(_, p, m)| 100.0 * (m - p).abs() / p.max(1e-9)).collect();
         let max = |v: &mut dyn Iterator<Item = f64>| v.fold(0.0f64, f64::max);
+        // Means of nothing are 0 (an empty f64 sum is −0).
+        let mean = |v: &mut dyn Iterator<Item = f64>, n: usize| if n == 0 { 0.0 } else { v.sum::<f64>() / n as f64 };
         let n = pairs.len().max(1) as f64;
         Some(Self {
             client_rounds: pairs.len(),
             over_budget: excess.len(),
             miss_rate: excess.len() as f64 / n,
-            mean_excess_mb: excess.iter().map(|e| e.0).sum::<f64>() / excess.len().max(1) as f64,
+            mean_excess_mb: mean(&mut excess.iter().map(|e| e.0), excess.len()),
             max_excess_mb: max(&mut excess.iter().map(|e| e.0)),
             max_excess_pct: max(&mut excess.iter().map(|e| e.1)),
-            mean_abs_error_pct: errors.iter().sum::<f64>() / n,
+            mean_abs_error_pct: mean(&mut errors.iter().copied(), errors.len()),
             max_abs_error_pct: max(&mut errors.iter().copied()),
             sat_out,
         })

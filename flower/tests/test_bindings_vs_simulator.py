@@ -61,6 +61,12 @@ class BindingsEqualSimulator(unittest.TestCase):
     def test_fedavg(self):
         self.check(["method=fedavg"])
 
+    def test_memory_budgets(self):
+        # CNN at batch 32: about 6 MB with 2 layers frozen, 10 with 1, 19 with none. The budgets
+        # lie far from every level's peak, so both processes' own calibrations choose the same
+        # plans (l = 2, 1, 0).
+        self.check(["federation.capacity=\"memory\"", "federation.budgets_mb=[7.5, 12, 1000]"])
+
 
 class Functions(unittest.TestCase):
     def test_toa_sparsify_matches_the_download(self):
