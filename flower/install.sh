@@ -7,6 +7,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${1:-$root/.venv-flower}"
 py="${PYTHON:-python3}"
+# Absolute: the wheel is built from another folder.
+case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac
 
 if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
