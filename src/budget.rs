@@ -78,7 +78,7 @@ pub fn facts_key(plan: &ClientPlan) -> String {
 }
 
 /// One probe measurement: the method's plan at capacity `level`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProbeRow {
     pub level: usize,
     /// Layers the plan does not train.
@@ -97,7 +97,7 @@ impl ProbeRow {
 }
 
 /// `ρ` for every capacity level, measured on the run's backend (`rows[level]`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Calibration {
     pub batch: usize,
     pub rows: Vec<ProbeRow>,

@@ -13,6 +13,7 @@
 //! The folder is written next to the old one and swapped in by renames, so a crash leaves
 //! either the previous checkpoint or the new one, never half of one.
 
+use crate::budget::Calibration;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -53,6 +54,9 @@ pub struct Checkpoint {
     /// The strategy's state (named tensors; empty for stateless methods).
     pub strategy_state: Vec<HostTensor>,
     pub records: Vec<RoundRecord>,
+    /// Memory budgets: the run's predictor calibration, so a resumed run plans as the
+    /// uninterrupted one would (a fresh probe measures slightly different bytes).
+    pub calibration: Option<Calibration>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -63,6 +67,8 @@ struct State {
     /// `[layer][tensor]` → the name in `model.safetensors`.
     model_names: Vec<Vec<String>>,
     records: Vec<RoundRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    calibration: Option<Calibration>,
 }
 
 /// The PyTorch name of tensor `name` (Burn's path inside its layer) of entry `index`.
@@ -170,7 +176,14 @@ impl Checkpoint {
             let bytes = named_safetensors(&self.strategy_state).map_err(|e| malformed(&path, e.to_string()))?;
             write_atomic(&path, &bytes).map_err(io(&path))?;
         }
-        let state = State { format: FORMAT, round: self.round, num_layers: self.num_layers, model_names, records: self.records.clone() };
+        let state = State {
+            format: FORMAT,
+            round: self.round,
+            num_layers: self.num_layers,
+            model_names,
+            records: self.records.clone(),
+            calibration: self.calibration.clone(),
+        };
         let state_path = fresh.join("state.json");
         let json = serde_json::to_vec(&state).expect("checkpoint state serialises");
         write_atomic(&state_path, &json).map_err(io(&state_path))?;
@@ -232,7 +245,7 @@ impl Checkpoint {
         } else {
             Vec::new()
         };
-        Ok(Self { round: state.round, model, num_layers, strategy_state, records: state.records })
+        Ok(Self { round: state.round, model, num_layers, strategy_state, records: state.records, calibration: state.calibration })
     }
 
     /// Whether `run` holds a checkpoint.

@@ -170,7 +170,7 @@ impl<B: AutodiffBackend> Federation<B> {
                 Capacity::Clusters => self.strategy.frozen_per_cluster(self.cfg.federation.clusters),
                 Capacity::Memory => None,
             },
-            calibration: self.predictor.as_ref().map(|p| p.lock().expect("predictor lock").calibration.clone()),
+            calibration: self.calibration(),
             workers,
         }
     }
@@ -311,9 +311,22 @@ impl<B: AutodiffBackend> Federation<B> {
             rows.push(row);
         }
         rows.reverse();
-        let caches_prefix = self.training.cache_frozen && self.training.epochs > 1;
-        self.predictor = Some(Mutex::new(PeakPredictor::new(Calibration { batch, rows }, caches_prefix)));
+        self.use_calibration(Calibration { batch, rows });
         Ok(())
+    }
+
+    /// Memory budgets: the predictor's calibration (`None` before [`Self::calibrate`]).
+    pub fn calibration(&self) -> Option<Calibration> {
+        self.predictor.as_ref().map(|p| p.lock().expect("predictor lock").calibration.clone())
+    }
+
+    /// Memory budgets: predict with `calibration` (a resumed run's, from its checkpoint)
+    /// instead of probing again.
+    pub fn use_calibration(&mut self, calibration: Calibration) {
+        if self.cfg.federation.capacity == Capacity::Memory {
+            let caches_prefix = self.training.cache_frozen && self.training.epochs > 1;
+            self.predictor = Some(Mutex::new(PeakPredictor::new(calibration, caches_prefix)));
+        }
     }
 
     /// The global model on the host.
@@ -436,7 +449,14 @@ impl<B: AutodiffBackend> Federation<B> {
 
     /// The checkpoint after `round` with these records.
     pub fn checkpoint(&self, round: usize, records: Vec<RoundRecord>) -> Checkpoint {
-        Checkpoint { round, model: self.host_global(), num_layers: self.num_layers, strategy_state: self.strategy.state(), records }
+        Checkpoint {
+            round,
+            model: self.host_global(),
+            num_layers: self.num_layers,
+            strategy_state: self.strategy.state(),
+            records,
+            calibration: self.calibration(),
+        }
     }
 }
 

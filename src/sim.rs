@@ -207,15 +207,12 @@ pub fn run_from<B: AutodiffBackend>(
     let worker_layout = WorkerLayout::new(cfg.federation.workers, cfg.device != DeviceKind::Cpu);
     let workers = Workers::new(worker_layout)?;
     let mut fed = Federation::<B>::new(cfg, dataset, device)?;
-    let levels = fed.levels;
-    fed.calibrate(memory, &mut |row| observer.on_calibration(row, levels))?;
-    fed.warm_up(&workers, memory)?;
-    observer.on_start(&fed.info(&dataset.source, worker_layout));
 
     // Resume: the checkpoint's model, strategy state and records replace the fresh ones (the
     // strategy's inputs depend only on shapes, not on the weights).
     let mut records = Vec::with_capacity(cfg.federation.rounds);
     let mut first_round = 1;
+    let mut resumed = None;
     if let Some(run_dir) = start.resume {
         let ckpt = Checkpoint::read(run_dir, &fed.host_global(), fed.num_layers)?;
         if ckpt.round > cfg.federation.rounds {
@@ -223,8 +220,22 @@ pub fn run_from<B: AutodiffBackend>(
         }
         fed.set_global(&ckpt.model)?;
         fed.strategy.restore_state(ckpt.strategy_state).map_err(SimError::Resume)?;
+        if let Some(calibration) = ckpt.calibration {
+            fed.use_calibration(calibration);
+        }
         first_round = ckpt.round + 1;
         records = ckpt.records;
+        resumed = Some(records.clone());
+    }
+    // Memory budgets: calibrate the peak predictor (unless the checkpoint held it), then
+    // let every worker make its one-time allocations.
+    if fed.calibration().is_none() {
+        let levels = fed.levels;
+        fed.calibrate(memory, &mut |row| observer.on_calibration(row, levels))?;
+    }
+    fed.warm_up(&workers, memory)?;
+    observer.on_start(&fed.info(&dataset.source, worker_layout));
+    if let Some(records) = resumed {
         observer.on_resume(&records).map_err(|e| DataError::Io { path: "results".into(), source: e })?;
     }
     let stopped = || start.stop.is_some_and(|s| s.load(Ordering::SeqCst));

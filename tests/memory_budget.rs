@@ -201,3 +201,38 @@ fn calibration_without_any_memory_measurement_is_a_clear_error() {
     let e = fed.plans(1).unwrap_err().to_string();
     assert!(e.contains("calibrate"), "{e}");
 }
+
+/// Keeps the checkpoint of one round (written to `dir`) and the calibration it carries.
+struct KeepRound<'a> {
+    round: usize,
+    dir: &'a std::path::Path,
+}
+
+impl RoundObserver for KeepRound<'_> {
+    fn on_checkpoint(&mut self, checkpoint: &fedolf::checkpoint::Checkpoint) -> Result<(), fedolf::checkpoint::CheckpointError> {
+        if checkpoint.round == self.round {
+            checkpoint.write(self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_resumed_budget_run_plans_with_the_checkpointed_calibration() {
+    let _one = measuring();
+    let cfg = small(&["checkpoint_every=1", "federation.capacity=\"memory\"", "federation.budgets_mb=[3, 8, 12, 40]", "federation.budget_jitter=0.2"]);
+    let dataset = load_dataset(&cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let whole = run::<Train>(&cfg, &dataset, &device(), Some(&ALLOC), &mut KeepRound { round: 1, dir: dir.path() }).unwrap();
+    let saved = fedolf::checkpoint::Checkpoint::read(dir.path(), &Federation::<Train>::new(&cfg, &dataset, &device()).unwrap().host_global(), 3).unwrap();
+    let calibration = saved.calibration.expect("a budget run's checkpoint holds its calibration");
+    assert_eq!(calibration.rows.len(), 3);
+    let start = fedolf::sim::RunStart { resume: Some(dir.path()), stop: None };
+    let resumed = fedolf::sim::run_from::<Train>(&cfg, &dataset, &device(), Some(&ALLOC), &mut Quiet, start).unwrap();
+    assert_eq!(resumed.len(), whole.len());
+    let plans = |r: &RoundRecord| r.per_client.iter().map(|c| (c.client, c.frozen, c.budget_mb, c.predicted_mb, c.bytes_up)).collect::<Vec<_>>();
+    for (a, b) in whole.iter().zip(&resumed).skip(1) {
+        assert_eq!(plans(a), plans(b), "round {}: the resumed run predicts and plans as the whole run did", a.round);
+        assert_eq!((a.accuracy, a.unfit_clients), (b.accuracy, b.unfit_clients), "round {}", a.round);
+    }
+}
