@@ -106,7 +106,8 @@ impl<B: AutodiffBackend> Federation<B> {
         };
         let exit_depths = probe.exit_depths(num_layers, levels);
         let global = plain.with_exits(&exit_depths, device)?;
-        if probe.uses_levels() && fed.clusters > num_layers {
+        // (With memory budgets `clusters` is not used: the levels are the model's own.)
+        if fed.capacity == Capacity::Clusters && probe.uses_levels() && fed.clusters > num_layers {
             return Err(SimError::Config {
                 field: "federation.clusters",
                 problem: format!(
