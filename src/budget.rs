@@ -39,8 +39,6 @@ const MB: f64 = 1e6;
 /// The facts of one plan that do not change during the run (they depend on shapes only).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PlanFacts {
-    /// Leading layers outside the autodiff graph.
-    pub prefix: usize,
     pub resident_bytes: u64,
     pub theory: TheoreticalMemory,
     /// Elements per sample of the frozen prefix's output (what the prefix cache holds).
@@ -52,7 +50,7 @@ impl PlanFacts {
     pub fn new(plan: &ClientPlan, infos: &[LayerInfo], resident_bytes: u64, batch: usize, momentum: bool) -> Self {
         let prefix = plan.roles.iter().take_while(|r| **r == LayerRole::FrozenNoGraph).count();
         let prefix_output_elems = if prefix == 0 { 0 } else { infos[prefix - 1].output.elems() };
-        Self { prefix, resident_bytes, theory: theoretical_memory(infos, &plan.roles, batch, momentum), prefix_output_elems }
+        Self { resident_bytes, theory: theoretical_memory(infos, &plan.roles, batch, momentum), prefix_output_elems }
     }
 
     /// What one training step adds on top of the resident model, by Eq. 23 (+ momentum).
@@ -157,15 +155,6 @@ pub struct MemoryFit {
     pub predicted_mb: f64,
 }
 
-/// A sampled client that fits no plan this round.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SatOut {
-    pub client: usize,
-    pub budget_mb: f64,
-    /// The smallest plan's predicted peak.
-    pub smallest_mb: f64,
-}
-
 /// The run summary's view of the budgets: how well the predictor kept clients inside them.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BudgetSummary {
@@ -194,7 +183,7 @@ impl BudgetSummary {
             .filter_map(|c| Some((c.budget_mb?, c.predicted_mb?, c.peak_mem_mb?)))
             .collect();
         let sat_out: usize = records.iter().map(|r| r.unfit_clients).sum();
-        if pairs.is_empty() && sat_out == 0 && !records.iter().flat_map(|r| &r.per_client).any(|c| c.budget_mb.is_some()) {
+        if sat_out == 0 && !records.iter().flat_map(|r| &r.per_client).any(|c| c.budget_mb.is_some()) {
             return None;
         }
         let excess: Vec<(f64, f64)> = pairs.iter().filter(|(b, _, m)| m > b).map(|(b, _, m)| (m - b, 100.0 * (m - b) / b)).collect();

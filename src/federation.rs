@@ -13,7 +13,7 @@ use fedolf_datasets::{DataError, Dataset};
 use fedolf_models::{LayeredNet, ModelKind, ModelOptions, SpaceLayout};
 use rand::seq::index::sample;
 
-use crate::budget::{mb, round_budget_mb, Calibration, MemoryFit, PeakPredictor, PlanFacts, ProbeRow, SatOut};
+use crate::budget::{mb, round_budget_mb, Calibration, MemoryFit, PeakPredictor, PlanFacts, ProbeRow};
 use crate::checkpoint::Checkpoint;
 use crate::client_round::ClientRound;
 use crate::config::{Capacity, Config, PartitionKind};
@@ -205,12 +205,10 @@ impl<B: AutodiffBackend> Federation<B> {
             let budget_mb = round_budget_mb(fed.budgets_mb[self.clusters[k]], fed.budget_jitter, seed, round, k);
             // The least constrained level first (level c − 1: nothing frozen, full width);
             // the first whose predicted peak fits is the client's plan.
-            let mut smallest_mb = f64::INFINITY;
             let mut chosen = None;
             for level in (0..self.levels).rev() {
                 let (mut candidate, predicted) = self.level_plan(round, k, level)?;
                 let predicted_mb = mb(predicted);
-                smallest_mb = smallest_mb.min(predicted_mb);
                 if predicted_mb <= budget_mb {
                     candidate.memory = Some(MemoryFit { budget_mb, predicted_mb });
                     chosen = Some(candidate);
@@ -219,7 +217,7 @@ impl<B: AutodiffBackend> Federation<B> {
             }
             match chosen {
                 Some(p) => out.plans.push(p),
-                None => out.sat_out.push(SatOut { client: k, budget_mb, smallest_mb }),
+                None => out.sat_out.push(k),
             }
         }
         Ok(out)
@@ -284,34 +282,32 @@ impl<B: AutodiffBackend> Federation<B> {
             return Ok(());
         }
         let batch = self.training.batch_size;
-        let probe_training = self.probe_training();
-        let indices = self.probe_samples();
-        let host_global = self.host_global();
-        let mut clients = self.client_round(1, memory);
-        clients.training = &probe_training;
-        let measure = |level: usize| -> Result<ProbeRow, SimError> {
-            let plan = self.probe_plan(level)?;
-            let start = self.client_start(&plan, &host_global);
-            let prepared = clients.prepare::<B>(&plan, start.as_deref().unwrap_or(&host_global), &self.device)?;
-            let facts = self.facts_of(&plan, &prepared.local);
-            let trained = clients.train(&plan, prepared.local, prepared.bytes_down, &indices, &self.device)?;
-            let peak_mb = trained.record.peak_mem_mb.ok_or_else(|| SimError::Config {
-                field: "federation.capacity",
-                problem: "\"memory\" calibrates on measured memory, and this backend measures none (on the CPU the binary must install fedolf::memory::CountingAllocator as its global allocator)".into(),
-            })?;
-            let resident = facts.resident_bytes;
-            let measured = ((peak_mb * 1e6).round() as u64).saturating_sub(resident);
-            Ok(ProbeRow { level, frozen: plan.frozen(), measured_transient: measured, theoretical_transient: facts.transient_bytes(), resident })
-        };
-        // Warm-up: thread pools and one-time buffers are no client's cost.
-        measure(self.levels - 1)?;
-        let mut rows = Vec::with_capacity(self.levels);
-        for level in (0..self.levels).rev() {
-            let row = measure(level)?;
-            on_level(&row);
-            rows.push(row);
-        }
-        rows.reverse();
+        let rows = self.with_probe(memory, |clients, host_global, indices| {
+            let measure = |level: usize| -> Result<ProbeRow, SimError> {
+                let plan = self.probe_plan(level)?;
+                let start = self.client_start(&plan, host_global);
+                let prepared = clients.prepare::<B>(&plan, start.as_deref().unwrap_or(host_global), &self.device)?;
+                let facts = self.facts_of(&plan, &prepared.local);
+                let trained = clients.train(&plan, prepared.local, prepared.bytes_down, indices, &self.device)?;
+                let peak_mb = trained.record.peak_mem_mb.ok_or_else(|| SimError::Config {
+                    field: "federation.capacity",
+                    problem: "\"memory\" calibrates on measured memory, and this backend measures none (on the CPU the binary must install fedolf::memory::CountingAllocator as its global allocator)".into(),
+                })?;
+                let resident = facts.resident_bytes;
+                let measured = ((peak_mb * 1e6).round() as u64).saturating_sub(resident);
+                Ok(ProbeRow { level, frozen: plan.frozen(), measured_transient: measured, theoretical_transient: facts.transient_bytes(), resident })
+            };
+            // Warm-up: thread pools and one-time buffers are no client's cost.
+            measure(self.levels - 1)?;
+            let mut rows = Vec::with_capacity(self.levels);
+            for level in (0..self.levels).rev() {
+                let row = measure(level)?;
+                on_level(&row);
+                rows.push(row);
+            }
+            rows.reverse();
+            Ok::<_, SimError>(rows)
+        })?;
         self.use_calibration(Calibration { batch, rows });
         Ok(())
     }
@@ -325,8 +321,7 @@ impl<B: AutodiffBackend> Federation<B> {
     /// instead of probing again.
     pub fn use_calibration(&mut self, calibration: Calibration) {
         if self.cfg.federation.capacity == Capacity::Memory {
-            let caches_prefix = self.training.cache_frozen && self.training.epochs > 1;
-            self.predictor = Some(Mutex::new(PeakPredictor::new(calibration, caches_prefix)));
+            self.predictor = Some(Mutex::new(PeakPredictor::new(calibration, self.training.caches_prefix())));
         }
     }
 
@@ -342,14 +337,15 @@ impl<B: AutodiffBackend> Federation<B> {
         Ok(())
     }
 
-    /// The probe's training: one epoch over [`Self::probe_samples`], no prefix cache.
-    fn probe_training(&self) -> LocalTraining {
-        LocalTraining { epochs: 1, cache_frozen: false, ..self.training.clone() }
-    }
-
-    /// Two batches of the first training samples.
-    fn probe_samples(&self) -> Vec<usize> {
-        (0..(2 * self.training.batch_size).min(self.host_train.len())).collect()
+    /// Run `probe` with the probe's client round (one epoch, no prefix cache, measured with
+    /// `memory`), the global model on the host, and the probe's samples: two batches of the
+    /// first training samples.
+    fn with_probe<T>(&self, memory: Option<&CountingAllocator>, probe: impl FnOnce(&ClientRound<'_>, &[HostLayer], &[usize]) -> T) -> T {
+        let training = LocalTraining { epochs: 1, cache_frozen: false, ..self.training.clone() };
+        let indices: Vec<usize> = (0..(2 * self.training.batch_size).min(self.host_train.len())).collect();
+        let mut clients = self.client_round(1, memory);
+        clients.training = &training;
+        probe(&clients, &self.host_global(), &indices)
     }
 
     /// The method's plan at `level` for client 0 in round 1, at its widest: FjORD's
@@ -370,19 +366,13 @@ impl<B: AutodiffBackend> Federation<B> {
         if self.predictor.is_none() {
             return Ok(());
         }
-        let probe_training = self.probe_training();
-        let indices = self.probe_samples();
-        let host_global = self.host_global();
-        let mut clients = self.client_round(1, memory);
-        clients.training = &probe_training;
         let plan = self.probe_plan(self.levels - 1)?;
-        let start = self.client_start(&plan, &host_global);
-        let start = start.as_deref().unwrap_or(&host_global);
-        let device = &self.device;
-        for result in workers.on_each(|| clients.run::<B>(&plan, start, &indices, device).map(|_| ())) {
-            result?;
-        }
-        Ok(())
+        self.with_probe(memory, |clients, host_global, indices| {
+            let start = self.client_start(&plan, host_global);
+            let start = start.as_deref().unwrap_or(host_global);
+            let device = &self.device;
+            workers.on_each(|| clients.run::<B>(&plan, start, indices, device).map(|_| ())).into_iter().collect::<Result<(), _>>()
+        })
     }
 
     /// What client `plan` downloads: the global model, unless its method gives it its own.
@@ -465,7 +455,7 @@ impl<B: AutodiffBackend> Federation<B> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoundPlans {
     pub plans: Vec<ClientPlan>,
-    pub sat_out: Vec<SatOut>,
+    pub sat_out: Vec<usize>,
 }
 
 /// Each client's samples and capacity cluster, both fixed for the run by the seed: every

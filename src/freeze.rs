@@ -87,6 +87,13 @@ pub struct LocalTraining {
     pub cache_frozen: bool,
 }
 
+impl LocalTraining {
+    /// Whether a client with a frozen prefix caches its outputs (only worth it with E > 1).
+    pub fn caches_prefix(&self) -> bool {
+        self.cache_frozen && self.epochs > 1
+    }
+}
+
 /// A client's model for one round, laid out by roles.
 #[derive(Debug)]
 pub struct LocalModel<B: AutodiffBackend> {
@@ -324,7 +331,7 @@ pub fn train_local<B: AutodiffBackend, R: Rng>(
         return Err(FreezeError::ZeroBatch);
     }
     let mut optim = sgd_optimizer::<B>(&settings.sgd);
-    let cache = (settings.cache_frozen && settings.epochs > 1 && model.no_graph.num_layers() > 0)
+    let cache = (settings.caches_prefix() && model.no_graph.num_layers() > 0)
         .then(|| prefix_cache(&model, data, settings.batch_size));
     // Positions into `data.indices` (and into the cache), shuffled each epoch.
     let mut order: Vec<usize> = (0..data.indices.len()).collect();

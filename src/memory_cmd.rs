@@ -51,7 +51,6 @@ fn fits_budget(budget: f64, alloc: &'static CountingAllocator) -> anyhow::Result
     println!("memory budget {budget} MB: the fewest frozen layers whose predicted training peak fits (FedOLF; each model at its paper config's batch; Eq. 23 calibrated by 2 measured SGD steps per l on this CPU)");
     println!("{:<9} {:<9} {:>5} {:>3}  {:<10} predicted peak MB at l = 0, 1, …", "model", "dataset", "batch", "N", "fits");
     for (path, text) in PAPER_CONFIGS {
-        let mut cfg = Config::from_toml(text, path, &[])?;
         let overrides = [
             "federation.clients=1".to_string(),
             "federation.clients_per_round=1".into(),
@@ -60,7 +59,7 @@ fn fits_budget(budget: f64, alloc: &'static CountingAllocator) -> anyhow::Result
             "federation.capacity=\"memory\"".into(),
             format!("federation.budgets_mb=[{budget}]"),
         ];
-        cfg = Config::from_toml(&cfg.to_toml(), path, &overrides)?;
+        let cfg = Config::from_toml(text, path, &overrides)?;
         let kind = DatasetKind::parse(&cfg.data.dataset)?;
         let n = 2 * cfg.train.batch_size;
         let dataset = Dataset::random_pixels(kind, n, 10, 1);

@@ -212,7 +212,6 @@ pub fn run_from<B: AutodiffBackend>(
     // strategy's inputs depend only on shapes, not on the weights).
     let mut records = Vec::with_capacity(cfg.federation.rounds);
     let mut first_round = 1;
-    let mut resumed = None;
     if let Some(run_dir) = start.resume {
         let ckpt = Checkpoint::read(run_dir, &fed.host_global(), fed.num_layers)?;
         if ckpt.round > cfg.federation.rounds {
@@ -225,7 +224,6 @@ pub fn run_from<B: AutodiffBackend>(
         }
         first_round = ckpt.round + 1;
         records = ckpt.records;
-        resumed = Some(records.clone());
     }
     // Memory budgets: calibrate the peak predictor (unless the checkpoint held it), then
     // let every worker make its one-time allocations.
@@ -235,7 +233,7 @@ pub fn run_from<B: AutodiffBackend>(
     }
     fed.warm_up(&workers, memory)?;
     observer.on_start(&fed.info(&dataset.source, worker_layout));
-    if let Some(records) = resumed {
+    if start.resume.is_some() {
         observer.on_resume(&records).map_err(|e| DataError::Io { path: "results".into(), source: e })?;
     }
     let stopped = || start.stop.is_some_and(|s| s.load(Ordering::SeqCst));

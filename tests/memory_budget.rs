@@ -29,10 +29,16 @@ fn measuring() -> std::sync::MutexGuard<'static, ()> {
 struct Quiet;
 impl RoundObserver for Quiet {}
 
+/// `toml` with the overrides `base`, then `extra`.
+fn config_with(toml: &str, origin: &str, base: &[&str], extra: &[&str]) -> Config {
+    let overrides: Vec<String> = base.iter().chain(extra).map(|s| s.to_string()).collect();
+    Config::from_toml(toml, origin, &overrides).unwrap()
+}
+
 /// One client holding `samples` random images, under one huge budget, with the paper
 /// config's model, batch and optimizer (one local epoch).
 fn paper_client(paper_toml: &str, samples: usize, extra: &[&str]) -> (Config, Dataset) {
-    let mut overrides: Vec<String> = [
+    let base = [
         "federation.clients=1",
         "federation.clients_per_round=1",
         "federation.clusters=1",
@@ -40,12 +46,8 @@ fn paper_client(paper_toml: &str, samples: usize, extra: &[&str]) -> (Config, Da
         "federation.capacity=\"memory\"",
         "federation.budgets_mb=[100000]",
         "train.epochs=1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    overrides.extend(extra.iter().map(|s| s.to_string()));
-    let cfg = Config::from_toml(paper_toml, "paper config", &overrides).unwrap();
+    ];
+    let cfg = config_with(paper_toml, "paper config", &base, extra);
     let kind = DatasetKind::parse(&cfg.data.dataset).unwrap();
     let dataset = Dataset::random_pixels(kind, samples, 20, 1);
     (cfg, dataset)
@@ -98,7 +100,7 @@ fn the_calibrated_predictor_is_monotone_in_l_and_within_10_percent_of_the_measur
 
 /// The default experiment, small: `clients` on the shipped subset.
 fn small(extra: &[&str]) -> Config {
-    let mut overrides: Vec<String> = [
+    let base = [
         concat!("data.data_dir=", env!("CARGO_MANIFEST_DIR"), "/datasets/data/fashion-mnist-subset"),
         "data.train_limit=2000",
         "data.test_limit=300",
@@ -108,12 +110,8 @@ fn small(extra: &[&str]) -> Config {
         "federation.eval_every=3",
         "federation.workers=2",
         "train.epochs=1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    overrides.extend(extra.iter().map(|s| s.to_string()));
-    Config::from_toml(DEFAULT_TOML, "default", &overrides).unwrap()
+    ];
+    config_with(DEFAULT_TOML, "default", &base, extra)
 }
 
 fn run_small(cfg: &Config) -> Vec<RoundRecord> {
