@@ -49,37 +49,46 @@ pub fn masked_weighted_average<B: Backend>(
     if uploads.is_empty() {
         return Ok(old.to_vec());
     }
+    // One arithmetic for every case, so that whole-tensor uploads and element masks of all
+    // ones give bit-identical results (a full-width sub-model must train exactly like
+    // FedAvg): each element is `Σ_k θ̃_k · s_k` with the f32 share `s_k = (w_k M_k) / Σ_j
+    // w_j M_j`, summed in upload order. With whole tensors `s_k` is one host f32 division
+    // per upload; with masks it is the same IEEE division element by element.
+    let all_whole = uploads.iter().all(|u| u.masks.is_none());
+    let weights: Vec<f32> = uploads.iter().map(|u| u.weight as f32).collect();
+    let total: f32 = weights.iter().copied().reduce(|a, b| a + b).expect("uploads is not empty");
     let out = old
         .iter()
         .enumerate()
         .map(|(i, global)| {
-            let all_whole = uploads.iter().all(|u| u.masks.is_none());
             let value = if all_whole {
-                // Whole-tensor masks: the denominator is the scalar Σ w_k (> 0 by validation).
-                let total: f64 = uploads.iter().map(|u| u.weight).sum();
-                let sum = uploads
+                uploads
                     .iter()
-                    .map(|u| u.tensors[i].value.clone() * (u.weight / total) as f32)
+                    .zip(&weights)
+                    .map(|(u, w)| u.tensors[i].value.clone() * (w / total))
                     .reduce(|a, b| a + b)
-                    .expect("uploads is not empty");
-                sum
+                    .expect("uploads is not empty")
             } else {
                 let device = global.value.device();
-                let mut num = Tensor::<B, 1>::zeros([global.numel()], &device);
-                let mut den = Tensor::<B, 1>::zeros([global.numel()], &device);
-                for u in uploads {
-                    let mask = match u.masks {
-                        Some(m) => m[i].clone(),
-                        None => Tensor::ones([global.numel()], &device),
-                    };
-                    let wm = mask * u.weight as f32;
-                    num = num + u.tensors[i].value.clone() * wm.clone();
-                    den = den + wm;
-                }
+                let weighted: Vec<Tensor<B, 1>> = uploads
+                    .iter()
+                    .zip(&weights)
+                    .map(|(u, w)| match u.masks {
+                        Some(m) => m[i].clone() * *w,
+                        None => Tensor::full([global.numel()], *w, &device),
+                    })
+                    .collect();
+                let den = weighted.iter().cloned().reduce(|a, b| a + b).expect("uploads is not empty");
                 let held = den.clone().greater_elem(0.0);
                 // Division is guarded: where nobody held an element, keep θ_old.
-                let safe_den = den.clone().mask_fill(held.clone().bool_not(), 1.0);
-                global.value.clone().mask_where(held, num / safe_den)
+                let safe_den = den.mask_fill(held.clone().bool_not(), 1.0);
+                let sum = uploads
+                    .iter()
+                    .zip(weighted)
+                    .map(|(u, wm)| u.tensors[i].value.clone() * (wm / safe_den.clone()))
+                    .reduce(|a, b| a + b)
+                    .expect("uploads is not empty");
+                global.value.clone().mask_where(held, sum)
             };
             NamedTensor { name: global.name.clone(), shape: global.shape.clone(), value }
         })

@@ -305,6 +305,62 @@ pub struct LocalOutcome {
     pub device_peak_bytes: Option<u64>,
 }
 
+/// The mean training loss of a client round, tallied the same way by every local trainer, so
+/// that trainers taking the same steps report bit-identical losses: an epoch's batch losses
+/// are summed in f32 on the device and read once at its end (no per-step host sync); epochs
+/// combine on the host in f64.
+pub struct LossTally<B: Backend> {
+    epoch_sum: Option<Tensor<B, 1>>,
+    epoch_steps: usize,
+    total: f64,
+    steps: usize,
+}
+
+impl<B: Backend> Default for LossTally<B> {
+    fn default() -> Self {
+        Self { epoch_sum: None, epoch_steps: 0, total: 0.0, steps: 0 }
+    }
+}
+
+impl<B: Backend> LossTally<B> {
+    /// One step's loss (a one-element tensor).
+    pub fn add(&mut self, loss: Tensor<B, 1>) {
+        self.epoch_sum = Some(match self.epoch_sum.take() {
+            Some(sum) => sum + loss,
+            None => loss,
+        });
+        self.epoch_steps += 1;
+    }
+
+    /// Close epoch `epoch`; a non-finite epoch mean is [`FreezeError::Diverged`].
+    pub fn end_epoch(&mut self, epoch: usize) -> Result<(), FreezeError> {
+        if let Some(sum) = self.epoch_sum.take() {
+            let mean = sum.into_scalar().elem::<f64>() / self.epoch_steps as f64;
+            if !mean.is_finite() {
+                return Err(FreezeError::Diverged { epoch, loss: mean });
+            }
+            self.total += mean * self.epoch_steps as f64;
+        }
+        self.steps += self.epoch_steps;
+        self.epoch_steps = 0;
+        Ok(())
+    }
+
+    /// Steps taken so far, the open epoch's included.
+    pub fn steps(&self) -> usize {
+        self.steps + self.epoch_steps
+    }
+
+    /// Mean loss per step over the closed epochs (0 before any step).
+    pub fn mean(&self) -> f64 {
+        if self.steps > 0 {
+            self.total / self.steps as f64
+        } else {
+            0.0
+        }
+    }
+}
+
 /// Gather a mini-batch by index on the device.
 /// # Shapes
 /// images `[n, c, h, w] -> [b, c, h, w]`, labels `[n] -> [b]`
@@ -335,17 +391,15 @@ pub fn train_local<B: AutodiffBackend, R: Rng>(
         .then(|| prefix_cache(&model, data, settings.batch_size));
     // Positions into `data.indices` (and into the cache), shuffled each epoch.
     let mut order: Vec<usize> = (0..data.indices.len()).collect();
-    let (mut steps, mut total_loss) = (0usize, 0.0f64);
+    let mut tally = LossTally::default();
     let mut device_peak = None;
     for epoch in 0..settings.epochs {
         order.shuffle(rng);
-        let mut epoch_loss: Option<Tensor<B::InnerBackend, 1>> = None;
-        let mut epoch_steps = 0;
         for batch in order.chunks(settings.batch_size) {
             let samples: Vec<usize> = batch.iter().map(|&p| data.indices[p]).collect();
             // GPU memory is sampled in the first two steps (the second holds momentum state);
             // each sample syncs the stream, so not in every step.
-            let sample = (steps + epoch_steps < 2).then_some(&mut device_peak);
+            let sample = (tally.steps() < 2).then_some(&mut device_peak);
             let (next, loss) = match &cache {
                 Some(features) => {
                     let y = gather_labels(data, &samples);
@@ -359,23 +413,11 @@ pub fn train_local<B: AutodiffBackend, R: Rng>(
                 }
             };
             model = next;
-            // Summed on the device; read once per epoch (no per-step host sync).
-            epoch_loss = Some(match epoch_loss {
-                Some(acc) => acc + loss,
-                None => loss,
-            });
-            epoch_steps += 1;
+            tally.add(loss);
         }
-        if let Some(sum) = epoch_loss {
-            let mean = sum.into_scalar().elem::<f64>() / epoch_steps as f64;
-            if !mean.is_finite() {
-                return Err(FreezeError::Diverged { epoch, loss: mean });
-            }
-            total_loss += mean * epoch_steps as f64;
-        }
-        steps += epoch_steps;
+        tally.end_epoch(epoch)?;
     }
-    let mean_loss = if steps > 0 { total_loss / steps as f64 } else { 0.0 };
+    let (mean_loss, steps) = (tally.mean(), tally.steps());
     Ok((model, LocalOutcome { mean_loss, steps, samples: data.indices.len() * settings.epochs, device_peak_bytes: device_peak }))
 }
 

@@ -11,7 +11,7 @@ use fedolf_models::LayeredNet;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use crate::freeze::{gather_batch, ClientData, FreezeError, LayerRole, LocalModel, LocalOutcome, LocalTraining};
+use crate::freeze::{gather_batch, ClientData, FreezeError, LayerRole, LocalModel, LocalOutcome, LocalTraining, LossTally};
 use crate::params::{mark_trainable, read_model, write_model, NamedTensor, ParamError};
 use crate::submodel::{embed, embedding_indices, extract, kept_channels, WidthSpec};
 
@@ -39,11 +39,9 @@ pub fn train_ordered_dropout<B: AutodiffBackend, R: Rng>(
     let layout = model.channel_spaces();
     let all_trained = vec![LayerRole::Trained; model.num_layers()];
     let mut order = data.indices.to_vec();
-    let (mut steps, mut total_loss) = (0usize, 0.0f64);
+    let mut tally = LossTally::default();
     for epoch in 0..settings.epochs {
         order.shuffle(rng);
-        let mut epoch_loss = 0.0f64;
-        let mut epoch_steps = 0;
         for batch in order.chunks(settings.batch_size) {
             let p = ratios[rng.random_range(0..ratios.len().max(1))];
             let spec = WidthSpec {
@@ -62,18 +60,11 @@ pub fn train_ordered_dropout<B: AutodiffBackend, R: Rng>(
                 model = write_back(model, &trained.join(), &layout, &spec, &device)?;
                 loss
             };
-            // One host read per batch: FjORD rebuilds the prefix every batch anyway.
-            epoch_loss += loss.into_scalar().elem::<f64>();
-            epoch_steps += 1;
+            tally.add(loss);
         }
-        let mean = epoch_loss / epoch_steps.max(1) as f64;
-        if !mean.is_finite() {
-            return Err(FreezeError::Diverged { epoch, loss: mean }.into());
-        }
-        total_loss += epoch_loss;
-        steps += epoch_steps;
+        tally.end_epoch(epoch)?;
     }
-    let mean_loss = if steps > 0 { total_loss / steps as f64 } else { 0.0 };
+    let (mean_loss, steps) = (tally.mean(), tally.steps());
     Ok((model, LocalOutcome { mean_loss, steps, samples: data.indices.len() * settings.epochs, device_peak_bytes: None }))
 }
 

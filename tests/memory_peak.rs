@@ -1,4 +1,5 @@
-//! Peak heap of one FedOLF training step falls strictly as more layers freeze (ResNet20);
+//! Peak heap of one FedOLF training step falls as more layers freeze, by at least half of
+//! what Eq. 23 says the frozen layers kept (ResNet20);
 //! the absolute peak counts the resident model on top and falls with TOA's s.
 //! Its own test binary: the counting allocator sees every thread, so nothing else may run
 //! beside it.
@@ -6,7 +7,8 @@
 mod common;
 
 use common::*;
-use fedolf::freeze::{train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
+use fedolf::freeze::{ordered_roles, train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
+use fedolf::theory::theoretical_memory;
 use fedolf::memory::CountingAllocator;
 use fedolf::models::ModelKind;
 use rand::SeedableRng;
@@ -38,11 +40,20 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
     run(0); // warm-up: thread pools and one-time buffers
     let peaks: Vec<(usize, usize)> = [0, 2, 4, 6, 8].into_iter().map(|l| (l, run(l))).collect();
     eprintln!("ResNet20 batch {batch}: peak extra heap per frozen count {:?}", peaks.iter().map(|(l, p)| (l, p / 1024)).collect::<Vec<_>>());
+    // Each step of freezing saves at least half of what Eq. 23 says the newly frozen layers'
+    // activations, gradients and momentum take. Not a fixed fraction of the peak: the rest of
+    // it is kernel scratch and the no-graph forward's working set (im2col tiles per rayon
+    // thread, gemm packing sized from the caches), which the CPU moves.
+    let infos = global.layer_infos();
+    let eq23 = |l: usize| {
+        let m = theoretical_memory(&infos, &ordered_roles(infos.len(), l).unwrap(), batch, true);
+        m.activations + m.gradients + m.optimizer
+    };
     for w in peaks.windows(2) {
-        assert!(w[1].1 < w[0].1, "peak did not fall from l={} ({} B) to l={} ({} B)", w[0].0, w[0].1, w[1].0, w[1].1);
+        let ((l0, p0), (l1, p1)) = (w[0], w[1]);
+        let (saved, eq23_saved) = (p0 as i64 - p1 as i64, eq23(l0) as i64 - eq23(l1) as i64);
+        assert!(2 * saved >= eq23_saved, "l = {l0} → {l1}: the peak fell by {saved} B, under half of Eq. 23's {eq23_saved} B ({peaks:?})");
     }
-    // Freezing 8 of 10 blocks must save most of the activation memory, not a rounding error.
-    assert!(peaks[4].1 * 2 < peaks[0].1, "{peaks:?}");
 
     absolute_peak_holds_the_model_and_falls_with_toa();
 }
@@ -81,10 +92,15 @@ fn absolute_peak_holds_the_model_and_falls_with_toa() {
         assert!(r.absolute_bytes() >= r.measured_bytes + model_bytes);
     }
     // TOA sends (and the client holds) fewer frozen tensors: the resident bytes fall strictly
-    // with s, and so does the absolute peak.
+    // with s, and the absolute peak falls by at least what the client no longer holds (the
+    // sparsified prefix's forward only adds to that saving). A fixed fraction of the peak
+    // would not do: the peak's kernel scratch grows with the CPU's threads and caches.
     let resident: Vec<u64> = ["toa-1", "toa-0.5", "toa-0.25"].iter().map(|m| get(m).resident_bytes).collect();
     assert!(resident[0] > resident[1] && resident[1] > resident[2], "resident vs s: {resident:?}");
-    let (full, half, quarter) = (get("toa-1").absolute_bytes(), get("toa-0.5").absolute_bytes(), get("toa-0.25").absolute_bytes());
-    assert!(full > half + (full >> 4) && full > quarter + (full >> 4), "absolute peak vs s: {full} {half} {quarter}");
+    let absolute: Vec<u64> = ["toa-1", "toa-0.5", "toa-0.25"].iter().map(|m| get(m).absolute_bytes()).collect();
+    eprintln!("TOA s = 1, 0.5, 0.25 at l = 8: absolute peak {absolute:?} B, resident {resident:?} B");
+    for i in 1..3 {
+        assert!(absolute[0] >= absolute[i] + (resident[0] - resident[i]), "absolute peak vs s: {absolute:?}, resident {resident:?}");
+    }
 }
 
