@@ -121,3 +121,25 @@ fn mismatched_uploads_are_typed_errors() {
     let err = write_model(net, &params).unwrap_err();
     assert!(err.to_string().contains("Conv.conv.weight"), "{err}");
 }
+
+/// A full-width sub-model uploads all-ones masks; it must merge exactly as whole tensors do
+/// (HeteroFL and FjORD at r = 1 train bit for bit like FedAvg): both take the same f32
+/// operations, `Σ_k θ_k · (w_k / Σ_j w_j)` in upload order, whatever the SIMD path.
+#[test]
+fn all_ones_masks_merge_bit_for_bit_like_whole_tensors() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let n = 1000;
+    let random = |rng: &mut rand_chacha::ChaCha8Rng| tensor("w", &(0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>());
+    let old = vec![random(&mut rng)];
+    let uploads: Vec<Vec<NamedTensor<Inner>>> = (0..4).map(|_| vec![random(&mut rng)]).collect();
+    let ones = vec![Tensor::<Inner, 1>::ones([n], &device())];
+    for weights in [[37.0, 120.0, 5.0, 61.0], [0.3, 1.7, 2.9, 0.01]] {
+        let whole: Vec<Upload<'_, Inner>> = uploads.iter().zip(weights).map(|(t, weight)| Upload { weight, tensors: t, masks: None }).collect();
+        let masked: Vec<Upload<'_, Inner>> = uploads.iter().zip(weights).map(|(t, weight)| Upload { weight, tensors: t, masks: Some(&ones) }).collect();
+        let a = to_vec(&masked_weighted_average(&old, &whole).unwrap()[0].value);
+        let b = to_vec(&masked_weighted_average(&old, &masked).unwrap()[0].value);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b), "weights {weights:?}");
+    }
+}

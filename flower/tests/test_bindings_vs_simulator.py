@@ -4,6 +4,7 @@ same config and seed: every rounds.csv and clients.csv value but time and memory
 
 import csv
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -62,11 +63,17 @@ class BindingsEqualSimulator(unittest.TestCase):
         self.check(["method=fedavg"])
 
     def test_memory_budgets(self):
-        # CNN at batch 32: about 6 MB with 2 layers frozen, 10 with 1, 19 with none. The budgets
-        # lie far from every level's peak, so both processes' own calibrations choose the same
-        # plans (l = 2, 1, 0).
-        self.check(["federation.capacity=\"memory\"", "federation.budgets_mb=[7.5, 12, 1000]"])
-
+        # Budgets half way (geometrically) between this machine's calibrated level peaks
+        # (resident + measured transient at full batches; the CNN at batch 32: about 6.7 MB
+        # with 2 layers frozen, 10 with 1, 19 with none), not at fixed MB: kernel scratch moves
+        # the peaks from CPU to CPU. Far from every peak, both processes' own calibrations
+        # choose the same plans (l = 2, 1, 0).
+        probe = fedolf.Server(CONFIG, None, SMALL + ["federation.capacity=\"memory\"", "federation.budgets_mb=[100000]"])
+        rows = json.loads(probe.calibration())["rows"]
+        peaks = [(r["resident"] + r["measured_transient"]) / 1e6 for r in rows]
+        budgets = [math.sqrt(peaks[0] * peaks[1]), math.sqrt(peaks[1] * peaks[2]), 10 * peaks[2]]
+        listed = ", ".join(f"{b:.3f}" for b in budgets)
+        self.check(["federation.capacity=\"memory\"", f"federation.budgets_mb=[{listed}]"])
 
 class Functions(unittest.TestCase):
     def test_toa_sparsify_matches_the_download(self):

@@ -94,6 +94,13 @@ impl Server {
         self.dataset.source.clone()
     }
 
+    /// Memory budgets: the peak predictor's calibration on this process's device, as JSON
+    /// (`batch`, and per capacity level `rows[level]`: `resident`, `measured_transient`,
+    /// `theoretical_transient` bytes); `None` without budgets.
+    fn calibration(&self) -> PyResult<Option<String>> {
+        self.fed.calibration().map(|c| serde_json::to_string(&c).map_err(py_err)).transpose()
+    }
+
     /// Per-channel `(mean, std)` of the training split, which every node normalises with.
     fn stats(&self) -> Vec<(f32, f32)> {
         self.fed.stats.clone()
