@@ -55,7 +55,7 @@ impl PlanFacts {
 
     /// What one training step adds on top of the resident model, by Eq. 23 (+ momentum).
     pub fn transient_bytes(&self) -> u64 {
-        self.theory.activations + self.theory.gradients + self.theory.optimizer
+        self.theory.transient()
     }
 
     /// [`Self::transient_bytes`] with batches of `batch` instead of the `full_batch` the facts

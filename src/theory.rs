@@ -29,6 +29,12 @@ impl TheoreticalMemory {
         self.activations + self.gradients + self.weights
     }
 
+    /// What one training step adds on top of the resident weights: Eq. 23's activations and
+    /// gradients, plus the momentum buffers.
+    pub fn transient(&self) -> u64 {
+        self.activations + self.gradients + self.optimizer
+    }
+
     /// Component-wise mean (integer bytes), e.g. over random-freezing draws.
     pub fn mean(all: &[Self]) -> Self {
         let n = all.len().max(1) as u64;

@@ -45,10 +45,7 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
     // it is kernel scratch and the no-graph forward's working set (im2col tiles per rayon
     // thread, gemm packing sized from the caches), which the CPU moves.
     let infos = global.layer_infos();
-    let eq23 = |l: usize| {
-        let m = theoretical_memory(&infos, &ordered_roles(infos.len(), l).unwrap(), batch, true);
-        m.activations + m.gradients + m.optimizer
-    };
+    let eq23 = |l: usize| theoretical_memory(&infos, &ordered_roles(infos.len(), l).unwrap(), batch, true).transient();
     for w in peaks.windows(2) {
         let ((l0, p0), (l1, p1)) = (w[0], w[1]);
         let (saved, eq23_saved) = (p0 as i64 - p1 as i64, eq23(l0) as i64 - eq23(l1) as i64);
@@ -95,9 +92,10 @@ fn absolute_peak_holds_the_model_and_falls_with_toa() {
     // with s, and the absolute peak falls by at least what the client no longer holds (the
     // sparsified prefix's forward only adds to that saving). A fixed fraction of the peak
     // would not do: the peak's kernel scratch grows with the CPU's threads and caches.
-    let resident: Vec<u64> = ["toa-1", "toa-0.5", "toa-0.25"].iter().map(|m| get(m).resident_bytes).collect();
+    let toa_modes = ["toa-1", "toa-0.5", "toa-0.25"];
+    let resident: Vec<u64> = toa_modes.iter().map(|m| get(m).resident_bytes).collect();
     assert!(resident[0] > resident[1] && resident[1] > resident[2], "resident vs s: {resident:?}");
-    let absolute: Vec<u64> = ["toa-1", "toa-0.5", "toa-0.25"].iter().map(|m| get(m).absolute_bytes()).collect();
+    let absolute: Vec<u64> = toa_modes.iter().map(|m| get(m).absolute_bytes()).collect();
     eprintln!("TOA s = 1, 0.5, 0.25 at l = 8: absolute peak {absolute:?} B, resident {resident:?} B");
     for i in 1..3 {
         assert!(absolute[0] >= absolute[i] + (resident[0] - resident[i]), "absolute peak vs s: {absolute:?}, resident {resident:?}");
