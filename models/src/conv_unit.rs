@@ -7,7 +7,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::shape::{conv_out, FeatureShape, LayerInfo};
+use crate::shape::{conv_out, ConvShape, FeatureShape, LayerInfo};
 use crate::slicing;
 
 #[derive(Module, Debug)]
@@ -62,13 +62,13 @@ impl<B: Backend> ConvUnit<B> {
     /// # Shapes
     /// `[b, c_in, h, w] -> [b, c_out, h', w']`
     pub fn pre_activation(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.conv.forward(x)
+        fedolf_kernels::forward(&self.conv, x)
     }
 
     /// # Shapes
     /// `[b, c_in, h, w] -> [b, c_out, h'/p, w'/p]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut x = crate::scaled(self.conv.forward(x), self.scale);
+        let mut x = crate::scaled(fedolf_kernels::forward(&self.conv, x), self.scale);
         if let Some(bn) = &self.bn {
             x = crate::frozen_norm::batch_norm(bn, x, self.frozen_bn);
         }
@@ -101,6 +101,16 @@ impl<B: Backend> ConvUnit<B> {
             trainable_params: self.conv.num_params() + self.bn.as_ref().map_or(0, |b| 2 * b.gamma.dims()[0]),
             buffer_elems: self.bn.as_ref().map_or(0, |b| 2 * b.gamma.dims()[0]),
         }
+    }
+
+    /// The convolution this unit runs on `input`.
+    pub fn conv_shape(&self, input: FeatureShape) -> ConvShape {
+        let (h, w) = match input {
+            FeatureShape::Map { height, width, .. } => (height, width),
+            FeatureShape::Flat(_) => (1, 1),
+        };
+        let weight = self.conv.weight.dims();
+        ConvShape { input: [weight[1], h, w], weight, stride: self.stride, padding: self.padding }
     }
 
     pub(crate) fn filter_norms(&self) -> Tensor<B, 1> {

@@ -9,7 +9,7 @@ use crate::features::Features;
 use crate::residual::{BasicBlock, PooledHead, StemUnit};
 use crate::slicing;
 use crate::spaces::LayerCut;
-use crate::shape::{FeatureShape, LayerInfo};
+use crate::shape::{ConvShape, FeatureShape, LayerInfo};
 
 #[derive(Module, Debug)]
 pub enum Layer<B: Backend> {
@@ -57,6 +57,16 @@ impl<B: Backend> Layer<B> {
             Self::Stem(u) => u.info(input),
             Self::Block(u) => u.info(input),
             Self::Head(u) => u.info(input),
+        }
+    }
+
+    /// The convolutions the layer runs on `input` (none for dense units and heads).
+    pub fn conv_shapes(&self, input: FeatureShape) -> Vec<ConvShape> {
+        match self {
+            Self::Conv(u) => vec![u.conv_shape(input)],
+            Self::Stem(u) => u.conv_shapes(input),
+            Self::Block(u) => u.conv_shapes(input),
+            Self::Dense(_) | Self::Mlp(_) | Self::Head(_) => Vec::new(),
         }
     }
 

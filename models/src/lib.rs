@@ -36,7 +36,7 @@ pub use layer::{Layer, ToaSite};
 pub use net::LayeredNet;
 pub use padded_skip::PaddedSkip;
 pub use residual::{BasicBlock, PooledHead, Shortcut, StemUnit};
-pub use shape::{FeatureShape, LayerInfo};
+pub use shape::{ConvShape, FeatureShape, LayerInfo};
 pub use spaces::{LayerCut, LayerSpaces, SpaceLayout};
 
 /// The models this crate builds, by name (what configs and the CLI accept).

@@ -6,7 +6,7 @@ use crate::error::ModelError;
 use crate::exit::ExitHead;
 use crate::features::Features;
 use crate::layer::Layer;
-use crate::shape::{FeatureShape, LayerInfo};
+use crate::shape::{ConvShape, FeatureShape, LayerInfo};
 
 #[derive(Module, Debug)]
 pub struct LayeredNet<B: Backend> {
@@ -106,6 +106,11 @@ impl<B: Backend> LayeredNet<B> {
     }
 
     /// Per-layer shapes and activation sizes for this net's input shape (per sample).
+    /// Every convolution of a forward pass, input side first.
+    pub fn conv_shapes(&self) -> Vec<ConvShape> {
+        self.layers.iter().zip(self.layer_infos()).flat_map(|(layer, info)| layer.conv_shapes(info.input)).collect()
+    }
+
     pub fn layer_infos(&self) -> Vec<LayerInfo> {
         let mut shape = FeatureShape::Map {
             channels: self.input_channels,

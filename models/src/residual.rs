@@ -11,7 +11,7 @@ use burn::tensor::activation::relu;
 
 use crate::frozen_norm::batch_norm;
 use crate::padded_skip::PaddedSkip;
-use crate::shape::{conv_out, FeatureShape, LayerInfo};
+use crate::shape::{conv_out, ConvShape, FeatureShape, LayerInfo};
 use crate::slicing;
 
 /// How a block that changes shape carries its input to the output (He et al., §3.3).
@@ -90,13 +90,31 @@ impl<B: Backend> BasicBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let (s, frozen) = (self.scale, self.frozen_bn);
         let skip = match (&self.shortcut, &self.padded_skip) {
-            (Some(p), _) => batch_norm(&p.bn, crate::scaled(p.conv.forward(x.clone()), s), frozen),
+            (Some(p), _) => batch_norm(&p.bn, crate::scaled(fedolf_kernels::forward(&p.conv, x.clone()), s), frozen),
             (None, Some(pad)) => pad.forward(x.clone()),
             (None, None) => x.clone(),
         };
-        let out = relu(batch_norm(&self.bn1, crate::scaled(self.conv1.forward(x), s), frozen));
-        let out = batch_norm(&self.bn2, crate::scaled(self.conv2.forward(out), s), frozen);
+        let out = relu(batch_norm(&self.bn1, crate::scaled(fedolf_kernels::forward(&self.conv1, x), s), frozen));
+        let out = batch_norm(&self.bn2, crate::scaled(fedolf_kernels::forward(&self.conv2, out), s), frozen);
         relu(out + skip)
+    }
+
+    /// The convolutions this block runs on `input`: conv1, conv2, and the option-B projection.
+    pub fn conv_shapes(&self, input: FeatureShape) -> Vec<ConvShape> {
+        let FeatureShape::Map { height, width, .. } = input else {
+            unreachable!("residual blocks only follow feature maps");
+        };
+        let (w1, w2) = (self.conv1.weight.dims(), self.conv2.weight.dims());
+        let (h, w) = (conv_out(height, 3, self.stride, 1), conv_out(width, 3, self.stride, 1));
+        let mut shapes = vec![
+            ConvShape { input: [w1[1], height, width], weight: w1, stride: self.stride, padding: 1 },
+            ConvShape { input: [w2[1], h, w], weight: w2, stride: 1, padding: 1 },
+        ];
+        if let Some(p) = &self.shortcut {
+            let wp = p.conv.weight.dims();
+            shapes.push(ConvShape { input: [wp[1], height, width], weight: wp, stride: self.stride, padding: 0 });
+        }
+        shapes
     }
 
     /// Output channels of conv1 (the block's inner channel space, TOA's "tensors").
@@ -204,7 +222,19 @@ impl<B: Backend> StemUnit<B> {
     /// # Shapes
     /// `[b, c_in, h, w] -> [b, width, h, w]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.block.forward(relu(batch_norm(&self.bn, crate::scaled(self.conv.forward(x), self.scale), self.frozen_bn)))
+        self.block.forward(relu(batch_norm(&self.bn, crate::scaled(fedolf_kernels::forward(&self.conv, x), self.scale), self.frozen_bn)))
+    }
+
+    /// The stem's convolution, then its block's.
+    pub fn conv_shapes(&self, input: FeatureShape) -> Vec<ConvShape> {
+        let FeatureShape::Map { height, width, .. } = input else {
+            unreachable!("the stem takes images");
+        };
+        let weight = self.conv.weight.dims();
+        let stem = ConvShape { input: [weight[1], height, width], weight, stride: 1, padding: 1 };
+        let mut shapes = vec![stem];
+        shapes.extend(self.block.conv_shapes(FeatureShape::map(weight[0], height, width)));
+        shapes
     }
 
     pub fn info(&self, input: FeatureShape) -> LayerInfo {

@@ -45,3 +45,15 @@ pub struct LayerInfo {
 pub(crate) fn conv_out(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
     (size + 2 * padding).saturating_sub(kernel) / stride + 1
 }
+
+/// One convolution a layer runs, per sample: its input map, its filter bank
+/// `[c_out, c_in, kh, kw]`, and its stride and (symmetric) padding. What `fedolf bench conv`
+/// times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvShape {
+    /// `[c_in, h, w]`
+    pub input: [usize; 3],
+    pub weight: [usize; 4],
+    pub stride: usize,
+    pub padding: usize,
+}

@@ -1,0 +1,88 @@
+//! The one entry the models call: `conv2d` for any `Backend`. It resolves the backend at run
+//! time to its [`ConvKernels`] implementation — the CPU backend with or without `Autodiff` —
+//! and hands every other backend (CubeCL: cuda, wgpu) to Burn's own `conv2d`, so nothing
+//! changes there. The models stay generic over plain `Backend` and the rest of the code does
+//! not notice the kernels.
+
+use std::any::{Any, TypeId};
+
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::prelude::*;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::TensorPrimitive;
+
+use crate::extension::ConvKernels;
+
+/// Moves a value to the type it is already known (by `TypeId`) to be.
+fn same_type<S: 'static, T: 'static>(value: S) -> T {
+    match (Box::new(value) as Box<dyn Any>).downcast::<T>() {
+        Ok(value) => *value,
+        Err(_) => unreachable!("callers compare TypeIds first"),
+    }
+}
+
+fn is<B: 'static, K: 'static>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<K>()
+}
+
+/// `B` is `K`: run `K`'s kernels on `B`'s tensors.
+fn through<B: Backend, K: ConvKernels>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    options: &ConvOptions<2>,
+) -> Tensor<B, 4> {
+    fn primitive<B: Backend, K: Backend, const D: usize>(t: Tensor<B, D>) -> K::FloatTensorPrimitive {
+        same_type(t.into_primitive().tensor())
+    }
+    let y = K::conv2d_forward(primitive::<B, K, 4>(x), primitive::<B, K, 4>(weight), bias.map(primitive::<B, K, 1>), options);
+    Tensor::from_primitive(TensorPrimitive::Float(same_type(y)))
+}
+
+/// `x: [b, c_in, h, w]`, `weight: [c_out, c_in, kh, kw]`, `bias: [c_out]` →
+/// `[b, c_out, ho, wo]`, zero padding `options.padding` on both sides of each axis.
+pub fn conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    options: ConvOptions<2>,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    {
+        use burn::backend::Autodiff;
+        use burn_flex::Flex;
+        if is::<B, Autodiff<Flex>>() {
+            return through::<B, Autodiff<Flex>>(x, weight, bias, &options);
+        }
+        if is::<B, Flex>() {
+            return through::<B, Flex>(x, weight, bias, &options);
+        }
+    }
+    burn::tensor::module::conv2d(x, weight, bias, options)
+}
+
+/// Whether [`conv2d`] takes `B`'s convolutions through the project's kernels.
+pub fn has_own_kernels<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    {
+        use burn::backend::Autodiff;
+        use burn_flex::Flex;
+        if is::<B, Autodiff<Flex>>() || is::<B, Flex>() {
+            return true;
+        }
+    }
+    false
+}
+
+/// `conv.forward(x)` through [`conv2d`]. Padding Burn computes per input (`Same`) or that
+/// differs between sides stays with `Conv2d::forward`.
+pub fn forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => [top, left],
+        _ => return conv.forward(x),
+    };
+    let options = ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups);
+    conv2d(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), options)
+}

@@ -1,0 +1,91 @@
+//! The kernels on Burn's CPU backend (Flex). Calls the kernels cannot take — another dtype,
+//! dilation, groups — go to Flex's own ops, so the extension never changes what is computed,
+//! only how fast.
+
+use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+use burn::tensor::{DType, TensorData, TensorMetadata};
+use burn_flex::{Flex, FlexTensor};
+
+use crate::cpu::{self, Wanted};
+use crate::extension::{ConvGradientKernels, ConvGradients, ConvKernels};
+use crate::geometry::ConvGeometry;
+
+/// The geometry when the kernels apply to these tensors: f32, dilation 1, one group.
+fn geometry(tensors: &[&FlexTensor], x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Option<ConvGeometry> {
+    let f32_4d = |t: &FlexTensor| t.dtype() == DType::F32;
+    if options.dilation != [1, 1] || options.groups != 1 || !tensors.iter().all(|t| f32_4d(t)) {
+        return None;
+    }
+    let (xs, ws) = (x.shape(), weight.shape());
+    if xs.num_dims() != 4 || ws.num_dims() != 4 {
+        return None;
+    }
+    ConvGeometry::new(xs.dims::<4>(), ws.dims::<4>(), options.stride, options.padding)
+}
+
+/// The tensor's elements in row-major order (a copy only if it is a strided view).
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 tensor (checked by `geometry`)")
+}
+
+fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+impl ConvKernels for Flex {
+    fn conv2d_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: &ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let all: Vec<&FlexTensor> = [Some(&x), Some(&weight), bias.as_ref()].into_iter().flatten().collect();
+        let Some(g) = geometry(&all, &x, &weight, options) else {
+            return <Flex as ModuleOps<Flex>>::conv2d(x, weight, bias, options.clone());
+        };
+        let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.map(contiguous));
+        let y = cpu::forward(&g, values(&x), values(&weight), bias.as_ref().map(values));
+        // [b, c_out, ho·wo] -> [b, c_out, ho, wo]
+        tensor(y, [g.batch, g.c_out, g.out_height, g.out_width])
+    }
+}
+
+impl ConvGradientKernels for Flex {
+    fn conv2d_gradients(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        options: &ConvOptions<2>,
+        wanted: Wanted,
+    ) -> ConvGradients<Self> {
+        let Some(g) = geometry(&[&x, &weight, &dy], &x, &weight, options) else {
+            return fallback_gradients(x, weight, dy, options, wanted);
+        };
+        let (x, weight, dy) = (contiguous(x), contiguous(weight), contiguous(dy));
+        let grads = cpu::backward(&g, values(&x), values(&weight), values(&dy), wanted);
+        let [kh, kw] = g.kernel;
+        ConvGradients {
+            input: grads.input.map(|v| tensor(v, [g.batch, g.c_in, g.height, g.width])),
+            weight: grads.weight.map(|v| tensor(v, [g.c_out, g.c_in, kh, kw])),
+            bias: grads.bias.map(|v| FlexTensor::from_data(TensorData::new(v, [g.c_out]))),
+        }
+    }
+}
+
+/// Flex's own gradients, for the calls the kernels do not take.
+fn fallback_gradients(x: FlexTensor, weight: FlexTensor, dy: FlexTensor, options: &ConvOptions<2>, wanted: Wanted) -> ConvGradients<Flex> {
+    type Ops = Flex;
+    let input = wanted.input.then(|| <Ops as ModuleOps<Flex>>::conv2d_x_backward(x.clone(), weight.clone(), dy.clone(), options.clone()));
+    let weight_grad = wanted.weight.then(|| <Ops as ModuleOps<Flex>>::conv2d_weight_backward(x.clone(), weight.clone(), dy.clone(), options.clone()));
+    let bias = wanted.bias.then(|| {
+        let c_out = weight.shape().dims::<4>()[0];
+        // Burn's bias gradient only reads the bias's shape.
+        let bias_shape = FlexTensor::zeros([c_out].into(), dy.dtype());
+        <Ops as ModuleOps<Flex>>::conv2d_bias_backward(x, bias_shape, dy)
+    });
+    ConvGradients { input, weight: weight_grad, bias }
+}

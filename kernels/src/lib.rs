@@ -1,0 +1,20 @@
+//! fedolf's own convolution for the CPU, in Burn.
+//!
+//! `cpu` holds the kernels on NCHW `f32` slices (im2col straight from NCHW into a reused
+//! per-thread buffer, GEMM from the `gemm` crate, a thread-count-independent reduction for the
+//! weight gradient). `extension` is the backend extension that carries them into Burn —
+//! forward on the backend, backward registered on `Autodiff` — and `dispatch::conv2d` is the
+//! call the models make for every backend.
+
+pub mod cpu;
+mod dispatch;
+mod extension;
+#[cfg(feature = "flex")]
+mod flex;
+pub mod geometry;
+mod im2col;
+
+pub use cpu::{Grads, Wanted};
+pub use dispatch::{conv2d, forward, has_own_kernels};
+pub use extension::{ConvGradientKernels, ConvGradients, ConvKernels};
+pub use geometry::ConvGeometry;
