@@ -42,6 +42,11 @@ Modes (each reads one JSON spec on stdin and prints one JSON object on stdout):
              "eval": {"samples": 10000, "batch": 500, "rounds": [5, 10]}}
           -> {"torch": ..., "threads": N, "round_seconds": [...], "eval_seconds": [...],
               "total_seconds": s}
+  conv    median seconds of one convolution's forward, input gradient and weight gradient
+          (F.conv2d, torch.nn.grad.conv2d_input, torch.nn.grad.conv2d_weight) per shape
+            {"convs": [{"batch": 128, "input": [16, 32, 32], "weight": [16, 16, 3, 3],
+                        "stride": 1, "padding": 1, "warmup": 1, "repeats": 5}, ...]}
+          -> {"torch": ..., "threads": N, "conv": [[forward s, input s, weight s], ...]}
   params  self-check of the model definitions
             {"model": "resnet20", "input": [3, 32, 32], "classes": 10}
           -> {"trainable": n, "buffers": m, "layers": [...], "layer_trainable": [...]}
@@ -439,6 +444,37 @@ def mode_round(spec):
     }
 
 
+def timed(fn, warmup, repeats):
+    """Median seconds of `fn()` after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def mode_conv(spec):
+    rows = []
+    with torch.no_grad():
+        for entry in spec["convs"]:
+            batch, (c_in, h, w) = entry["batch"], entry["input"]
+            stride, padding = entry["stride"], entry["padding"]
+            warmup, repeats = entry.get("warmup", 1), entry.get("repeats", 5)
+            x = torch.rand(batch, c_in, h, w) * 2 - 1
+            weight = torch.rand(*entry["weight"]) * 2 - 1
+            y = F.conv2d(x, weight, stride=stride, padding=padding)
+            dy = torch.rand_like(y) * 2 - 1
+            rows.append([
+                timed(lambda: F.conv2d(x, weight, stride=stride, padding=padding), warmup, repeats),
+                timed(lambda: torch.nn.grad.conv2d_input(x.shape, weight, dy, stride=stride, padding=padding), warmup, repeats),
+                timed(lambda: torch.nn.grad.conv2d_weight(x, weight.shape, dy, stride=stride, padding=padding), warmup, repeats),
+            ])
+    return {"conv": rows}
+
+
 def mode_params(spec):
     net = build(spec["model"], spec["input"], spec["classes"])
     trainable = [sum(p.numel() for p in layer.parameters()) for layer in net.layers]
@@ -459,7 +495,7 @@ def fail(message):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["steps", "round", "params"])
+    parser.add_argument("mode", choices=["steps", "round", "conv", "params"])
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (inter-op: 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -474,7 +510,7 @@ def main():
         spec = json.load(sys.stdin)
     except json.JSONDecodeError as e:
         fail(f"bad JSON spec on stdin: {e}")
-    result = {"steps": mode_steps, "round": mode_round, "params": mode_params}[args.mode](spec)
+    result = {"steps": mode_steps, "round": mode_round, "conv": mode_conv, "params": mode_params}[args.mode](spec)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     out.update(result)
     json.dump(out, sys.stdout)

@@ -8,6 +8,6 @@ fn main() {
     let batch: usize = args[2].parse().unwrap();
     let frozen: usize = args[3].parse().unwrap();
     let (input, classes) = if model == ModelKind::Cnn { ([1, 28, 28], 10) } else { ([3, 32, 32], 100) };
-    let spec = StepSpec { model, input, classes, batch, frozen, warmup: 1, repeats: 3 };
+    let spec = StepSpec { model, input, classes, batch, frozen, warmup: 1, repeats: args.get(4).map_or(3, |r| r.parse().unwrap()) };
     println!("{:.4}", median_step_seconds::<Train>(&spec, &Default::default()).unwrap());
 }

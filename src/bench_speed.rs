@@ -3,35 +3,31 @@
 //! same work done by PyTorch (`benches/pytorch_twin.py`) in the same run when PyTorch is
 //! installed — the ratios the speed targets are written in.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
-use anyhow::{bail, Context};
+use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use fedolf::backend::{with_backend, BackendTask, DeviceKind};
 use fedolf::config::{Config, DEFAULT_TOML};
 use fedolf::memory::CountingAllocator;
 use fedolf::sim::{self, RoundObserver, RoundRecord};
-use fedolf::speed::{median_step_seconds, StepSpec, BENCH_SGD};
+use fedolf::speed::{median_step_seconds, StepSpec};
 use fedolf::workers::{available_cores, WorkerLayout};
 use fedolf_models::ModelKind;
 use serde_json::{json, Value};
 
 use crate::cli::SpeedArgs;
-
-const TWIN: &str = include_str!("../benches/pytorch_twin.py");
+use crate::pytorch::PyTorch;
 
 /// The paper's per-model setting: input, classes, batch, the largest frozen count of its
 /// cluster table (c − 1).
+pub const PAPER_SETTINGS: [(ModelKind, [usize; 3], usize, usize, usize); 4] = [
+    (ModelKind::Cnn, [1, 28, 28], 10, 16, 1),
+    (ModelKind::AlexNet, [3, 32, 32], 10, 128, 4),
+    (ModelKind::ResNet20, [3, 32, 32], 100, 128, 4),
+    (ModelKind::ResNet44, [3, 32, 32], 100, 128, 4),
+];
+
 fn step_specs(repeats: usize) -> Vec<StepSpec> {
-    let models = [
-        (ModelKind::Cnn, [1, 28, 28], 10, 16, 1),
-        (ModelKind::AlexNet, [3, 32, 32], 10, 128, 4),
-        (ModelKind::ResNet20, [3, 32, 32], 100, 128, 4),
-        (ModelKind::ResNet44, [3, 32, 32], 100, 128, 4),
-    ];
-    models
+    PAPER_SETTINGS
         .into_iter()
         .flat_map(|(model, input, classes, batch, largest)| {
             [0, largest].map(|frozen| StepSpec { model, input, classes, batch, frozen, warmup: 1, repeats })
@@ -196,77 +192,4 @@ fn print_tables(
         println!("{:<44} {:>10.2} {:>12} {:>8}", row.label, row.seconds, t, ratio);
     }
     println!("(ratio = fedolf ÷ pytorch: below 1 is faster; the PyTorch round replays the same clients, sample counts, frozen counts and evaluations on random data, one client after another, with the same prefix-cache setting as the row)");
-}
-
-/// The PyTorch twin, run as a child process.
-struct PyTorch {
-    python: PathBuf,
-    version: String,
-    threads: usize,
-}
-
-impl PyTorch {
-    /// `--python`, else `$FEDOLF_PYTHON`, else `python3`; usable if it imports torch.
-    fn find(python: Option<PathBuf>, threads: usize) -> Result<Self, String> {
-        let python = python.or_else(|| std::env::var_os("FEDOLF_PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into());
-        let out = Command::new(&python)
-            .args(["-c", "import torch; print(torch.__version__)"])
-            .stderr(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} cannot import torch (install it in a venv: `python3 -m venv .venv && .venv/bin/pip install torch`, then pass --python .venv/bin/python)",
-                python.display()
-            ));
-        }
-        Ok(Self { python, version: String::from_utf8_lossy(&out.stdout).trim().to_string(), threads })
-    }
-
-    fn call(&self, mode: &str, input: &Value) -> anyhow::Result<Value> {
-        let script = std::env::temp_dir().join(format!("fedolf-pytorch-twin-{}.py", std::process::id()));
-        std::fs::write(&script, TWIN).with_context(|| format!("writing {}", script.display()))?;
-        let mut child = Command::new(&self.python)
-            .arg(&script)
-            .arg(mode)
-            .args(["--threads", &self.threads.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", self.python.display()))?;
-        child.stdin.take().context("twin stdin")?.write_all(input.to_string().as_bytes())?;
-        let out = child.wait_with_output()?;
-        let _ = std::fs::remove_file(&script);
-        if !out.status.success() {
-            bail!("the PyTorch twin ({mode}) failed with {}", out.status);
-        }
-        serde_json::from_slice(&out.stdout).with_context(|| format!("the PyTorch twin ({mode}) printed no JSON"))
-    }
-
-    fn steps(&self, specs: &[StepSpec]) -> anyhow::Result<Vec<f64>> {
-        let input = json!({
-            "sgd": {"lr": BENCH_SGD.lr, "momentum": BENCH_SGD.momentum, "weight_decay": BENCH_SGD.weight_decay},
-            "steps": specs.iter().map(|s| json!({
-                "model": s.model.name(), "input": s.input, "classes": s.classes, "batch": s.batch,
-                "frozen": s.frozen, "warmup": s.warmup, "repeats": s.repeats,
-            })).collect::<Vec<_>>(),
-        });
-        let out = self.call("steps", &input)?;
-        let steps: Vec<f64> = serde_json::from_value(out["steps"].clone()).context("twin `steps` output")?;
-        if steps.len() != specs.len() {
-            bail!("the PyTorch twin timed {} steps, expected {}", steps.len(), specs.len());
-        }
-        Ok(steps)
-    }
-
-    /// Mean seconds per round of the replayed workload.
-    fn round(&self, workload: &Value) -> anyhow::Result<f64> {
-        let out = self.call("round", workload)?;
-        let rounds: Vec<f64> = serde_json::from_value(out["round_seconds"].clone()).context("twin `round` output")?;
-        if rounds.is_empty() {
-            bail!("the PyTorch twin timed no rounds");
-        }
-        Ok(rounds.iter().sum::<f64>() / rounds.len() as f64)
-    }
 }

@@ -52,6 +52,24 @@ pub enum BenchKind {
     /// l), and per round of the default experiment for several worker settings, with ratios
     /// against the PyTorch twin (benches/pytorch_twin.py) measured in the same run.
     Speed(SpeedArgs),
+    /// Seconds and GFLOP/s of every distinct convolution of the four models at their paper
+    /// batch — forward, input gradient, weight gradient — through fedolf's kernels and Burn's
+    /// own CPU ops, with ratios against PyTorch's conv2d / conv2d_input / conv2d_weight
+    /// (benches/pytorch_twin.py) measured in the same run.
+    Conv(ConvArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ConvArgs {
+    /// Timed calls per kernel (after one warm-up call); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Skip Burn's own ops (its generic backward takes seconds on the largest shapes).
+    #[arg(long)]
+    pub no_burn: bool,
+    /// Python with PyTorch installed (default: $FEDOLF_PYTHON, else python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

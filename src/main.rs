@@ -1,8 +1,10 @@
 //! The `fedolf` binary: parse the command line, call the library, print the error chain.
 
+mod bench_conv;
 mod bench_speed;
 mod cli;
 mod memory_cmd;
+mod pytorch;
 mod run_cmd;
 
 use clap::Parser;
@@ -26,6 +28,7 @@ fn main() {
         cli::Command::Memory(args) => memory_cmd::memory(args, &ALLOC),
         cli::Command::Bench { which: cli::BenchKind::Memory { batch } } => memory_cmd::bench_memory(batch, &ALLOC),
         cli::Command::Bench { which: cli::BenchKind::Speed(args) } => bench_speed::bench_speed(args, &ALLOC),
+        cli::Command::Bench { which: cli::BenchKind::Conv(args) } => bench_conv::bench_conv(args),
         cli::Command::Plot { run_dir } => memory_cmd::plot(&run_dir),
         cli::Command::Export { run_dir, out } => run_cmd::export(&run_dir, out.as_deref()),
     };

@@ -4,6 +4,7 @@
 //! - forward  `Y_b = W · col_b (+ bias)`                 `[c_out, ho·wo]`
 //! - input    `dX_b = col2im(Wᵀ · dY_b)`                 `[c_in, h, w]`
 //! - weight   `dW = Σ_b dY_b · col_bᵀ`                   `[c_out, c_in·kh·kw]`
+//!   (with `col_bᵀ` built directly as one row per output pixel, `im2row`)
 //! - bias     `db[c] = Σ_b Σ_p dY_b[c, p]`
 //!
 //! Samples run in parallel on the current rayon pool, each with its own column buffer; the
@@ -15,7 +16,7 @@
 use rayon::prelude::*;
 
 use crate::geometry::ConvGeometry;
-use crate::im2col::{col2im_add, im2col};
+use crate::im2col::{col2im_add, im2col, im2row};
 
 /// The weight gradient's sum over samples is split into at most this many chunks, each with
 /// its own `[c_out, c_in·kh·kw]` partial: more chunks, more parallelism and more memory.
@@ -180,8 +181,9 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             for b in i * g.batch / chunks..(i + 1) * g.batch / chunks {
                 let x_b = &x[b * g.in_sample()..(b + 1) * g.in_sample()];
                 let dy_b = &dy[b * g.out_sample()..(b + 1) * g.out_sample()];
-                let col = columns(g, x_b, buf);
-                matmul(g.c_out, k, pixels, &mut dw, true, View::rows(dy_b, pixels), View::transposed(col, pixels));
+                buf.resize(k * pixels, 0.0);
+                im2row(g, x_b, buf);
+                matmul(g.c_out, k, pixels, &mut dw, true, View::rows(dy_b, pixels), View::rows(buf, k));
             }
             dw
         })
