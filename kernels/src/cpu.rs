@@ -7,11 +7,13 @@
 //!   (with `col_bᵀ` built directly as one row per output pixel, `im2row`)
 //! - bias     `db[c] = Σ_b Σ_p dY_b[c, p]`
 //!
-//! Samples run in parallel on the current rayon pool, each with its own column buffer; the
-//! GEMMs inside run single-threaded. Every output element is computed by one fixed sequence
+//! Samples run in parallel on the current rayon pool, each with its own column buffer, a
+//! tile of output rows at a time (see `tiles`); the GEMMs inside run single-threaded. Every output element is computed by one fixed sequence
 //! of operations whatever the number of threads — the weight gradient's sum over samples is
 //! split into chunks fixed by the batch size alone and the chunks are added in order — so a
 //! run is bit-identical for any `federation.workers`.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -45,15 +47,32 @@ impl<'a> View<'a> {
     }
 }
 
-/// `dst[m×n] = lhs[m×k] · rhs[k×n]`, or `dst += …` when `accumulate`; `dst` row-major.
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: View, rhs: View) {
-    assert!(dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n), "matmul operands out of bounds");
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]`, or `dst += …` when `accumulate`; `dst` row-major with
+/// row stride `dst_rs` (a block of columns of a wider matrix).
+#[allow(clippy::too_many_arguments)]
+fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: View, rhs: View) {
+    matmul_strided(m, n, k, dst, [dst_rs, 1], accumulate, lhs, rhs)
+}
+
+/// [`matmul`] into `dst` element `(i, j)` at `i·strides[0] + j·strides[1]`, the rows and
+/// columns of `dst` not overlapping. GEMM makes the destination's contiguous axis its
+/// microkernel's 64-row axis: which axis that is decides its speed (see `weight_grad`).
+#[allow(clippy::too_many_arguments)]
+fn matmul_strided(m: usize, n: usize, k: usize, dst: &mut [f32], strides: [usize; 2], accumulate: bool, lhs: View, rhs: View) {
+    let [dst_rs, dst_cs] = strides;
+    let disjoint = (dst_cs == 1 && n <= dst_rs) || (dst_rs == 1 && m <= dst_cs);
+    let dst_fits = m == 0 || n == 0 || (disjoint && (m - 1) * dst_rs + (n - 1) * dst_cs < dst.len());
+    assert!(dst_fits && lhs.fits(m, k) && rhs.fits(k, n), "matmul operands out of bounds");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * dst_rs + j * dst_cs] = 0.0;
+                }
+            }
         }
         return;
     }
@@ -65,8 +84,8 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: 
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_cs as isize,
+            dst_rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -84,15 +103,19 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: 
     }
 }
 
-/// The sample's column matrix: the sample itself for a pointwise convolution, else `buf`
-/// filled by im2col.
-fn columns<'a>(g: &ConvGeometry, x_b: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
-    if g.is_pointwise() {
-        return x_b;
-    }
-    buf.resize(g.col_rows() * g.out_pixels(), 0.0);
-    im2col(g, x_b, buf);
-    buf
+/// Column-matrix elements per tile: a tile's buffer (≤ 256 kB) stays in a core's L2 while
+/// GEMM reads it, instead of streaming a whole sample's matrix through memory.
+const TILE_ELEMS: usize = 64 * 1024;
+/// But never fewer output pixels than this per tile: GEMM's AVX-512 microkernel covers 64
+/// rows, and narrower products waste most of it.
+const MIN_TILE_PIXELS: usize = 128;
+
+/// The sample's output rows, split into tiles of whole rows. Fixed by the geometry alone, so
+/// every thread count walks the same tiles in the same order.
+fn tiles(g: &ConvGeometry) -> impl Iterator<Item = Range<usize>> + '_ {
+    let pixels = (TILE_ELEMS / g.col_rows()).max(MIN_TILE_PIXELS);
+    let rows = pixels.div_ceil(g.out_width).clamp(1, g.out_height);
+    (0..g.out_height).step_by(rows).map(move |start| start..(start + rows).min(g.out_height))
 }
 
 fn check_lengths(g: &ConvGeometry, x: &[f32], w: &[f32]) {
@@ -103,19 +126,26 @@ fn check_lengths(g: &ConvGeometry, x: &[f32], w: &[f32]) {
 /// `y[b] = W · im2col(x[b]) + bias`, `[batch, c_out, ho, wo]` row-major.
 pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     check_lengths(g, x, w);
-    let (k, pixels) = (g.col_rows(), g.out_pixels());
+    let (k, pixels, wo) = (g.col_rows(), g.out_pixels(), g.out_width);
     let mut y = vec![0.0f32; g.batch * g.out_sample()];
-    if y.is_empty() {
-        return y;
-    }
-    y.par_chunks_mut(g.out_sample()).zip(x.par_chunks(g.in_sample().max(1))).for_each_init(Vec::new, |buf, (y_b, x_b)| {
-        let col = columns(g, x_b, buf);
+    y.par_chunks_mut(g.out_sample()).zip(x.par_chunks(g.in_sample())).for_each_init(Vec::new, |col, (y_b, x_b)| {
         if let Some(bias) = bias {
             for (row, &b) in y_b.chunks_exact_mut(pixels).zip(bias) {
                 row.fill(b);
             }
         }
-        matmul(g.c_out, pixels, k, y_b, bias.is_some(), View::rows(w, k), View::rows(col, pixels));
+        if g.is_pointwise() {
+            // The sample's `[c_in, h·w]` map is its column matrix.
+            matmul(g.c_out, pixels, k, y_b, pixels, bias.is_some(), View::rows(w, k), View::rows(x_b, pixels));
+            return;
+        }
+        for rows in tiles(g) {
+            let n = rows.len() * wo;
+            col.resize(k * n, 0.0);
+            im2col(g, x_b, rows.clone(), col);
+            // Y_b[:, tile] (+)= W · col_tile
+            matmul(g.c_out, n, k, &mut y_b[rows.start * wo..], pixels, bias.is_some(), View::rows(w, k), View::rows(col, n));
+        }
     });
     y
 }
@@ -147,33 +177,77 @@ pub fn backward(g: &ConvGeometry, x: &[f32], w: &[f32], dy: &[f32], wanted: Want
 }
 
 /// `dx[b] = col2im(Wᵀ · dy[b])`, `[batch, c_in, h, w]`.
+///
+/// At stride 1 this is itself a convolution — of `dy` with the filters flipped in space and
+/// input/output channels swapped, padded by `k − 1 − p` — so it runs as [`forward`], whose
+/// column matrix is one shifted copy per row (`im2col_same_width`), instead of the
+/// scatter-add `col2im` (ResNet20: `col2im` alone was 11 % of a step).
 pub fn input_grad(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (k, pixels) = (g.col_rows(), g.out_pixels());
-    let mut dx = vec![0.0f32; g.batch * g.in_sample()];
-    if dx.is_empty() || dy.is_empty() {
-        return dx;
+    if let Some((flipped, w_flipped)) = as_forward_convolution(g, w) {
+        return forward(&flipped, dy, &w_flipped, None);
     }
+    let (k, pixels, wo) = (g.col_rows(), g.out_pixels(), g.out_width);
+    let mut dx = vec![0.0f32; g.batch * g.in_sample()];
     let wt = View::transposed(w, k);
     dx.par_chunks_mut(g.in_sample()).zip(dy.par_chunks(g.out_sample())).for_each_init(Vec::new, |dcol, (dx_b, dy_b)| {
         if g.is_pointwise() {
-            matmul(k, pixels, g.c_out, dx_b, false, wt, View::rows(dy_b, pixels));
-        } else {
-            dcol.resize(k * pixels, 0.0);
-            matmul(k, pixels, g.c_out, dcol, false, wt, View::rows(dy_b, pixels));
-            col2im_add(g, dcol, dx_b);
+            matmul(k, pixels, g.c_out, dx_b, pixels, false, wt, View::rows(dy_b, pixels));
+            return;
+        }
+        for rows in tiles(g) {
+            let n = rows.len() * wo;
+            dcol.resize(k * n, 0.0);
+            // dcol_tile = Wᵀ · dY_b[:, tile]
+            let dy_tile = View { data: &dy_b[rows.start * wo..], rs: pixels, cs: 1 };
+            matmul(k, n, g.c_out, dcol, n, false, wt, dy_tile);
+            col2im_add(g, dcol, rows, dx_b);
         }
     });
     dx
 }
 
+/// The stride-1 input gradient as a forward convolution of `dy`: its geometry and filters
+/// `W'[ci, co, ky, kx] = W[co, ci, kh−1−ky, kw−1−kx]`. `None` at other strides, or where
+/// the padding exceeds `k − 1`.
+fn as_forward_convolution(g: &ConvGeometry, w: &[f32]) -> Option<(ConvGeometry, Vec<f32>)> {
+    let [kh, kw] = g.kernel;
+    let [ph, pw] = g.padding;
+    if g.stride != [1, 1] || ph >= kh || pw >= kw {
+        return None;
+    }
+    let flipped = ConvGeometry::new([g.batch, g.c_out, g.out_height, g.out_width], [g.c_in, g.c_out, kh, kw], [1, 1], [kh - 1 - ph, kw - 1 - pw])?;
+    debug_assert_eq!((flipped.out_height, flipped.out_width), (g.height, g.width));
+    let mut w_flipped = vec![0.0f32; w.len()];
+    // [c_out, c_in, kh, kw] -> [c_in, c_out, kh, kw], each kernel rotated by 180°
+    for co in 0..g.c_out {
+        for ci in 0..g.c_in {
+            let from = &w[(co * g.c_in + ci) * kh * kw..][..kh * kw];
+            let to = &mut w_flipped[(ci * g.c_out + co) * kh * kw..][..kh * kw];
+            for (t, f) in to.iter_mut().zip(from.iter().rev()) {
+                *t = *f;
+            }
+        }
+    }
+    Some((flipped, w_flipped))
+}
+
+/// Whether the weight gradient reads `im2col`'s layout and accumulates `dWᵀ` (most layers)
+/// rather than the transposed column matrix (`im2row`) into `dW`. Measured with
+/// `fedolf bench conv` on AVX-512, both ways: `im2row` wins only where the receptive field is
+/// smaller than the filter count — the first layers: AlexNet's 3×3×3 → 64 (172 against
+/// 36–47 GFLOP/s), the CNN's 1×5×5 → 32 (118–135 against 63–90) — and loses elsewhere
+/// (ResNet's 3×3×3 → 16: 47–68 against 72–86; 16×3×3 → 16: 77–94 against 91–103), where
+/// building `im2row` costs more than GEMM saves.
+fn weight_grad_reads_im2col(g: &ConvGeometry) -> bool {
+    g.col_rows() >= g.c_out
+}
+
 /// `dW = Σ_b dy[b] · im2col(x[b])ᵀ`, `[c_out, c_in, kh, kw]`.
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (k, pixels, len) = (g.col_rows(), g.out_pixels(), g.weight_len());
+    let (k, pixels, len, wo) = (g.col_rows(), g.out_pixels(), g.weight_len(), g.out_width);
     let chunks = g.batch.min(WEIGHT_GRAD_CHUNKS);
-    if chunks == 0 || len == 0 {
-        return vec![0.0; len];
-    }
-    // Chunk `i` sums samples [i·batch/chunks, (i+1)·batch/chunks), in sample order.
+    let transposed = weight_grad_reads_im2col(g);
+    // Chunk `i` sums samples [i·batch/chunks, (i+1)·batch/chunks), in sample and tile order.
     let partials: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
         .map_init(Vec::new, |buf, i| {
@@ -181,21 +255,42 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             for b in i * g.batch / chunks..(i + 1) * g.batch / chunks {
                 let x_b = &x[b * g.in_sample()..(b + 1) * g.in_sample()];
                 let dy_b = &dy[b * g.out_sample()..(b + 1) * g.out_sample()];
-                buf.resize(k * pixels, 0.0);
-                im2row(g, x_b, buf);
-                matmul(g.c_out, k, pixels, &mut dw, true, View::rows(dy_b, pixels), View::rows(buf, k));
+                for rows in tiles(g) {
+                    let n = rows.len() * wo;
+                    buf.resize(k * n, 0.0);
+                    let dy_tile = View { data: &dy_b[rows.start * wo..], rs: pixels, cs: 1 };
+                    if transposed {
+                        // dWᵀ [k × c_out] += (dY_b[:, tile] · col_tileᵀ)ᵀ
+                        im2col(g, x_b, rows.clone(), buf);
+                        matmul_strided(g.c_out, k, n, &mut dw, [1, g.c_out], true, dy_tile, View::transposed(buf, n));
+                    } else {
+                        // dW += dY_b[:, tile] · rows_tile
+                        im2row(g, x_b, rows.clone(), buf);
+                        matmul(g.c_out, k, n, &mut dw, k, true, dy_tile, View::rows(buf, k));
+                    }
+                }
             }
             dw
         })
         .collect();
     let mut parts = partials.into_iter();
-    let mut dw = parts.next().expect("at least one chunk");
+    let mut dw = parts.next().unwrap_or_else(|| vec![0.0; len]);
     for part in parts {
         for (d, p) in dw.iter_mut().zip(&part) {
             *d += *p;
         }
     }
-    dw
+    if !transposed {
+        return dw;
+    }
+    // [k, c_out] -> [c_out, k]
+    let mut out = vec![0.0f32; len];
+    for (r, row) in dw.chunks_exact(g.c_out).enumerate() {
+        for (co, v) in row.iter().enumerate() {
+            out[co * k + r] = *v;
+        }
+    }
+    out
 }
 
 /// `db[c] = Σ_b (Σ_p dy[b, c, p])`: each sample's row summed first, then the samples in order.

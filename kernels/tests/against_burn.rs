@@ -99,6 +99,9 @@ fn cases() -> Vec<Case> {
         c(2, 64, 64, 5, 9, 3, 1, 0, true),
         c(1, 3, 16, 4, 6, 3, 2, 2, true),
         c(9, 16, 16, 16, 16, 3, 1, 1, false),
+        // Several tiles of output rows per sample (fedolf_kernels::cpu's `tiles`).
+        c(2, 64, 16, 20, 20, 3, 1, 1, true),
+        c(2, 32, 8, 40, 24, 5, 2, 2, false),
     ]
 }
 
@@ -173,7 +176,8 @@ fn gradients_match_finite_differences() {
 
 #[test]
 fn results_are_bit_identical_for_any_thread_count() {
-    let case = Case { batch: 19, c_in: 16, c_out: 32, h: 10, w: 10, k: 3, stride: 1, pad: 1, bias: true };
+    // Several tiles per sample and an odd batch: 19 samples over 8 weight-gradient chunks.
+    let case = Case { batch: 19, c_in: 64, c_out: 32, h: 20, w: 20, k: 3, stride: 1, pad: 1, bias: true };
     let bits = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let out = pool.install(|| run(case, true));
