@@ -7,12 +7,14 @@
 use std::any::{Any, TypeId};
 
 use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2d;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::TensorPrimitive;
 
 use crate::extension::ConvKernels;
+use crate::pool_extension::PoolKernels;
 
 /// Moves a value to the type it is already known (by `TypeId`) to be.
 fn same_type<S: 'static, T: 'static>(value: S) -> T {
@@ -60,6 +62,42 @@ pub fn conv2d<B: Backend>(
         }
     }
     burn::tensor::module::conv2d(x, weight, bias, options)
+}
+
+/// `B` is `K`: run `K`'s max pooling on `B`'s tensor.
+fn pool_through<B: Backend, K: PoolKernels>(x: Tensor<B, 4>, size: usize) -> Tensor<B, 4> {
+    let y = K::max_pool2d_windows(same_type(x.into_primitive().tensor()), size);
+    Tensor::from_primitive(TensorPrimitive::Float(same_type(y)))
+}
+
+/// Max pooling over non-overlapping `size×size` windows (stride `size`, no padding, floor):
+/// `[b, c, h, w]` → `[b, c, h/size, w/size]`. Resolved like [`conv2d`].
+pub fn max_pool2d<B: Backend>(x: Tensor<B, 4>, size: usize) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    {
+        use burn::backend::Autodiff;
+        use burn_flex::Flex;
+        if is::<B, Autodiff<Flex>>() {
+            return pool_through::<B, Autodiff<Flex>>(x, size);
+        }
+        if is::<B, Flex>() {
+            return pool_through::<B, Flex>(x, size);
+        }
+    }
+    burn::tensor::module::max_pool2d(x, [size; 2], [size; 2], [0, 0], [1, 1], false)
+}
+
+/// `pool.forward(x)` through [`max_pool2d`] where the pool is one (square windows equal to
+/// the stride, unpadded, dilation 1, floor); any other pool stays with `MaxPool2d::forward`.
+pub fn pool_forward<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [kh, kw] = pool.kernel_size;
+    let windows = kh == kw && pool.stride == [kh, kw] && pool.dilation == [1, 1] && !pool.ceil_mode;
+    let unpadded = matches!(pool.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0));
+    if windows && unpadded {
+        max_pool2d(x, kh)
+    } else {
+        pool.forward(x)
+    }
 }
 
 /// Whether [`conv2d`] takes `B`'s convolutions through the project's kernels.

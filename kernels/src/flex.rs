@@ -1,19 +1,22 @@
-//! The kernels on Burn's CPU backend (Flex). Calls the kernels cannot take — another dtype,
-//! dilation, groups — go to Flex's own ops, so the extension never changes what is computed,
-//! only how fast.
+//! The kernels on Burn's CPU backend (Flex): convolution and max pooling. Calls the kernels
+//! cannot take — another dtype, dilation, groups — go to Flex's own ops, so the extension
+//! never changes what is computed, only how fast.
 
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{DType, TensorData, TensorMetadata};
 use burn_flex::{Flex, FlexTensor};
 
+use std::sync::Arc;
+
 use crate::cpu::{self, Wanted};
 use crate::extension::{ConvGradientKernels, ConvGradients, ConvKernels};
 use crate::geometry::ConvGeometry;
+use crate::pool::{self, PoolGeometry};
+use crate::pool_extension::{PoolArgmax, PoolGradientKernels, PoolKernels};
 
 /// The geometry when the kernels apply to these tensors: f32, dilation 1, one group.
 fn geometry(tensors: &[&FlexTensor], x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Option<ConvGeometry> {
-    let f32_4d = |t: &FlexTensor| t.dtype() == DType::F32;
-    if options.dilation != [1, 1] || options.groups != 1 || !tensors.iter().all(|t| f32_4d(t)) {
+    if options.dilation != [1, 1] || options.groups != 1 || !tensors.iter().all(|t| t.dtype() == DType::F32) {
         return None;
     }
     let (xs, ws) = (x.shape(), weight.shape());
@@ -88,4 +91,46 @@ fn fallback_gradients(x: FlexTensor, weight: FlexTensor, dy: FlexTensor, options
         <Ops as ModuleOps<Flex>>::conv2d_bias_backward(x, bias_shape, dy)
     });
     ConvGradients { input, weight: weight_grad, bias }
+}
+
+/// The pool geometry when the kernels take `x`: f32, at least one full window.
+fn pool_geometry(x: &FlexTensor, size: usize) -> Option<PoolGeometry> {
+    let shape = x.shape();
+    if x.dtype() != DType::F32 || shape.num_dims() != 4 {
+        return None;
+    }
+    PoolGeometry::new(shape.dims::<4>(), size)
+}
+
+impl PoolKernels for Flex {
+    fn max_pool2d_windows(x: FloatTensor<Self>, size: usize) -> FloatTensor<Self> {
+        let Some(g) = pool_geometry(&x, size) else {
+            return <Flex as ModuleOps<Flex>>::max_pool2d(x, [size; 2], [size; 2], [0, 0], [1, 1], false);
+        };
+        let [b, c, ..] = x.shape().dims::<4>();
+        let x = x.to_contiguous();
+        tensor(pool::forward(&g, values(&x), None), [b, c, g.out_height(), g.out_width()])
+    }
+}
+
+impl PoolGradientKernels for Flex {
+    fn max_pool2d_supported(x: &FloatTensor<Self>, size: usize) -> bool {
+        pool_geometry(x, size).is_some()
+    }
+
+    fn max_pool2d_with_argmax(x: FloatTensor<Self>, size: usize) -> (FloatTensor<Self>, PoolArgmax) {
+        let g = pool_geometry(&x, size).expect("callers check max_pool2d_supported first");
+        let input = x.shape().dims::<4>();
+        let x = x.to_contiguous();
+        let mut index = Vec::new();
+        let y = pool::forward(&g, values(&x), Some(&mut index));
+        let y = tensor(y, [input[0], input[1], g.out_height(), g.out_width()]);
+        (y, PoolArgmax { input, size, index: Arc::new(index) })
+    }
+
+    fn max_pool2d_backward(argmax: &PoolArgmax, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let g = PoolGeometry::new(argmax.input, argmax.size).expect("the forward's geometry");
+        let dy = dy.to_contiguous();
+        tensor(pool::backward(&g, &argmax.index, values(&dy)), argmax.input)
+    }
 }

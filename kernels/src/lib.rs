@@ -1,10 +1,11 @@
-//! fedolf's own convolution for the CPU, in Burn.
+//! fedolf's own convolution and max pooling for the CPU, in Burn.
 //!
 //! `cpu` holds the kernels on NCHW `f32` slices (im2col straight from NCHW into a reused
 //! per-thread buffer, GEMM from the `gemm` crate, a thread-count-independent reduction for the
 //! weight gradient). `extension` is the backend extension that carries them into Burn —
 //! forward on the backend, backward registered on `Autodiff` — and `dispatch::conv2d` is the
-//! call the models make for every backend.
+//! call the models make for every backend. `pool` and `pool_extension` do the same for max
+//! pooling over non-overlapping windows.
 
 pub mod cpu;
 mod dispatch;
@@ -13,8 +14,11 @@ mod extension;
 mod flex;
 pub mod geometry;
 mod im2col;
+pub mod pool;
+mod pool_extension;
 
 pub use cpu::{Grads, Wanted};
-pub use dispatch::{conv2d, forward, has_own_kernels};
+pub use dispatch::{conv2d, forward, has_own_kernels, max_pool2d, pool_forward};
 pub use extension::{ConvGradientKernels, ConvGradients, ConvKernels};
 pub use geometry::ConvGeometry;
+pub use pool_extension::{PoolArgmax, PoolGradientKernels, PoolKernels};

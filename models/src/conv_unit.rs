@@ -74,7 +74,7 @@ impl<B: Backend> ConvUnit<B> {
         }
         x = relu(x);
         match &self.pool {
-            Some(pool) => pool.forward(x),
+            Some(pool) => fedolf_kernels::pool_forward(pool, x),
             None => x,
         }
     }
