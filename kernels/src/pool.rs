@@ -48,36 +48,44 @@ pub fn forward(g: &PoolGeometry, x: &[f32], argmax: Option<&mut Vec<u32>>) -> Ve
     assert_eq!(x.len(), g.planes * g.in_plane(), "pool input length");
     assert!(g.in_plane() <= u32::MAX as usize, "a plane over 2³² pixels");
     let mut y = vec![0.0f32; g.planes * g.out_plane()];
-    let window = |plane: &[f32], oy: usize, ox: usize| {
-        let (mut best, mut at) = (f32::NEG_INFINITY, oy * g.size * g.width + ox * g.size);
-        for i in 0..g.size {
-            let row = (oy * g.size + i) * g.width + ox * g.size;
-            for (j, &v) in plane[row..row + g.size].iter().enumerate() {
-                if v > best || (v.is_nan() && !best.is_nan()) {
-                    (best, at) = (v, row + j);
-                }
-            }
-        }
-        (best, at as u32)
+    let mut scratch = Vec::new();
+    let argmax = match argmax {
+        Some(argmax) => argmax,
+        None => &mut scratch,
     };
-    let (in_plane, out_plane, out_w) = (g.in_plane(), g.out_plane(), g.out_width());
-    match argmax {
-        Some(argmax) => {
-            argmax.clear();
-            argmax.resize(y.len(), 0);
-            y.par_chunks_mut(out_plane).zip(argmax.par_chunks_mut(out_plane)).zip(x.par_chunks(in_plane)).for_each(|((y_p, a_p), x_p)| {
-                for (o, (y, a)) in y_p.iter_mut().zip(a_p.iter_mut()).enumerate() {
-                    (*y, *a) = window(x_p, o / out_w, o % out_w);
-                }
-            })
-        }
-        None => y.par_chunks_mut(out_plane).zip(x.par_chunks(in_plane)).for_each(|(y_p, x_p)| {
-            for (o, y) in y_p.iter_mut().enumerate() {
-                *y = window(x_p, o / out_w, o % out_w).0;
-            }
-        }),
-    }
+    argmax.clear();
+    argmax.resize(y.len(), 0);
+    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
+    y.par_chunks_mut(out_plane).zip(argmax.par_chunks_mut(out_plane)).zip(x.par_chunks(in_plane)).for_each(|((y_p, a_p), x_p)| pool_plane(g, x_p, y_p, a_p));
     y
+}
+
+/// One plane, an output row at a time: the row's running maxima live in `y` and `argmax`
+/// while the window rows stream past, so the inner loop is a plain pass over an input row.
+fn pool_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    let (size, out_w) = (g.size, g.out_width());
+    for (oy, (best_row, at_row)) in y.chunks_exact_mut(out_w).zip(argmax.chunks_exact_mut(out_w)).enumerate() {
+        best_row.fill(f32::NEG_INFINITY);
+        for (ox, at) in at_row.iter_mut().enumerate() {
+            *at = (oy * size * g.width + ox * size) as u32;
+        }
+        for i in 0..size {
+            let start = (oy * size + i) * g.width;
+            let row = &x[start..start + out_w * size];
+            for (ox, ((best, at), window)) in best_row.iter_mut().zip(at_row.iter_mut()).zip(row.chunks_exact(size)).enumerate() {
+                // In registers across the window (through memory each compare would wait on
+                // the previous store); selects, not branches: the winner is unpredictable.
+                let (mut b, mut a) = (*best, *at);
+                for (j, &v) in window.iter().enumerate() {
+                    // Row-major window order; the first maximum wins ties, a NaN wins numbers.
+                    let take = v > b || (v.is_nan() && !b.is_nan());
+                    b = if take { v } else { b };
+                    a = if take { (start + ox * size + j) as u32 } else { a };
+                }
+                (*best, *at) = (b, a);
+            }
+        }
+    }
 }
 
 /// `dx`: each window's gradient on its winner, zero elsewhere.
