@@ -206,13 +206,19 @@ pub fn input_grad(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
     dx
 }
 
+/// Fewer input channels than this and the flipped convolution's product has too few rows
+/// for GEMM (`fedolf bench conv`: the CNN's 1 → 32 input gradient took 3.9 ms that way
+/// against 0.1–0.2 ms through `col2im`; AlexNet's 3 → 64, 16 against 2–4 ms). Only the
+/// bench asks for these: a first layer's input is the data, which needs no gradient.
+const FLIPPED_MIN_INPUT_CHANNELS: usize = 16;
+
 /// The stride-1 input gradient as a forward convolution of `dy`: its geometry and filters
-/// `W'[ci, co, ky, kx] = W[co, ci, kh−1−ky, kw−1−kx]`. `None` at other strides, or where
-/// the padding exceeds `k − 1`.
+/// `W'[ci, co, ky, kx] = W[co, ci, kh−1−ky, kw−1−kx]`. `None` at other strides, where the
+/// padding exceeds `k − 1`, or for fewer than [`FLIPPED_MIN_INPUT_CHANNELS`] inputs.
 fn as_forward_convolution(g: &ConvGeometry, w: &[f32]) -> Option<(ConvGeometry, Vec<f32>)> {
     let [kh, kw] = g.kernel;
     let [ph, pw] = g.padding;
-    if g.stride != [1, 1] || ph >= kh || pw >= kw {
+    if g.stride != [1, 1] || ph >= kh || pw >= kw || g.c_in < FLIPPED_MIN_INPUT_CHANNELS {
         return None;
     }
     let flipped = ConvGeometry::new([g.batch, g.c_out, g.out_height, g.out_width], [g.c_in, g.c_out, kh, kw], [1, 1], [kh - 1 - ph, kw - 1 - pw])?;
