@@ -1,5 +1,6 @@
 //! The `fedolf` binary: parse the command line, call the library, print the error chain.
 
+#[cfg(feature = "flex")]
 mod bench_conv;
 mod bench_speed;
 mod cli;
@@ -28,7 +29,10 @@ fn main() {
         cli::Command::Memory(args) => memory_cmd::memory(args, &ALLOC),
         cli::Command::Bench { which: cli::BenchKind::Memory { batch } } => memory_cmd::bench_memory(batch, &ALLOC),
         cli::Command::Bench { which: cli::BenchKind::Speed(args) } => bench_speed::bench_speed(args, &ALLOC),
+        #[cfg(feature = "flex")]
         cli::Command::Bench { which: cli::BenchKind::Conv(args) } => bench_conv::bench_conv(args),
+        #[cfg(not(feature = "flex"))]
+        cli::Command::Bench { which: cli::BenchKind::Conv(_) } => Err(anyhow::anyhow!("`bench conv` times the CPU kernels: rebuild with the `flex` feature")),
         cli::Command::Plot { run_dir } => memory_cmd::plot(&run_dir),
         cli::Command::Export { run_dir, out } => run_cmd::export(&run_dir, out.as_deref()),
     };
