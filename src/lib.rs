@@ -14,6 +14,7 @@ pub mod evaluate;
 pub mod federation;
 pub mod freeze;
 pub mod freeze_modes;
+pub mod heap_tuning;
 pub mod host;
 pub mod memory;
 pub mod memory_probe;

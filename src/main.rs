@@ -17,6 +17,7 @@ static ALLOC: CountingAllocator = CountingAllocator::new();
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    fedolf::heap_tuning::keep_freed_memory();
     let cli = cli::Cli::parse();
     // A bare `fedolf` is `fedolf run`, parsed by clap so both paths share its defaults.
     let command = cli.command.unwrap_or_else(|| cli::Cli::parse_from(["fedolf", "run"]).command.expect("`run` is a subcommand"));

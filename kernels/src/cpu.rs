@@ -315,7 +315,7 @@ pub fn bias_grad(g: &ConvGeometry, dy: &[f32]) -> Vec<f32> {
 /// The sum of `values` in 16 interleaved partial sums, added pairwise at the end: a fixed
 /// order (so the same bits on every machine and thread count) that the compiler can keep in
 /// one AVX-512 register, where one running sum waits on each previous add.
-fn lane_sum(values: &[f32]) -> f32 {
+pub(crate) fn lane_sum(values: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut lanes = [0.0f32; LANES];
     let chunks = values.chunks_exact(LANES);

@@ -10,10 +10,11 @@ use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::TensorPrimitive;
 
 use crate::extension::ConvKernels;
+use crate::norm_extension::{BatchStatistics, NormKernels};
 use crate::pool_extension::PoolKernels;
 
 /// Moves a value to the type it is already known (by `TypeId`) to be.
@@ -98,6 +99,33 @@ pub fn pool_forward<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 
     } else {
         pool.forward(x)
     }
+}
+
+/// Training-mode BatchNorm through the kernels: `x: [b, c, n]` normalised with its batch
+/// statistics, scaled by `gamma` and shifted by `beta` (`[c]`), and those statistics. `None`
+/// where `B` has no kernels for it (only the CPU backend with autodiff has: without autodiff
+/// BatchNorm never uses batch statistics) or they do not take these tensors.
+pub fn batch_norm_train<B: Backend>(
+    x: Tensor<B, 3>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    epsilon: f64,
+) -> Option<(Tensor<B, 3>, BatchStatistics)> {
+    #[cfg(feature = "flex")]
+    {
+        use burn::backend::Autodiff;
+        use burn_flex::Flex;
+        type K = Autodiff<Flex>;
+        if is::<B, K>() {
+            fn primitive<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<K> {
+                same_type(t.into_primitive().tensor())
+            }
+            let (y, statistics) = K::batch_norm_train(primitive(x), primitive(gamma), primitive(beta), epsilon)?;
+            return Some((Tensor::from_primitive(TensorPrimitive::Float(same_type(y))), statistics));
+        }
+    }
+    let _ = (x, gamma, beta, epsilon);
+    None
 }
 
 /// Whether [`conv2d`] takes `B`'s convolutions through the project's kernels.

@@ -1,4 +1,4 @@
-//! The kernels on Burn's CPU backend (Flex): convolution and max pooling. Calls the kernels
+//! The kernels on Burn's CPU backend (Flex): convolution, max pooling, training BatchNorm. Calls the kernels
 //! cannot take — another dtype, dilation, groups — go to Flex's own ops, so the extension
 //! never changes what is computed, only how fast.
 
@@ -11,6 +11,8 @@ use std::sync::Arc;
 use crate::cpu::{self, Wanted};
 use crate::extension::{ConvGradientKernels, ConvGradients, ConvKernels};
 use crate::geometry::ConvGeometry;
+use crate::norm::{self, NormShape};
+use crate::norm_extension::{BatchStatistics, NormGradientKernels};
 use crate::pool::{self, PoolGeometry};
 use crate::pool_extension::{PoolArgmax, PoolGradientKernels, PoolKernels};
 
@@ -132,5 +134,55 @@ impl PoolGradientKernels for Flex {
         let g = PoolGeometry::new(argmax.input, argmax.size).expect("the forward's geometry");
         let dy = dy.to_contiguous();
         tensor(pool::backward(&g, &argmax.index, values(&dy)), argmax.input)
+    }
+}
+
+/// `[b, c, n]` when the kernels take these tensors: f32, γ and β of length `c`.
+fn norm_shape(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor) -> Option<NormShape> {
+    let (xs, gs, bs) = (x.shape(), gamma.shape(), beta.shape());
+    let f32s = [x, gamma, beta].iter().all(|t| t.dtype() == DType::F32);
+    if !f32s || xs.num_dims() != 3 || gs.num_dims() != 1 || bs.num_dims() != 1 {
+        return None;
+    }
+    let [batch, channels, pixels] = xs.dims::<3>();
+    (gs.dims::<1>() == [channels] && bs.dims::<1>() == [channels] && batch * pixels > 0).then_some(NormShape { batch, channels, pixels })
+}
+
+fn vector(values: Vec<f32>) -> FlexTensor {
+    let n = values.len();
+    FlexTensor::from_data(TensorData::new(values, [n]))
+}
+
+impl NormGradientKernels for Flex {
+    fn batch_norm_supported(x: &FloatTensor<Self>, gamma: &FloatTensor<Self>, beta: &FloatTensor<Self>) -> bool {
+        norm_shape(x, gamma, beta).is_some()
+    }
+
+    fn batch_norm_forward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> (FloatTensor<Self>, BatchStatistics) {
+        let s = norm_shape(&x, &gamma, &beta).expect("callers check batch_norm_supported first");
+        let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
+        let (mean, var) = norm::statistics(&s, values(&x));
+        let y = norm::forward(&s, values(&x), &mean, &var, values(&gamma), values(&beta), epsilon as f32);
+        (FlexTensor::from_data(TensorData::new(y, [s.batch, s.channels, s.pixels])), (mean, var))
+    }
+
+    fn batch_norm_gradients(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        statistics: &BatchStatistics,
+        epsilon: f64,
+        wanted: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3] {
+        let s = norm_shape(&x, &gamma, &gamma).expect("the forward's shapes");
+        let (x, gamma, dy) = (x.to_contiguous(), gamma.to_contiguous(), dy.to_contiguous());
+        let (mean, var) = statistics;
+        let (dx, dgamma, dbeta) = norm::backward(&s, values(&x), values(&dy), mean, var, values(&gamma), epsilon as f32);
+        let [want_x, want_gamma, want_beta] = wanted;
+        [
+            want_x.then(|| FlexTensor::from_data(TensorData::new(dx, [s.batch, s.channels, s.pixels]))),
+            want_gamma.then(|| vector(dgamma)),
+            want_beta.then(|| vector(dbeta)),
+        ]
     }
 }

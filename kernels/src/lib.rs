@@ -5,7 +5,8 @@
 //! weight gradient). `extension` is the backend extension that carries them into Burn —
 //! forward on the backend, backward registered on `Autodiff` — and `dispatch::conv2d` is the
 //! call the models make for every backend. `pool` and `pool_extension` do the same for max
-//! pooling over non-overlapping windows.
+//! pooling over non-overlapping windows, `norm` and `norm_extension` for training-mode
+//! BatchNorm.
 
 pub mod cpu;
 mod dispatch;
@@ -14,11 +15,14 @@ mod extension;
 mod flex;
 pub mod geometry;
 mod im2col;
+pub mod norm;
+mod norm_extension;
 pub mod pool;
 mod pool_extension;
 
 pub use cpu::{Grads, Wanted};
-pub use dispatch::{conv2d, forward, has_own_kernels, max_pool2d, pool_forward};
+pub use dispatch::{batch_norm_train, conv2d, forward, has_own_kernels, max_pool2d, pool_forward};
+pub use norm_extension::{BatchStatistics, NormGradientKernels, NormKernels};
 pub use extension::{ConvGradientKernels, ConvGradients, ConvKernels};
 pub use geometry::ConvGeometry;
 pub use pool_extension::{PoolArgmax, PoolGradientKernels, PoolKernels};

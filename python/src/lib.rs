@@ -28,6 +28,7 @@ pub(crate) fn py_err<E: std::fmt::Display>(e: E) -> PyErr {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    fedolf::heap_tuning::keep_freed_memory();
     m.add("FedolfError", m.py().get_type::<FedolfError>())?;
     m.add_class::<server::Server>()?;
     m.add_class::<client::Client>()?;
