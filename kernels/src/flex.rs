@@ -28,11 +28,7 @@ fn geometry(tensors: &[&FlexTensor], x: &FlexTensor, weight: &FlexTensor, option
     ConvGeometry::new(xs.dims::<4>(), ws.dims::<4>(), options.stride, options.padding)
 }
 
-/// The tensor's elements in row-major order (a copy only if it is a strided view).
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    t.to_contiguous()
-}
-
+/// The elements of a tensor made contiguous (`to_contiguous` copies only a strided view).
 fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("a contiguous f32 tensor (checked by `geometry`)")
 }
@@ -52,7 +48,7 @@ impl ConvKernels for Flex {
         let Some(g) = geometry(&all, &x, &weight, options) else {
             return <Flex as ModuleOps<Flex>>::conv2d(x, weight, bias, options.clone());
         };
-        let (x, weight, bias) = (contiguous(x), contiguous(weight), bias.map(contiguous));
+        let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.map(|b| b.to_contiguous()));
         let y = cpu::forward(&g, values(&x), values(&weight), bias.as_ref().map(values));
         // [b, c_out, ho·wo] -> [b, c_out, ho, wo]
         tensor(y, [g.batch, g.c_out, g.out_height, g.out_width])
@@ -70,7 +66,7 @@ impl ConvGradientKernels for Flex {
         let Some(g) = geometry(&[&x, &weight, &dy], &x, &weight, options) else {
             return fallback_gradients(x, weight, dy, options, wanted);
         };
-        let (x, weight, dy) = (contiguous(x), contiguous(weight), contiguous(dy));
+        let (x, weight, dy) = (x.to_contiguous(), weight.to_contiguous(), dy.to_contiguous());
         let grads = cpu::backward(&g, values(&x), values(&weight), values(&dy), wanted);
         let [kh, kw] = g.kernel;
         ConvGradients {
