@@ -29,18 +29,32 @@ fn is<B: 'static, K: 'static>() -> bool {
     TypeId::of::<B>() == TypeId::of::<K>()
 }
 
-/// `B` is `K`: run `K`'s kernels on `B`'s tensors.
-fn through<B: Backend, K: ConvKernels>(
+/// The backends with kernels: the CPU's, with autodiff (training) and without (frozen
+/// layers, evaluation).
+#[cfg(feature = "flex")]
+type Training = burn::backend::Autodiff<burn_flex::Flex>;
+#[cfg(feature = "flex")]
+type Inner = burn_flex::Flex;
+
+/// `B`'s tensor as `K`'s primitive, `B` being `K`.
+fn into_kernel<B: Backend, K: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<K> {
+    same_type(t.into_primitive().tensor())
+}
+
+/// `K`'s primitive as `B`'s tensor, `B` being `K`.
+fn from_kernel<K: Backend, B: Backend, const D: usize>(t: FloatTensor<K>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(same_type(t)))
+}
+
+/// `B` is `K`: run `K`'s convolution on `B`'s tensors.
+fn conv_through<B: Backend, K: ConvKernels>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
     bias: Option<Tensor<B, 1>>,
     options: &ConvOptions<2>,
 ) -> Tensor<B, 4> {
-    fn primitive<B: Backend, K: Backend, const D: usize>(t: Tensor<B, D>) -> K::FloatTensorPrimitive {
-        same_type(t.into_primitive().tensor())
-    }
-    let y = K::conv2d_forward(primitive::<B, K, 4>(x), primitive::<B, K, 4>(weight), bias.map(primitive::<B, K, 1>), options);
-    Tensor::from_primitive(TensorPrimitive::Float(same_type(y)))
+    let bias = bias.map(into_kernel::<B, K, 1>);
+    from_kernel::<K, B, 4>(K::conv2d_forward(into_kernel::<B, K, 4>(x), into_kernel::<B, K, 4>(weight), bias, options))
 }
 
 /// `x: [b, c_in, h, w]`, `weight: [c_out, c_in, kh, kw]`, `bias: [c_out]` →
@@ -53,13 +67,11 @@ pub fn conv2d<B: Backend>(
 ) -> Tensor<B, 4> {
     #[cfg(feature = "flex")]
     {
-        use burn::backend::Autodiff;
-        use burn_flex::Flex;
-        if is::<B, Autodiff<Flex>>() {
-            return through::<B, Autodiff<Flex>>(x, weight, bias, &options);
+        if is::<B, Training>() {
+            return conv_through::<B, Training>(x, weight, bias, &options);
         }
-        if is::<B, Flex>() {
-            return through::<B, Flex>(x, weight, bias, &options);
+        if is::<B, Inner>() {
+            return conv_through::<B, Inner>(x, weight, bias, &options);
         }
     }
     burn::tensor::module::conv2d(x, weight, bias, options)
@@ -67,8 +79,7 @@ pub fn conv2d<B: Backend>(
 
 /// `B` is `K`: run `K`'s max pooling on `B`'s tensor.
 fn pool_through<B: Backend, K: PoolKernels>(x: Tensor<B, 4>, size: usize) -> Tensor<B, 4> {
-    let y = K::max_pool2d_windows(same_type(x.into_primitive().tensor()), size);
-    Tensor::from_primitive(TensorPrimitive::Float(same_type(y)))
+    from_kernel::<K, B, 4>(K::max_pool2d_windows(into_kernel::<B, K, 4>(x), size))
 }
 
 /// Max pooling over non-overlapping `size×size` windows (stride `size`, no padding, floor):
@@ -76,13 +87,11 @@ fn pool_through<B: Backend, K: PoolKernels>(x: Tensor<B, 4>, size: usize) -> Ten
 pub fn max_pool2d<B: Backend>(x: Tensor<B, 4>, size: usize) -> Tensor<B, 4> {
     #[cfg(feature = "flex")]
     {
-        use burn::backend::Autodiff;
-        use burn_flex::Flex;
-        if is::<B, Autodiff<Flex>>() {
-            return pool_through::<B, Autodiff<Flex>>(x, size);
+        if is::<B, Training>() {
+            return pool_through::<B, Training>(x, size);
         }
-        if is::<B, Flex>() {
-            return pool_through::<B, Flex>(x, size);
+        if is::<B, Inner>() {
+            return pool_through::<B, Inner>(x, size);
         }
     }
     burn::tensor::module::max_pool2d(x, [size; 2], [size; 2], [0, 0], [1, 1], false)
@@ -112,17 +121,10 @@ pub fn batch_norm_train<B: Backend>(
     epsilon: f64,
 ) -> Option<(Tensor<B, 3>, BatchStatistics)> {
     #[cfg(feature = "flex")]
-    {
-        use burn::backend::Autodiff;
-        use burn_flex::Flex;
-        type K = Autodiff<Flex>;
-        if is::<B, K>() {
-            fn primitive<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<K> {
-                same_type(t.into_primitive().tensor())
-            }
-            let (y, statistics) = K::batch_norm_train(primitive(x), primitive(gamma), primitive(beta), epsilon)?;
-            return Some((Tensor::from_primitive(TensorPrimitive::Float(same_type(y))), statistics));
-        }
+    if is::<B, Training>() {
+        let (x, gamma, beta) = (into_kernel::<B, Training, 3>(x), into_kernel::<B, Training, 1>(gamma), into_kernel::<B, Training, 1>(beta));
+        let (y, statistics) = Training::batch_norm_train(x, gamma, beta, epsilon)?;
+        return Some((from_kernel::<Training, B, 3>(y), statistics));
     }
     let _ = (x, gamma, beta, epsilon);
     None
@@ -131,12 +133,8 @@ pub fn batch_norm_train<B: Backend>(
 /// Whether [`conv2d`] takes `B`'s convolutions through the project's kernels.
 pub fn has_own_kernels<B: Backend>() -> bool {
     #[cfg(feature = "flex")]
-    {
-        use burn::backend::Autodiff;
-        use burn_flex::Flex;
-        if is::<B, Autodiff<Flex>>() || is::<B, Flex>() {
-            return true;
-        }
+    if is::<B, Training>() || is::<B, Inner>() {
+        return true;
     }
     false
 }

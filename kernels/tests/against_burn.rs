@@ -5,21 +5,12 @@
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::TensorData;
 use burn_flex::Flex;
 
-type Ad = Autodiff<Flex>;
+mod common;
+use common::{tensor, values};
 
-/// Deterministic values in [-1, 1) (a 64-bit LCG; no dependency).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+type Ad = Autodiff<Flex>;
 
 #[derive(Debug, Clone, Copy)]
 struct Case {
@@ -41,10 +32,6 @@ impl Case {
     fn options(&self) -> ConvOptions<2> {
         ConvOptions::new([self.stride; 2], [self.pad; 2], [1, 1], 1)
     }
-}
-
-fn tensor<B: Backend, const D: usize>(v: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(v, shape), &Default::default())
 }
 
 struct Outputs {

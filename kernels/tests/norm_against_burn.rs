@@ -4,34 +4,27 @@
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use burn_flex::Flex;
+
+mod common;
+use common::{tensor, values};
 
 type Ad = Autodiff<Flex>;
 const EPSILON: f64 = 1e-5;
 
-fn values(n: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale + offset
-        })
-        .collect()
-}
-
-fn tensor<B: Backend, const D: usize>(v: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(v, shape), &Default::default())
+/// [`values`] scaled and shifted.
+fn spread(n: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
+    values(n, seed).into_iter().map(|v| v * scale + offset).collect()
 }
 
 /// y, dx, dγ, dβ, mean, var of `Σ bn(x) ⊙ r`.
 fn run(shape: [usize; 3], own: bool) -> [Vec<f32>; 6] {
     let [b, c, n] = shape;
     // Not centred at 0 and not unit scale, so the statistics matter.
-    let x = tensor::<Ad, 3>(values(b * c * n, 1, 3.0, 0.7), shape).require_grad();
-    let gamma = tensor::<Ad, 1>(values(c, 2, 0.5, 1.0), [c]).require_grad();
-    let beta = tensor::<Ad, 1>(values(c, 3, 0.5, 0.0), [c]).require_grad();
-    let r = tensor::<Ad, 3>(values(b * c * n, 4, 1.0, 0.0), shape);
+    let x = tensor::<Ad, 3>(spread(b * c * n, 1, 3.0, 0.7), shape).require_grad();
+    let gamma = tensor::<Ad, 1>(spread(c, 2, 0.5, 1.0), [c]).require_grad();
+    let beta = tensor::<Ad, 1>(spread(c, 3, 0.5, 0.0), [c]).require_grad();
+    let r = tensor::<Ad, 3>(spread(b * c * n, 4, 1.0, 0.0), shape);
     let (y, mean, var) = if own {
         let (y, (mean, var)) = fedolf_kernels::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), EPSILON).expect("the CPU backend has the kernel");
         (y, mean, var)
