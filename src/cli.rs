@@ -57,6 +57,15 @@ pub enum BenchKind {
     /// own CPU ops, with ratios against PyTorch's conv2d / conv2d_input / conv2d_weight
     /// (benches/pytorch_twin.py) measured in the same run.
     Conv(ConvArgs),
+    /// One SGD step of the CNN, AlexNet and ResNet20 (small batches, with and without a frozen
+    /// prefix) and TOA on AlexNet's frozen prefix, on `--device` vs the CPU backend from the
+    /// same host-drawn weights and batch: a row per check, exit 1 if any is outside the
+    /// tolerance (the wgpu tests' checks, for a GPU that has no test runner).
+    Parity {
+        /// cuda or wgpu (only those compiled in); cpu compares the CPU with itself.
+        #[arg(long, default_value = "wgpu")]
+        device: String,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -121,6 +130,10 @@ pub struct MemoryArgs {
     /// frozen layers whose predicted training peak (calibrated Eq. 23) fits this many MB.
     #[arg(long, value_name = "MB")]
     pub budget: Option<f64>,
+    /// cpu (the counting allocator's heap peak), cuda or wgpu (the device memory in use on
+    /// the probe's stream); only those compiled in.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// `fedolf run`'s options. A bare `fedolf` parses as `fedolf run` (same defaults).

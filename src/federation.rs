@@ -10,7 +10,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use fedolf_datasets::partition::{self, DirichletSettings};
 use fedolf_datasets::{DataError, Dataset};
-use fedolf_models::{LayeredNet, ModelKind, ModelOptions, SpaceLayout};
+use fedolf_models::{redraw_on_host, LayeredNet, ModelKind, ModelOptions, SpaceLayout};
 use rand::seq::index::sample;
 
 use crate::budget::{mb, round_budget_mb, Calibration, MemoryFit, PeakPredictor, PlanFacts, ProbeRow};
@@ -88,10 +88,9 @@ impl<B: AutodiffBackend> Federation<B> {
         let test = DeviceSplit::new(&HostSplit::new(&dataset.test, &stats), device);
         let (parts, clusters) = partition_clients(cfg, dataset)?;
 
-        // The global model: seeded, and touched in a fixed order so lazy init is reproducible.
-        // Exit heads (multi-exit methods only) come after the layers.
+        // The global model's structure first; its weights are drawn on the host below, after
+        // the exit heads (multi-exit methods only) are attached.
         let kind = ModelKind::parse(&cfg.model.name)?;
-        B::seed(device, cfg.seed);
         let options = cfg.model.options();
         let plain: LayeredNet<B> = kind.init_with(dataset.train.shape, dataset.num_classes, &options, device)?;
         let model_params: usize = read_model(&plain).iter().flatten().map(|t| t.numel()).sum();
@@ -105,7 +104,8 @@ impl<B: AutodiffBackend> Federation<B> {
             Capacity::Memory => num_layers,
         };
         let exit_depths = probe.exit_depths(num_layers, levels);
-        let global = plain.with_exits(&exit_depths, device)?;
+        // Seeded on the host, layers before exits: one seed, bit-identical weights on every device.
+        let global = redraw_on_host(plain.with_exits(&exit_depths, device)?, &mut stream(cfg.seed, Purpose::Init, 0, 0))?;
         // (With memory budgets `clusters` is not used: the levels are the model's own.)
         if fed.capacity == Capacity::Clusters && probe.uses_levels() && fed.clusters > num_layers {
             return Err(SimError::Config {

@@ -236,6 +236,16 @@ impl<B: AutodiffBackend> LocalModel<B> {
         self.fresh_step(x, y, sgd).1.into_scalar().elem::<f64>()
     }
 
+    /// [`Self::single_step`] on a GPU: also the stream's bytes in use at the step's peak (after
+    /// the forward pass, before anything is freed). `None` on the CPU.
+    pub fn single_step_device_peak(self, x: Tensor<B::InnerBackend, 4>, y: Tensor<B::InnerBackend, 1, Int>, sgd: &SgdSettings) -> (f64, Option<u64>) {
+        let mut optim = sgd_optimizer::<B>(sgd);
+        let mut peak = None;
+        let h = self.prefix_forward(x);
+        let (_, loss) = self.step_from_prefix(&mut optim, sgd.lr, h, y, Some(&mut peak));
+        (loss.into_scalar().elem::<f64>(), peak)
+    }
+
     /// Bytes of every tensor the client holds (f32): the frozen prefix as compressed for it,
     /// the rest in full, BN buffers included. Counted from the tensors, not the allocator:
     /// Flex shares storage between the server's model and a fresh client copy until it is

@@ -19,6 +19,15 @@ pub struct HostTensor {
 
 pub type HostLayer = Vec<HostTensor>;
 
+/// `batch` images of `[c, h, w]` with pixels drawn from U[0, 1) by `rng` on the host, so the
+/// synthetic inputs of the speed and memory measurements are the same bits on every device.
+/// # Shapes
+/// `-> [batch, c, h, w]`
+pub fn synthetic_images<R: rand::Rng>(batch: usize, [c, h, w]: [usize; 3], rng: &mut R) -> TensorData {
+    let pixels: Vec<f32> = (0..batch * c * h * w).map(|_| rng.random::<f32>()).collect();
+    TensorData::new(pixels, [batch, c, h, w])
+}
+
 /// A rank-1 tensor's values on the host as f32, whatever the backend's float type.
 pub fn values_of<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec::<f32>().expect("converted to f32 just above")

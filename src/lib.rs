@@ -21,6 +21,8 @@ pub mod memory_probe;
 pub mod objective;
 pub mod ordered_dropout;
 pub mod params;
+#[cfg(feature = "flex")]
+pub mod parity;
 pub mod rng;
 pub mod toa;
 

@@ -2,6 +2,8 @@
 
 #[cfg(feature = "flex")]
 mod bench_conv;
+#[cfg(feature = "flex")]
+mod bench_parity;
 mod bench_speed;
 mod cli;
 mod memory_cmd;
@@ -34,6 +36,10 @@ fn main() {
         cli::Command::Bench { which: cli::BenchKind::Conv(args) } => bench_conv::bench_conv(args),
         #[cfg(not(feature = "flex"))]
         cli::Command::Bench { which: cli::BenchKind::Conv(_) } => Err(anyhow::anyhow!("`bench conv` times the CPU kernels: rebuild with the `flex` feature")),
+        #[cfg(feature = "flex")]
+        cli::Command::Bench { which: cli::BenchKind::Parity { device } } => bench_parity::bench_parity(&device),
+        #[cfg(not(feature = "flex"))]
+        cli::Command::Bench { which: cli::BenchKind::Parity { .. } } => Err(anyhow::anyhow!("`bench parity` compares a device with the CPU backend: rebuild with the `flex` feature")),
         cli::Command::Plot { run_dir } => memory_cmd::plot(&run_dir),
         cli::Command::Export { run_dir, out } => run_cmd::export(&run_dir, out.as_deref()),
     };

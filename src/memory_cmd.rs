@@ -98,7 +98,7 @@ impl BackendTask for ProbeTask<'_> {
     }
 }
 
-fn run_probe(spec: &MemorySpec, alloc: &'static CountingAllocator, verbose: bool) -> anyhow::Result<Vec<MemoryRow>> {
+fn run_probe(spec: &MemorySpec, device: DeviceKind, alloc: &'static CountingAllocator, verbose: bool) -> anyhow::Result<Vec<MemoryRow>> {
     let mut print = |r: &MemoryRow| {
         if verbose {
             println!("{:<10} {:>6} {:>12.1} {:>12.1} {:>14.1} {:>7.2}", r.mode, r.frozen, r.absolute_mb(), r.measured_mb(), r.theoretical_mb(), r.ratio());
@@ -107,9 +107,10 @@ fn run_probe(spec: &MemorySpec, alloc: &'static CountingAllocator, verbose: bool
     if verbose {
         println!("{:<10} {:>6} {:>12} {:>12} {:>14} {:>7}", "mode", "frozen", "absolute MB", "extra MB", "Eq.23 MB", "ratio");
     }
-    // The counting allocator sees host memory: the probe runs on the CPU backend.
+    // On the CPU the counting allocator sees the step's heap; on a GPU the probe reads the
+    // device memory in use on its stream.
     let task = ProbeTask { spec, alloc, on_row: &mut print };
-    Ok(with_backend(DeviceKind::Cpu, task)??)
+    Ok(with_backend(device, task)??)
 }
 
 pub fn memory(args: MemoryArgs, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
@@ -118,6 +119,7 @@ pub fn memory(args: MemoryArgs, alloc: &'static CountingAllocator) -> anyhow::Re
     }
     let model = ModelKind::parse(&args.model)?;
     let dataset = DatasetKind::parse(&args.dataset)?;
+    let device = DeviceKind::parse(&args.device)?;
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -141,14 +143,19 @@ pub fn memory(args: MemoryArgs, alloc: &'static CountingAllocator) -> anyhow::Re
         toa_scales: vec![1.0, 0.75, 0.5, 0.25],
         seed: args.seed,
     };
+    let measured = match device {
+        DeviceKind::Cpu => "peak heap",
+        _ => "peak device memory in use",
+    };
     println!(
-        "{} on {} ({:?}), batch {}: peak heap of one SGD step (forward + backward + update); absolute = what the client holds (model copy, batch) + extra (the step's peak above that); ratio = extra / Eq. 23",
+        "{} on {} ({:?}), batch {}, {}: {measured} of one SGD step (forward + backward + update); absolute = what the client holds (model copy, batch) + extra (the step's peak above that); ratio = extra / Eq. 23",
         model.name(),
         dataset.name(),
         input,
-        args.batch
+        args.batch,
+        device.name(),
     );
-    let rows = run_probe(&spec, alloc, true)?;
+    let rows = run_probe(&spec, device, alloc, true)?;
     if let Some(csv) = &args.csv {
         write_atomic(csv, memory_csv(&rows).as_bytes()).with_context(|| format!("writing {}", csv.display()))?;
         println!("wrote {}", csv.display());
@@ -172,7 +179,7 @@ pub fn bench_memory(batch: usize, alloc: &'static CountingAllocator) -> anyhow::
         seed: 1,
     };
     println!("bench memory: ResNet20 (option A shortcuts), 3×32×32, 100 classes, batch {batch}, CPU (counting allocator)");
-    let rows = run_probe(&spec, alloc, false)?;
+    let rows = run_probe(&spec, DeviceKind::Cpu, alloc, false)?;
     let get = |mode: &str, l: usize| rows.iter().find(|r| r.mode == mode && r.frozen == l).expect("probed");
     let (o4, r4, t4) = (get("ordered", 4), get("random", 4), get("tinyfel", 4));
     println!("ordered / random  peak at l=4: {:.3}  ({:.1} MB / {:.1} MB)", o4.measured_mb() / r4.measured_mb(), o4.measured_mb(), r4.measured_mb());

@@ -7,6 +7,7 @@ use fedolf_models::{LayeredNet, ModelKind, ModelOptions};
 
 use crate::freeze::{FreezeError, LocalModel, SgdSettings};
 use crate::freeze_modes::{layer_roles, FreezeMode};
+use crate::host::synthetic_images;
 use crate::memory::CountingAllocator;
 use crate::rng::{stream, Purpose};
 use crate::theory::{theoretical_memory, TheoreticalMemory};
@@ -32,8 +33,8 @@ pub struct MemoryRow {
     /// `ordered`, `random`, `tinyfel`, `none`, or `toa-<s>`.
     pub mode: String,
     pub frozen: usize,
-    /// Peak heap during the step above what the client held before it (the transient part:
-    /// activations, gradients, optimizer state).
+    /// Peak heap (CPU) or device memory in use (GPU) during the step above what the client
+    /// held before it (the transient part: activations, gradients, optimizer state).
     pub measured_bytes: u64,
     /// What the client holds before the step: its model copy (the TOA-sparsified prefix
     /// included, see `LocalModel::resident_bytes`) and the input batch.
@@ -74,15 +75,13 @@ pub fn probe_memory<B: AutodiffBackend>(
     alloc: &CountingAllocator,
     on_row: &mut dyn FnMut(&MemoryRow),
 ) -> Result<Vec<MemoryRow>, FreezeError> {
-    B::seed(device, spec.seed);
-    let global: LayeredNet<B> = spec.model.init_with(spec.input, spec.classes, &spec.options, device)?;
+    let global: LayeredNet<B> = spec.model.init_on_host(spec.input, spec.classes, &spec.options, &[], &mut stream(spec.seed, Purpose::Init, 0, 0), device)?;
     let infos = global.layer_infos();
     let n = global.num_layers();
     if let Some(&l) = spec.frozen.iter().find(|&&l| l >= n) {
         return Err(FreezeError::TooManyFrozen { frozen: l, num_layers: n });
     }
-    let [c, h, w] = spec.input;
-    let x_host = Tensor::<B::InnerBackend, 4>::random([spec.batch, c, h, w], burn::tensor::Distribution::Default, device).into_data();
+    let x_host = synthetic_images(spec.batch, spec.input, &mut stream(spec.seed, Purpose::SyntheticBatch, 0, 0));
     let labels: Vec<i64> = (0..spec.batch).map(|i| (i % spec.classes) as i64).collect();
     let y_host = TensorData::new(labels, [spec.batch]);
 
@@ -99,7 +98,17 @@ pub fn probe_memory<B: AutodiffBackend>(
         let x = Tensor::<B::InnerBackend, 4>::from_data(x_host.clone(), device);
         let y = Tensor::<B::InnerBackend, 1, Int>::from_data(y_host.clone(), device);
         let resident = local.resident_bytes() + (x_host.as_bytes().len() + y_host.as_bytes().len()) as u64;
-        let (_, peak) = alloc.measure(|| local.single_step(x, y, &SGD));
+        let peak = match crate::backend::device_bytes_in_use(device) {
+            // The CPU: the counting allocator's peak above the heap before the step.
+            None => alloc.measure(|| local.single_step(x, y, &SGD)).1,
+            // A GPU: the stream's bytes in use at the step's peak above those before it.
+            Some(_) => {
+                let _ = B::sync(device);
+                let before = crate::backend::device_bytes_in_use(device).unwrap_or(0);
+                let (_, peak) = local.single_step_device_peak(x, y, &SGD);
+                peak.unwrap_or(before).saturating_sub(before) as usize
+            }
+        };
         log::debug!("{label} l={l} draw={draw}: resident {resident} B, step {peak} B");
         Ok((Measured { transient: peak as u64, resident }, theoretical_memory(&infos, &roles, spec.batch, true)))
     };

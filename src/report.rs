@@ -111,7 +111,8 @@ pub struct Summary {
     pub total_bytes_up: u64,
     pub total_compute_s: f64,
     pub wall_s: f64,
-    /// Mean over rounds of the clients' mean absolute peak (CPU only).
+    /// Mean over rounds of the clients' mean absolute peak: the counting allocator's on the
+    /// CPU, the bytes in use on the client's stream on a GPU.
     pub mean_peak_mem_mb: Option<f64>,
     /// Mean over rounds of the clients' mean peak above their resident model (CPU only).
     pub mean_peak_extra_mb: Option<f64>,
@@ -151,6 +152,16 @@ impl Summary {
             energy_compute_kj: records.iter().map(|r| r.energy_compute_j).sum::<f64>() / 1e3,
             energy_comm_kj: records.iter().map(|r| r.energy_comm_j).sum::<f64>() / 1e3,
             memory_budgets: crate::budget::BudgetSummary::from_records(records),
+        }
+    }
+
+    /// The final table's memory line. On a GPU only the absolute figure exists (the device's
+    /// bytes in use; no allocator sees the resident model apart from the step's extra).
+    pub fn peak_memory_line(&self) -> String {
+        match (self.mean_peak_mem_mb, self.mean_peak_extra_mb) {
+            (Some(abs), Some(extra)) => format!("{abs:.1} MB (training adds {extra:.1} MB to the resident model)"),
+            (Some(abs), None) => format!("{abs:.1} MB (device memory in use on the client's stream)"),
+            (None, _) => "n/a".into(),
         }
     }
 }

@@ -22,6 +22,10 @@ pub enum Purpose {
     MemoryProbe = 8,
     /// A client's memory budget jitter in one round.
     Budget = 9,
+    /// The initial weights of a run's model (drawn on the host: the same on every device).
+    Init = 10,
+    /// Synthetic inputs of the speed and memory measurements.
+    SyntheticBatch = 11,
 }
 
 /// SplitMix64 finaliser: a cheap, well-mixed hash of the seed material.

@@ -339,13 +339,7 @@ fn print_table(s: &Summary, dir: &RunDir) {
         ("mean of last evals", pct(s.mean_last_accuracy)),
         ("bytes down / up", format!("{:.1} MB / {:.1} MB", s.total_bytes_down as f64 / 1e6, s.total_bytes_up as f64 / 1e6)),
         ("compute / wall", format!("{:.1} s / {:.1} s", s.total_compute_s, s.wall_s)),
-        (
-            "mean peak memory",
-            match (s.mean_peak_mem_mb, s.mean_peak_extra_mb) {
-                (Some(abs), Some(extra)) => format!("{abs:.1} MB (training adds {extra:.1} MB to the resident model)"),
-                _ => "n/a".into(),
-            },
-        ),
+        ("mean peak memory", s.peak_memory_line()),
         ("energy compute / comm", format!("{:.3} kJ / {:.3} kJ", s.energy_compute_kj, s.energy_comm_kj)),
         ("results", dir.path.display().to_string()),
     ];

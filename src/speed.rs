@@ -8,6 +8,8 @@ use burn::tensor::backend::AutodiffBackend;
 use fedolf_models::{ModelError, ModelKind, ModelOptions};
 
 use crate::freeze::{FreezeError, LocalModel, SgdSettings};
+use crate::host::synthetic_images;
+use crate::rng::{stream, Purpose};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepSpec {
@@ -41,10 +43,8 @@ pub fn median_step_seconds<B: AutodiffBackend>(spec: &StepSpec, device: &B::Devi
     if spec.repeats == 0 {
         return Err(SpeedError::NoRepeats);
     }
-    B::seed(device, 1);
-    let net = spec.model.init_with::<B>(spec.input, spec.classes, &ModelOptions::default(), device)?;
-    let [c, h, w] = spec.input;
-    let x = Tensor::<B::InnerBackend, 4>::random([spec.batch, c, h, w], burn::tensor::Distribution::Default, device);
+    let net = spec.model.init_on_host::<B, _>(spec.input, spec.classes, &ModelOptions::default(), &[], &mut stream(1, Purpose::Init, 0, 0), device)?;
+    let x = Tensor::<B::InnerBackend, 4>::from_data(synthetic_images(spec.batch, spec.input, &mut stream(1, Purpose::SyntheticBatch, 0, 0)), device);
     let labels: Vec<i64> = (0..spec.batch).map(|i| (i % spec.classes) as i64).collect();
     let y = Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(labels, [spec.batch]), device);
     let mut model = LocalModel::ordered(&net, spec.frozen)?;

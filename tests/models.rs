@@ -73,3 +73,49 @@ fn bad_ranges_and_inputs_are_typed_errors() {
     let err = ModelKind::parse("vgg").unwrap_err();
     assert!(err.to_string().contains("vgg"), "{err}");
 }
+
+/// Host-drawn initial weights: the same stream gives the same bits, another seed other
+/// values, every drawn tensor stays inside Burn's default Kaiming-uniform bound 1/√fan_in
+/// (and fills it: no tensor collapses to a constant), BatchNorm starts at γ = 1, β = 0, and
+/// exits are drawn after the layers, so adding one never changes a layer.
+#[test]
+fn initial_weights_are_drawn_on_the_host_from_the_seed_within_burns_bounds() {
+    use fedolf::models::ModelOptions;
+    use fedolf::rng::{stream, Purpose};
+    let draw = |kind: ModelKind, seed: u64, exits: &[usize]| {
+        let input = if kind == ModelKind::Cnn { [1, 28, 28] } else { [3, 32, 32] };
+        let net = kind.init_on_host::<Inner, _>(input, 10, &ModelOptions::default(), exits, &mut stream(seed, Purpose::Init, 0, 0), &device()).unwrap();
+        host_params(&net)
+    };
+    for kind in ModelKind::ALL {
+        let a = draw(kind, 1, &[]);
+        assert_eq!(a, draw(kind, 1, &[]), "{}: same seed, different weights", kind.name());
+        assert_ne!(a, draw(kind, 2, &[]), "{}: another seed, the same weights", kind.name());
+        let with_exits = draw(kind, 1, &[1, 2]);
+        assert_eq!(with_exits[..a.len()], a[..], "{}: attaching exits moved a layer's draws", kind.name());
+        let input = if kind == ModelKind::Cnn { [1, 28, 28] } else { [3, 32, 32] };
+        let net = kind.init_on_host::<Inner, _>(input, 10, &ModelOptions::default(), &[], &mut stream(1, Purpose::Init, 0, 0), &device()).unwrap();
+        for layer in fedolf::params::read_model(&net) {
+            let mut fan_in = 0usize;
+            for t in layer {
+                let (name, values) = (&t.name, to_vec(&t.value));
+                let max = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                if name.ends_with("gamma") || name.ends_with("running_var") {
+                    assert!(values.iter().all(|&v| v == 1.0), "{} {name}: not all ones", kind.name());
+                } else if name.ends_with("beta") || name.ends_with("running_mean") {
+                    assert!(values.iter().all(|&v| v == 0.0), "{} {name}: not all zeros", kind.name());
+                } else {
+                    // A convolution's weight is [c_out, c_in, k, k], a linear layer's [d_in, d_out];
+                    // a bias uses its layer's fan-in.
+                    match t.shape.as_slice() {
+                        [_, c_in, kh, kw] => fan_in = c_in * kh * kw,
+                        [d_in, _] => fan_in = *d_in,
+                        _ => {}
+                    }
+                    let bound = 1.0 / (fan_in as f32).sqrt();
+                    assert!(max <= bound && max > 0.5 * bound, "{} {name}: max |w| {max} vs bound {bound}", kind.name());
+                }
+            }
+        }
+    }
+}

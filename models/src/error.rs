@@ -13,6 +13,8 @@ pub enum ModelError {
     BadRange { from: usize, to: usize, num_layers: usize },
     #[error("an exit after depth {depth} is impossible in a model of {num_layers} layers (exits sit after depths 1..{num_layers}, the classifier being the last)")]
     BadExit { depth: usize, num_layers: usize },
+    #[error("host-side initialisation: parameter `{path}` is {what}, which has no host initialiser (add its distribution to host_init.rs)")]
+    HostInit { path: String, what: String },
     #[error("TOA cannot {op} on a {layer} layer")]
     ToaUnsupported { layer: &'static str, op: &'static str },
 }

@@ -18,6 +18,7 @@ mod error;
 mod exit;
 mod features;
 mod frozen_norm;
+mod host_init;
 mod layer;
 mod net;
 mod padded_skip;
@@ -32,6 +33,7 @@ pub use dense_unit::{DenseUnit, MlpHead};
 pub use error::ModelError;
 pub use exit::{ExitHead, ExitKind, StridedExit};
 pub use features::Features;
+pub use host_init::redraw_on_host;
 pub use layer::{Layer, ToaSite};
 pub use net::LayeredNet;
 pub use padded_skip::PaddedSkip;
@@ -111,6 +113,22 @@ impl ModelKind {
             Self::ResNet20 => resnet::ResNetConfig::resnet20(input, num_classes).with_shortcut(options.shortcut).init(device),
             Self::ResNet44 => resnet::ResNetConfig::resnet44(input, num_classes).with_shortcut(options.shortcut).init(device),
         }
+    }
+
+    /// The model with exits after `exit_depths`, every random parameter drawn from `rng` on
+    /// the host ([`redraw_on_host`]): the same generator state gives bit-identical weights on
+    /// every backend. Layers are drawn before exits, so adding exits never shifts a layer.
+    pub fn init_on_host<B: burn::prelude::Backend, R: rand::Rng>(
+        self,
+        input: [usize; 3],
+        num_classes: usize,
+        options: &ModelOptions,
+        exit_depths: &[usize],
+        rng: &mut R,
+        device: &B::Device,
+    ) -> Result<LayeredNet<B>, ModelError> {
+        let net = self.init_with::<B>(input, num_classes, options, device)?.with_exits(exit_depths, device)?;
+        redraw_on_host(net, rng)
     }
 }
 

@@ -24,16 +24,15 @@ type Inner = <Train as burn::tensor::backend::AutodiffBackend>::InnerBackend;
 fn init_model(model: &str, input_shape: [usize; 3], classes: usize, seed: u64, method: Option<&str>, clusters: usize) -> PyResult<LayeredNet<Train>> {
     let device = Default::default();
     let kind = ModelKind::parse(model).map_err(py_err)?;
-    Train::seed(&device, seed);
-    let net: LayeredNet<Train> = kind.init_with(input_shape, classes, &ModelOptions::default(), &device).map_err(py_err)?;
     let exits = match method {
         Some(m) => {
             let method: Method = serde_json::from_value(serde_json::Value::String(m.to_string())).map_err(|_| py_err(format!("unknown method `{m}` (see `fedolf list`)")))?;
-            exit_depths_for::<Train>(method, net.num_layers(), clusters)
+            exit_depths_for::<Train>(method, kind.num_layers(), clusters)
         }
         None => Vec::new(),
     };
-    net.with_exits(&exits, &device).map_err(py_err)
+    // As the simulator seeds its global model (federation.rs): on the host, layers before exits.
+    kind.init_on_host(input_shape, classes, &ModelOptions::default(), &exits, &mut stream(seed, Purpose::Init, 0, 0), &device).map_err(py_err)
 }
 
 /// The initial weights of `model` for images `input_shape` = `(c, h, w)` and `classes`
