@@ -12,5 +12,12 @@ fn main() {
     let frozen: usize = args[3].parse().unwrap();
     let (input, classes) = if model == ModelKind::Cnn { ([1, 28, 28], 10) } else { ([3, 32, 32], 100) };
     let spec = StepSpec { model, input, classes, batch, frozen, warmup: 1, repeats: args.get(4).map_or(3, |r| r.parse().unwrap()) };
+    // FEDOLF_DEVICE=wgpu (built with `--features wgpu`) times the step on wgpu instead.
+    #[cfg(feature = "wgpu")]
+    if std::env::var("FEDOLF_DEVICE").as_deref() == Ok("wgpu") {
+        type Gpu = burn::backend::Autodiff<burn::backend::Wgpu>;
+        println!("{:.4}", median_step_seconds::<Gpu>(&spec, &Default::default()).unwrap());
+        return;
+    }
     println!("{:.4}", median_step_seconds::<Train>(&spec, &Default::default()).unwrap());
 }
