@@ -30,7 +30,8 @@ step() {
   shift 2
   local t0=$SECONDS
   echo "== $name: $*" | tee -a "$OUT/steps.log"
-  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+  # SIGTERM lets a run finish its client in flight and checkpoint; KILL 20 s later.
+  timeout -k 20 "$limit" "$@" > "$OUT/$name.txt" 2>&1
   local rc=$?
   printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" >> "$OUT/steps.tsv"
   echo "   exit $rc in $((SECONDS - t0)) s (total $((SECONDS - started)) s)" | tee -a "$OUT/steps.log"
