@@ -1,10 +1,10 @@
 //! Profiling aid: median step time of one model (not part of the product).
 use fedolf::models::ModelKind;
-use fedolf::speed::{median_step_seconds, StepSpec};
+use fedolf::measure::speed::{median_step_seconds, StepSpec};
 type Train = burn::backend::Autodiff<burn::backend::Flex>;
 fn main() {
     if std::env::var_os("FEDOLF_GLIBC_DEFAULTS").is_none() {
-        fedolf::heap_tuning::keep_freed_memory();
+        fedolf::runtime::heap_tuning::keep_freed_memory();
     }
     let args: Vec<String> = std::env::args().collect();
     let model = ModelKind::parse(&args[1]).unwrap();

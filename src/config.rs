@@ -5,9 +5,8 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::backend::DeviceKind;
-use crate::strategy::StageLengths;
-use crate::toa::ToaMode;
+use crate::runtime::backend::DeviceKind;
+use crate::compress::toa::ToaMode;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -170,7 +169,7 @@ pub enum Capacity {
     #[default]
     Clusters,
     /// Each client declares a memory budget (`budgets_mb`); each round it trains the largest
-    /// plan of its method whose predicted training peak fits (`crate::budget`).
+    /// plan of its method whose predicted training peak fits (`crate::measure::budget`).
     Memory,
 }
 
@@ -188,6 +187,17 @@ pub struct CocoFlConfig {
 pub struct SltConfig {
     /// `params`: stage lengths in proportion to the parameters each stage trains; `equal`.
     pub stage_lengths: StageLengths,
+}
+
+/// SLT: how the `T` rounds are shared among the stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StageLengths {
+    /// In proportion to the parameters each stage trains (SLT's rule).
+    #[default]
+    Params,
+    /// The same number of rounds per stage.
+    Equal,
 }
 
 /// ScaleFL options.
@@ -356,11 +366,11 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// The local-training settings every client of the run uses.
-    pub fn local_training(&self) -> crate::freeze::LocalTraining {
-        crate::freeze::LocalTraining {
+    pub fn local_training(&self) -> crate::local::training::LocalTraining {
+        crate::local::training::LocalTraining {
             epochs: self.epochs,
             batch_size: self.batch_size,
-            sgd: crate::freeze::SgdSettings { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay },
+            sgd: crate::local::training::SgdSettings { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay },
             cache_frozen: self.cache_frozen,
         }
     }

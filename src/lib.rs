@@ -1,42 +1,23 @@
 //! fedolf — federated learning with ordered layer freezing (FedOLF, IEEE TMC,
 //! arXiv 2512.23200) on Burn.
 //!
-//! Modules, bottom up: [`params`] (the only Burn-parameter walker), [`aggregate`] (MWA),
-//! [`freeze`] (frozen-prefix training), [`toa`] (download sparsification), [`rng`] (seeded
-//! streams), [`backend`] (feature → backend).
+//! The crate is layered; each folder uses only those listed before it (ARCHITECTURE.md, and
+//! `tests/architecture.rs` keeps it so):
+//! [`records`] (plain result rows) → [`runtime`] (devices, memory counting, threads, seeded
+//! streams) → [`tensor`] (weights as data) → [`compress`] (TOA, QSGD) → [`local`] (a
+//! client's training) → [`config`] → [`strategy`] (one file per method) → [`measure`]
+//! (memory, energy, speed, budgets) → [`io`] (run folders) → [`engine`] (the round loop and
+//! the federation). The `fedolf` binary (`src/cli/`) and the Python bindings sit on top.
 
-pub mod aggregate;
-pub mod backend;
-pub mod budget;
-pub mod checkpoint;
-pub mod client_round;
-pub mod evaluate;
-pub mod federation;
-pub mod freeze;
-pub mod freeze_modes;
-pub mod heap_tuning;
-pub mod host;
-pub mod memory;
-pub mod memory_probe;
-pub mod objective;
-pub mod ordered_dropout;
-pub mod params;
-#[cfg(feature = "flex")]
-pub mod parity;
-pub mod rng;
-pub mod toa;
+pub mod records;
+pub mod runtime;
+pub mod tensor;
+pub mod compress;
+pub mod local;
+pub mod config;
+pub mod strategy;
+pub mod measure;
+pub mod io;
+pub mod engine;
 
 pub use fedolf_models as models;
-pub mod config;
-pub mod energy;
-pub mod fake_quant;
-pub mod plot;
-pub mod qsgd;
-pub mod report;
-pub mod sim;
-pub mod speed;
-pub mod strategy;
-pub mod submodel;
-pub mod theory;
-pub mod trials;
-pub mod workers;

@@ -5,9 +5,9 @@ mod common;
 
 use burn::prelude::*;
 use common::*;
-use fedolf::aggregate::{aggregate_layerwise, masked_weighted_average, AggregateError, LayerUpload, Upload};
+use fedolf::tensor::aggregate::{aggregate_layerwise, masked_weighted_average, AggregateError, LayerUpload, Upload};
 use fedolf::models::ModelKind;
-use fedolf::params::{read_model, write_model, NamedTensor};
+use fedolf::tensor::params::{read_model, write_model, NamedTensor};
 
 fn tensor(name: &str, values: &[f32]) -> NamedTensor<Inner> {
     NamedTensor {

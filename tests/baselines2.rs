@@ -5,17 +5,16 @@ mod common;
 
 use burn::prelude::*;
 use common::*;
-use fedolf::aggregate::LayerUpload;
+use fedolf::tensor::aggregate::LayerUpload;
 use fedolf::config::Method;
-use fedolf::freeze::{LayerRole, LocalModel};
-use fedolf::host::HostLayer;
+use fedolf::local::roles::LayerRole;
+use fedolf::local::training::LocalModel;
+use fedolf::tensor::host::HostLayer;
 use fedolf::models::{ExitKind, Features, ModelKind};
-use fedolf::objective::Objective;
-use fedolf::params::NamedTensor;
-use fedolf::strategy::{
-    depthfl_weight, mutual_distillation_loss, nefl_skipped_blocks, scaled_exits_loss, strategy_for, AdaptiveFl, ClientPlan, NeFl, PlanContext, PoolModel, Strategy,
-    StrategyInputs, Download,
-};
+use fedolf::local::objective::Objective;
+use fedolf::tensor::params::NamedTensor;
+use fedolf::local::exit_losses::{mutual_distillation_loss, scaled_exits_loss};
+use fedolf::strategy::{depthfl_weight, nefl_skipped_blocks, strategy_for, AdaptiveFl, ClientPlan, NeFl, PlanContext, PoolModel, Strategy, StrategyInputs, Download};
 use rand::SeedableRng;
 
 fn logits(rows: &[&[f32]]) -> Tensor<Inner, 2> {
@@ -128,14 +127,14 @@ fn scalefl_turns_distillation_on_at_a_quarter_of_the_rounds() {
     let layout = net.channel_spaces();
     let scalefl = strategy_for::<Train>(Method::Scalefl, &StrategyInputs::new(Download::Full));
     let objective_at = |round| {
-        let ctx = PlanContext { num_layers: 3, clusters: 2, round, rounds: 100, layout: &layout };
+        let ctx = PlanContext { num_layers: 3, levels: 2, round, rounds: 100, layout: &layout };
         scalefl.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap().objective
     };
     // Rounds 1..=25 (the first quarter) train without KD; from round 26 on γ = 1.
     assert_eq!(objective_at(25), Objective::ScaledExits { gamma: 0.0, temperature: 3.0 });
     assert_eq!(objective_at(26), Objective::ScaledExits { gamma: 1.0, temperature: 3.0 });
     // The weak cluster keeps 2 of 3 layers (its exit after conv block 2).
-    let ctx = PlanContext { num_layers: 3, clusters: 2, round: 1, rounds: 100, layout: &layout };
+    let ctx = PlanContext { num_layers: 3, levels: 2, round: 1, rounds: 100, layout: &layout };
     let plan = scalefl.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
     assert_eq!(plan.roles, vec![LayerRole::Trained, LayerRole::Trained, LayerRole::Skipped]);
 }
@@ -148,7 +147,7 @@ fn scalefl_widths_match_a_share_of_the_parameters() {
     for (kind, clusters) in [(ModelKind::ResNet20, 5), (ModelKind::AlexNet, 5), (ModelKind::Cnn, 2)] {
         let plain = kind.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
         let n = plain.num_layers();
-        let full: usize = plain.layers.iter().map(fedolf::params::layer_numel).sum();
+        let full: usize = plain.layers.iter().map(fedolf::tensor::params::layer_numel).sum();
         let depths: Vec<usize> = (1..clusters).map(|l| n - l).collect();
         let net = plain.with_exits(&depths, &device()).unwrap();
         let layout = net.channel_spaces();
@@ -157,9 +156,9 @@ fn scalefl_widths_match_a_share_of_the_parameters() {
         // The strongest level is the whole model (with every exit).
         for (cluster, &w) in widths.iter().enumerate().take(clusters - 1) {
             let depth = n - (clusters - 1 - cluster);
-            let sub = fedolf::submodel::extract(net.clone(), &layout, &fedolf::submodel::WidthSpec::prefix(&layout, w), &device());
-            let held: usize = sub.layers[..depth].iter().map(fedolf::params::layer_numel).sum::<usize>()
-                + sub.exits.iter().filter(|e| e.after <= depth).map(fedolf::params::layer_numel).sum::<usize>();
+            let sub = fedolf::tensor::submodel::extract(net.clone(), &layout, &fedolf::tensor::submodel::WidthSpec::prefix(&layout, w), &device());
+            let held: usize = sub.layers[..depth].iter().map(fedolf::tensor::params::layer_numel).sum::<usize>()
+                + sub.exits.iter().filter(|e| e.after <= depth).map(fedolf::tensor::params::layer_numel).sum::<usize>();
             let target = full as f64 * (cluster + 1) as f64 / clusters as f64;
             let share = held as f64 / target;
             assert!(
@@ -187,12 +186,12 @@ fn adaptivefl_falls_back_to_the_largest_pool_model_that_fits() {
     let layout = net.channel_spaces();
     let (pool, full) = fedolf::strategy::adaptivefl_pool(&net, &layout, 4, &device());
     let strategy = AdaptiveFl { pool: Some((pool.clone(), full)) };
-    let ctx = PlanContext { num_layers: 3, clusters: 4, round: 1, rounds: 10, layout: &layout };
+    let ctx = PlanContext { num_layers: 3, levels: 4, round: 1, rounds: 10, layout: &layout };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     for _ in 0..20 {
         let plan = Strategy::<Train>::plan(&strategy, &ctx, 0, 0, &mut rng).unwrap();
-        let sub = fedolf::submodel::extract(net.clone(), &layout, plan.width.as_ref().expect("a weak client is narrowed"), &device());
-        let params: usize = sub.layers.iter().map(fedolf::params::layer_numel).sum();
+        let sub = fedolf::tensor::submodel::extract(net.clone(), &layout, plan.width.as_ref().expect("a weak client is narrowed"), &device());
+        let params: usize = sub.layers.iter().map(fedolf::tensor::params::layer_numel).sum();
         assert!(params as f64 <= full as f64 / 4.0, "{params} > {}", full / 4);
     }
 }
@@ -266,17 +265,17 @@ fn nefl_batch_norm_banks_average_only_within_their_level() {
     // Shared weight: MWA over all three, (4 + 24 + 48) / 8 = 9.5. Global BN = the full level's only: 10.
     assert_eq!(to_vec(&layer[1].value), vec![9.5]);
     assert_eq!(to_vec(&layer[0].value), vec![10.0]);
-    let host: Vec<HostLayer> = merged.into_iter().map(|l| fedolf::host::layer_to_host(l.unwrap())).collect();
+    let host: Vec<HostLayer> = merged.into_iter().map(|l| fedolf::tensor::host::layer_to_host(l.unwrap())).collect();
     // Level 0's bank: (2 + 18) / 4 = 5, downloaded with the shared weight.
     assert_eq!(start_value(&nefl, &plans[0], &host, "Conv.bn.gamma"), 5.0);
     assert_eq!(start_value(&nefl, &plans[0], &host, "Conv.conv.weight"), 9.5);
     // Level 1 has trained nothing: its bank is the initial BN.
     assert_eq!(start_value(&nefl, &level_plan(5, Some(1)), &host, "Conv.bn.gamma"), 1.0);
     // A level-1 upload moves level 1's bank, never level 0's nor the global BN.
-    let global2: Vec<_> = host.iter().map(|l| fedolf::host::layer_to_device::<Inner>(l, &device())).collect();
+    let global2: Vec<_> = host.iter().map(|l| fedolf::tensor::host::layer_to_device::<Inner>(l, &device())).collect();
     let merged2 = Strategy::<Train>::merge(&mut nefl, &global2, &[upload(1.0, 7.0, 1.0)], &[level_plan(6, Some(1))]).unwrap();
     assert_eq!(to_vec(&merged2[0].as_ref().unwrap()[0].value), vec![10.0]);
-    let host2: Vec<HostLayer> = merged2.into_iter().map(|l| fedolf::host::layer_to_host(l.unwrap())).collect();
+    let host2: Vec<HostLayer> = merged2.into_iter().map(|l| fedolf::tensor::host::layer_to_host(l.unwrap())).collect();
     assert_eq!(start_value(&nefl, &plans[0], &host2, "Conv.bn.gamma"), 5.0);
     assert_eq!(start_value(&nefl, &level_plan(6, Some(1)), &host2, "Conv.bn.gamma"), 7.0);
 }
@@ -290,7 +289,7 @@ fn nefl_state_round_trips_through_a_checkpoint() {
     let plans = [level_plan(0, Some(0)), level_plan(1, Some(1)), level_plan(2, None)];
     let uploads = [upload(1.0, 2.0, 4.0), upload(3.0, 6.0, 8.0), upload(4.0, 10.0, 12.0)];
     let merged = Strategy::<Train>::merge(&mut nefl, &global, &uploads, &plans).unwrap();
-    let host: Vec<HostLayer> = merged.into_iter().map(|l| fedolf::host::layer_to_host(l.unwrap())).collect();
+    let host: Vec<HostLayer> = merged.into_iter().map(|l| fedolf::tensor::host::layer_to_host(l.unwrap())).collect();
     let state = Strategy::<Train>::state(&nefl);
     assert!(state.iter().all(|t| t.name.starts_with("bank/") || t.name.starts_with("initial/")), "{state:?}");
     let mut restored = NeFl::default();

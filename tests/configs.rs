@@ -62,7 +62,7 @@ fn overrides_apply_and_bad_ones_are_named() {
 
 #[test]
 fn method_options_parse_and_bad_ones_name_their_field() {
-    use fedolf::strategy::StageLengths;
+    use fedolf::config::StageLengths;
     let cfg = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &[]).unwrap();
     assert_eq!((cfg.slt.stage_lengths, cfg.cocofl.fake_int8, cfg.heterofl.static_bn), (StageLengths::Params, false, true));
     let cfg = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["slt.stage_lengths=\"equal\"".into(), "cocofl.fake_int8=true".into(), "method=slt".into()]).unwrap();

@@ -55,7 +55,7 @@ fn csv_without_timing(path: &Path) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let keep: Vec<usize> = (0..header.len()).filter(|&i| !fedolf::report::TIMING_COLUMNS.contains(&header[i])).collect();
+    let keep: Vec<usize> = (0..header.len()).filter(|&i| !fedolf::io::report::TIMING_COLUMNS.contains(&header[i])).collect();
     text.lines().map(|l| {
         let cells: Vec<&str> = l.split(',').collect();
         keep.iter().map(|&i| cells[i].to_string()).collect()

@@ -7,11 +7,12 @@ use std::sync::Barrier;
 
 use common::*;
 use fedolf::config::{Config, DEFAULT_TOML};
-use fedolf::freeze::{train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
-use fedolf::memory::CountingAllocator;
+use fedolf::local::training::{train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
+use fedolf::runtime::memory::CountingAllocator;
 use fedolf::models::{LayeredNet, ModelKind};
-use fedolf::sim::{self, RoundObserver, RoundRecord};
-use fedolf::workers::{WorkerLayout, Workers};
+use fedolf::engine::{self, RoundObserver};
+use fedolf::records::RoundRecord;
+use fedolf::runtime::workers::{WorkerLayout, Workers};
 use rand::SeedableRng;
 
 #[global_allocator]
@@ -36,8 +37,8 @@ fn small_run(overrides: &[&str]) -> Vec<RoundRecord> {
     .collect();
     all.extend(overrides.iter().map(|s| s.to_string()));
     let cfg = Config::from_toml(DEFAULT_TOML, "default", &all).unwrap();
-    let dataset = sim::load_dataset(&cfg).unwrap();
-    sim::run::<Train>(&cfg, &dataset, &device(), Some(&ALLOC), &mut Quiet).unwrap()
+    let dataset = engine::load_dataset(&cfg).unwrap();
+    engine::run::<Train>(&cfg, &dataset, &device(), Some(&ALLOC), &mut Quiet).unwrap()
 }
 
 /// Everything a run computes, without the clocks: losses and accuracy as exact bits.

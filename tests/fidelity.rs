@@ -8,13 +8,14 @@ use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use common::*;
 use fedolf::config::Method;
-use fedolf::freeze::{train_local, ClientData, LayerRole, LocalModel, LocalTraining, SgdSettings};
-use fedolf::freeze_modes::{layer_roles, FreezeMode};
+use fedolf::local::roles::LayerRole;
+use fedolf::local::training::{train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
+use fedolf::local::roles::{layer_roles, FreezeMode};
 use fedolf::models::{Features, Layer, LayeredNet, ModelKind, ModelOptions, PaddedSkip, Shortcut};
-use fedolf::params::read_model;
-use fedolf::qsgd::{quantize_prefix, QsgdSettings};
+use fedolf::tensor::params::read_model;
+use fedolf::compress::qsgd::{quantize_prefix, QsgdSettings};
 use fedolf::strategy::{strategy_for, Download, PlanContext, StrategyInputs};
-use fedolf::submodel::{extract, WidthSpec};
+use fedolf::tensor::submodel::{extract, WidthSpec};
 use rand::SeedableRng;
 
 fn options(cnn_hidden: usize, shortcut: Shortcut) -> ModelOptions {
@@ -36,7 +37,7 @@ fn heterofl_prunes_conv_channels_and_keeps_fc_layers_whole() {
     let g = ModelKind::AlexNet.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
     let layout = g.channel_spaces();
     let hetero = strategy_for::<Train>(Method::Heterofl, &StrategyInputs::new(Download::Full));
-    let ctx = PlanContext { num_layers: 7, clusters: 2, round: 1, rounds: 1, layout: &layout };
+    let ctx = PlanContext { num_layers: 7, levels: 2, round: 1, rounds: 1, layout: &layout };
     let plan = hetero.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
     let spec = plan.width.expect("HeteroFL plans a width");
     assert_eq!(spec.scaler, 2.0);
@@ -110,7 +111,7 @@ fn frozen_batch_norm_in_the_graph_uses_and_keeps_running_statistics() {
     let global = ModelKind::ResNet20.init::<Train>([3, 32, 32], 10, &device()).unwrap();
     // Non-trivial running statistics, as after some rounds: one training-mode pass.
     let (x, y) = random_batch::<Inner>(16, [3, 32, 32], 10, 3);
-    let global = fedolf::sim::recompute_bn_statistics(global, &x, 16);
+    let global = fedolf::strategy::recompute_bn_statistics(global, &x, 16);
     let before = global.valid();
     // Layers 1–3 frozen in the graph (random freezing above the trained layer 0).
     let mut roles = vec![LayerRole::Trained; 10];
@@ -141,7 +142,7 @@ fn tinyfel_trains_exactly_like_fedolf_on_resnet20() {
     // trained layers: one local round gives the same weights.
     let global = ModelKind::ResNet20.init::<Train>([3, 32, 32], 10, &device()).unwrap();
     let (x, y) = random_batch::<Inner>(16, [3, 32, 32], 10, 4);
-    let global = fedolf::sim::recompute_bn_statistics(global, &x, 16);
+    let global = fedolf::strategy::recompute_bn_statistics(global, &x, 16);
     let indices: Vec<usize> = (0..16).collect();
     let data = ClientData { images: &x, labels: &y, indices: &indices };
     let settings = LocalTraining { epochs: 1, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }, cache_frozen: false };
@@ -170,7 +171,7 @@ fn tinyfel_trains_exactly_like_fedolf_on_resnet20() {
 fn qsgd_quantizes_weights_and_sends_batch_norm_buffers_exactly() {
     let net = ModelKind::ResNet20.init::<Train>([3, 32, 32], 10, &device()).unwrap();
     let (x, _) = random_batch::<Inner>(8, [3, 32, 32], 10, 5);
-    let net = fedolf::sim::recompute_bn_statistics(net, &x, 8).valid();
+    let net = fedolf::strategy::recompute_bn_statistics(net, &x, 8).valid();
     let (prefix, _) = net.split_at(2).unwrap();
     let before = read_model(&prefix);
     let settings = QsgdSettings::new(4, 128).unwrap();
@@ -193,7 +194,7 @@ fn qsgd_quantizes_weights_and_sends_batch_norm_buffers_exactly() {
 
 #[test]
 fn mean_last_accuracy_averages_the_last_tenth_and_at_least_three() {
-    use fedolf::report::mean_last;
+    use fedolf::records::mean_last;
     let v: Vec<f64> = (1..=20).map(f64::from).collect();
     assert_eq!(mean_last(&v), Some(19.0)); // max(3, 2) = 3 → (18 + 19 + 20) / 3
     let v: Vec<f64> = (1..=40).map(f64::from).collect();
@@ -204,11 +205,11 @@ fn mean_last_accuracy_averages_the_last_tenth_and_at_least_three() {
 
 #[test]
 fn trial_spreads_are_mean_and_sample_standard_deviation() {
-    let s = fedolf::trials::Spread::of(vec![0.80, 0.84, 0.82]).unwrap();
+    let s = fedolf::io::trials::Spread::of(vec![0.80, 0.84, 0.82]).unwrap();
     assert!((s.mean - 0.82).abs() < 1e-12);
     assert!((s.std - 0.02).abs() < 1e-12, "sample std of 0.80, 0.84, 0.82 is 0.02, got {}", s.std);
-    assert_eq!(fedolf::trials::Spread::of(vec![0.5]).unwrap().std, 0.0);
-    assert!(fedolf::trials::Spread::of(vec![]).is_none());
+    assert_eq!(fedolf::io::trials::Spread::of(vec![0.5]).unwrap().std, 0.0);
+    assert!(fedolf::io::trials::Spread::of(vec![]).is_none());
 }
 
 #[test]
@@ -219,7 +220,7 @@ fn a_random_width_resnet_with_option_a_skips_trains() {
     let g = ModelKind::ResNet20.init::<Train>([3, 32, 32], 10, &device()).unwrap();
     let layout = g.channel_spaces();
     let spec = WidthSpec::random(&layout, 0.5, &mut rand_chacha::ChaCha8Rng::seed_from_u64(5));
-    let sub = fedolf::params::mark_trainable(LayeredNet::<Train>::from_inner(extract(g.valid(), &layout, &spec, &device())));
+    let sub = fedolf::tensor::params::mark_trainable(LayeredNet::<Train>::from_inner(extract(g.valid(), &layout, &spec, &device())));
     let before = host_params(&sub.valid());
     let (x, y) = random_batch::<Inner>(4, [3, 32, 32], 10, 6);
     let indices: Vec<usize> = (0..4).collect();

@@ -7,7 +7,8 @@ use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use common::*;
-use fedolf::freeze::{train_local, ClientData, FreezeError, LocalModel, LocalTraining, SgdSettings};
+use fedolf::local::error::LocalError;
+use fedolf::local::training::{train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
 use fedolf::models::ModelKind;
 use rand::SeedableRng;
 
@@ -79,7 +80,7 @@ fn gradients_exist_only_for_active_parameters() {
 fn frozen_count_must_leave_a_trainable_layer() {
     let global = ModelKind::Cnn.init::<Train>([1, 28, 28], 10, &device()).unwrap();
     let err = LocalModel::ordered(&global, 3).unwrap_err();
-    assert_eq!(err, FreezeError::TooManyFrozen { frozen: 3, num_layers: 3 });
+    assert_eq!(err, LocalError::TooManyFrozen { frozen: 3, num_layers: 3 });
     assert!(err.to_string().contains("below the model's 3 layers"));
 }
 
@@ -95,5 +96,5 @@ fn divergence_is_reported_not_hidden() {
     let mut s = settings();
     s.sgd.lr = 1e10;
     let err = train_local(split, &data, &s, &mut rng).unwrap_err();
-    assert!(matches!(err, FreezeError::Diverged { .. }), "{err:?}");
+    assert!(matches!(err, LocalError::Diverged { .. }), "{err:?}");
 }

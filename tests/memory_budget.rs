@@ -12,10 +12,12 @@ use std::sync::Mutex;
 use common::{device, Train};
 use fedolf::config::{Config, DEFAULT_TOML};
 use fedolf_datasets::{Dataset, DatasetKind};
-use fedolf::federation::Federation;
-use fedolf::memory::CountingAllocator;
-use fedolf::report::Summary;
-use fedolf::sim::{load_dataset, run, RoundObserver, RoundRecord};
+use fedolf::engine::federation::Federation;
+use fedolf::runtime::memory::CountingAllocator;
+use fedolf::io::report::Summary;
+use fedolf::engine::data::load_dataset;
+use fedolf::engine::round_loop::{run, RoundObserver};
+use fedolf::records::RoundRecord;
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator::new();
@@ -254,7 +256,7 @@ struct KeepRound<'a> {
 }
 
 impl RoundObserver for KeepRound<'_> {
-    fn on_checkpoint(&mut self, checkpoint: &fedolf::checkpoint::Checkpoint) -> Result<(), fedolf::checkpoint::CheckpointError> {
+    fn on_checkpoint(&mut self, checkpoint: &fedolf::io::checkpoint::Checkpoint) -> Result<(), fedolf::io::checkpoint::CheckpointError> {
         if checkpoint.round == self.round {
             checkpoint.write(self.dir)?;
         }
@@ -269,11 +271,11 @@ fn a_resumed_budget_run_plans_with_the_checkpointed_calibration() {
     let dataset = load_dataset(&cfg).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let whole = run::<Train>(&cfg, &dataset, &device(), Some(&ALLOC), &mut KeepRound { round: 1, dir: dir.path() }).unwrap();
-    let saved = fedolf::checkpoint::Checkpoint::read(dir.path(), &Federation::<Train>::new(&cfg, &dataset, &device()).unwrap().host_global(), 3).unwrap();
+    let saved = fedolf::io::checkpoint::Checkpoint::read(dir.path(), &Federation::<Train>::new(&cfg, &dataset, &device()).unwrap().host_global(), 3).unwrap();
     let calibration = saved.calibration.expect("a budget run's checkpoint holds its calibration");
     assert_eq!(calibration.rows.len(), 3);
-    let start = fedolf::sim::RunStart { resume: Some(dir.path()), stop: None };
-    let resumed = fedolf::sim::run_from::<Train>(&cfg, &dataset, &device(), Some(&ALLOC), &mut Quiet, start).unwrap();
+    let start = fedolf::engine::round_loop::RunStart { resume: Some(dir.path()), stop: None };
+    let resumed = fedolf::engine::round_loop::run_from::<Train>(&cfg, &dataset, &device(), Some(&ALLOC), &mut Quiet, start).unwrap();
     assert_eq!(resumed.len(), whole.len());
     let plans = |r: &RoundRecord| r.per_client.iter().map(|c| (c.client, c.frozen, c.budget_mb, c.predicted_mb, c.bytes_up)).collect::<Vec<_>>();
     for (a, b) in whole.iter().zip(&resumed).skip(1) {

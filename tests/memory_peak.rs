@@ -7,9 +7,10 @@
 mod common;
 
 use common::*;
-use fedolf::freeze::{ordered_roles, train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
-use fedolf::theory::theoretical_memory;
-use fedolf::memory::CountingAllocator;
+use fedolf::local::roles::ordered_roles;
+use fedolf::local::training::{train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
+use fedolf::measure::theory::theoretical_memory;
+use fedolf::runtime::memory::CountingAllocator;
 use fedolf::models::ModelKind;
 use rand::SeedableRng;
 
@@ -57,7 +58,7 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
 
 /// The memory probe's absolute peak = resident (model copy + batch) + the step's extra peak.
 fn absolute_peak_holds_the_model_and_falls_with_toa() {
-    use fedolf::memory_probe::{probe_memory, MemorySpec};
+    use fedolf::measure::memory_probe::{probe_memory, MemorySpec};
     let spec = MemorySpec {
         model: ModelKind::ResNet20,
         options: Default::default(),
@@ -73,7 +74,7 @@ fn absolute_peak_holds_the_model_and_falls_with_toa() {
         seed: 1,
     };
     let rows = probe_memory::<Train>(&spec, &device(), &ALLOC, &mut |_| {}).unwrap();
-    let model_bytes = 4 * fedolf::params::read_model(&ModelKind::ResNet20.init::<Inner>([3, 32, 32], 100, &device()).unwrap())
+    let model_bytes = 4 * fedolf::tensor::params::read_model(&ModelKind::ResNet20.init::<Inner>([3, 32, 32], 100, &device()).unwrap())
         .iter()
         .flatten()
         .map(|t| t.numel() as u64)

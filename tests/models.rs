@@ -81,7 +81,7 @@ fn bad_ranges_and_inputs_are_typed_errors() {
 #[test]
 fn initial_weights_are_drawn_on_the_host_from_the_seed_within_burns_bounds() {
     use fedolf::models::ModelOptions;
-    use fedolf::rng::{stream, Purpose};
+    use fedolf::runtime::rng::{stream, Purpose};
     let draw = |kind: ModelKind, seed: u64, exits: &[usize]| {
         let input = if kind == ModelKind::Cnn { [1, 28, 28] } else { [3, 32, 32] };
         let net = kind.init_on_host::<Inner, _>(input, 10, &ModelOptions::default(), exits, &mut stream(seed, Purpose::Init, 0, 0), &device()).unwrap();
@@ -95,7 +95,7 @@ fn initial_weights_are_drawn_on_the_host_from_the_seed_within_burns_bounds() {
         assert_eq!(with_exits[..a.len()], a[..], "{}: attaching exits moved a layer's draws", kind.name());
         let input = if kind == ModelKind::Cnn { [1, 28, 28] } else { [3, 32, 32] };
         let net = kind.init_on_host::<Inner, _>(input, 10, &ModelOptions::default(), &[], &mut stream(1, Purpose::Init, 0, 0), &device()).unwrap();
-        for layer in fedolf::params::read_model(&net) {
+        for layer in fedolf::tensor::params::read_model(&net) {
             let mut fan_in = 0usize;
             for t in layer {
                 let (name, values) = (&t.name, to_vec(&t.value));

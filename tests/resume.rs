@@ -35,7 +35,7 @@ fn only_dir(out: &Path) -> PathBuf {
 fn without_timing(path: &Path) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(path).unwrap();
     let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
-    let keep: Vec<usize> = (0..header.len()).filter(|&i| !fedolf::report::TIMING_COLUMNS.contains(&header[i])).collect();
+    let keep: Vec<usize> = (0..header.len()).filter(|&i| !fedolf::io::report::TIMING_COLUMNS.contains(&header[i])).collect();
     text.lines()
         .map(|l| {
             let cells: Vec<&str> = l.split(',').collect();

@@ -5,11 +5,11 @@ mod common;
 
 use burn::prelude::*;
 use common::*;
-use fedolf::aggregate::LayerUpload;
+use fedolf::tensor::aggregate::LayerUpload;
 use fedolf::config::Method;
-use fedolf::freeze::LayerRole;
-use fedolf::params::NamedTensor;
-use fedolf::qsgd::{quantize_dequantize, QsgdSettings};
+use fedolf::local::roles::LayerRole;
+use fedolf::tensor::params::NamedTensor;
+use fedolf::compress::qsgd::{quantize_dequantize, QsgdSettings};
 use fedolf::strategy::{cocofl_blend, strategy_for, Download, EvalView, PlanContext, StrategyInputs};
 use rand::SeedableRng;
 
@@ -64,7 +64,7 @@ fn qsgd_is_unbiased_and_coarser_with_fewer_bits() {
 fn cocofl_windows_are_contiguous_and_start_anywhere_in_0_to_l() {
     let s = strategy_for::<Train>(Method::Cocofl, &StrategyInputs::new(Download::Full));
     let l = layout(7);
-    let ctx = PlanContext { num_layers: 7, clusters: 5, round: 1, rounds: 10, layout: &l };
+    let ctx = PlanContext { num_layers: 7, levels: 5, round: 1, rounds: 10, layout: &l };
     let mut starts = std::collections::BTreeSet::new();
     let mut r = rng(2);
     for _ in 0..400 {
@@ -106,7 +106,7 @@ fn cocofl_server_rule_by_hand() {
 #[test]
 fn random_freezing_and_tinyfel_freeze_l_layers() {
     let lay = layout(10);
-    let ctx = PlanContext { num_layers: 10, clusters: 5, round: 1, rounds: 10, layout: &lay };
+    let ctx = PlanContext { num_layers: 10, levels: 5, round: 1, rounds: 10, layout: &lay };
     let mut r = rng(3);
     for cluster in 0..5 {
         let l = 4 - cluster;
@@ -123,7 +123,7 @@ fn random_freezing_and_tinyfel_freeze_l_layers() {
 #[test]
 fn heterofl_takes_prefixes_and_feddrop_random_subsets_of_width_i_over_c() {
     let lay = layout(3);
-    let ctx = PlanContext { num_layers: 3, clusters: 5, round: 1, rounds: 10, layout: &lay };
+    let ctx = PlanContext { num_layers: 3, levels: 5, round: 1, rounds: 10, layout: &lay };
     let mut r = rng(4);
     // Cluster 1 of 5 (i = 2): r = 0.4 → ⌈4⌉ of 10 and ⌈8⌉ of 20.
     let plan = strategy_for::<Train>(Method::Heterofl, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 1, &mut r).unwrap();
@@ -173,7 +173,7 @@ fn slt_plans_freeze_earlier_stages_and_narrow_what_no_full_layer_produces() {
     let lay = resnet_like_layout();
     // Equal stages over 6 rounds: rounds 1–2 stage 0 (s = 0.5), 3–4 stage 1 (0.75), 5–6 stage 2 (1.0).
     let slt = strategy_for::<Train>(Method::Slt, &StrategyInputs::new(Download::Full));
-    let ctx = |round| PlanContext { num_layers: 4, clusters: 2, round, rounds: 6, layout: &lay };
+    let ctx = |round| PlanContext { num_layers: 4, levels: 2, round, rounds: 6, layout: &lay };
     let mut r = rng(5);
     let (f, t) = (LayerRole::FrozenNoGraph, LayerRole::Trained);
 
@@ -208,7 +208,7 @@ fn slt_plans_freeze_earlier_stages_and_narrow_what_no_full_layer_produces() {
 #[test]
 fn cocofl_fake_int8_flag_reaches_the_plan() {
     let lay = layout(5);
-    let ctx = PlanContext { num_layers: 5, clusters: 3, round: 1, rounds: 10, layout: &lay };
+    let ctx = PlanContext { num_layers: 5, levels: 3, round: 1, rounds: 10, layout: &lay };
     let on = StrategyInputs { cocofl_fake_int8: true, ..StrategyInputs::new(Download::Full) };
     assert!(strategy_for::<Train>(Method::Cocofl, &on).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
     assert!(!strategy_for::<Train>(Method::Cocofl, &StrategyInputs::new(Download::Full)).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
@@ -216,7 +216,7 @@ fn cocofl_fake_int8_flag_reaches_the_plan() {
 
 #[test]
 fn fake_int8_keeps_255_levels_within_half_a_step() {
-    use fedolf::fake_quant::fake_int8;
+    use fedolf::local::fake_quant::fake_int8;
     let v: Vec<f32> = (0..4000).map(|i| ((i as f32) * 0.731).sin() * 3.0).collect();
     let q = to_vec(&fake_int8(t(&v)[0].value.clone()));
     let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
@@ -234,8 +234,8 @@ fn fake_int8_keeps_255_levels_within_half_a_step() {
 
 #[test]
 fn fake_int8_touches_only_frozen_weights_and_training_still_runs() {
-    use fedolf::fake_quant::fake_int8_frozen;
-    use fedolf::freeze::{LocalModel, SgdSettings};
+    use fedolf::local::fake_quant::fake_int8_frozen;
+    use fedolf::local::training::{LocalModel, SgdSettings};
     use fedolf::models::ModelKind;
     let global = ModelKind::Cnn.init::<Train>([1, 28, 28], 10, &device()).unwrap();
     let before = host_params(&global);
@@ -249,7 +249,7 @@ fn fake_int8_touches_only_frozen_weights_and_training_still_runs() {
         b.len()
     };
     // Frozen weights (rank ≥ 2): quantized (≤ 255 values, changed); rank-1 tensors untouched.
-    let ranks: Vec<Vec<usize>> = fedolf::params::read_model(&global).iter().map(|l| l.iter().map(|t| t.shape.len()).collect()).collect();
+    let ranks: Vec<Vec<usize>> = fedolf::tensor::params::read_model(&global).iter().map(|l| l.iter().map(|t| t.shape.len()).collect()).collect();
     let mut quantized = 0;
     for (layer, i) in [(&prefix[0], 0), (&graph[1], 2)] {
         for (((name, q), (_, w)), rank) in layer.iter().zip(&before[i]).zip(&ranks[i]) {

@@ -6,10 +6,10 @@ mod common;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use common::*;
-use fedolf::aggregate::{aggregate_layerwise, LayerUpload};
+use fedolf::tensor::aggregate::{aggregate_layerwise, LayerUpload};
 use fedolf::models::{LayeredNet, ModelKind};
-use fedolf::params::{read_model, write_model};
-use fedolf::submodel::{embed, embedding_indices, extract, kept_channels, WidthSpec};
+use fedolf::tensor::params::{read_model, write_model};
+use fedolf::tensor::submodel::{embed, embedding_indices, extract, kept_channels, WidthSpec};
 use rand::SeedableRng;
 
 const RATIOS: [f64; 5] = [0.2, 0.4, 0.6, 0.8, 1.0];
@@ -129,7 +129,7 @@ fn masked_mwa_of_identical_submodels_returns_them_and_keeps_unheld_elements() {
         }
     }
     // And the result writes back into the model.
-    let merged: Vec<_> = merged.into_iter().map(|l| l.map(|ts| ts.into_iter().map(|t| fedolf::params::NamedTensor { name: t.name, shape: t.shape, value: Tensor::from_inner(t.value) }).collect())).collect();
+    let merged: Vec<_> = merged.into_iter().map(|l| l.map(|ts| ts.into_iter().map(|t| fedolf::tensor::params::NamedTensor { name: t.name, shape: t.shape, value: Tensor::from_inner(t.value) }).collect())).collect();
     write_model(g, &merged).unwrap();
 }
 
@@ -140,7 +140,7 @@ fn the_scaler_survives_copies_and_scales_hidden_outputs() {
     let base = to_vec(&g.valid().forward(x.clone()));
     g.set_scaler(2.0);
     // valid() / from_inner (the deep copy every client gets) keep the plain field.
-    let copy = fedolf::params::deep_copy(&g);
+    let copy = fedolf::tensor::params::deep_copy(&g);
     let scaled = to_vec(&copy.valid().forward(x.clone()));
     assert!(max_abs_diff(&base, &scaled) > 1e-3, "the scaler changes the output");
     g.set_scaler(1.0);
@@ -149,8 +149,8 @@ fn the_scaler_survives_copies_and_scales_hidden_outputs() {
 
 #[test]
 fn ordered_dropout_trains_only_the_drawn_prefix() {
-    use fedolf::freeze::{ClientData, LocalTraining, SgdSettings};
-    use fedolf::ordered_dropout::train_ordered_dropout;
+    use fedolf::local::training::{ClientData, LocalTraining, SgdSettings};
+    use fedolf::local::ordered_dropout::train_ordered_dropout;
     // FedAvg's CNN (hidden FC 512): the hidden neurons are a sliced space too.
     let options = fedolf::models::ModelOptions { cnn_hidden: 512, ..Default::default() };
     let g = ModelKind::Cnn.init_with::<Train>([1, 28, 28], 10, &options, &device()).unwrap();
@@ -177,7 +177,7 @@ fn ordered_dropout_trains_only_the_drawn_prefix() {
 
 #[test]
 fn static_bn_statistics_do_not_depend_on_the_old_ones() {
-    use fedolf::sim::recompute_bn_statistics;
+    use fedolf::strategy::recompute_bn_statistics;
     let (x, _) = random_batch::<Inner>(24, [3, 32, 32], 10, 11);
     let stats = |net: &LayeredNet<Train>| -> Vec<f32> {
         read_model(&net.valid()).into_iter().flatten().filter(|t| t.is_buffer()).flat_map(|t| to_vec(&t.value)).collect()
@@ -198,7 +198,7 @@ fn static_bn_statistics_do_not_depend_on_the_old_ones() {
 
 #[test]
 fn slt_stage_submodels_run_and_train_on_every_model() {
-    use fedolf::freeze::{LocalModel, SgdSettings};
+    use fedolf::local::training::{LocalModel, SgdSettings};
     use fedolf::strategy::{stage_count, stage_plan, stage_trainable_params};
     for kind in ModelKind::ALL {
         let shape = [3, 32, 32];
@@ -212,7 +212,7 @@ fn slt_stage_submodels_run_and_train_on_every_model() {
         for j in 0..stage_count(n) {
             for full in [1, 2] {
                 let (roles, width) = stage_plan(&layout, n, j, full);
-                let sub = fedolf::params::mark_trainable(LayeredNet::<Train>::from_inner(extract(g.valid(), &layout, &width, &device())));
+                let sub = fedolf::tensor::params::mark_trainable(LayeredNet::<Train>::from_inner(extract(g.valid(), &layout, &width, &device())));
                 let local = LocalModel::from_roles(&sub, &roles).unwrap();
                 assert_eq!(local.no_graph.num_layers(), j, "{} stage {j}", kind.name());
                 let (stepped, loss) = local.fresh_step(x.clone(), y.clone(), &SgdSettings { lr: 0.01, momentum: 0.0, weight_decay: 0.0 });

@@ -6,7 +6,7 @@ mod common;
 use burn::prelude::*;
 use common::*;
 use fedolf::models::{Features, Layer, LayeredNet, ModelKind};
-use fedolf::toa::{kept_count, norm_probabilities, select, sparsify_prefix, ToaError, ToaMode, ToaSettings};
+use fedolf::compress::toa::{kept_count, norm_probabilities, select, sparsify_prefix, ToaError, ToaMode, ToaSettings};
 use rand::SeedableRng;
 
 fn rng(seed: u64) -> rand_chacha::ChaCha8Rng {

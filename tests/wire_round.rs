@@ -6,10 +6,10 @@
 mod common;
 
 use common::{device, Train};
-use fedolf::client_round::{payload_to_device, payload_to_host};
+use fedolf::engine::round_context::{payload_to_device, payload_to_host};
 use fedolf::config::{Config, DEFAULT_TOML};
-use fedolf::federation::Federation;
-use fedolf::sim::load_dataset;
+use fedolf::engine::federation::Federation;
+use fedolf::engine::data::load_dataset;
 
 fn config(method: &str, extra: &[&str]) -> Config {
     let mut overrides: Vec<String> = [

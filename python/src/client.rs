@@ -3,11 +3,11 @@
 //! it was sent, trains it with the simulator's local training, and returns the trained layers.
 
 use burn::module::AutodiffModule;
-use fedolf::client_round::{payload_to_host, ClientRound};
+use fedolf::engine::round_context::{payload_to_host, ClientRound};
 use fedolf::config::Config;
-use fedolf::federation::partition_clients;
-use fedolf::host::HostSplit;
-use fedolf::sim::load_dataset;
+use fedolf::engine::federation::partition_clients;
+use fedolf::tensor::host::HostSplit;
+use fedolf::engine::data::load_dataset;
 use fedolf::strategy::{exit_depths_for, ClientPlan};
 use fedolf_datasets::ImageSet;
 use fedolf_models::{LayeredNet, ModelKind, SpaceLayout};

@@ -3,16 +3,15 @@
 //! calls.
 
 use burn::module::AutodiffModule;
-use burn::prelude::Backend;
-use fedolf::aggregate::{aggregate_layerwise, LayerUpload};
-use fedolf::client_round::payload_to_device;
+use fedolf::tensor::aggregate::{aggregate_layerwise, LayerUpload};
+use fedolf::engine::round_context::payload_to_device;
 use fedolf::config::Method;
-use fedolf::freeze::ordered_roles;
-use fedolf::host::{layer_to_device, layer_to_host, model_to_host};
-use fedolf::params::{read_model, write_model};
-use fedolf::rng::{stream, Purpose};
+use fedolf::local::roles::ordered_roles;
+use fedolf::tensor::host::{layer_to_device, layer_to_host, model_to_host};
+use fedolf::tensor::params::{read_model, write_model};
+use fedolf::runtime::rng::{stream, Purpose};
 use fedolf::strategy::{exit_depths_for, ClientPlan};
-use fedolf::toa::{sparsify_prefix, ToaMode, ToaSettings};
+use fedolf::compress::toa::{sparsify_prefix, ToaMode, ToaSettings};
 use fedolf_models::{LayeredNet, ModelKind, ModelOptions};
 use pyo3::prelude::*;
 

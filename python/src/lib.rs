@@ -8,7 +8,7 @@ mod functions;
 mod server;
 mod wire;
 
-use fedolf::memory::CountingAllocator;
+use fedolf::runtime::memory::CountingAllocator;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 pub(crate) static ALLOC: CountingAllocator = CountingAllocator::new();
 
 /// The training backend: Flex on the CPU, with autodiff.
-pub(crate) type Train = fedolf::backend::CpuBackend;
+pub(crate) type Train = fedolf::runtime::backend::CpuBackend;
 
 pyo3::create_exception!(_core, FedolfError, PyException, "A fedolf error: bad config, data, tensors or plan.");
 
@@ -28,7 +28,7 @@ pub(crate) fn py_err<E: std::fmt::Display>(e: E) -> PyErr {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    fedolf::heap_tuning::keep_freed_memory();
+    fedolf::runtime::heap_tuning::keep_freed_memory();
     m.add("FedolfError", m.py().get_type::<FedolfError>())?;
     m.add_class::<server::Server>()?;
     m.add_class::<client::Client>()?;

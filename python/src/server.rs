@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fedolf::client_round::{payload_to_device, payload_to_host, Prepared};
-use fedolf::config::{Config, NonFinite};
-use fedolf::federation::{round_record, Federation};
-use fedolf::host::HostUpload;
-use fedolf::report::{RunDir, Summary};
-use fedolf::sim::{load_dataset, ClientRecord, RoundRecord, SimError};
+use fedolf::engine::round_context::{payload_to_device, payload_to_host, Prepared};
+use fedolf::config::Config;
+use fedolf::engine::federation::Federation;
+use fedolf::io::report::{RunDir, Summary};
+use fedolf::engine::data::load_dataset;
+use fedolf::engine::round_end::RoundEnd;
+use fedolf::records::{ClientRecord, RoundRecord};
 use fedolf::strategy::ClientPlan;
 use fedolf_datasets::Dataset;
 use pyo3::prelude::*;
@@ -31,10 +32,8 @@ pub struct Server {
     dataset: Dataset,
     round: usize,
     in_flight: BTreeMap<usize, InFlight>,
-    received: BTreeMap<usize, (ClientPlan, HostUpload, ClientRecord, u64)>,
-    skipped: usize,
-    /// Sampled clients this round whose memory budget fits no plan.
-    unfit: usize,
+    /// The round's replies so far (the simulator's bookkeeping: skips, merge, record).
+    round_end: Option<RoundEnd>,
     records: Vec<RoundRecord>,
     dir: Option<RunDir>,
 }
@@ -61,7 +60,7 @@ impl Server {
             }
             None => None,
         };
-        Ok(Self { fed, dataset, round: 0, in_flight: BTreeMap::new(), received: BTreeMap::new(), skipped: 0, unfit: 0, records: Vec::new(), dir })
+        Ok(Self { fed, dataset, round: 0, in_flight: BTreeMap::new(), round_end: None, records: Vec::new(), dir })
     }
 
     /// The run's config as TOML (what every node trains with).
@@ -130,10 +129,8 @@ impl Server {
         }
         self.round = round;
         self.in_flight.clear();
-        self.received.clear();
-        self.skipped = 0;
         let round_plans = self.fed.plan_round(round).map_err(py_err)?;
-        self.unfit = round_plans.sat_out.len();
+        self.round_end = Some(RoundEnd::new(round, self.fed.cfg.train.nonfinite, round_plans.sat_out.len()));
         let plans = round_plans.plans;
         let host_global = self.fed.host_global();
         let clients = self.fed.client_round(round, None);
@@ -178,15 +175,8 @@ impl Server {
         let trained = payload_to_device(&layers, &device);
         let clients = self.fed.client_round(self.round, None);
         let upload = clients.upload(&flight.plan, trained, record.samples as f64, &flight.prepared.start, &device).map_err(py_err)?;
-        if let Some(tensor) = upload.first_nonfinite() {
-            if self.fed.cfg.train.nonfinite == NonFinite::Skip {
-                self.skipped += 1;
-                return Ok(());
-            }
-            return Err(py_err(SimError::NonFinite { round: self.round, client, tensor }));
-        }
-        self.received.insert(client, (flight.plan, upload, record, flight.prepared.frozen_bytes));
-        Ok(())
+        let round_end = self.round_end.as_mut().ok_or_else(|| py_err(format!("client {client}: round {} has ended", self.round)))?;
+        round_end.accept(flight.plan, upload, record, flight.prepared.frozen_bytes).map_err(py_err)
     }
 
     /// Clients sampled this round that have not replied.
@@ -198,22 +188,11 @@ impl Server {
     /// append the round to the results files. `wall_s`: the round's wall time as the caller
     /// saw it. Returns the round's record as JSON (the `rounds.csv` fields and per-client rows).
     fn finish_round(&mut self, wall_s: f64) -> PyResult<String> {
-        let round = self.round;
-        let received = std::mem::take(&mut self.received);
-        let mut plans = Vec::with_capacity(received.len());
-        let mut uploads = Vec::with_capacity(received.len());
-        let mut per_client = Vec::with_capacity(received.len());
-        for (_, (plan, upload, record, frozen_bytes)) in received {
-            plans.push(plan);
-            uploads.push(upload);
-            per_client.push((record, frozen_bytes));
-        }
-        self.fed.merge(&uploads, &plans).map_err(py_err)?;
-        let evaluation = self.fed.evaluate_round(round).map_err(py_err)?;
-        let mut record = round_record(round, evaluation, wall_s, &self.fed.energy, per_client);
-        record.skipped_clients = self.skipped + self.in_flight.len();
-        record.unfit_clients = self.unfit;
+        let mut round_end = self.round_end.take().ok_or_else(|| py_err(format!("round {}: no round in progress", self.round)))?;
+        // Clients that never replied sit in the round's count of skipped clients.
+        round_end.missing(self.in_flight.len());
         self.in_flight.clear();
+        let record = round_end.finish(&mut self.fed, wall_s).map_err(py_err)?;
         let json = serde_json::to_string(&record).map_err(py_err)?;
         self.records.push(record);
         if let Some(dir) = &self.dir {
@@ -226,8 +205,8 @@ impl Server {
 
     /// `(accuracy, test loss)` of the global model now.
     fn evaluate(&mut self) -> (f64, f64) {
-        let (acc, loss, _) = self.fed.evaluate_now(self.round.max(1));
-        (acc, loss)
+        let evaluation = self.fed.evaluate_now(self.round.max(1));
+        (evaluation.accuracy, evaluation.test_loss)
     }
 
     /// Write `summary.json` (as `fedolf run` does) and return it as JSON.

@@ -2,7 +2,7 @@
 //! the row-major values as little-endian f32 (`np.frombuffer(b, "<f4").reshape(shape)` on the
 //! Python side). No numpy crate: bytes and shapes are all either side needs.
 
-use fedolf::host::{HostLayer, HostTensor};
+use fedolf::tensor::host::{HostLayer, HostTensor};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 

@@ -20,9 +20,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, PlanContext, Strategy};
 use crate::config::Method;
-use crate::freeze::{FreezeError, LayerRole};
-use crate::params::layer_numel;
-use crate::submodel::{extract, WidthSpec};
+use crate::local::error::LocalError;
+use crate::local::roles::LayerRole;
+use crate::tensor::params::layer_numel;
+use crate::tensor::submodel::{extract, WidthSpec};
 
 /// One model of the pool.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,9 +85,9 @@ impl<B: AutodiffBackend> Strategy<B> for AdaptiveFl {
         Method::Adaptivefl
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let Some((pool, full)) = self.pool.as_ref().filter(|(p, _)| !p.is_empty()) else {
-            return Err(FreezeError::BadRoles("AdaptiveFL needs its model pool (StrategyInputs::for_run measures it)".into()));
+            return Err(LocalError::BadRoles("AdaptiveFL needs its model pool (StrategyInputs::for_run measures it)".into()));
         };
         let budget = *full as f64 * ctx.width_ratio(cluster);
         let model = fitting_model(pool, rng.random_range(0..pool.len()), budget);

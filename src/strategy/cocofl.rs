@@ -19,11 +19,12 @@ use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
-use crate::aggregate::{masked_weighted_average, AggregateError, LayerUpload, Upload};
+use crate::tensor::aggregate::{masked_weighted_average, AggregateError, LayerUpload, Upload};
 use crate::config::Method;
-use crate::objective::Objective;
-use crate::freeze::{FreezeError, LayerRole};
-use crate::params::{LayerParams, NamedTensor};
+use crate::local::objective::Objective;
+use crate::local::error::LocalError;
+use crate::local::roles::LayerRole;
+use crate::tensor::params::{LayerParams, NamedTensor};
 
 pub struct CocoFl {
     pub fake_int8: bool,
@@ -38,7 +39,7 @@ impl<B: AutodiffBackend> Strategy<B> for CocoFl {
         true
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let l = ctx.level(cluster)?;
         let width = ctx.num_layers - l;
         let start = rng.random_range(0..=l);

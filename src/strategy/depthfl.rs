@@ -15,14 +15,14 @@
 //! accuracy (`accuracy_ensemble`). Choices: FedDyn regularisation off (BASELINES.md); the KL
 //! is averaged over the batch (PyTorch's `batchmean`).
 
-use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, EvalView, PlanContext, Strategy};
 use crate::config::Method;
-use crate::freeze::{FreezeError, LayerRole};
-use crate::objective::{cross_entropy, distillation_kl, Objective};
+use crate::local::error::LocalError;
+use crate::local::roles::LayerRole;
+use crate::local::objective::Objective;
 
 pub struct DepthFl;
 
@@ -32,27 +32,6 @@ pub fn depthfl_weight(round: usize) -> f32 {
     (-5.0 * (1.0 - progress).powi(2)).exp() as f32
 }
 
-/// The mutual self-distillation loss of the module doc over `outputs` (shallowest first).
-/// # Shapes
-/// each output `[b, classes]`, labels `[b]` `-> [1]`
-pub fn mutual_distillation_loss<B: Backend>(outputs: &[Tensor<B, 2>], y: Tensor<B, 1, Int>, weight: f32) -> Tensor<B, 1> {
-    let n = outputs.len();
-    let mut total: Option<Tensor<B, 1>> = None;
-    for (i, z_i) in outputs.iter().enumerate() {
-        let mut term = cross_entropy(z_i.clone(), y.clone());
-        if n > 1 {
-            for (_, z_j) in outputs.iter().enumerate().filter(|(j, _)| *j != i) {
-                term = term + distillation_kl(z_j.clone(), z_i.clone(), 1.0) * (weight / (n - 1) as f32);
-            }
-        }
-        total = Some(match total {
-            Some(t) => t + term,
-            None => term,
-        });
-    }
-    total.expect("a model has an output")
-}
-
 /// Depths where the global model carries exits: `N − l` for every level `l ∈ 1..c`.
 pub(super) fn level_cut_depths(num_layers: usize, clusters: usize) -> Vec<usize> {
     (1..clusters).filter(|&l| l < num_layers).map(|l| num_layers - l).rev().collect()
@@ -60,7 +39,7 @@ pub(super) fn level_cut_depths(num_layers: usize, clusters: usize) -> Vec<usize>
 
 /// The plan of a client whose level `l = c − i` drops the last `l` layers (DepthFL's cut,
 /// ScaleFL's too): the first `N − l` train, the rest are skipped.
-pub(super) fn depth_cut_plan(ctx: &PlanContext<'_>, client: usize, cluster: usize) -> Result<ClientPlan, FreezeError> {
+pub(super) fn depth_cut_plan(ctx: &PlanContext<'_>, client: usize, cluster: usize) -> Result<ClientPlan, LocalError> {
     let depth = ctx.num_layers - ctx.level(cluster)?;
     let roles = (0..ctx.num_layers).map(|i| if i < depth { LayerRole::Trained } else { LayerRole::Skipped }).collect();
     Ok(ClientPlan::new(client, cluster, roles))
@@ -83,7 +62,7 @@ impl<B: AutodiffBackend> Strategy<B> for DepthFl {
         level_cut_depths(num_layers, clusters)
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let mut plan = depth_cut_plan(ctx, client, cluster)?;
         plan.objective = Objective::MutualDistillation { weight: depthfl_weight(ctx.round) };
         Ok(plan)

@@ -7,8 +7,9 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
-use crate::objective::Objective;
-use crate::freeze::{FreezeError, LayerRole};
+use crate::local::objective::Objective;
+use crate::local::error::LocalError;
+use crate::local::roles::LayerRole;
 
 pub struct FedAvg {
     pub drop_weak: bool,
@@ -27,7 +28,7 @@ impl<B: AutodiffBackend> Strategy<B> for FedAvg {
         !self.drop_weak || cluster + 1 == clusters
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
     }
 }

@@ -9,9 +9,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
-use crate::objective::Objective;
-use crate::freeze::{FreezeError, LayerRole};
-use crate::submodel::WidthSpec;
+use crate::local::objective::Objective;
+use crate::local::error::LocalError;
+use crate::local::roles::LayerRole;
+use crate::tensor::submodel::WidthSpec;
 
 pub struct Feddrop;
 
@@ -20,7 +21,7 @@ impl<B: AutodiffBackend> Strategy<B> for Feddrop {
         Method::Feddrop
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let width = WidthSpec::random(ctx.layout, ctx.width_ratio(cluster), rng);
         Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
     }

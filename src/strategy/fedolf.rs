@@ -9,8 +9,9 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
-use crate::objective::Objective;
-use crate::freeze::{ordered_roles, FreezeError};
+use crate::local::objective::Objective;
+use crate::local::error::LocalError;
+use crate::local::roles::ordered_roles;
 
 pub struct FedOlf {
     pub download: Download,
@@ -25,7 +26,7 @@ impl<B: AutodiffBackend> Strategy<B> for FedOlf {
         true
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let l = ctx.level(cluster)?;
         let download = match self.download {
             Download::Toa(s) if s.is_active() && l >= 2 => Download::Toa(s),

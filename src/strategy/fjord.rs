@@ -12,9 +12,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
-use crate::objective::Objective;
-use crate::freeze::{FreezeError, LayerRole};
-use crate::submodel::WidthSpec;
+use crate::local::objective::Objective;
+use crate::local::error::LocalError;
+use crate::local::roles::LayerRole;
+use crate::tensor::submodel::WidthSpec;
 
 pub struct Fjord;
 
@@ -23,9 +24,9 @@ impl<B: AutodiffBackend> Strategy<B> for Fjord {
         Method::Fjord
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let mut width = WidthSpec::prefix(ctx.layout, ctx.width_ratio(cluster));
-        width.per_batch_ratios = (1..=cluster + 1).map(|i| i as f64 / ctx.clusters as f64).collect();
+        width.per_batch_ratios = (1..=cluster + 1).map(|i| i as f64 / ctx.levels as f64).collect();
         Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
     }
 }

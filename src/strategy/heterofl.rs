@@ -20,9 +20,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
-use crate::objective::Objective;
-use crate::freeze::{FreezeError, LayerRole};
-use crate::submodel::WidthSpec;
+use crate::local::objective::Objective;
+use crate::local::error::LocalError;
+use crate::local::roles::LayerRole;
+use crate::tensor::submodel::WidthSpec;
 
 pub struct HeteroFl {
     /// Recompute the global BN statistics before each evaluation.
@@ -34,7 +35,7 @@ impl<B: AutodiffBackend> Strategy<B> for HeteroFl {
         Method::Heterofl
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let r = ctx.width_ratio(cluster);
         let width = WidthSpec::prefix_conv(ctx.layout, r).with_scaler(r);
         Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })

@@ -2,7 +2,7 @@
 //! client into an owned [`ClientPlan`] (per-layer roles, width, download compressor, local
 //! objective). Everything a method does differently goes through the [`Strategy`] hooks —
 //! what a client downloads, the server merge, the step before evaluation and what is
-//! evaluated — so the round loop in `sim.rs` names no method.
+//! evaluated — so the round loop (`engine/round_loop.rs`) names no method.
 
 mod adaptivefl;
 mod cocofl;
@@ -17,12 +17,13 @@ mod random_freeze;
 mod scalefl;
 mod slt;
 mod tinyfel;
+pub mod plan;
 
 use rand_chacha::ChaCha8Rng;
 
 pub use adaptivefl::{fitting_model as adaptivefl_fitting_model, pool_with_params as adaptivefl_pool, AdaptiveFl, PoolModel};
 pub use cocofl::{cocofl_blend, CocoFl};
-pub use depthfl::{depthfl_weight, mutual_distillation_loss, DepthFl};
+pub use depthfl::{depthfl_weight, DepthFl};
 pub use feddrop::Feddrop;
 pub use fedavg::FedAvg;
 pub use fedolf::FedOlf;
@@ -30,106 +31,20 @@ pub use fjord::Fjord;
 pub use heterofl::{recompute_bn_statistics, HeteroFl};
 pub use nefl::{is_batch_norm, nefl_skipped_blocks, NeFl};
 pub use random_freeze::RandomFreeze;
-pub use scalefl::{distills as scalefl_distills, matched_widths as scalefl_matched_widths, scaled_exits_loss, ScaleFl};
-pub use slt::{stage_count, stage_ends, stage_of, stage_plan, stage_trainable_params, stage_width, Slt, StageLengths};
+pub use scalefl::{distills as scalefl_distills, matched_widths as scalefl_matched_widths, ScaleFl};
+pub use slt::{stage_count, stage_ends, stage_of, stage_plan, stage_trainable_params, stage_width, Slt};
 pub use tinyfel::TinyFel;
+pub use plan::{ClientPlan, Download, EvalView, MemoryFit, PlanContext};
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use fedolf_models::{LayeredNet, SpaceLayout};
 
-use crate::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
-use crate::config::{Config, Method};
-use crate::freeze::{FreezeError, LayerRole};
-use crate::host::{HostLayer, HostTensor};
-use crate::objective::Objective;
-use crate::params::LayerParams;
-use crate::qsgd::QsgdSettings;
-use crate::submodel::WidthSpec;
-use crate::toa::ToaSettings;
-
-/// How the frozen, out-of-graph prefix travels down.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum Download {
-    Full,
-    Toa(ToaSettings),
-    Qsgd(QsgdSettings),
-}
-
-/// What one sampled client does this round (serialisable: it travels to a Flower node).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ClientPlan {
-    pub client: usize,
-    /// Capacity cluster, 0-based (`i_k − 1`).
-    pub cluster: usize,
-    pub roles: Vec<LayerRole>,
-    pub download: Download,
-    /// Width methods: the channels this client keeps (`None` = the full width).
-    pub width: Option<WidthSpec>,
-    /// CoCoFL's option: frozen layers run on fake-int8 weights.
-    pub fake_int8_frozen: bool,
-    /// The local loss (multi-exit methods distill between exits).
-    pub objective: Objective,
-    /// NeFL: the level whose own BatchNorm bank this client downloads and trains (`None` =
-    /// the global model's BatchNorm).
-    pub bn_bank: Option<usize>,
-    /// `federation.capacity = "memory"`: the budget this plan was chosen to fit, and its
-    /// predicted peak.
-    #[serde(default)]
-    pub memory: Option<crate::budget::MemoryFit>,
-}
-
-impl ClientPlan {
-    /// A plan with these roles, the full width, a full download and cross-entropy.
-    pub fn new(client: usize, cluster: usize, roles: Vec<LayerRole>) -> Self {
-        Self { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None }
-    }
-
-    /// Layers the client does not train.
-    pub fn frozen(&self) -> usize {
-        self.roles.iter().filter(|r| **r != LayerRole::Trained).count()
-    }
-}
-
-/// What the server evaluates each evaluation round.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EvalView {
-    /// The full global model.
-    Full,
-    /// A width sub-model of it (SLT's current stage).
-    Width(WidthSpec),
-    /// The full model with its exit heads: the deepest output is the accuracy, the mean of
-    /// every exit's logits the ensemble accuracy.
-    Exits,
-}
-
-/// Facts a plan needs.
-#[derive(Debug, Clone, Copy)]
-pub struct PlanContext<'a> {
-    pub num_layers: usize,
-    pub clusters: usize,
-    /// The current round (1-based) and the run's total `T`.
-    pub round: usize,
-    pub rounds: usize,
-    pub layout: &'a SpaceLayout,
-}
-
-impl PlanContext<'_> {
-    /// Width ratio `r_k = i_k / c` of a 0-based cluster.
-    pub fn width_ratio(&self, cluster: usize) -> f64 {
-        (cluster + 1) as f64 / self.clusters as f64
-    }
-
-    /// Level `l_k = c − i_k` of a 0-based cluster (frozen / pruned layer count); at least
-    /// one layer must stay trainable.
-    pub fn level(&self, cluster: usize) -> Result<usize, FreezeError> {
-        let l = self.clusters - 1 - cluster;
-        if l >= self.num_layers {
-            return Err(FreezeError::TooManyFrozen { frozen: l, num_layers: self.num_layers });
-        }
-        Ok(l)
-    }
-}
+use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
+use crate::config::{Config, Method, StageLengths};
+use crate::local::error::LocalError;
+use crate::tensor::host::{HostLayer, HostTensor};
+use crate::tensor::params::LayerParams;
 
 /// One method. `B` is the clients' training backend; the server merges on its inner backend.
 pub trait Strategy<B: AutodiffBackend> {
@@ -162,7 +77,7 @@ pub trait Strategy<B: AutodiffBackend> {
         Vec::new()
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError>;
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError>;
 
     /// The model this client downloads, when it is not the global model itself (NeFL: the
     /// client's level's BatchNorm bank in place of the global one).

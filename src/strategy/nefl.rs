@@ -21,12 +21,13 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
 use super::{ClientPlan, PlanContext, Strategy};
-use crate::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
+use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
 use crate::config::Method;
-use crate::freeze::{FreezeError, LayerRole};
-use crate::host::{layer_to_device, layer_to_host, HostLayer, HostTensor};
-use crate::params::LayerParams;
-use crate::submodel::WidthSpec;
+use crate::local::error::LocalError;
+use crate::local::roles::LayerRole;
+use crate::tensor::host::{layer_to_device, layer_to_host, HostLayer, HostTensor};
+use crate::tensor::params::LayerParams;
+use crate::tensor::submodel::WidthSpec;
 
 #[derive(Default)]
 pub struct NeFl {
@@ -43,10 +44,10 @@ pub fn is_batch_norm(name: &str) -> bool {
 
 /// The blocks a level-`l` client skips: non-first residual blocks (identity skips: the block
 /// reads and writes one channel space), deepest stage first, each stage's last block first.
-pub fn nefl_skipped_blocks(layout: &SpaceLayout, l: usize) -> Result<Vec<usize>, FreezeError> {
+pub fn nefl_skipped_blocks(layout: &SpaceLayout, l: usize) -> Result<Vec<usize>, LocalError> {
     let identity = identity_blocks(layout);
     if l > identity.len() {
-        return Err(FreezeError::BadRoles(format!("NeFL level {l} skips {l} residual blocks, but the model has {} that can be skipped", identity.len())));
+        return Err(LocalError::BadRoles(format!("NeFL level {l} skips {l} residual blocks, but the model has {} that can be skipped", identity.len())));
     }
     // Stages are spaces; a deeper stage's blocks have larger indices, so descending order
     // takes the deepest stage's last block first and finishes a stage before the next.
@@ -113,7 +114,7 @@ impl<B: AutodiffBackend> Strategy<B> for NeFl {
         false // levels drop or skip layers
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let l = ctx.level(cluster)?;
         let depthwise = !identity_blocks(ctx.layout).is_empty();
         let mut plan = ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]);

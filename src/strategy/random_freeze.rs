@@ -10,9 +10,9 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
-use crate::objective::Objective;
-use crate::freeze::FreezeError;
-use crate::freeze_modes::roles_with_pass_grad;
+use crate::local::objective::Objective;
+use crate::local::error::LocalError;
+use crate::local::roles::roles_with_pass_grad;
 
 pub struct RandomFreeze;
 
@@ -25,7 +25,7 @@ impl<B: AutodiffBackend> Strategy<B> for RandomFreeze {
         true
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let l = ctx.level(cluster)?;
         let mut frozen = vec![false; ctx.num_layers];
         for i in sample(rng, ctx.num_layers, l).into_iter() {

@@ -24,10 +24,10 @@ use rand_chacha::ChaCha8Rng;
 use super::depthfl::{depth_cut_plan, level_cut_depths};
 use super::{ClientPlan, EvalView, PlanContext, Strategy};
 use crate::config::Method;
-use crate::freeze::FreezeError;
-use crate::objective::{cross_entropy, distillation_kl, Objective};
-use crate::params::layer_numel;
-use crate::submodel::{extract, WidthSpec};
+use crate::local::error::LocalError;
+use crate::local::objective::Objective;
+use crate::tensor::params::layer_numel;
+use crate::tensor::submodel::{extract, WidthSpec};
 
 pub const TEMPERATURE: f32 = 3.0;
 
@@ -35,23 +35,6 @@ pub struct ScaleFl {
     /// Each cluster's width, weakest first; `None` = `i/c`.
     pub widths: Option<Vec<f64>>,
     pub gamma: f32,
-}
-
-/// ScaleFL's loss of the module doc over `outputs` (shallowest first); `gamma = 0` turns KD off.
-/// # Shapes
-/// each output `[b, classes]`, labels `[b]` `-> [1]`
-pub fn scaled_exits_loss<B: Backend>(outputs: &[Tensor<B, 2>], y: Tensor<B, 1, Int>, gamma: f32, temperature: f32) -> Tensor<B, 1> {
-    let n = outputs.len();
-    let deepest = outputs.last().expect("a model has an output");
-    let mut total = cross_entropy(deepest.clone(), y.clone()) * n as f32;
-    for (j, z) in outputs[..n - 1].iter().enumerate() {
-        let mut term = cross_entropy(z.clone(), y.clone());
-        if gamma > 0.0 {
-            term = term + distillation_kl(deepest.clone(), z.clone(), temperature) * (gamma * temperature * temperature);
-        }
-        total = total + term * (j + 1) as f32;
-    }
-    total / (n * (n + 1) / 2) as f32
 }
 
 /// Whether KD is on at a 1-based round of `rounds`.
@@ -112,7 +95,7 @@ impl<B: AutodiffBackend> Strategy<B> for ScaleFl {
         level_cut_depths(num_layers, clusters)
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let mut plan = depth_cut_plan(ctx, client, cluster)?;
         let r = self.widths.as_ref().and_then(|w| w.get(cluster).copied()).unwrap_or_else(|| ctx.width_ratio(cluster));
         let width = WidthSpec::prefix(ctx.layout, r);

@@ -21,25 +21,14 @@ use burn::prelude::*;
 use fedolf_models::{LayeredNet, SpaceLayout};
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use super::{ClientPlan, Download, EvalView, PlanContext, Strategy};
 use crate::config::Method;
-use crate::objective::Objective;
-use crate::freeze::{FreezeError, LayerRole};
-use crate::params::layer_numel;
-use crate::submodel::{extract, WidthSpec};
-
-/// How the `T` rounds are shared among the stages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum StageLengths {
-    /// In proportion to the parameters each stage trains (SLT's rule).
-    #[default]
-    Params,
-    /// The same number of rounds per stage.
-    Equal,
-}
+use crate::local::objective::Objective;
+use crate::local::error::LocalError;
+use crate::local::roles::LayerRole;
+use crate::tensor::params::layer_numel;
+use crate::tensor::submodel::{extract, WidthSpec};
 
 /// The number of SLT stages of an `N`-layer model: one per layer that can be frozen.
 pub fn stage_count(num_layers: usize) -> usize {
@@ -121,7 +110,7 @@ impl<B: AutodiffBackend> Strategy<B> for Slt {
         Method::Slt
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, FreezeError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let j = stage_of(&self.ends(ctx), ctx.round);
         let (roles, width) = stage_plan(ctx.layout, ctx.num_layers, j, cluster + 1);
         let width = (!width.is_full(ctx.layout)).then_some(width);

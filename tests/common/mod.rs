@@ -2,7 +2,7 @@
 //! Shared helpers for the integration tests: the CPU backends and tiny data.
 
 use burn::prelude::*;
-use fedolf::params::{read_model, LayerParams};
+use fedolf::tensor::params::{read_model, LayerParams};
 
 pub type Inner = burn::backend::Flex;
 pub type Train = burn::backend::Autodiff<Inner>;

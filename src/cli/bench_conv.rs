@@ -1,0 +1,196 @@
+//! `fedolf bench conv`: every distinct convolution of the four models at their paper batch —
+//! forward, input gradient (dX), weight gradient (dW) — timed through fedolf's kernels
+//! (`fedolf-kernels`), through Burn's own CPU ops (the path the kernels replace), and through
+//! PyTorch's `conv2d` / `conv2d_input` / `conv2d_weight` (`benches/pytorch_twin.py`) in the
+//! same run, with seconds, GFLOP/s and ratios.
+
+use std::time::Instant;
+
+use anyhow::bail;
+use burn::backend::Flex;
+use burn::prelude::*;
+use burn::tensor::ops::{ConvOptions, ModuleOps};
+use fedolf::measure::speed::median;
+use fedolf::runtime::workers::available_cores;
+use fedolf_kernels::{cpu, ConvGeometry};
+use fedolf_models::{ConvShape, ModelOptions};
+use serde_json::json;
+
+use crate::bench_speed::PAPER_SETTINGS;
+use crate::args::ConvArgs;
+use crate::pytorch::PyTorch;
+
+const OPS: [&str; 3] = ["forward", "dX", "dW"];
+
+/// One distinct convolution and the models that run it.
+struct Conv {
+    models: Vec<&'static str>,
+    batch: usize,
+    shape: ConvShape,
+    geometry: ConvGeometry,
+}
+
+impl Conv {
+    fn label(&self) -> String {
+        let [c, h, w] = self.shape.input;
+        let [co, _, k, _] = self.shape.weight;
+        format!("b{} {c}x{h}x{w} -> {co} k{k} s{} p{}", self.batch, self.shape.stride, self.shape.padding)
+    }
+}
+
+/// Every distinct (batch, convolution) of the paper's models, input side first.
+fn paper_convs() -> anyhow::Result<Vec<Conv>> {
+    let mut convs: Vec<Conv> = Vec::new();
+    for (model, input, classes, batch, _) in PAPER_SETTINGS {
+        let net = model.init_with::<Flex>(input, classes, &ModelOptions::default(), &Default::default())?;
+        for shape in net.conv_shapes() {
+            if let Some(seen) = convs.iter_mut().find(|c| c.batch == batch && c.shape == shape) {
+                if !seen.models.contains(&model.name()) {
+                    seen.models.push(model.name());
+                }
+                continue;
+            }
+            let [c, h, w] = shape.input;
+            let Some(geometry) = ConvGeometry::new([batch, c, h, w], shape.weight, [shape.stride; 2], [shape.padding; 2]) else {
+                bail!("{} has a convolution the kernels cannot run: {shape:?}", model.name());
+            };
+            convs.push(Conv { models: vec![model.name()], batch, shape, geometry });
+        }
+    }
+    Ok(convs)
+}
+
+/// Deterministic values in [-1, 1).
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Median seconds of `f` over `repeats` calls after one warm-up call.
+fn timed<T>(repeats: usize, mut f: impl FnMut() -> T) -> f64 {
+    std::hint::black_box(f());
+    let mut times: Vec<f64> = (0..repeats.max(1))
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(f());
+            started.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(&mut times)
+}
+
+/// [forward, dX, dW] seconds through fedolf's kernels.
+fn time_ours(conv: &Conv, repeats: usize) -> [f64; 3] {
+    let g = &conv.geometry;
+    let (x, w, dy) = (noise(g.batch * g.in_sample(), 1), noise(g.weight_len(), 2), noise(g.batch * g.out_sample(), 3));
+    [
+        timed(repeats, || cpu::forward(g, &x, &w, None)),
+        timed(repeats, || cpu::input_grad(g, &w, &dy)),
+        timed(repeats, || cpu::weight_grad(g, &x, &dy)),
+    ]
+}
+
+/// [forward, dX, dW] seconds through Burn's own Flex ops (Flex's forward, Burn's generic
+/// backward).
+fn time_burn(conv: &Conv, repeats: usize) -> [f64; 3] {
+    let g = &conv.geometry;
+    let device = Default::default();
+    let tensor = |v: Vec<f32>, shape: [usize; 4]| Tensor::<Flex, 4>::from_data(TensorData::new(v, shape), &device).into_primitive().tensor();
+    let [kh, kw] = g.kernel;
+    let x = tensor(noise(g.batch * g.in_sample(), 1), [g.batch, g.c_in, g.height, g.width]);
+    let w = tensor(noise(g.weight_len(), 2), [g.c_out, g.c_in, kh, kw]);
+    let dy = tensor(noise(g.batch * g.out_sample(), 3), [g.batch, g.c_out, g.out_height, g.out_width]);
+    let options = ConvOptions::new(g.stride, g.padding, [1, 1], 1);
+    [
+        timed(repeats, || <Flex as ModuleOps<Flex>>::conv2d(x.clone(), w.clone(), None, options.clone())),
+        timed(repeats, || <Flex as ModuleOps<Flex>>::conv2d_x_backward(x.clone(), w.clone(), dy.clone(), options.clone())),
+        timed(repeats, || <Flex as ModuleOps<Flex>>::conv2d_weight_backward(x.clone(), w.clone(), dy.clone(), options.clone())),
+    ]
+}
+
+pub fn bench_conv(args: ConvArgs) -> anyhow::Result<()> {
+    let cores = available_cores();
+    let twin = PyTorch::find(args.python.clone(), cores);
+    match &twin {
+        Ok(t) => eprintln!("bench conv on the CPU ({cores} cores); PyTorch {} with {cores} threads ({})", t.version, t.python.display()),
+        Err(why) => eprintln!("bench conv on the CPU ({cores} cores); no PyTorch ratios: {why}"),
+    }
+    let convs = paper_convs()?;
+    let mut ours = Vec::new();
+    let mut burn = Vec::new();
+    for conv in &convs {
+        eprint!("  {} ({}) ... ", conv.label(), conv.models.join(","));
+        ours.push(time_ours(conv, args.repeats));
+        if !args.no_burn {
+            burn.push(time_burn(conv, args.repeats));
+        }
+        eprintln!("done");
+    }
+    let theirs = match &twin {
+        Ok(t) => {
+            eprintln!("pytorch convolutions ...");
+            let specs: Vec<_> = convs
+                .iter()
+                .map(|c| json!({"batch": c.batch, "input": c.shape.input, "weight": c.shape.weight, "stride": c.shape.stride, "padding": c.shape.padding, "warmup": 1, "repeats": args.repeats}))
+                .collect();
+            Some(t.convs(&specs)?)
+        }
+        Err(_) => None,
+    };
+
+    let against = match &twin {
+        Ok(t) => format!("PyTorch {} ({} threads)", t.version, t.threads),
+        Err(_) => "PyTorch: not installed, no ratios".to_string(),
+    };
+    println!("convolution kernels on the CPU, {cores} threads, median of {} calls (against {against})", args.repeats);
+    println!(
+        "{:<34} {:<18} {:<7} {:>10} {:>8} {:>10} {:>8} {:>10} {:>8}",
+        "convolution", "models", "op", "fedolf s", "GFLOP/s", "burn s", "÷ burn", "pytorch s", "ratio"
+    );
+    let mut totals = [[0.0f64; 3]; 3];
+    for (i, conv) in convs.iter().enumerate() {
+        let gflop = 2.0 * conv.geometry.macs() as f64 / 1e9;
+        for (op, name) in OPS.iter().enumerate() {
+            let ours = ours[i][op];
+            let burn = burn.get(i).map(|b| b[op]);
+            let torch = theirs.as_ref().map(|t| t[i][op]);
+            totals[0][op] += ours;
+            totals[1][op] += burn.unwrap_or(0.0);
+            totals[2][op] += torch.unwrap_or(0.0);
+            println!(
+                "{:<34} {:<18} {:<7} {:>10.5} {:>8.1} {:>10} {:>8} {:>10} {:>8}",
+                conv.label(),
+                conv.models.join(","),
+                name,
+                ours,
+                gflop / ours,
+                burn.map_or("-".into(), |b| format!("{b:.5}")),
+                burn.map_or("-".into(), |b| format!("{:.1}×", b / ours)),
+                torch.map_or("-".into(), |t| format!("{t:.5}")),
+                torch.map_or("-".into(), |t| format!("{:.2}×", ours / t)),
+            );
+        }
+    }
+    for (op, name) in OPS.iter().enumerate() {
+        let [ours, burn, torch] = [totals[0][op], totals[1][op], totals[2][op]];
+        println!(
+            "{:<34} {:<18} {:<7} {:>10.5} {:>8} {:>10} {:>8} {:>10} {:>8}",
+            "all shapes, summed",
+            "",
+            name,
+            ours,
+            "",
+            if args.no_burn { "-".into() } else { format!("{burn:.5}") },
+            if args.no_burn { "-".into() } else { format!("{:.1}×", burn / ours) },
+            if theirs.is_some() { format!("{torch:.5}") } else { "-".into() },
+            if theirs.is_some() { format!("{:.2}×", ours / torch) } else { "-".into() },
+        );
+    }
+    println!("(÷ burn = Burn's seconds ÷ fedolf's: the speed-up of the kernels; ratio = fedolf ÷ pytorch: below 1 is faster)");
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! `fedolf bench speed`: seconds per local SGD step of every model at the paper's batch, and
+//! seconds per round of the default experiment for several worker settings, each beside the
+//! same work done by PyTorch (`benches/pytorch_twin.py`) in the same run when PyTorch is
+//! installed — the ratios the speed targets are written in.
+
+use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
+use fedolf::runtime::backend::{with_backend, BackendTask, DeviceKind};
+use fedolf::config::{Config, DEFAULT_TOML};
+use fedolf::runtime::memory::CountingAllocator;
+use fedolf::engine::{self, RoundObserver};
+use fedolf::records::RoundRecord;
+use fedolf::measure::speed::{median_step_seconds, StepSpec};
+use fedolf::runtime::workers::{available_cores, WorkerLayout};
+use fedolf_models::ModelKind;
+use serde_json::{json, Value};
+
+use crate::args::SpeedArgs;
+use crate::pytorch::PyTorch;
+
+/// The paper's per-model setting: input, classes, batch, the largest frozen count of its
+/// cluster table (c − 1).
+pub const PAPER_SETTINGS: [(ModelKind, [usize; 3], usize, usize, usize); 4] = [
+    (ModelKind::Cnn, [1, 28, 28], 10, 16, 1),
+    (ModelKind::AlexNet, [3, 32, 32], 10, 128, 4),
+    (ModelKind::ResNet20, [3, 32, 32], 100, 128, 4),
+    (ModelKind::ResNet44, [3, 32, 32], 100, 128, 4),
+];
+
+fn step_specs(repeats: usize) -> Vec<StepSpec> {
+    PAPER_SETTINGS
+        .into_iter()
+        .flat_map(|(model, input, classes, batch, largest)| {
+            [0, largest].map(|frozen| StepSpec { model, input, classes, batch, frozen, warmup: 1, repeats })
+        })
+        .collect()
+}
+
+struct StepTask<'a>(&'a [StepSpec]);
+
+impl BackendTask for StepTask<'_> {
+    type Output = anyhow::Result<Vec<f64>>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        self.0
+            .iter()
+            .map(|spec| {
+                eprint!("  {} b{} l={} ... ", spec.model.name(), spec.batch, spec.frozen);
+                let s = median_step_seconds::<B>(spec, &device).with_context(|| format!("{} step", spec.model.name()))?;
+                eprintln!("{s:.4} s");
+                Ok(s)
+            })
+            .collect()
+    }
+}
+
+struct Quiet;
+impl RoundObserver for Quiet {}
+
+struct RoundTask<'a> {
+    cfg: &'a Config,
+    dataset: &'a fedolf_datasets::Dataset,
+    memory: Option<&'static CountingAllocator>,
+}
+
+impl BackendTask for RoundTask<'_> {
+    type Output = Result<Vec<RoundRecord>, engine::SimError>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        engine::run::<B>(self.cfg, self.dataset, &device, self.memory, &mut Quiet)
+    }
+}
+
+/// One row of the round table: a worker setting and its measured seconds per round.
+struct RoundRow {
+    label: String,
+    seconds: f64,
+    /// Whether the row used the frozen-prefix cache (the twin is run the same way).
+    cache: bool,
+}
+
+pub fn bench_speed(args: SpeedArgs, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
+    let device = DeviceKind::parse(&args.device)?;
+    let cores = available_cores();
+    let twin = PyTorch::find(args.python.clone(), cores);
+    match &twin {
+        Ok(t) => eprintln!("bench speed on {} ({cores} cores); PyTorch {} with {cores} threads ({})", device.name(), t.version, t.python.display()),
+        Err(why) => eprintln!("bench speed on {} ({cores} cores); no ratios: {why}", device.name()),
+    }
+
+    // 1. Per-step time, every model at its paper batch, l = 0 and the cluster's largest l.
+    let specs = step_specs(args.repeats);
+    eprintln!("fedolf steps:");
+    let ours = with_backend(device, StepTask(&specs))??;
+    let theirs = match &twin {
+        Ok(t) => {
+            eprintln!("pytorch steps ...");
+            Some(t.steps(&specs)?)
+        }
+        Err(_) => None,
+    };
+
+    // 2. Whole rounds of the default experiment: one worker, the default, and the default
+    // with the frozen-prefix cache.
+    let default_workers = WorkerLayout::new(0, device != DeviceKind::Cpu);
+    let settings = [
+        (format!("workers = 1 ({} threads)", cores), vec!["federation.workers=1".to_string()]),
+        (format!("workers = {} (default, {} thread each)", default_workers.workers, default_workers.threads_per_worker), vec![]),
+        ("default + train.cache_frozen = true".to_string(), vec!["train.cache_frozen=true".to_string()]),
+    ];
+    let mut rows = Vec::new();
+    let mut workload = None;
+    for (label, extra) in settings {
+        let mut overrides = vec![format!("federation.rounds={}", args.rounds), format!("device=\"{}\"", device.name())];
+        overrides.extend(extra);
+        let cfg = Config::from_toml(DEFAULT_TOML, "experiments/default.toml (built in)", &overrides)?;
+        let dataset = engine::load_dataset(&cfg)?;
+        eprint!("fedolf rounds, {label} ... ");
+        let memory = (device == DeviceKind::Cpu).then_some(alloc);
+        let records = with_backend(device, RoundTask { cfg: &cfg, dataset: &dataset, memory })??;
+        let seconds = records.iter().map(|r| r.wall_s).sum::<f64>() / records.len() as f64;
+        eprintln!("{seconds:.2} s/round");
+        workload.get_or_insert_with(|| round_workload(&cfg, &dataset, &records));
+        rows.push(RoundRow { label, seconds, cache: cfg.train.cache_frozen });
+    }
+    // The twin replays the same clients with and without the prefix cache.
+    let twin_round = match (&twin, workload) {
+        (Ok(t), Some(mut w)) => {
+            let mut by_cache = [0.0; 2];
+            for cache in [false, true] {
+                eprintln!("pytorch rounds, cache_frozen = {cache} ...");
+                w["cache_frozen"] = json!(cache);
+                by_cache[cache as usize] = t.round(&w)?;
+            }
+            Some(by_cache)
+        }
+        _ => None,
+    };
+
+    print_tables(&specs, &ours, theirs.as_deref(), &rows, twin_round, args.rounds, &twin);
+    Ok(())
+}
+
+/// The exact work of the measured rounds, for the twin to replay: each round's clients with
+/// their sample and frozen counts, and the evaluated rounds.
+fn round_workload(cfg: &Config, dataset: &fedolf_datasets::Dataset, records: &[RoundRecord]) -> Value {
+    json!({
+        "model": cfg.model.name,
+        "input": dataset.train.shape,
+        "classes": dataset.num_classes,
+        "batch": cfg.train.batch_size,
+        "epochs": cfg.train.epochs,
+        "sgd": {"lr": cfg.train.lr, "momentum": cfg.train.momentum, "weight_decay": cfg.train.weight_decay},
+        "rounds": records.iter().map(|r| json!({
+            "clients": r.per_client.iter().map(|c| json!({"samples": c.samples, "frozen": c.frozen})).collect::<Vec<_>>()
+        })).collect::<Vec<_>>(),
+        "eval": {
+            "samples": dataset.test.len(),
+            "batch": 500,
+            "rounds": records.iter().filter(|r| r.accuracy.is_some()).map(|r| r.round).collect::<Vec<_>>(),
+        },
+    })
+}
+
+fn print_tables(
+    specs: &[StepSpec],
+    ours: &[f64],
+    theirs: Option<&[f64]>,
+    rows: &[RoundRow],
+    twin_round: Option<[f64; 2]>,
+    rounds: usize,
+    twin: &Result<PyTorch, String>,
+) {
+    let against = match twin {
+        Ok(t) => format!("PyTorch {} ({} threads)", t.version, t.threads),
+        Err(_) => "PyTorch: not installed, no ratios".to_string(),
+    };
+    println!("local SGD step, median seconds (against {against})");
+    println!("{:<10} {:>5} {:>3} {:>12} {:>12} {:>8}", "model", "batch", "l", "fedolf s", "pytorch s", "ratio");
+    for (i, spec) in specs.iter().enumerate() {
+        let (t, ratio) = match theirs {
+            Some(t) => (format!("{:.4}", t[i]), format!("{:.2}×", ours[i] / t[i])),
+            None => ("-".into(), "-".into()),
+        };
+        println!("{:<10} {:>5} {:>3} {:>12.4} {:>12} {:>8}", spec.model.name(), spec.batch, spec.frozen, ours[i], t, ratio);
+    }
+    println!();
+    println!("default experiment (cnn, fashion-mnist, 10 clients/round, E = 2, batch 32), mean of {rounds} rounds incl. evaluation");
+    println!("{:<44} {:>10} {:>12} {:>8}", "setting", "s/round", "pytorch s", "ratio");
+    for row in rows {
+        let (t, ratio) = match twin_round.map(|by_cache| by_cache[row.cache as usize]) {
+            Some(t) => (format!("{t:.2}"), format!("{:.2}×", row.seconds / t)),
+            None => ("-".into(), "-".into()),
+        };
+        println!("{:<44} {:>10.2} {:>12} {:>8}", row.label, row.seconds, t, ratio);
+    }
+    println!("(ratio = fedolf ÷ pytorch: below 1 is faster; the PyTorch round replays the same clients, sample counts, frozen counts and evaluations on random data, one client after another, with the same prefix-cache setting as the row)");
+}

@@ -1,0 +1,71 @@
+//! The `fedolf` binary: parse the command line, call the library, print the error chain.
+
+#[cfg(feature = "flex")]
+mod bench_conv;
+#[cfg(feature = "flex")]
+mod bench_parity;
+mod bench_speed;
+mod args;
+mod memory_cmd;
+mod pytorch;
+mod run_cmd;
+
+use clap::Parser;
+use fedolf::runtime::memory::CountingAllocator;
+
+/// Counts heap bytes so local training can report its peak (CPU backend).
+#[global_allocator]
+static ALLOC: CountingAllocator = CountingAllocator::new();
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    fedolf::runtime::heap_tuning::keep_freed_memory();
+    let cli = args::Cli::parse();
+    // A bare `fedolf` is `fedolf run`, parsed by clap so both paths share its defaults.
+    let command = cli.command.unwrap_or_else(|| args::Cli::parse_from(["fedolf", "run"]).command.expect("`run` is a subcommand"));
+    let result = match command {
+        args::Command::Run(args) => run_cmd::run(args, &ALLOC),
+        args::Command::List => {
+            list();
+            Ok(())
+        }
+        args::Command::Memory(args) => memory_cmd::memory(args, &ALLOC),
+        args::Command::Bench { which: args::BenchKind::Memory { batch } } => memory_cmd::bench_memory(batch, &ALLOC),
+        args::Command::Bench { which: args::BenchKind::Speed(args) } => bench_speed::bench_speed(args, &ALLOC),
+        #[cfg(feature = "flex")]
+        args::Command::Bench { which: args::BenchKind::Conv(args) } => bench_conv::bench_conv(args),
+        #[cfg(not(feature = "flex"))]
+        args::Command::Bench { which: args::BenchKind::Conv(_) } => Err(anyhow::anyhow!("`bench conv` times the CPU kernels: rebuild with the `flex` feature")),
+        #[cfg(feature = "flex")]
+        args::Command::Bench { which: args::BenchKind::Parity { device } } => bench_parity::bench_parity(&device),
+        #[cfg(not(feature = "flex"))]
+        args::Command::Bench { which: args::BenchKind::Parity { .. } } => Err(anyhow::anyhow!("`bench parity` compares a device with the CPU backend: rebuild with the `flex` feature")),
+        args::Command::Plot { run_dir } => memory_cmd::plot(&run_dir),
+        args::Command::Export { run_dir, out } => run_cmd::export(&run_dir, out.as_deref()),
+    };
+    if let Err(e) = result {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn list() {
+    use fedolf::runtime::backend::DeviceKind;
+    use fedolf::config::Method;
+    use fedolf_datasets::DatasetKind;
+    use fedolf_models::ModelKind;
+    println!("methods:");
+    for m in Method::ALL {
+        println!("  {:<14} {}", m.name(), m.description());
+    }
+    println!("models:");
+    for m in ModelKind::ALL {
+        println!("  {:<14} {}", m.name(), m.description());
+    }
+    println!("datasets:");
+    for d in DatasetKind::ALL {
+        println!("  {:<14} {}", d.name(), d.description());
+    }
+    let devices: Vec<_> = DeviceKind::compiled().iter().map(|d| d.name()).collect();
+    println!("devices compiled in: {}", devices.join(", "));
+}

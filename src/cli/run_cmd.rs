@@ -1,0 +1,389 @@
+//! `fedolf run`: resolve the config, load data, run on the chosen backend with a progress
+//! bar, and write the run folder (also when the run fails part-way).
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
+use fedolf::runtime::backend::{with_backend, BackendTask, DeviceKind};
+use fedolf::config::{Config, DEFAULT_TOML};
+use fedolf::runtime::memory::CountingAllocator;
+use fedolf::io::report::{RunDir, Summary};
+use fedolf::io::checkpoint::{Checkpoint, CheckpointError};
+use fedolf::engine::error::SimError;
+use fedolf::engine::{self, RoundObserver, RunInfo, RunStart};
+use fedolf::records::RoundRecord;
+use fedolf::io::trials::{Spread, TrialsSummary};
+use fedolf_datasets::Dataset;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::args::RunArgs;
+
+/// Resolve the config from the file (or built-in default) and the command-line overrides.
+pub fn resolve_config(args: &RunArgs) -> anyhow::Result<Config> {
+    let (text, origin) = match &args.config {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (DEFAULT_TOML.to_string(), "experiments/default.toml (built in)".to_string()),
+    };
+    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut overrides = args.overrides.clone();
+    if let Some(seed) = args.seed {
+        overrides.push(format!("seed={seed}"));
+        overrides.push("seeds=[]".into());
+    }
+    if !args.seeds.is_empty() {
+        let list: Vec<String> = args.seeds.iter().map(u64::to_string).collect();
+        overrides.push(format!("seeds=[{}]", list.join(", ")));
+    }
+    if let Some(device) = &args.device {
+        let kind = DeviceKind::parse(device)?;
+        overrides.push(format!("device={}", quoted(kind.name())));
+    }
+    if let Some(dir) = &args.data_dir {
+        overrides.push(format!("data.data_dir={}", quoted(&dir.display().to_string())));
+    }
+    Ok(Config::from_toml(&text, &origin, &overrides)?)
+}
+
+pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
+    let stop = stop_on_signals()?;
+    let (cfg, dir, resuming) = match &args.resume {
+        Some(path) => {
+            let dir = RunDir::open(path).with_context(|| format!("cannot resume {}", path.display()))?;
+            let config_path = dir.path.join("config.toml");
+            let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+            (Config::from_toml(&text, &config_path.display().to_string(), &[])?, dir, true)
+        }
+        None => {
+            let cfg = resolve_config(&args)?;
+            let dir = RunDir::create(&args.out, &cfg.name).with_context(|| format!("cannot create a run folder in {}", args.out.display()))?;
+            dir.write_config(&cfg).context("writing config.toml")?;
+            (cfg, dir, false)
+        }
+    };
+    let dataset = engine::load_dataset(&cfg)?;
+    let opts = TrialOptions { quiet: args.quiet, alloc, stop: &stop, resume: resuming };
+    if cfg.seeds.is_empty() {
+        let (summary, result) = run_trial(&cfg, &dataset, &dir, &opts, None)?;
+        check_end(result, &dir)?;
+        print_table(&summary, &dir);
+        return Ok(());
+    }
+    // The paper's protocol: one trial per seed, each in its own folder; the summary of all
+    // trials is rewritten after each one, so a failure keeps what finished. Resuming skips
+    // the trials that completed and continues the first that did not.
+    let seeds = cfg.trial_seeds();
+    let mut trials = Vec::with_capacity(seeds.len());
+    for (i, &seed) in seeds.iter().enumerate() {
+        let trial_cfg = Config { seed, seeds: Vec::new(), ..cfg.clone() };
+        let trial_dir = dir.trial(seed).with_context(|| format!("cannot create trial-{seed} in {}", dir.path.display()))?;
+        if resuming {
+            if let Some(done) = completed_summary(&trial_dir) {
+                trials.push(done);
+                continue;
+            }
+        }
+        trial_dir.write_config(&trial_cfg).context("writing the trial's config.toml")?;
+        let label = format!("trial {}/{} (seed {seed})", i + 1, seeds.len());
+        let (summary, result) = run_trial(&trial_cfg, &dataset, &trial_dir, &opts, Some(label))?;
+        trials.push(summary);
+        dir.write_summary(&TrialsSummary::new(&seeds, trials.clone())).context("writing summary.json")?;
+        check_end(result, &dir).with_context(|| format!("trial with seed {seed}"))?;
+    }
+    dir.write_summary(&TrialsSummary::new(&seeds, trials.clone())).context("writing summary.json")?;
+    print_trials_table(&TrialsSummary::new(&seeds, trials), &dir);
+    Ok(())
+}
+
+/// SIGINT / SIGTERM set `stop` (the run checkpoints and ends); a second one ends the
+/// process at once.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop)).context("installing the signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing the signal handler")?;
+    }
+    Ok(stop)
+}
+
+/// An interruption is reported with the command that resumes the run.
+fn check_end(result: Result<Vec<RoundRecord>, SimError>, dir: &RunDir) -> anyhow::Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e @ SimError::Interrupted { .. }) => {
+            let root = dir.path.parent().filter(|p| p.join("config.toml").exists() && dir.path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("trial-")));
+            let run = root.unwrap_or(&dir.path);
+            Err(anyhow::anyhow!("{e}; resume with: fedolf run --resume {}", run.display()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A trial folder's summary when that trial completed.
+fn completed_summary(dir: &RunDir) -> Option<Summary> {
+    let text = std::fs::read_to_string(dir.path.join("summary.json")).ok()?;
+    let summary: Summary = serde_json::from_str(&text).ok()?;
+    (summary.status == "completed").then_some(summary)
+}
+
+/// `fedolf export RUN_DIR [--out FILE]`: the last checkpoint's model.
+pub fn export(run_dir: &Path, out: Option<&Path>) -> anyhow::Result<()> {
+    let source = run_dir.join(fedolf::io::checkpoint::FOLDER).join("model.safetensors");
+    if !source.exists() {
+        let trials: Vec<String> = std::fs::read_dir(run_dir)
+            .with_context(|| format!("cannot read {}", run_dir.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join(fedolf::io::checkpoint::FOLDER).exists())
+            .map(|e| e.path().display().to_string())
+            .collect();
+        anyhow::bail!(
+            "{} holds no checkpoint{}",
+            run_dir.display(),
+            if trials.is_empty() { String::new() } else { format!("; export one of its trials: {}", trials.join(", ")) }
+        );
+    }
+    let target = out.map(Path::to_path_buf).unwrap_or_else(|| run_dir.join("model.safetensors"));
+    std::fs::copy(&source, &target).with_context(|| format!("cannot write {}", target.display()))?;
+    println!("wrote {} (from {})", target.display(), source.display());
+    Ok(())
+}
+
+struct TrialOptions<'a> {
+    quiet: bool,
+    alloc: &'static CountingAllocator,
+    stop: &'a AtomicBool,
+    /// Continue from the trial's checkpoint when it has one.
+    resume: bool,
+}
+
+/// One seed's run into `dir`: progress, round files, checkpoints, `summary.json` (also on
+/// failure or interruption).
+fn run_trial(
+    cfg: &Config,
+    dataset: &Dataset,
+    dir: &RunDir,
+    opts: &TrialOptions<'_>,
+    label: Option<String>,
+) -> anyhow::Result<(Summary, Result<Vec<RoundRecord>, SimError>)> {
+    let started = Instant::now();
+    let mut progress = Progress::new(cfg, dir, opts.quiet, label);
+    let memory = (cfg.device == DeviceKind::Cpu).then_some(opts.alloc);
+    let resume = (opts.resume && Checkpoint::exists(&dir.path)).then_some(dir.path.as_path());
+    let start = RunStart { resume, stop: Some(opts.stop) };
+    let task = SimTask { cfg, dataset, memory, observer: &mut progress, start };
+    let result = with_backend(cfg.device, task)?;
+    progress.finish();
+    let error = result.as_ref().err().map(|e| e.to_string());
+    let mut summary = Summary::new(cfg, &dataset.source, &progress.records, started.elapsed().as_secs_f64(), error);
+    if matches!(result, Err(SimError::Interrupted { .. })) {
+        summary.status = "interrupted".into();
+    }
+    dir.write_summary(&summary).context("writing summary.json")?;
+    Ok((summary, result))
+}
+
+struct SimTask<'a> {
+    cfg: &'a Config,
+    dataset: &'a Dataset,
+    memory: Option<&'static CountingAllocator>,
+    observer: &'a mut dyn RoundObserver,
+    start: RunStart<'a>,
+}
+
+impl BackendTask for SimTask<'_> {
+    type Output = Result<Vec<RoundRecord>, SimError>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        engine::run_from::<B>(self.cfg, self.dataset, &device, self.memory, self.observer, self.start)
+    }
+}
+
+/// Progress bar over rounds (hidden when stderr is not a terminal or with --quiet), one log
+/// line per round, and `rounds.csv` rewritten after every round.
+struct Progress<'a> {
+    dir: &'a RunDir,
+    bar: ProgressBar,
+    quiet: bool,
+    rounds: usize,
+    records: Vec<RoundRecord>,
+    last_accuracy: Option<f64>,
+    /// `trial i/n (seed s)` in multi-seed runs.
+    label: Option<String>,
+}
+
+impl<'a> Progress<'a> {
+    fn new(cfg: &Config, dir: &'a RunDir, quiet: bool, label: Option<String>) -> Self {
+        let rounds = cfg.federation.rounds;
+        let bar = ProgressBar::with_draw_target(Some(rounds as u64), ProgressDrawTarget::stderr());
+        if quiet || !std::io::stderr().is_terminal() {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix}round {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        if let Some(l) = &label {
+            bar.set_prefix(format!("{l} "));
+        }
+        Self { dir, bar, quiet, rounds, records: Vec::new(), last_accuracy: None, label }
+    }
+
+    fn say(&self, line: String) {
+        if self.quiet {
+            return;
+        }
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl RoundObserver for Progress<'_> {
+    fn on_calibration(&mut self, row: &fedolf::measure::budget::ProbeRow, of: usize) {
+        if row.level + 1 == of {
+            self.say(format!("memory budgets: calibrating the peak predictor (2 SGD steps of the method's plan at each of {of} capacity levels)"));
+        }
+        self.say(format!(
+            "  level {:>2} (l = {:>2} not trained): resident {:.1} MB + measured {:.1} MB ÷ Eq. 23 {:.1} MB = ρ {:.3}",
+            row.level,
+            row.frozen,
+            row.resident as f64 / 1e6,
+            row.measured_transient as f64 / 1e6,
+            row.theoretical_transient as f64 / 1e6,
+            row.ratio()
+        ));
+    }
+
+    fn on_start(&mut self, info: &RunInfo) {
+        if let Some(l) = &self.label {
+            self.say(l.clone());
+        }
+        self.say(format!(
+            "data: {} ({} train / {} test) | model: {} layers, {:.2} M params | frozen per cluster: {} | {} workers × {} threads | results: {}",
+            info.dataset_source,
+            info.train_size,
+            info.test_size,
+            info.num_layers,
+            info.model_params as f64 / 1e6,
+            match (&info.cluster_frozen, &info.calibration) {
+                (Some(f), _) => format!("{f:?}"),
+                (None, Some(_)) => "chosen each round by each client's memory budget".to_string(),
+                (None, None) => "the layers below the SLT stage".to_string(),
+            },
+            info.workers.workers,
+            info.workers.threads_per_worker,
+            self.dir.path.display()
+        ));
+    }
+
+    fn on_resume(&mut self, records: &[RoundRecord]) -> std::io::Result<()> {
+        // Rounds run after the checkpoint (before the interruption) are dropped: they are
+        // about to run again, with the same results.
+        self.records = records.to_vec();
+        self.last_accuracy = records.iter().rev().find_map(|r| r.accuracy);
+        self.dir.write_rounds(&self.records)?;
+        self.dir.write_clients(&self.records)?;
+        self.bar.set_position(records.len() as u64);
+        self.say(format!("resumed after round {} from {}", records.len(), self.dir.path.join(fedolf::io::checkpoint::FOLDER).display()));
+        Ok(())
+    }
+
+    fn on_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        checkpoint.write(&self.dir.path)
+    }
+
+    fn on_round(&mut self, r: &RoundRecord) -> std::io::Result<()> {
+        self.records.push(r.clone());
+        self.dir.write_rounds(&self.records)?;
+        self.dir.write_clients(&self.records)?;
+        if r.accuracy.is_some() {
+            self.last_accuracy = r.accuracy;
+        }
+        let acc = r.accuracy.map_or("      ".to_string(), |a| format!("{:5.1}%", a * 100.0));
+        let mem = r.peak_mem_mb.map_or(String::new(), |m| format!(" | peak {m:.1} MB"));
+        let mem = if r.unfit_clients > 0 { format!("{mem} | {} sat out (no plan fits its budget)", r.unfit_clients) } else { mem };
+        self.say(format!(
+            "round {:>4}/{} | acc {acc} | train loss {:.4} | down {:.2} MB up {:.2} MB | compute {:.1} s{mem}",
+            r.round,
+            self.rounds,
+            r.train_loss,
+            r.bytes_down as f64 / 1e6,
+            r.bytes_up as f64 / 1e6,
+            r.compute_s
+        ));
+        self.bar.set_message(self.last_accuracy.map_or(String::new(), |a| format!("acc {:.1}%", a * 100.0)));
+        self.bar.inc(1);
+        Ok(())
+    }
+}
+
+fn print_table(s: &Summary, dir: &RunDir) {
+    let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |a| format!("{:.2}%", a * 100.0));
+    let rows = [
+        ("method", s.method.clone()),
+        ("model / dataset", format!("{} / {}", s.model, s.dataset)),
+        ("rounds", s.rounds_completed.to_string()),
+        ("final accuracy", pct(s.final_accuracy)),
+        ("best accuracy", pct(s.best_accuracy)),
+        ("mean of last evals", pct(s.mean_last_accuracy)),
+        ("bytes down / up", format!("{:.1} MB / {:.1} MB", s.total_bytes_down as f64 / 1e6, s.total_bytes_up as f64 / 1e6)),
+        ("compute / wall", format!("{:.1} s / {:.1} s", s.total_compute_s, s.wall_s)),
+        ("mean peak memory", s.peak_memory_line()),
+        ("energy compute / comm", format!("{:.3} kJ / {:.3} kJ", s.energy_compute_kj, s.energy_comm_kj)),
+        ("results", dir.path.display().to_string()),
+    ];
+    println!();
+    for (k, v) in rows {
+        println!("  {k:<22} {v}");
+    }
+    if let Some(b) = &s.memory_budgets {
+        let rows = [
+            ("over budget", format!("{} of {} client rounds ({:.1} %)", b.over_budget, b.client_rounds, 100.0 * b.miss_rate)),
+            (
+                "excess when over",
+                if b.over_budget == 0 { "none".into() } else { format!("mean {:.2} MB, max {:.2} MB ({:.1} % of its budget)", b.mean_excess_mb, b.max_excess_mb, b.max_excess_pct) },
+            ),
+            ("prediction error", format!("mean {:.1} %, worst {:.1} % (|measured − predicted| ÷ predicted)", b.mean_abs_error_pct, b.max_abs_error_pct)),
+            ("sat out", format!("{} sampled client rounds fit no plan", b.sat_out)),
+        ];
+        for (k, v) in rows {
+            println!("  {k:<22} {v}");
+        }
+    }
+}
+
+fn print_trials_table(s: &TrialsSummary, dir: &RunDir) {
+    let pct = |v: &Option<Spread>| v.as_ref().map_or("n/a".to_string(), |a| {
+        let each: Vec<String> = a.values.iter().map(|v| format!("{:.2}", v * 100.0)).collect();
+        format!("{:.2} ± {:.2} %  ({})", a.mean * 100.0, a.std * 100.0, each.join(", "))
+    });
+    let seeds: Vec<String> = s.seeds.iter().map(u64::to_string).collect();
+    let rows = [
+        ("method", s.method.clone()),
+        ("model / dataset", format!("{} / {}", s.model, s.dataset)),
+        ("trials (seeds)", format!("{} ({})", s.trials_completed, seeds.join(", "))),
+        ("final accuracy", pct(&s.final_accuracy)),
+        ("best accuracy", pct(&s.best_accuracy)),
+        ("mean of last evals", pct(&s.mean_last_accuracy)),
+        ("mean peak memory", s.mean_peak_mem_mb.as_ref().map_or("n/a".into(), |m| format!("{:.1} ± {:.1} MB", m.mean, m.std))),
+        ("results", dir.path.display().to_string()),
+    ];
+    println!();
+    for (k, v) in rows {
+        println!("  {k:<22} {v}");
+    }
+    println!("  (mean ± sample standard deviation over trials; per-trial values in brackets)");
+}

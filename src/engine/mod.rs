@@ -1,0 +1,15 @@
+//! The federation itself: the round loop ([`round_loop`]), the server's state and steps
+//! ([`federation`]), one round's shared client context ([`round_context`]), the round's
+//! bookkeeping ([`round_end`]) and the run's data ([`data`]). The simulator and the Flower
+//! server both drive a [`federation::Federation`] through these.
+
+pub mod data;
+pub mod error;
+pub mod federation;
+pub mod round_context;
+pub mod round_end;
+pub mod round_loop;
+
+pub use data::load_dataset;
+pub use error::SimError;
+pub use round_loop::{run, run_from, RoundObserver, RunInfo, RunStart};

@@ -1,0 +1,104 @@
+//! SVG line charts (plotters): memory vs frozen layers (paper Figs. 2 / 17 style) and
+//! accuracy vs round / energy from a run's `rounds.csv` (Figs. 8 / 9 style).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::measure::memory_probe::MemoryRow;
+
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("drawing {path}: {message}")]
+pub struct PlotError {
+    pub path: String,
+    pub message: String,
+}
+
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), message: e.to_string() };
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).collect();
+    if all.is_empty() {
+        return Err(err(&"nothing to plot"));
+    }
+    let (xmin, xmax) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let ymax = all.iter().fold(0.0f64, |a, p| a.max(p.1)) * 1.08;
+    let xmax = if xmax > xmin { xmax } else { xmin + 1.0 };
+    let root = SVGBackend::new(path, (800, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(xmin..xmax, 0.0..ymax.max(1e-9))
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
+/// Measured peaks per mode against frozen layers — the step's extra peak and the absolute
+/// peak (resident + extra) — with ordered freezing's Eq. 23 line.
+pub fn memory_chart(path: &Path, title: &str, rows: &[MemoryRow]) -> Result<(), PlotError> {
+    let mut modes: Vec<&str> = Vec::new();
+    for r in rows {
+        if !modes.contains(&r.mode.as_str()) {
+            modes.push(&r.mode);
+        }
+    }
+    let mut series: Vec<Series> = modes
+        .iter()
+        .flat_map(|m| {
+            let of_mode = || rows.iter().filter(move |r| r.mode == *m);
+            [
+                Series { name: format!("{m} (extra)"), points: of_mode().map(|r| (r.frozen as f64, r.measured_mb())).collect() },
+                Series { name: format!("{m} (absolute)"), points: of_mode().map(|r| (r.frozen as f64, r.absolute_mb())).collect() },
+            ]
+        })
+        .collect();
+    // `none` is one measurement; draw it as a level reference across the x range.
+    let max_l = rows.iter().map(|r| r.frozen).max();
+    for none in series.iter_mut().filter(|s| s.name.starts_with("none")) {
+        if let (Some(&(_, y)), Some(max_l)) = (none.points.first(), max_l) {
+            none.points = vec![(0.0, y), (max_l as f64, y)];
+        }
+    }
+    series.push(Series {
+        name: "ordered (Eq. 23)".into(),
+        points: rows.iter().filter(|r| r.mode == "ordered").map(|r| (r.frozen as f64, r.theoretical_mb())).collect(),
+    });
+    line_chart(path, title, "frozen layers l", "peak memory of one training step (MB)", &series)
+}

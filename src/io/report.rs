@@ -1,0 +1,243 @@
+//! Run results on disk: `config.toml` (fully resolved), `rounds.csv` (one row per round,
+//! rewritten atomically after every round so a crash loses nothing), `summary.json`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::records::{mean, mean_last};
+use crate::records::{ClientRecord, RoundRecord};
+
+/// Write `bytes` to `path` via a temporary file and a rename (readers never see half a file).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(tmp, path)
+}
+
+pub const CSV_HEADER: &str = "round,accuracy,test_loss,train_loss,clients,bytes_down,bytes_up,frozen_bytes_down,compute_s,wall_s,peak_mem_mb,peak_extra_mb,energy_compute_j,energy_comm_j,accuracy_ensemble,skipped,unfit";
+
+/// Columns that depend on the machine (speed, allocator), not on the seed.
+pub const TIMING_COLUMNS: [&str; 6] = ["compute_s", "wall_s", "peak_mem_mb", "peak_extra_mb", "energy_compute_j", "energy_comm_j"];
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.6}")).unwrap_or_default()
+}
+
+pub fn rounds_csv(records: &[RoundRecord]) -> String {
+    let mut out = String::from(CSV_HEADER);
+    out.push('\n');
+    for r in records {
+        out.push_str(&format!(
+            "{},{},{},{:.6},{},{},{},{},{:.4},{:.4},{},{},{:.4},{:.4},{},{},{}\n",
+            r.round,
+            opt(r.accuracy),
+            opt(r.test_loss),
+            r.train_loss,
+            r.clients,
+            r.bytes_down,
+            r.bytes_up,
+            r.frozen_bytes_down,
+            r.compute_s,
+            r.wall_s,
+            opt(r.peak_mem_mb),
+            opt(r.peak_extra_mb),
+            r.energy_compute_j,
+            r.energy_comm_j,
+            opt(r.accuracy_ensemble),
+            r.skipped_clients,
+            r.unfit_clients
+        ));
+    }
+    out
+}
+
+pub const CLIENTS_CSV_HEADER: &str = "round,client,cluster,frozen,samples,bytes_down,bytes_up,compute_s,peak_mem_mb,peak_extra_mb,train_loss,budget_mb,predicted_mb";
+
+pub fn client_rows(records: &[ClientRecord]) -> String {
+    records
+        .iter()
+        .map(|c| {
+            format!(
+                "{},{},{},{},{},{},{},{:.4},{},{},{:.6},{},{}\n",
+                c.round,
+                c.client,
+                c.cluster,
+                c.frozen,
+                c.samples,
+                c.bytes_down,
+                c.bytes_up,
+                c.compute_s,
+                opt(c.peak_mem_mb),
+                opt(c.peak_extra_mb),
+                c.train_loss,
+                opt(c.budget_mb),
+                opt(c.predicted_mb)
+            )
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub name: String,
+    pub method: String,
+    pub model: String,
+    pub dataset: String,
+    pub dataset_source: String,
+    pub seed: u64,
+    /// "completed" or "failed".
+    pub status: String,
+    pub error: Option<String>,
+    pub rounds_completed: usize,
+    /// Accuracy at the last evaluated round, as a fraction (the paper's metric).
+    pub final_accuracy: Option<f64>,
+    pub best_accuracy: Option<f64>,
+    /// Mean accuracy over the last 10 % of evaluations (at least 3, or all if fewer): steadier
+    /// than `final_accuracy`, which under non-iid data swings with the clients round T drew.
+    pub mean_last_accuracy: Option<f64>,
+    /// Multi-exit methods: the ensemble of every exit, at the last evaluation and as the
+    /// mean over the last evaluations (same rule as `mean_last_accuracy`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub final_accuracy_ensemble: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mean_last_accuracy_ensemble: Option<f64>,
+    pub total_bytes_down: u64,
+    pub total_bytes_up: u64,
+    pub total_compute_s: f64,
+    pub wall_s: f64,
+    /// Mean over rounds of the clients' mean absolute peak: the counting allocator's on the
+    /// CPU, the bytes in use on the client's stream on a GPU.
+    pub mean_peak_mem_mb: Option<f64>,
+    /// Mean over rounds of the clients' mean peak above their resident model (CPU only).
+    pub mean_peak_extra_mb: Option<f64>,
+    pub energy_compute_kj: f64,
+    pub energy_comm_kj: f64,
+    /// `federation.capacity = "memory"`: how often the measured peak exceeded the budget
+    /// (the predictor's miss rate), by how much, and who sat out.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub memory_budgets: Option<crate::measure::budget::BudgetSummary>,
+}
+
+impl Summary {
+    pub fn new(cfg: &Config, source: &str, records: &[RoundRecord], wall_s: f64, error: Option<String>) -> Self {
+        let evaluated: Vec<f64> = records.iter().filter_map(|r| r.accuracy).collect();
+        let ensemble: Vec<f64> = records.iter().filter_map(|r| r.accuracy_ensemble).collect();
+        Self {
+            name: cfg.name.clone(),
+            method: cfg.method.name().into(),
+            model: cfg.model.name.clone(),
+            dataset: cfg.data.dataset.clone(),
+            dataset_source: source.into(),
+            seed: cfg.seed,
+            status: if error.is_none() { "completed" } else { "failed" }.into(),
+            error,
+            rounds_completed: records.len(),
+            final_accuracy: evaluated.last().copied(),
+            best_accuracy: evaluated.iter().copied().reduce(f64::max),
+            mean_last_accuracy: mean_last(&evaluated),
+            final_accuracy_ensemble: ensemble.last().copied(),
+            mean_last_accuracy_ensemble: mean_last(&ensemble),
+            total_bytes_down: records.iter().map(|r| r.bytes_down).sum(),
+            total_bytes_up: records.iter().map(|r| r.bytes_up).sum(),
+            total_compute_s: records.iter().map(|r| r.compute_s).sum(),
+            wall_s,
+            mean_peak_mem_mb: mean(&records.iter().filter_map(|r| r.peak_mem_mb).collect::<Vec<_>>()),
+            mean_peak_extra_mb: mean(&records.iter().filter_map(|r| r.peak_extra_mb).collect::<Vec<_>>()),
+            energy_compute_kj: records.iter().map(|r| r.energy_compute_j).sum::<f64>() / 1e3,
+            energy_comm_kj: records.iter().map(|r| r.energy_comm_j).sum::<f64>() / 1e3,
+            memory_budgets: crate::measure::budget::BudgetSummary::from_records(records),
+        }
+    }
+
+    /// The final table's memory line. On a GPU only the absolute figure exists (the device's
+    /// bytes in use; no allocator sees the resident model apart from the step's extra).
+    pub fn peak_memory_line(&self) -> String {
+        match (self.mean_peak_mem_mb, self.mean_peak_extra_mb) {
+            (Some(abs), Some(extra)) => format!("{abs:.1} MB (training adds {extra:.1} MB to the resident model)"),
+            (Some(abs), None) => format!("{abs:.1} MB (device memory in use on the client's stream)"),
+            (None, _) => "n/a".into(),
+        }
+    }
+}
+
+/// A run's output folder.
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// Create `<out>/<name>-<timestamp>/` (a numeric suffix avoids collisions).
+    pub fn create(out: &Path, name: &str) -> std::io::Result<Self> {
+        let stamp = timestamp();
+        let mut path = out.join(format!("{name}-{stamp}"));
+        let mut n = 1;
+        while path.exists() {
+            n += 1;
+            path = out.join(format!("{name}-{stamp}-{n}"));
+        }
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path })
+    }
+
+    /// `<run>/trial-<seed>/`, one trial of a multi-seed run.
+    pub fn trial(&self, seed: u64) -> std::io::Result<Self> {
+        let path = self.path.join(format!("trial-{seed}"));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path })
+    }
+
+    pub fn write_config(&self, cfg: &Config) -> std::io::Result<()> {
+        write_atomic(&self.path.join("config.toml"), cfg.to_toml().as_bytes())
+    }
+
+    pub fn write_rounds(&self, records: &[RoundRecord]) -> std::io::Result<()> {
+        write_atomic(&self.path.join("rounds.csv"), rounds_csv(records).as_bytes())
+    }
+
+    /// Rewrite `clients.csv` with every round's client rows (atomically, like every results
+    /// file: a crash never leaves half a row).
+    pub fn write_clients(&self, records: &[RoundRecord]) -> std::io::Result<()> {
+        let mut text = String::from(CLIENTS_CSV_HEADER);
+        text.push('\n');
+        for r in records {
+            text.push_str(&client_rows(&r.per_client));
+        }
+        write_atomic(&self.path.join("clients.csv"), text.as_bytes())
+    }
+
+    /// An existing run folder (to resume or export).
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        if !path.join("config.toml").exists() {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} is not a run folder (no config.toml)", path.display())));
+        }
+        Ok(Self { path: path.to_path_buf() })
+    }
+
+    pub fn write_summary<S: Serialize>(&self, summary: &S) -> std::io::Result<()> {
+        let json = serde_json::to_string_pretty(summary).expect("summary serialises");
+        write_atomic(&self.path.join("summary.json"), json.as_bytes())
+    }
+}
+
+/// UTC `YYYYmmdd-HHMMSS` from the system clock (civil-from-days, no time-zone crate).
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}

@@ -1,0 +1,75 @@
+//! Per-step speed of local training (`fedolf bench speed`): the median wall time of one SGD
+//! step of a model at a batch size with its first `l` layers frozen, on any backend.
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use fedolf_models::{ModelError, ModelKind, ModelOptions};
+
+use crate::local::error::LocalError;
+use crate::local::training::{LocalModel, SgdSettings};
+use crate::tensor::host::synthetic_images;
+use crate::runtime::rng::{stream, Purpose};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSpec {
+    pub model: ModelKind,
+    pub input: [usize; 3],
+    pub classes: usize,
+    pub batch: usize,
+    /// Layers frozen outside the graph (FedOLF's prefix).
+    pub frozen: usize,
+    /// Untimed steps first (allocator and kernel caches warm up).
+    pub warmup: usize,
+    pub repeats: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeedError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Freeze(#[from] LocalError),
+    #[error("repeats must be at least 1")]
+    NoRepeats,
+}
+
+/// The SGD settings every speed measurement uses (the paper's: lr 0.01, momentum 0.9).
+pub const BENCH_SGD: SgdSettings = SgdSettings { lr: 0.01, momentum: 0.9, weight_decay: 0.0 };
+
+/// Median seconds of one SGD step (forward, backward, update, loss read back to the host so a
+/// GPU has finished) with one optimizer across the steps, on random data.
+pub fn median_step_seconds<B: AutodiffBackend>(spec: &StepSpec, device: &B::Device) -> Result<f64, SpeedError> {
+    if spec.repeats == 0 {
+        return Err(SpeedError::NoRepeats);
+    }
+    let net = spec.model.init_on_host::<B, _>(spec.input, spec.classes, &ModelOptions::default(), &[], &mut stream(1, Purpose::Init, 0, 0), device)?;
+    let x = Tensor::<B::InnerBackend, 4>::from_data(synthetic_images(spec.batch, spec.input, &mut stream(1, Purpose::SyntheticBatch, 0, 0)), device);
+    let labels: Vec<i64> = (0..spec.batch).map(|i| (i % spec.classes) as i64).collect();
+    let y = Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(labels, [spec.batch]), device);
+    let mut model = LocalModel::ordered(&net, spec.frozen)?;
+    let mut optim = crate::local::training::sgd_optimizer::<B>(&BENCH_SGD);
+    let mut times = Vec::with_capacity(spec.repeats);
+    for i in 0..spec.warmup + spec.repeats {
+        let started = Instant::now();
+        let (next, loss) = model.step(&mut optim, BENCH_SGD.lr, x.clone(), y.clone());
+        let _ = loss.into_scalar();
+        model = next;
+        if i >= spec.warmup {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(&mut times))
+}
+
+/// The middle value (mean of the two middle values for an even count); `times` non-empty.
+pub fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        (times[n / 2 - 1] + times[n / 2]) / 2.0
+    }
+}
