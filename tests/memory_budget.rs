@@ -72,7 +72,7 @@ fn the_calibrated_predictor_is_monotone_in_l_and_within_10_percent_of_the_measur
         let (cfg, dataset) = paper_client(toml, samples, extra);
         let mut fed = Federation::<Train>::new(&cfg, &dataset, &dev).unwrap();
         fed.calibrate(Some(&ALLOC), &mut |row| eprintln!("{name} probe {row:?} rho {:.3}", row.ratio())).unwrap();
-        let n = fed.num_layers;
+        let n = fed.setup.num_layers;
         // Level n − 1 − l freezes l layers.
         let predicted: Vec<u64> = (0..n).map(|l| fed.level_plan(1, 0, n - 1 - l).unwrap().1).collect();
         // Monotone up to 0.5 %: where the peak of two neighbouring levels is the same no-graph

@@ -2,15 +2,13 @@
 //! run's dataset, or a data folder of its own) and one call per round that rebuilds the model
 //! it was sent, trains it with the simulator's local training, and returns the trained layers.
 
-use burn::module::AutodiffModule;
-use fedolf::engine::round_context::{payload_to_host, ClientRound};
+use fedolf::engine::round_context::{payload_to_host, ClientSetup};
 use fedolf::config::Config;
 use fedolf::engine::federation::partition_clients;
 use fedolf::tensor::host::HostSplit;
 use fedolf::engine::data::load_dataset;
-use fedolf::strategy::{exit_depths_for, ClientPlan};
+use fedolf::strategy::ClientPlan;
 use fedolf_datasets::ImageSet;
-use fedolf_models::{LayeredNet, ModelKind, SpaceLayout};
 use pyo3::prelude::*;
 
 use crate::wire::{from_wire, to_wire, WireTensor};
@@ -18,13 +16,10 @@ use crate::{py_err, Train, ALLOC};
 
 #[pyclass(unsendable)]
 pub struct Client {
-    cfg: Config,
+    /// What every client round of the run shares: built as the server builds it.
+    setup: ClientSetup,
     /// This node's samples, in the order the simulator gives them to this client.
     samples: ImageSet,
-    classes: usize,
-    kind: ModelKind,
-    layout: SpaceLayout,
-    exit_depths: Vec<usize>,
     /// The normalised samples, for the statistics they were made with.
     normalised: Option<(Vec<(f32, f32)>, HostSplit)>,
 }
@@ -60,10 +55,8 @@ impl Client {
             }
         };
         let classes = fedolf_datasets::DatasetKind::parse(&cfg.data.dataset).map_err(py_err)?.num_classes();
-        let kind = ModelKind::parse(&cfg.model.name).map_err(py_err)?;
-        let net: LayeredNet<Train> = kind.init_with(samples.shape, classes, &cfg.model.options(), &Default::default()).map_err(py_err)?;
-        let exit_depths = exit_depths_for::<Train>(cfg.method, net.num_layers(), cfg.federation.clusters);
-        Ok(Self { layout: net.valid().channel_spaces(), cfg, samples, classes, kind, exit_depths, normalised: None })
+        let (setup, _) = ClientSetup::new::<Train>(&cfg, samples.shape, classes, &Default::default()).map_err(py_err)?;
+        Ok(Self { setup, samples, normalised: None })
     }
 
     #[getter]
@@ -93,22 +86,7 @@ impl Client {
         }
         let (_, train) = self.normalised.as_ref().expect("set just above");
         let payload = from_wire(&payload, "payload")?;
-        let cfg = &self.cfg;
-        let options = cfg.model.options();
-        let training = cfg.train.local_training();
-        let clients = ClientRound {
-            round,
-            seed: cfg.seed,
-            model: self.kind,
-            exit_depths: &self.exit_depths,
-            input: self.samples.shape,
-            classes: self.classes,
-            options: &options,
-            layout: &self.layout,
-            train,
-            training: &training,
-            memory: Some(&ALLOC),
-        };
+        let clients = self.setup.round(round, train, Some(&ALLOC));
         let device = Default::default();
         let local = clients.rebuild::<Train>(&plan, &payload, &device).map_err(py_err)?;
         let indices: Vec<usize> = (0..self.samples.len()).collect();

@@ -70,7 +70,7 @@ impl Server {
 
     #[getter]
     fn num_layers(&self) -> usize {
-        self.fed.num_layers
+        self.fed.setup.num_layers
     }
 
     #[getter]

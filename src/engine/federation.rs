@@ -10,12 +10,12 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use fedolf_datasets::partition::{self, DirichletSettings};
 use fedolf_datasets::{DataError, Dataset};
-use fedolf_models::{redraw_on_host, LayeredNet, ModelKind, ModelOptions, SpaceLayout};
+use fedolf_models::{redraw_on_host, LayeredNet};
 use rand::seq::index::sample;
 
 use crate::measure::budget::{mb, round_budget_mb, Calibration, PeakPredictor, PlanFacts, ProbeRow};
 use crate::io::checkpoint::Checkpoint;
-use crate::engine::round_context::ClientRound;
+use crate::engine::round_context::{ClientSetup, RoundContext};
 use crate::config::{Capacity, Config, PartitionKind};
 use crate::measure::energy::Energy;
 use crate::local::evaluate::{evaluate, evaluate_exits, DeviceSplit};
@@ -37,15 +37,8 @@ use crate::runtime::workers::{WorkerLayout, Workers};
 /// A run's fixed facts and its changing state (global model, strategy state).
 pub struct Federation<B: AutodiffBackend> {
     pub cfg: Config,
-    pub kind: ModelKind,
-    pub options: ModelOptions,
-    pub input: [usize; 3],
-    pub classes: usize,
-    pub num_layers: usize,
-    pub model_params: usize,
-    pub layout: SpaceLayout,
-    pub exit_depths: Vec<usize>,
-    pub training: LocalTraining,
+    /// What every client round shares (architecture, layout, levels, local training).
+    pub setup: ClientSetup,
     /// How the frozen prefix travels (FedOLF's TOA or QSGD settings).
     pub download: Download,
     /// Per-channel `(mean, std)` of the training split: every client normalises with these.
@@ -57,9 +50,6 @@ pub struct Federation<B: AutodiffBackend> {
     pub parts: Vec<Vec<usize>>,
     /// Each client's capacity cluster (0-based); with memory budgets, its budget profile.
     pub clusters: Vec<usize>,
-    /// The capacity levels plans are drawn from: `federation.clusters`, or with memory
-    /// budgets every level the model allows (N: l = 0..N−1 frozen, or N widths).
-    pub levels: usize,
     /// Memory budgets: the calibrated peak predictor (after [`Self::calibrate`]).
     predictor: Option<Mutex<PeakPredictor>>,
     /// Clients that take part at all (sampled from each round).
@@ -71,74 +61,24 @@ pub struct Federation<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> Federation<B> {
-    /// Partition the data, deal capacity clusters, build the seeded global model and the
-    /// method's strategy.
+    /// A run's server side before round 1: the download compressor, the normalised data,
+    /// the partition and clusters, the client setup, the seeded global model, and the
+    /// method's strategy with the clients it lets take part.
     pub fn new(cfg: &Config, dataset: &Dataset, device: &B::Device) -> Result<Self, SimError> {
-        let fed = &cfg.federation;
-        let download = if cfg.qsgd.bits > 0 {
-            Download::Qsgd(QsgdSettings::new(cfg.qsgd.bits, cfg.qsgd.bucket)?)
-        } else {
-            Download::Toa(ToaSettings::new(cfg.toa.s, cfg.toa.mode)?)
-        };
-        let training = cfg.train.local_training();
-
-        // Data normalised on the host (each client puts its own samples on its device); the
-        // server's copies on the device (inner backend: data needs no graph).
-        let stats = dataset.train.channel_stats();
-        let host_train = HostSplit::new(&dataset.train, &stats);
-        let train = DeviceSplit::new(&host_train, device);
-        let test = DeviceSplit::new(&HostSplit::new(&dataset.test, &stats), device);
+        let download = download_compressor(cfg)?;
+        let (stats, host_train, train, test) = normalised_splits(dataset, device);
         let (parts, clusters) = partition_clients(cfg, dataset)?;
-
-        // The global model's structure first; its weights are drawn on the host below, after
-        // the exit heads (multi-exit methods only) are attached.
-        let kind = ModelKind::parse(&cfg.model.name)?;
-        let options = cfg.model.options();
-        let plain: LayeredNet<B> = kind.init_with(dataset.train.shape, dataset.num_classes, &options, device)?;
-        let model_params: usize = read_model(&plain).iter().flatten().map(|t| t.numel()).sum();
-        let num_layers = plain.num_layers();
-        let layout = plain.channel_spaces();
-        let probe = strategy_for::<B>(cfg.method, &StrategyInputs::new(download));
-        // With memory budgets a client may land on any level the model allows, so the
-        // strategy sees N levels (its `c`) and the budget picks one per round.
-        let levels = match fed.capacity {
-            Capacity::Clusters => fed.clusters,
-            Capacity::Memory => num_layers,
-        };
-        let exit_depths = probe.exit_depths(num_layers, levels);
+        let (setup, plain) = ClientSetup::new::<B>(cfg, dataset.train.shape, dataset.num_classes, device)?;
+        check_levels::<B>(cfg, &setup)?;
         // Seeded on the host, layers before exits: one seed, bit-identical weights on every device.
-        let global = redraw_on_host(plain.with_exits(&exit_depths, device)?, &mut stream(cfg.seed, Purpose::Init, 0, 0))?;
-        // (With memory budgets `clusters` is not used: the levels are the model's own.)
-        if fed.capacity == Capacity::Clusters && probe.uses_levels() && fed.clusters > num_layers {
-            return Err(SimError::Config {
-                field: "federation.clusters",
-                problem: format!(
-                    "{} clusters freeze or drop up to {} layers, but {} has only {num_layers} (use at most {num_layers} clusters)",
-                    fed.clusters,
-                    fed.clusters - 1,
-                    kind.name()
-                ),
-            });
-        }
+        let global = redraw_on_host(plain.with_exits(&setup.exit_depths, device)?, &mut stream(cfg.seed, Purpose::Init, 0, 0))?;
         let mut level_cfg = cfg.clone();
-        level_cfg.federation.clusters = levels;
-        let strategy = strategy_for::<B>(cfg.method, &StrategyInputs::for_run(&level_cfg, download, &global.valid(), &layout, device));
-        // With budgets everyone may take part: the budget decides each round.
-        let eligible: Vec<usize> = match fed.capacity {
-            Capacity::Clusters => (0..fed.clients).filter(|&k| strategy.eligible(clusters[k], fed.clusters)).collect(),
-            Capacity::Memory => (0..fed.clients).collect(),
-        };
+        level_cfg.federation.clusters = setup.levels;
+        let strategy = strategy_for::<B>(cfg.method, &StrategyInputs::for_run(&level_cfg, download, &global.valid(), &setup.layout, device));
+        let eligible = eligible_clients(cfg, strategy.as_ref(), &clusters);
         Ok(Self {
             cfg: cfg.clone(),
-            kind,
-            options,
-            input: dataset.train.shape,
-            classes: dataset.num_classes,
-            num_layers,
-            model_params,
-            layout,
-            exit_depths,
-            training,
+            setup,
             download,
             stats,
             host_train,
@@ -146,7 +86,6 @@ impl<B: AutodiffBackend> Federation<B> {
             test,
             parts,
             clusters,
-            levels,
             predictor: None,
             eligible,
             global,
@@ -167,8 +106,8 @@ impl<B: AutodiffBackend> Federation<B> {
             dataset_source: dataset_source.to_string(),
             train_size: self.train.len(),
             test_size: self.test.len(),
-            num_layers: self.num_layers,
-            model_params: self.model_params,
+            num_layers: self.setup.num_layers,
+            model_params: self.setup.model_params,
             cluster_frozen: match self.cfg.federation.capacity {
                 Capacity::Clusters => self.strategy.frozen_per_cluster(self.cfg.federation.clusters),
                 Capacity::Memory => None,
@@ -180,7 +119,7 @@ impl<B: AutodiffBackend> Federation<B> {
 
     pub fn plan_context(&self, round: usize) -> PlanContext<'_> {
         let fed = &self.cfg.federation;
-        PlanContext { num_layers: self.num_layers, levels: self.levels, round, rounds: fed.rounds, layout: &self.layout }
+        PlanContext { num_layers: self.setup.num_layers, levels: self.setup.levels, round, rounds: fed.rounds, layout: &self.setup.layout }
     }
 
     /// Step 1: `C_t` clients sampled uniformly without replacement among the eligible ones,
@@ -208,7 +147,7 @@ impl<B: AutodiffBackend> Federation<B> {
             // The least constrained level first (level c − 1: nothing frozen, full width);
             // the first whose predicted peak fits is the client's plan.
             let mut chosen = None;
-            for level in (0..self.levels).rev() {
+            for level in (0..self.setup.levels).rev() {
                 let (mut candidate, predicted) = self.level_plan(round, k, level)?;
                 let predicted_mb = mb(predicted);
                 if predicted_mb <= budget_mb {
@@ -268,10 +207,10 @@ impl<B: AutodiffBackend> Federation<B> {
     /// [`Self::plan_facts`] of the client model `local` the server built for `plan`.
     fn facts_of(&self, plan: &ClientPlan, local: &LocalModel<B>) -> PlanFacts {
         let infos = match &plan.width {
-            Some(spec) => extract(self.global.valid(), &self.layout, spec, &self.device).layer_infos(),
+            Some(spec) => extract(self.global.valid(), &self.setup.layout, spec, &self.device).layer_infos(),
             None => self.global.valid().layer_infos(),
         };
-        PlanFacts::new(plan, &infos, local.resident_bytes(), self.training.batch_size, self.training.sgd.momentum > 0.0)
+        PlanFacts::new(plan, &infos, local.resident_bytes(), self.setup.training.batch_size, self.setup.training.sgd.momentum > 0.0)
     }
 
     /// Memory budgets only: measure `ρ` at every capacity level (two SGD steps of the
@@ -283,7 +222,7 @@ impl<B: AutodiffBackend> Federation<B> {
         if self.cfg.federation.capacity != Capacity::Memory {
             return Ok(());
         }
-        let batch = self.training.batch_size;
+        let batch = self.setup.training.batch_size;
         let rows = self.with_probe(memory, |clients, host_global, indices| {
             let measure = |level: usize| -> Result<ProbeRow, SimError> {
                 let plan = self.probe_plan(level)?;
@@ -300,9 +239,9 @@ impl<B: AutodiffBackend> Federation<B> {
                 Ok(ProbeRow { level, frozen: plan.frozen(), measured_transient: measured, theoretical_transient: facts.transient_bytes(), resident })
             };
             // Warm-up: thread pools and one-time buffers are no client's cost.
-            measure(self.levels - 1)?;
-            let mut rows = Vec::with_capacity(self.levels);
-            for level in (0..self.levels).rev() {
+            measure(self.setup.levels - 1)?;
+            let mut rows = Vec::with_capacity(self.setup.levels);
+            for level in (0..self.setup.levels).rev() {
                 let row = measure(level)?;
                 on_level(&row);
                 rows.push(row);
@@ -323,7 +262,7 @@ impl<B: AutodiffBackend> Federation<B> {
     /// instead of probing again.
     pub fn use_calibration(&mut self, calibration: Calibration) {
         if self.cfg.federation.capacity == Capacity::Memory {
-            self.predictor = Some(Mutex::new(PeakPredictor::new(calibration, self.training.caches_prefix())));
+            self.predictor = Some(Mutex::new(PeakPredictor::new(calibration, self.setup.training.caches_prefix())));
         }
     }
 
@@ -342,9 +281,9 @@ impl<B: AutodiffBackend> Federation<B> {
     /// Run `probe` with the probe's client round (one epoch, no prefix cache, measured with
     /// `memory`), the global model on the host, and the probe's samples: two batches of the
     /// first training samples.
-    fn with_probe<T>(&self, memory: Option<&CountingAllocator>, probe: impl FnOnce(&ClientRound<'_>, &[HostLayer], &[usize]) -> T) -> T {
-        let training = LocalTraining { epochs: 1, cache_frozen: false, ..self.training.clone() };
-        let indices: Vec<usize> = (0..(2 * self.training.batch_size).min(self.host_train.len())).collect();
+    fn with_probe<T>(&self, memory: Option<&CountingAllocator>, probe: impl FnOnce(&RoundContext<'_>, &[HostLayer], &[usize]) -> T) -> T {
+        let training = LocalTraining { epochs: 1, cache_frozen: false, ..self.setup.training.clone() };
+        let indices: Vec<usize> = (0..(2 * self.setup.training.batch_size).min(self.host_train.len())).collect();
         let mut clients = self.client_round(1, memory);
         clients.training = &training;
         probe(&clients, &self.host_global(), &indices)
@@ -368,7 +307,7 @@ impl<B: AutodiffBackend> Federation<B> {
         if self.predictor.is_none() {
             return Ok(());
         }
-        let plan = self.probe_plan(self.levels - 1)?;
+        let plan = self.probe_plan(self.setup.levels - 1)?;
         self.with_probe(memory, |clients, host_global, indices| {
             let start = self.client_start(&plan, host_global);
             let start = start.as_deref().unwrap_or(host_global);
@@ -383,20 +322,8 @@ impl<B: AutodiffBackend> Federation<B> {
     }
 
     /// The shared inputs of this round's client rounds.
-    pub fn client_round<'a>(&'a self, round: usize, memory: Option<&'a CountingAllocator>) -> ClientRound<'a> {
-        ClientRound {
-            round,
-            seed: self.cfg.seed,
-            model: self.kind,
-            exit_depths: &self.exit_depths,
-            input: self.input,
-            classes: self.classes,
-            options: &self.options,
-            layout: &self.layout,
-            train: &self.host_train,
-            training: &self.training,
-            memory,
-        }
+    pub fn client_round<'a>(&'a self, round: usize, memory: Option<&'a CountingAllocator>) -> RoundContext<'a> {
+        self.setup.round(round, &self.host_train, memory)
     }
 
     /// Step 7: the strategy's merge of `uploads` (in the order of `plans`) into the global
@@ -435,7 +362,7 @@ impl<B: AutodiffBackend> Federation<B> {
         let view = self.strategy.eval_view(&self.plan_context(round));
         match view {
             EvalView::Full => Evaluation::single(evaluate(&self.global.valid(), &self.test, 500)),
-            EvalView::Width(spec) => Evaluation::single(evaluate(&extract(self.global.valid(), &self.layout, &spec, &self.device), &self.test, 500)),
+            EvalView::Width(spec) => Evaluation::single(evaluate(&extract(self.global.valid(), &self.setup.layout, &spec, &self.device), &self.test, 500)),
             EvalView::Exits => {
                 let (accuracy, test_loss, accuracy_ensemble) = evaluate_exits(&self.global.valid(), &self.test, 500);
                 Evaluation { accuracy, test_loss, accuracy_ensemble }
@@ -448,7 +375,7 @@ impl<B: AutodiffBackend> Federation<B> {
         Checkpoint {
             round,
             model: self.host_global(),
-            num_layers: self.num_layers,
+            num_layers: self.setup.num_layers,
             strategy_state: self.strategy.state(),
             records,
             calibration: self.calibration(),
@@ -500,5 +427,55 @@ pub struct Evaluation {
 impl Evaluation {
     fn single((accuracy, test_loss): (f64, f64)) -> Self {
         Self { accuracy, test_loss, accuracy_ensemble: None }
+    }
+}
+
+/// How the frozen prefix travels down: QSGD when `qsgd.bits` is set, else TOA.
+fn download_compressor(cfg: &Config) -> Result<Download, SimError> {
+    Ok(if cfg.qsgd.bits > 0 {
+        Download::Qsgd(QsgdSettings::new(cfg.qsgd.bits, cfg.qsgd.bucket)?)
+    } else {
+        Download::Toa(ToaSettings::new(cfg.toa.s, cfg.toa.mode)?)
+    })
+}
+
+/// The training split's per-channel statistics, the training split normalised with them on
+/// the host (each client puts its own samples on its device), and the server's copies of
+/// both splits on the device (inner backend: data needs no graph).
+fn normalised_splits<B: Backend>(dataset: &Dataset, device: &B::Device) -> (Vec<(f32, f32)>, HostSplit, DeviceSplit<B>, DeviceSplit<B>) {
+    let stats = dataset.train.channel_stats();
+    let host_train = HostSplit::new(&dataset.train, &stats);
+    let train = DeviceSplit::new(&host_train, device);
+    let test = DeviceSplit::new(&HostSplit::new(&dataset.test, &stats), device);
+    (stats, host_train, train, test)
+}
+
+/// Methods whose cluster levels freeze or cut layers need at least one layer left to train
+/// in the weakest cluster. (With memory budgets the levels are the model's own.)
+fn check_levels<B: AutodiffBackend>(cfg: &Config, setup: &ClientSetup) -> Result<(), SimError> {
+    let fed = &cfg.federation;
+    let num_layers = setup.num_layers;
+    let uses_levels = strategy_for::<B>(cfg.method, &StrategyInputs::new(Download::Full)).uses_levels();
+    if fed.capacity == Capacity::Clusters && uses_levels && fed.clusters > num_layers {
+        return Err(SimError::Config {
+            field: "federation.clusters",
+            problem: format!(
+                "{} clusters freeze or drop up to {} layers, but {} has only {num_layers} (use at most {num_layers} clusters)",
+                fed.clusters,
+                fed.clusters - 1,
+                setup.model.name()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The clients that take part at all: the strategy's choice among clusters, or with memory
+/// budgets everyone (the budget decides each round).
+fn eligible_clients<B: AutodiffBackend>(cfg: &Config, strategy: &dyn Strategy<B>, clusters: &[usize]) -> Vec<usize> {
+    let fed = &cfg.federation;
+    match fed.capacity {
+        Capacity::Clusters => (0..fed.clients).filter(|&k| strategy.eligible(clusters[k], fed.clusters)).collect(),
+        Capacity::Memory => (0..fed.clients).collect(),
     }
 }

@@ -1,14 +1,14 @@
-//! One client's round (DESIGN.md, FedOLF round, steps 2–6) in three steps, each on one side
+//! One client's round (ARCHITECTURE.md, "A round", steps 2–6) in three steps, each on one side
 //! of the wire:
-//! - [`ClientRound::prepare`] (server): build the client's model from the host copy of the
+//! - [`RoundContext::prepare`] (server): build the client's model from the host copy of the
 //!   global weights, lay it out by the plan, compress the frozen prefix;
-//! - [`ClientRound::train`] (client): train on the client's own samples;
-//! - [`ClientRound::upload`] (server): the trained layers as the merge reads them (width
+//! - [`RoundContext::train`] (client): train on the client's own samples;
+//! - [`RoundContext::upload`] (server): the trained layers as the merge reads them (width
 //!   sub-models embedded in global coordinates with their masks).
 //!
-//! The simulator runs all three on one worker thread ([`ClientRound::run`]); a Flower
+//! The simulator runs all three on one worker thread ([`RoundContext::run`]); a Flower
 //! deployment sends [`LocalModel::payload`] down, rebuilds the model on the node with
-//! [`ClientRound::rebuild`], and sends the trained layers back. Everything here lives on the
+//! [`RoundContext::rebuild`], and sends the trained layers back. Everything here lives on the
 //! calling thread (its own device stream on a GPU); only host data crosses threads.
 
 use std::time::Instant;
@@ -24,28 +24,86 @@ use crate::local::roles::LayerRole;
 use crate::local::training::{train_local, ClientData, LocalModel, LocalTraining};
 use crate::tensor::host::{layer_to_device, layer_to_host, model_to_device, HostLayer, HostSplit, HostUpload};
 use crate::runtime::memory::CountingAllocator;
+use crate::config::{Capacity, Config};
+use crate::engine::error::SimError;
+use crate::records::{ClientRecord, BYTES_PER_PARAM};
 use crate::local::ordered_dropout::train_ordered_dropout;
 use crate::tensor::params::{layer_numel, mark_trainable, read_model, write_layer, write_layer_resized, write_model, LayerParams, ParamError};
 use crate::compress::qsgd::quantize_prefix;
 use crate::runtime::rng::{stream, Purpose};
-use crate::engine::error::SimError;
-use crate::records::{ClientRecord, BYTES_PER_PARAM};
-use crate::strategy::{ClientPlan, Download};
-use crate::tensor::submodel::{embed_layer, embedding_indices, extract};
+use crate::strategy::{exit_depths_for, ClientPlan, Download};
+use crate::tensor::submodel::{embed_layer, embedding_indices, extract, WidthSpec};
 use crate::compress::toa::sparsify_prefix;
 
-/// What every client of a round shares (read-only, host data only).
-pub struct ClientRound<'a> {
-    pub round: usize,
+/// What every client round of a run shares, fixed by its config: the architecture and its
+/// exit heads, the channel layout, the capacity levels and the local training settings. The
+/// server ([`Federation`](crate::engine::federation::Federation)) and every Flower node build
+/// it with [`ClientSetup::new`], so both lay out and train a client's model alike.
+#[derive(Debug, Clone)]
+pub struct ClientSetup {
     pub seed: u64,
     pub model: ModelKind,
-    /// Depths after which the model carries exit heads (multi-exit methods).
-    pub exit_depths: &'a [usize],
+    pub options: ModelOptions,
+    /// `[channels, height, width]` of one image.
     pub input: [usize; 3],
     pub classes: usize,
-    pub options: &'a ModelOptions,
-    pub layout: &'a SpaceLayout,
+    pub num_layers: usize,
+    /// Parameters of the model without exit heads.
+    pub model_params: usize,
+    pub layout: SpaceLayout,
+    /// The capacity levels plans are drawn from: `federation.clusters`, or with memory
+    /// budgets every level the model allows (N: l = 0..N−1 frozen, or N widths).
+    pub levels: usize,
+    /// Depths after which the model carries exit heads (multi-exit methods).
+    pub exit_depths: Vec<usize>,
+    pub training: LocalTraining,
+}
+
+impl ClientSetup {
+    /// The setup of run `cfg` on images of shape `input` with `classes` classes, and the
+    /// model without exit heads (its weights are `B`'s own draw: callers that keep it redraw
+    /// them on the host).
+    pub fn new<B: AutodiffBackend>(cfg: &Config, input: [usize; 3], classes: usize, device: &B::Device) -> Result<(Self, LayeredNet<B>), SimError> {
+        let model = ModelKind::parse(&cfg.model.name)?;
+        let options = cfg.model.options();
+        let plain: LayeredNet<B> = model.init_with(input, classes, &options, device)?;
+        let num_layers = plain.num_layers();
+        // With memory budgets a client may land on any level the model allows, so the
+        // strategy sees N levels (its `c`) and the budget picks one per round.
+        let levels = match cfg.federation.capacity {
+            Capacity::Clusters => cfg.federation.clusters,
+            Capacity::Memory => num_layers,
+        };
+        let setup = Self {
+            seed: cfg.seed,
+            model,
+            options,
+            input,
+            classes,
+            num_layers,
+            model_params: read_model(&plain).iter().flatten().map(|t| t.numel()).sum(),
+            layout: plain.channel_spaces(),
+            levels,
+            exit_depths: exit_depths_for::<B>(cfg.method, num_layers, levels),
+            training: cfg.train.local_training(),
+        };
+        Ok((setup, plain))
+    }
+
+    /// The context of round `round`'s client rounds, whose samples are drawn from `train`;
+    /// `memory` measures each one's peak (CPU).
+    pub fn round<'a>(&'a self, round: usize, train: &'a HostSplit, memory: Option<&'a CountingAllocator>) -> RoundContext<'a> {
+        RoundContext { setup: self, round, train, training: &self.training, memory }
+    }
+}
+
+/// One round's shared context for its client rounds (read-only, host data only).
+pub struct RoundContext<'a> {
+    pub setup: &'a ClientSetup,
+    pub round: usize,
+    /// The training split the clients' sample indices point into.
     pub train: &'a HostSplit,
+    /// The setup's local training, or the memory probe's shortened copy of it.
     pub training: &'a LocalTraining,
     /// The counting allocator, when memory is measured (CPU).
     pub memory: Option<&'a CountingAllocator>,
@@ -77,7 +135,7 @@ pub struct Trained<B: AutodiffBackend> {
     pub record: ClientRecord,
 }
 
-impl ClientRound<'_> {
+impl RoundContext<'_> {
     /// Steps 2–6 for the client whose samples are `indices`, from the model `start` (the
     /// global model as this client downloads it), on this thread's `device`.
     pub fn run<B: AutodiffBackend>(&self, plan: &ClientPlan, start: &[HostLayer], indices: &[usize], device: &B::Device) -> Result<ClientResult, SimError> {
@@ -95,7 +153,8 @@ impl ClientRound<'_> {
     }
 
     fn template<B: AutodiffBackend>(&self, device: &B::Device) -> Result<LayeredNet<B>, SimError> {
-        Ok(self.model.init_with::<B>(self.input, self.classes, self.options, device)?.with_exits(self.exit_depths, device)?)
+        let setup = self.setup;
+        Ok(setup.model.init_with::<B>(setup.input, setup.classes, &setup.options, device)?.with_exits(&setup.exit_depths, device)?)
     }
 
     /// Steps 2–3 (server): lay out the client's copy (a width sub-model for the width
@@ -113,13 +172,13 @@ impl ClientRound<'_> {
         }
         let frozen_bytes = match plan.download {
             Download::Toa(settings) => {
-                let mut rng = stream(self.seed, Purpose::Toa, round as u64, client as u64);
+                let mut rng = stream(self.setup.seed, Purpose::Toa, round as u64, client as u64);
                 let (sparse, report) = sparsify_prefix(local.no_graph, settings, &mut rng)?;
                 local.no_graph = sparse;
                 report.frozen_sent_elems as u64 * BYTES_PER_PARAM
             }
             Download::Qsgd(settings) => {
-                let mut rng = stream(self.seed, Purpose::Qsgd, round as u64, client as u64);
+                let mut rng = stream(self.setup.seed, Purpose::Qsgd, round as u64, client as u64);
                 let (quantized, bytes) = quantize_prefix(local.no_graph, settings, &mut rng)?;
                 local.no_graph = quantized;
                 bytes
@@ -131,8 +190,8 @@ impl ClientRound<'_> {
     }
 
     /// A width sub-model of `global`, trainable, with its Scaler.
-    fn sub_model<B: AutodiffBackend>(&self, global: LayeredNet<B>, spec: &crate::tensor::submodel::WidthSpec, device: &B::Device) -> LayeredNet<B> {
-        let mut sub = mark_trainable(LayeredNet::<B>::from_inner(extract(global.valid(), self.layout, spec, device)));
+    fn sub_model<B: AutodiffBackend>(&self, global: LayeredNet<B>, spec: &WidthSpec, device: &B::Device) -> LayeredNet<B> {
+        let mut sub = mark_trainable(LayeredNet::<B>::from_inner(extract(global.valid(), &self.setup.layout, spec, device)));
         sub.set_scaler(spec.scaler);
         sub
     }
@@ -190,14 +249,14 @@ impl ClientRound<'_> {
         let (images, labels) = self.train.subset_to_device::<B::InnerBackend>(indices, device);
         let positions: Vec<usize> = (0..indices.len()).collect();
         let data = ClientData { images: &images, labels: &labels, indices: &positions };
-        let mut rng = stream(self.seed, Purpose::LocalShuffle, round as u64, client as u64);
+        let mut rng = stream(self.setup.seed, Purpose::LocalShuffle, round as u64, client as u64);
         let started = Instant::now();
         let ratios = plan.width.as_ref().map_or(&[][..], |w| w.per_batch_ratios.as_slice());
         let train = || -> Result<(LocalModel<B>, _), SimError> {
             if ratios.is_empty() {
                 return train_local(local, &data, self.training, &mut rng).map_err(|error| SimError::Client { round, client, error });
             }
-            let (net, outcome) = train_ordered_dropout(local.join(), &self.layout.sizes, ratios, &data, self.training, &mut rng)
+            let (net, outcome) = train_ordered_dropout(local.join(), &self.setup.layout.sizes, ratios, &data, self.training, &mut rng)
                 .map_err(|error| SimError::OrderedDropout { round, client, error })?;
             Ok((LocalModel::from_roles(&net, &plan.roles)?, outcome))
         };
@@ -244,7 +303,7 @@ impl ClientRound<'_> {
     ) -> Result<HostUpload, SimError> {
         let upload = match &plan.width {
             Some(spec) => {
-                let positions = embedding_indices(start.valid(), self.layout, spec, device)?;
+                let positions = embedding_indices(start.valid(), &self.setup.layout, spec, device)?;
                 let global_params = read_model(&start.valid());
                 // Only trained layers travel (SLT freezes a prefix); each keeps its index.
                 let mut values = Vec::with_capacity(layers.len());

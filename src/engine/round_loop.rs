@@ -95,7 +95,7 @@ pub fn run_from<B: AutodiffBackend>(
     let mut records = Vec::with_capacity(cfg.federation.rounds);
     let mut first_round = 1;
     if let Some(run_dir) = start.resume {
-        let ckpt = Checkpoint::read(run_dir, &fed.host_global(), fed.num_layers)?;
+        let ckpt = Checkpoint::read(run_dir, &fed.host_global(), fed.setup.num_layers)?;
         if ckpt.round > cfg.federation.rounds {
             return Err(SimError::Resume(format!("the checkpoint holds {} rounds, the run has {}", ckpt.round, cfg.federation.rounds)));
         }
@@ -110,7 +110,7 @@ pub fn run_from<B: AutodiffBackend>(
     // Memory budgets: calibrate the peak predictor (unless the checkpoint held it), then
     // let every worker make its one-time allocations.
     if fed.calibration().is_none() {
-        let levels = fed.levels;
+        let levels = fed.setup.levels;
         fed.calibrate(memory, &mut |row| observer.on_calibration(row, levels))?;
     }
     fed.warm_up(&workers, memory)?;
