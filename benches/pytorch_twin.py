@@ -15,7 +15,7 @@ It needs only PyTorch (CPU) and the standard library.
   `frozen = l` freezes exactly the same first l units (parameter counts are checked by the
   `params` mode: CNN 1x28x28/10 classes 83,466; ResNet20 / ResNet44 3x32x32/10 classes
   269,722 / 658,586 trainable parameters);
-- the same local training (src/freeze.rs): the frozen prefix runs without autograd and with
+- the same local training (src/local/training.rs): the frozen prefix runs without autograd and with
   BatchNorm on its running statistics (not updated); the rest trains in train mode;
   cross-entropy loss; SGD (momentum without dampening, L2 weight decay) over the trained
   parameters only, one optimizer per client per round; per epoch a reshuffle and mini-batches
@@ -250,7 +250,7 @@ def build(model, input_shape, classes):
 
 
 # ---------------------------------------------------------------------------------------------
-# Local training with a frozen prefix (Rust: src/freeze.rs, FedOLF's ordered freezing).
+# Local training with a frozen prefix (Rust: src/local/training.rs, FedOLF's ordered freezing).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -311,7 +311,7 @@ def train_local(local, images, labels, indices, epochs, batch, cache_frozen):
     n = len(indices)
     cache = None
     if cache_frozen and epochs > 1 and local.frozen > 0:
-        # The prefix's outputs for every sample, in `indices` order (freeze.rs: prefix_cache).
+        # The prefix's outputs for every sample, in `indices` order (src/local/training.rs: prefix_cache).
         cache = torch.cat([local.prefix_forward(images.index_select(0, chunk)) for chunk in indices.split(batch)])
     for _ in range(epochs):
         order = torch.randperm(n)
@@ -351,7 +351,7 @@ def aggregate_layerwise(global_net, uploads):
 
 def evaluate(net, images, labels, batch):
     """Accuracy and mean loss of `net` (eval mode, no_grad), summed on the device and read once
-    (Rust: src/sim.rs, evaluate)."""
+    (Rust: src/local/evaluate.rs)."""
     net.eval()
     n = images.shape[0]
     correct, loss_sum = None, None

@@ -1,6 +1,6 @@
 //! Profiling aid: median step time of one model (not part of the product).
 use fedolf::models::ModelKind;
-use fedolf::measure::speed::{median_step_seconds, StepSpec};
+use fedolf::accounting::speed::{median_step_seconds, StepSpec};
 type Train = burn::backend::Autodiff<burn::backend::Flex>;
 fn main() {
     if std::env::var_os("FEDOLF_GLIBC_DEFAULTS").is_none() {

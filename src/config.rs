@@ -169,7 +169,7 @@ pub enum Capacity {
     #[default]
     Clusters,
     /// Each client declares a memory budget (`budgets_mb`); each round it trains the largest
-    /// plan of its method whose predicted training peak fits (`crate::measure::budget`).
+    /// plan of its method whose predicted training peak fits (`crate::accounting::budget`).
     Memory,
 }
 

@@ -5,7 +5,7 @@
 //! `tests/architecture.rs` keeps it so):
 //! [`records`] (plain result rows) → [`runtime`] (devices, memory counting, threads, seeded
 //! streams) → [`tensor`] (weights as data) → [`compress`] (TOA, QSGD) → [`local`] (a
-//! client's training) → [`config`] → [`strategy`] (one file per method) → [`measure`]
+//! client's training) → [`config`] → [`strategy`] (one file per method) → [`accounting`]
 //! (memory, energy, speed, budgets) → [`io`] (run folders) → [`engine`] (the round loop and
 //! the federation). The `fedolf` binary (`src/cli/`) and the Python bindings sit on top.
 
@@ -16,7 +16,7 @@ pub mod compress;
 pub mod local;
 pub mod config;
 pub mod strategy;
-pub mod measure;
+pub mod accounting;
 pub mod io;
 pub mod engine;
 

@@ -3,12 +3,12 @@
 mod common;
 
 use common::*;
-use fedolf::measure::energy::Energy;
+use fedolf::accounting::energy::Energy;
 use fedolf::local::roles::LayerRole;
 use fedolf::local::roles::{layer_roles, FreezeMode};
 use fedolf::models::{FeatureShape, ModelKind};
 use fedolf::tensor::params::layer_numel;
-use fedolf::measure::theory::theoretical_memory;
+use fedolf::accounting::theory::theoretical_memory;
 use rand::SeedableRng;
 
 /// CNN on 1×8×8, 10 classes. By hand (5×5 'same' convs, 2×2 pools):

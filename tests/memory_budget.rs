@@ -93,7 +93,7 @@ fn the_calibrated_predictor_is_monotone_in_l_and_within_10_percent_of_the_measur
         assert!(2 * saved >= eq23_saved, "{name}: freezing all but the classifier saves {saved} B of predicted peak, under half of Eq. 23's {eq23_saved} B: {predicted:?}");
 
         let host_global = fed.host_global();
-        let clients = fed.client_round(1, Some(&ALLOC));
+        let clients = fed.round_context(1, Some(&ALLOC));
         let checked: Vec<usize> = if n <= 3 { (0..n).collect() } else { vec![0, n / 2, n - 1] };
         for l in checked {
             let (plan, predicted) = fed.level_plan(1, 0, n - 1 - l).unwrap();

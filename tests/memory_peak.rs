@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use fedolf::local::roles::ordered_roles;
 use fedolf::local::training::{train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
-use fedolf::measure::theory::theoretical_memory;
+use fedolf::accounting::theory::theoretical_memory;
 use fedolf::runtime::memory::CountingAllocator;
 use fedolf::models::ModelKind;
 use rand::SeedableRng;
@@ -58,7 +58,7 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
 
 /// The memory probe's absolute peak = resident (model copy + batch) + the step's extra peak.
 fn absolute_peak_holds_the_model_and_falls_with_toa() {
-    use fedolf::measure::memory_probe::{probe_memory, MemorySpec};
+    use fedolf::accounting::memory_probe::{probe_memory, MemorySpec};
     let spec = MemorySpec {
         model: ModelKind::ResNet20,
         options: Default::default(),

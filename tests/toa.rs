@@ -1,4 +1,4 @@
-//! TOA (BASELINES.md "TOA"): kept counts, norm-proportional sampling, unbiased estimators,
+//! TOA (ARCHITECTURE.md, "Vocabulary"): kept counts, norm-proportional sampling, unbiased estimators,
 //! shapes, and the server's model untouched.
 
 mod common;

@@ -2,7 +2,7 @@
 //! `--features wgpu` only; runs on any Vulkan device (CI: Mesa's lavapipe, a software Vulkan
 //! 1.3 driver, about 20× slower than the CPU backend, so every model here is small and every
 //! batch a handful of images; lavapipe also caps a storage buffer at 128 MiB). The step and
-//! TOA comparisons and their tolerances live in `fedolf::measure::parity` (the GPU check runs the same
+//! TOA comparisons and their tolerances live in `fedolf::accounting::parity` (the GPU check runs the same
 //! ones through `fedolf bench parity`).
 
 #![cfg(feature = "wgpu")]
@@ -17,7 +17,7 @@ use burn::tensor::backend::AutodiffBackend;
 use common::{host_params, random_batch};
 use fedolf::local::training::{train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
 use fedolf::models::{LayeredNet, ModelKind, ModelOptions};
-use fedolf::measure::parity::{step_parity, toa_parity, SMALL_CASES};
+use fedolf::accounting::parity::{step_parity, toa_parity, SMALL_CASES};
 use fedolf::runtime::rng::{stream, Purpose};
 use fedolf::compress::toa::ToaMode;
 

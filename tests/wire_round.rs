@@ -37,7 +37,7 @@ fn both_ways_agree(cfg: &Config) {
     let plans = one_piece.plans(1).unwrap();
     assert_eq!(plans, split.plans(1).unwrap());
     let host_global = one_piece.host_global();
-    let clients = one_piece.client_round(1, None);
+    let clients = one_piece.round_context(1, None);
     let (mut sim_uploads, mut wire_uploads) = (Vec::new(), Vec::new());
     for plan in &plans {
         let start = one_piece.client_start(plan, &host_global);
@@ -92,7 +92,7 @@ fn a_payload_that_does_not_fit_the_plan_is_refused() {
     let fed = Federation::<Train>::new(&cfg, &dataset, &dev).unwrap();
     let plans = fed.plans(1).unwrap();
     let host_global = fed.host_global();
-    let clients = fed.client_round(1, None);
+    let clients = fed.round_context(1, None);
     let plan = plans.iter().find(|p| p.frozen() == 0).expect("a client trains every layer");
     let prepared = clients.prepare::<Train>(plan, &host_global, &dev).unwrap();
     let mut payload = payload_to_host(prepared.local.payload());

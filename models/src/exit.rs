@@ -1,5 +1,5 @@
 //! Early-exit classifiers for the multi-exit methods (DepthFL, Kim et al., ICLR 2023; ScaleFL,
-//! Ilhan et al., CVPR 2023). BASELINES.md "DepthFL" gives the minimal head: on a ResNet,
+//! Ilhan et al., CVPR 2023), with the smallest head DepthFL's design allows: on a ResNet,
 //! stride-2 conv-BN-ReLU steps up to the final stage's width, then global average pool +
 //! linear; on the CNN / AlexNet, pool + linear (a linear layer where the features are already
 //! flat). An exit hangs after a depth `after` of the main layers (1-based: after layer

@@ -8,7 +8,7 @@ use crate::error::ModelError;
 use crate::features::Features;
 use crate::residual::{BasicBlock, PooledHead, StemUnit};
 use crate::slicing;
-use crate::spaces::LayerCut;
+use crate::cut::LayerCut;
 use crate::shape::{ConvShape, FeatureShape, LayerInfo};
 
 #[derive(Module, Debug)]
@@ -21,7 +21,7 @@ pub enum Layer<B: Backend> {
     Head(PooledHead<B>),
 }
 
-/// Where TOA samples a layer's "tensors" (BASELINES.md, TOA).
+/// Where TOA samples a layer's "tensors" (ARCHITECTURE.md, "Vocabulary", TOA).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToaSite {
     /// Output filters / neurons; the next layer keeps the matching (rescaled) input slices.

@@ -2,7 +2,7 @@
 //!
 //! Every model is a [`LayeredNet`]: an ordered `Vec` of freezable [`Layer`]s, input side first.
 //! "Layer i" is an index, so freezing the prefix `[0, l)` is a `split_at(l)`.
-//! The contract (DESIGN.md, "The model contract"):
+//! The contract (ARCHITECTURE.md, "The model contract"):
 //! - [`LayeredNet::num_layers`], [`LayeredNet::forward_range`],
 //! - per-layer shapes and activation sizes for an input shape ([`LayeredNet::layer_infos`]),
 //! - the TOA "tensors" of a layer ([`Layer::toa_norms`] and the `toa_*` rewrites).
@@ -13,6 +13,7 @@
 pub mod alexnet;
 pub mod cnn;
 mod conv_unit;
+mod cut;
 mod dense_unit;
 mod error;
 mod exit;
@@ -39,7 +40,8 @@ pub use net::LayeredNet;
 pub use padded_skip::PaddedSkip;
 pub use residual::{BasicBlock, PooledHead, Shortcut, StemUnit};
 pub use shape::{ConvShape, FeatureShape, LayerInfo};
-pub use spaces::{LayerCut, LayerSpaces, SpaceLayout};
+pub use cut::LayerCut;
+pub use spaces::{LayerSpaces, SpaceLayout};
 
 /// The models this crate builds, by name (what configs and the CLI accept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

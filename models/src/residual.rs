@@ -150,7 +150,7 @@ impl<B: Backend> BasicBlock<B> {
     }
 
     /// Keep the channels of `cut` (input / inner / output spaces), pure selection.
-    pub(crate) fn slice(mut self, cut: &crate::spaces::LayerCut<B>) -> Self {
+    pub(crate) fn slice(mut self, cut: &crate::cut::LayerCut<B>) -> Self {
         if let Some(skip) = self.padded_skip.take() {
             let host = |idx: &Tensor<B, 1, Int>| idx.to_data().convert::<i64>().into_vec::<i64>().unwrap_or_default().into_iter().map(|i| i as usize).collect::<Vec<_>>();
             let inputs = cut.input.as_ref().map(|(idx, _)| host(idx));

@@ -1,4 +1,4 @@
-//! Channel spaces (BASELINES.md, "Shared vocabulary"): sets of channel indices that must be
+//! Channel spaces (ARCHITECTURE.md, "Vocabulary"): sets of channel indices that must be
 //! sliced the same way everywhere they appear. A ResNet stage is one space (identity skips
 //! tie the stem / block outputs and shortcuts together); each residual block's inner
 //! conv1→conv2 channels are their own space; a CNN/AlexNet layer's outputs are a space; the
@@ -25,15 +25,6 @@ pub struct SpaceLayout {
     /// prunes conv spaces only.
     pub is_fc: Vec<bool>,
     pub layers: Vec<LayerSpaces>,
-}
-
-/// Kept channel indices per space, and each layer's view of them.
-#[derive(Debug, Clone)]
-pub struct LayerCut<B: Backend> {
-    /// Kept input channels and the space's full size (to locate a flatten's column groups).
-    pub input: Option<(Tensor<B, 1, Int>, usize)>,
-    pub inner: Option<Tensor<B, 1, Int>>,
-    pub output: Option<Tensor<B, 1, Int>>,
 }
 
 impl<B: Backend> LayeredNet<B> {

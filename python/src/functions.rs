@@ -30,7 +30,7 @@ fn init_model(model: &str, input_shape: [usize; 3], classes: usize, seed: u64, m
         }
         None => Vec::new(),
     };
-    // As the simulator seeds its global model (federation.rs): on the host, layers before exits.
+    // As the simulator seeds its global model (engine/federation.rs): on the host, layers before exits.
     kind.init_on_host(input_shape, classes, &ModelOptions::default(), &exits, &mut stream(seed, Purpose::Init, 0, 0), &device).map_err(py_err)
 }
 

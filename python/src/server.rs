@@ -133,7 +133,7 @@ impl Server {
         self.round_end = Some(RoundEnd::new(round, self.fed.cfg.train.nonfinite, round_plans.sat_out.len()));
         let plans = round_plans.plans;
         let host_global = self.fed.host_global();
-        let clients = self.fed.client_round(round, None);
+        let clients = self.fed.round_context(round, None);
         let mut out = Vec::with_capacity(plans.len());
         for plan in plans {
             let start = self.fed.client_start(&plan, &host_global);
@@ -173,7 +173,7 @@ impl Server {
         }
         let device = Default::default();
         let trained = payload_to_device(&layers, &device);
-        let clients = self.fed.client_round(self.round, None);
+        let clients = self.fed.round_context(self.round, None);
         let upload = clients.upload(&flight.plan, trained, record.samples as f64, &flight.prepared.start, &device).map_err(py_err)?;
         let round_end = self.round_end.as_mut().ok_or_else(|| py_err(format!("client {client}: round {} has ended", self.round)))?;
         round_end.accept(flight.plan, upload, record, flight.prepared.frozen_bytes).map_err(py_err)

@@ -10,7 +10,7 @@ use anyhow::bail;
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::ops::{ConvOptions, ModuleOps};
-use fedolf::measure::speed::median;
+use fedolf::accounting::speed::median;
 use fedolf::runtime::workers::available_cores;
 use fedolf_kernels::{cpu, ConvGeometry};
 use fedolf_models::{ConvShape, ModelOptions};

@@ -1,10 +1,10 @@
-//! `fedolf bench parity --device D`: the wgpu tests' parity checks (`fedolf::measure::parity`) on any
+//! `fedolf bench parity --device D`: the wgpu tests' parity checks (`fedolf::accounting::parity`) on any
 //! compiled-in device, as a table, failing when a check is outside the tolerance.
 
 use anyhow::bail;
 use burn::tensor::backend::AutodiffBackend;
 use fedolf::runtime::backend::{with_backend, BackendTask, DeviceKind};
-use fedolf::measure::parity::{step_parity, toa_parity, ParityError, ATOL, RTOL, SMALL_CASES};
+use fedolf::accounting::parity::{step_parity, toa_parity, ParityError, ATOL, RTOL, SMALL_CASES};
 use fedolf::compress::toa::ToaMode;
 
 struct ParityTask;

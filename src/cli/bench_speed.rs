@@ -10,7 +10,7 @@ use fedolf::config::{Config, DEFAULT_TOML};
 use fedolf::runtime::memory::CountingAllocator;
 use fedolf::engine::{self, RoundObserver};
 use fedolf::records::RoundRecord;
-use fedolf::measure::speed::{median_step_seconds, StepSpec};
+use fedolf::accounting::speed::{median_step_seconds, StepSpec};
 use fedolf::runtime::workers::{available_cores, WorkerLayout};
 use fedolf_models::ModelKind;
 use serde_json::{json, Value};

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
 use fedolf::runtime::backend::{with_backend, BackendTask, DeviceKind};
 use fedolf::runtime::memory::CountingAllocator;
-use fedolf::measure::memory_probe::{memory_csv, probe_memory, MemoryRow, MemorySpec};
+use fedolf::accounting::memory_probe::{memory_csv, probe_memory, MemoryRow, MemorySpec};
 use fedolf::io::plot::{line_chart, memory_chart, Series};
 use fedolf::io::report::write_atomic;
 use fedolf::config::Config;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
-use fedolf::measure::speed::{StepSpec, BENCH_SGD};
+use fedolf::accounting::speed::{StepSpec, BENCH_SGD};
 use serde_json::{json, Value};
 
 const TWIN: &str = include_str!("../../benches/pytorch_twin.py");

@@ -252,7 +252,7 @@ impl<'a> Progress<'a> {
 }
 
 impl RoundObserver for Progress<'_> {
-    fn on_calibration(&mut self, row: &fedolf::measure::budget::ProbeRow, of: usize) {
+    fn on_calibration(&mut self, row: &fedolf::accounting::budget::ProbeRow, of: usize) {
         if row.level + 1 == of {
             self.say(format!("memory budgets: calibrating the peak predictor (2 SGD steps of the method's plan at each of {of} capacity levels)"));
         }

@@ -1,5 +1,5 @@
 //! One run's server side, step by step: everything the round loop needs besides its order
-//! (DESIGN.md, "FedOLF round"). The simulator ([`crate::engine::round_loop`]) drives it in one process; the
+//! (ARCHITECTURE.md, "A round"). The simulator ([`crate::engine::round_loop`]) drives it in one process; the
 //! Flower server (the `fedolf` Python module) drives the same value from Flower's strategy
 //! hooks, so both sample, plan, compress, merge and evaluate with the same code.
 
@@ -13,11 +13,11 @@ use fedolf_datasets::{DataError, Dataset};
 use fedolf_models::{redraw_on_host, LayeredNet};
 use rand::seq::index::sample;
 
-use crate::measure::budget::{mb, round_budget_mb, Calibration, PeakPredictor, PlanFacts, ProbeRow};
+use crate::accounting::budget::{mb, round_budget_mb, Calibration, PeakPredictor, PlanFacts, ProbeRow};
 use crate::io::checkpoint::Checkpoint;
 use crate::engine::round_context::{ClientSetup, RoundContext};
 use crate::config::{Capacity, Config, PartitionKind};
-use crate::measure::energy::Energy;
+use crate::accounting::energy::Energy;
 use crate::local::evaluate::{evaluate, evaluate_exits, DeviceSplit};
 use crate::local::error::LocalError;
 use crate::local::training::{LocalModel, LocalTraining};
@@ -200,7 +200,7 @@ impl<B: AutodiffBackend> Federation<B> {
     /// What a plan's memory depends on: the model the server builds for it (width
     /// sub-model, compressed prefix) and Eq. 23 of the model it trains.
     pub fn plan_facts(&self, plan: &ClientPlan) -> Result<PlanFacts, SimError> {
-        let prepared = self.client_round(0, None).prepare::<B>(plan, &self.host_global(), &self.device)?;
+        let prepared = self.round_context(0, None).prepare::<B>(plan, &self.host_global(), &self.device)?;
         Ok(self.facts_of(plan, &prepared.local))
     }
 
@@ -284,7 +284,7 @@ impl<B: AutodiffBackend> Federation<B> {
     fn with_probe<T>(&self, memory: Option<&CountingAllocator>, probe: impl FnOnce(&RoundContext<'_>, &[HostLayer], &[usize]) -> T) -> T {
         let training = LocalTraining { epochs: 1, cache_frozen: false, ..self.setup.training.clone() };
         let indices: Vec<usize> = (0..(2 * self.setup.training.batch_size).min(self.host_train.len())).collect();
-        let mut clients = self.client_round(1, memory);
+        let mut clients = self.round_context(1, memory);
         clients.training = &training;
         probe(&clients, &self.host_global(), &indices)
     }
@@ -322,7 +322,7 @@ impl<B: AutodiffBackend> Federation<B> {
     }
 
     /// The shared inputs of this round's client rounds.
-    pub fn client_round<'a>(&'a self, round: usize, memory: Option<&'a CountingAllocator>) -> RoundContext<'a> {
+    pub fn round_context<'a>(&'a self, round: usize, memory: Option<&'a CountingAllocator>) -> RoundContext<'a> {
         self.setup.round(round, &self.host_train, memory)
     }
 

@@ -11,7 +11,7 @@ use crate::config::NonFinite;
 use crate::engine::error::SimError;
 use crate::engine::federation::{Evaluation, Federation};
 use crate::local::error::LocalError;
-use crate::measure::energy::Energy;
+use crate::accounting::energy::Energy;
 use crate::records::{mean, ClientRecord, RoundRecord};
 use crate::strategy::ClientPlan;
 use crate::tensor::host::HostUpload;

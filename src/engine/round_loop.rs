@@ -15,7 +15,7 @@ use crate::engine::error::SimError;
 use crate::engine::federation::Federation;
 use crate::engine::round_end::RoundEnd;
 use crate::io::checkpoint::{Checkpoint, CheckpointError};
-use crate::measure::budget::{Calibration, ProbeRow};
+use crate::accounting::budget::{Calibration, ProbeRow};
 use crate::records::RoundRecord;
 use crate::runtime::backend::DeviceKind;
 use crate::runtime::memory::CountingAllocator;
@@ -130,7 +130,7 @@ pub fn run_from<B: AutodiffBackend>(
         // results come back in client order, so the run is the same for any worker count.
         let host_global = fed.host_global();
         let starts: Vec<Option<Vec<_>>> = plans.iter().map(|p| fed.client_start(p, &host_global)).collect();
-        let clients = fed.client_round(round, memory);
+        let clients = fed.round_context(round, memory);
         let mut largest_first: Vec<usize> = (0..plans.len()).collect();
         largest_first.sort_by_key(|&i| std::cmp::Reverse(fed.parts[plans[i].client].len()));
         let results = workers.run_scheduled(&largest_first, |i| {

@@ -13,7 +13,7 @@
 //! The folder is written next to the old one and swapped in by renames, so a crash leaves
 //! either the previous checkpoint or the new one, never half of one.
 
-use crate::measure::budget::Calibration;
+use crate::accounting::budget::Calibration;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

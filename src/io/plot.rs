@@ -5,7 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::measure::memory_probe::MemoryRow;
+use crate::accounting::memory_probe::MemoryRow;
 
 pub struct Series {
     pub name: String,

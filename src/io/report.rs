@@ -122,7 +122,7 @@ pub struct Summary {
     /// `federation.capacity = "memory"`: how often the measured peak exceeded the budget
     /// (the predictor's miss rate), by how much, and who sat out.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub memory_budgets: Option<crate::measure::budget::BudgetSummary>,
+    pub memory_budgets: Option<crate::accounting::budget::BudgetSummary>,
 }
 
 impl Summary {
@@ -152,7 +152,7 @@ impl Summary {
             mean_peak_extra_mb: mean(&records.iter().filter_map(|r| r.peak_extra_mb).collect::<Vec<_>>()),
             energy_compute_kj: records.iter().map(|r| r.energy_compute_j).sum::<f64>() / 1e3,
             energy_comm_kj: records.iter().map(|r| r.energy_comm_j).sum::<f64>() / 1e3,
-            memory_budgets: crate::measure::budget::BudgetSummary::from_records(records),
+            memory_budgets: crate::accounting::budget::BudgetSummary::from_records(records),
         }
     }
 

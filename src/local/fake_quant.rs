@@ -1,5 +1,5 @@
 //! Fake int8 quantization (CoCoFL, Pfeiffer et al., TMLR 2023, its optional quantized frozen
-//! layers; BASELINES.md: per-tensor symmetric). A weight tensor `w` becomes
+//! layers, per tensor and symmetric). A weight tensor `w` becomes
 //! `ŵ = clamp(round(w/Δ), −127, 127)·Δ` with `Δ = max|w| / 127`: at most 255 distinct
 //! values, `|ŵ − w| ≤ Δ/2`. Only conv / linear weights (rank ≥ 2) are quantized; biases and
 //! BatchNorm entries stay float, as they do when BN is folded into an int8 conv.

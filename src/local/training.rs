@@ -1,5 +1,5 @@
-//! Running a layered model with frozen layers (FedOLF paper §III-B; DESIGN.md step 5;
-//! BASELINES.md "Frozen-layer execution modes").
+//! Running a layered model with frozen layers (FedOLF paper §III-B; ARCHITECTURE.md, "A round",
+//! step 5, and "Vocabulary", layer roles).
 //!
 //! A client's model is laid out by per-layer [`LayerRole`]s:
 //! - `FrozenNoGraph` layers (always a prefix) run on the inner (non-autodiff) backend — no
@@ -449,7 +449,7 @@ fn gather_labels<B: Backend>(data: &ClientData<'_, B>, samples: &[usize]) -> Ten
 
 pub(crate) fn sgd_optimizer<B: AutodiffBackend>(sgd: &SgdSettings) -> impl Optimizer<LayeredNet<B>, B> {
     // A fresh optimizer per client per round: Burn keys momentum by parameter id, which
-    // would otherwise leak state across rounds (BURN.md fact 7). Dampening 0 = PyTorch.
+    // would otherwise leak state across rounds (ARCHITECTURE.md, "Burn behaviours the code relies on"). Dampening 0 = PyTorch.
     let momentum = (sgd.momentum > 0.0).then(|| MomentumConfig { momentum: sgd.momentum, dampening: 0.0, nesterov: false });
     let decay = (sgd.weight_decay > 0.0).then(|| WeightDecayConfig { penalty: sgd.weight_decay as f32 });
     SgdConfig::new().with_momentum(momentum).with_weight_decay(decay).init()

@@ -1,5 +1,5 @@
 //! AdaptiveFL (Jia et al., "AdaptiveFL: Adaptive heterogeneous federated learning for
-//! resource-constrained AIoT systems", DAC 2024), as BASELINES.md specifies it.
+//! resource-constrained AIoT systems", DAC 2024); the rule this file implements is stated below.
 //!
 //! A model pool of width `r ∈ {1/c, …, 1}` × split depth `d`: the layers before `d` keep full
 //! width, the layers from `d` on keep the first `⌈r·C⌉` channels of every hidden space (a

@@ -1,5 +1,6 @@
 //! CoCoFL (Pfeiffer et al., "CoCoFL: Communication- and computation-aware federated learning
-//! via partial NN freezing and quantization", TMLR 2023), as BASELINES.md specifies it.
+//! via partial NN freezing and quantization", TMLR 2023); the rule this file implements is
+//! stated below.
 //!
 //! Each round a client trains one contiguous window of `W = N − l_k` layers whose start is
 //! drawn uniformly from `{0, …, l_k}`; layers below the window are frozen outside the graph,
@@ -7,7 +8,7 @@
 //! Server, per layer: `r = uploaders / participants`,
 //! `θ ← r · mean(uploads) + (1 − r) · θ_old` (its own rule, not MWA; `mean` unweighted).
 //!
-//! Choice (BASELINES.md): optional fake int8 on the frozen layers (`cocofl.fake_int8`, off by
+//! Choice: optional fake int8 on the frozen layers (`cocofl.fake_int8`, off by
 //! default). Every frozen conv / linear weight tensor is quantized per tensor, symmetric:
 //! `ŵ = clamp(round(w/Δ), −127, 127)·Δ`, `Δ = max|w| / 127`, and the client runs the frozen
 //! layers on `ŵ` (`fake_quant.rs`). Biases and BatchNorm entries stay float, and so do

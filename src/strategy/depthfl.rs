@@ -1,5 +1,5 @@
 //! DepthFL (Kim, Yu, Jeong, Shin, "DepthFL: Depthwise federated learning for heterogeneous
-//! clients", ICLR 2023), as BASELINES.md specifies it.
+//! clients", ICLR 2023); the rule this file implements is stated below.
 //!
 //! Level `l_k = c − i_k` drops the last `l_k` layers: the client trains layers
 //! `L_1..L_{N−l_k}` with an exit head after every depth `D_j = N − (c − j)`, `j ≤ i_k`, that
@@ -12,7 +12,7 @@
 //! Server: MWA with `w = n_k` over whole layers; exit heads aggregate like any layer, over
 //! the clients that hold them. Evaluation: the deepest output (the full model's
 //! classifier) is the reported accuracy, and the mean of every exit's logits the ensemble
-//! accuracy (`accuracy_ensemble`). Choices: FedDyn regularisation off (BASELINES.md); the KL
+//! accuracy (`accuracy_ensemble`). Choices: FedDyn regularisation off (an add-on of the paper, not its method); the KL
 //! is averaged over the batch (PyTorch's `batchmean`).
 
 use burn::tensor::backend::AutodiffBackend;

@@ -1,6 +1,6 @@
 //! FedAvg (McMahan et al., AISTATS 2017): every client trains and uploads the whole model;
 //! `θ ← Σ_k n_k θ_k / Σ_k n_k`. The paper's unconstrained upper bound.
-//! Drop variant (BASELINES.md choice): only the strongest cluster (`i_k = c`) takes part.
+//! Drop variant (the paper's "FedAvg (drop)" baseline): only the strongest cluster (`i_k = c`) takes part.
 
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;

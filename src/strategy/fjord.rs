@@ -4,7 +4,7 @@
 //! `p ~ U{1/c, 2/c, …, r_k}` and trains only the `p`-prefix of every channel space (ordered
 //! dropout). Server: MWA over element masks, `w = n_k`. Evaluated at `p = 1`.
 //!
-//! Choices: self-distillation off (BASELINES.md). Each mini-batch trains a fresh `p`-prefix
+//! Choices: self-distillation off (the paper's optional extra). Each mini-batch trains a fresh `p`-prefix
 //! copy, so SGD momentum does not carry across batches (plain SGD steps).
 
 use burn::tensor::backend::AutodiffBackend;

@@ -1,5 +1,5 @@
 //! NeFL (Kang et al., "NeFL: Nested model scaling for federated learning with system
-//! heterogeneous clients"), as BASELINES.md specifies it.
+//! heterogeneous clients"); the rule this file implements is stated below.
 //!
 //! ResNets (depthwise nesting): a client of level `l_k = c − i_k` skips `l_k` non-first
 //! residual blocks — deepest stage first, the last block of a stage first — and a skipped

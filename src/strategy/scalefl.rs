@@ -1,5 +1,5 @@
 //! ScaleFL (Ilhan, Su, Liu, "ScaleFL: Resource-adaptive federated learning with heterogeneous
-//! clients", CVPR 2023), as BASELINES.md specifies it.
+//! clients", CVPR 2023); the rule this file implements is stated below.
 //!
 //! Each level scales width and depth: cluster `i_k` keeps the first `N − l_k` layers (DepthFL's
 //! cut, `l_k = c − i_k`) at the width `r_k` whose sub-model holds about `i_k / c` of the full

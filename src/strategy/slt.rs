@@ -1,6 +1,6 @@
 //! SLT (Pfeiffer, Khalili, Henkel, "Aggregating capacity in FL through successive layer
-//! training for computationally-constrained devices", NeurIPS 2023), as BASELINES.md
-//! specifies it.
+//! training for computationally-constrained devices", NeurIPS 2023); the rule this file
+//! implements is stated below.
 //!
 //! Stages `j = 1..J`, `J = N − 1` (one per layer that can be frozen). At stage `j`:
 //! layers `< j` are frozen at full width (outside the graph); layer `j` — and, for a client of
@@ -15,7 +15,7 @@
 //! stage's model: the weakest client's sub-model (full up to layer `j`, `s_j` beyond).
 //!
 //! Choices: no Scaler on the narrow layers (the reference code slices without rescaling);
-//! no width-only pretraining stage before stage 1 (BASELINES.md does not list one).
+//! no width-only pretraining stage before stage 1.
 
 use burn::prelude::*;
 use fedolf_models::{LayeredNet, SpaceLayout};

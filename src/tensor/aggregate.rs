@@ -1,9 +1,9 @@
 //! Masked weighted averaging (MWA) of named tensors — the server rule of FedOLF and of the
-//! width baselines (BASELINES.md, "Shared vocabulary"):
+//! width baselines (ARCHITECTURE.md, "Vocabulary"):
 //!
 //! `θ ← Σ_k w_k M_k ⊙ θ̃_k / Σ_k w_k M_k` where the denominator is > 0, else `θ_old`.
 //!
-//! FedOLF's layer-wise rule (paper Alg. 1; DESIGN.md step 7) is the whole-layer-mask case:
+//! FedOLF's layer-wise rule (paper Alg. 1; ARCHITECTURE.md, "A round", step 7) is the whole-layer-mask case:
 //! `θ_l ← Σ_{k∈S_l} n_k θ_{k,l} / Σ_{k∈S_l} n_k`, a layer nobody trained keeps its value.
 //! These are pure functions: they read tensors and return new ones.
 

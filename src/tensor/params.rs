@@ -3,7 +3,7 @@
 //! A layer's parameters come out in visit order as [`NamedTensor`]s, flattened to rank 1 with
 //! their shape beside them, so aggregation and transport are rank-agnostic. BatchNorm running
 //! statistics are included (names end in `running_mean` / `running_var`) and aggregate like
-//! weights (DESIGN.md, FedOLF round, step 7).
+//! weights (ARCHITECTURE.md, "A round", step 7).
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
@@ -179,7 +179,7 @@ pub fn write_model<B: Backend>(mut net: LayeredNet<B>, params: &[Option<LayerPar
 }
 
 /// A copy that shares nothing with `net`: Burn's `clone` shares BatchNorm running-statistic
-/// cells (BURN.md fact 5), so a client training a clone would move the server's statistics.
+/// cells (ARCHITECTURE.md, "Burn behaviours the code relies on"), so a client training a clone would move the server's statistics.
 /// `valid()` and `from_inner` both build fresh cells.
 pub fn deep_copy<B: AutodiffBackend>(net: &LayeredNet<B>) -> LayeredNet<B> {
     LayeredNet::from_inner(net.valid())

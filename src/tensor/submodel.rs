@@ -1,4 +1,4 @@
-//! Width sub-models (BASELINES.md, "Sub-model extract / embed" and "MWA"): a client keeps a
+//! Width sub-models (ARCHITECTURE.md, "Vocabulary": sub-model extract / embed, MWA): a client keeps a
 //! subset of every channel space; `extract` slices the global model to it, `embed` scatters
 //! the trained sub-model back to global coordinates as `(values, 0/1 mask)` for MWA.
 //!

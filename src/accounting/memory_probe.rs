@@ -11,7 +11,7 @@ use crate::local::roles::{layer_roles, FreezeMode};
 use crate::tensor::host::synthetic_images;
 use crate::runtime::memory::CountingAllocator;
 use crate::runtime::rng::{stream, Purpose};
-use crate::measure::theory::{theoretical_memory, TheoreticalMemory};
+use crate::accounting::theory::{theoretical_memory, TheoreticalMemory};
 use crate::compress::toa::{sparsify_prefix, ToaMode, ToaSettings};
 
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@
 //! - `resident(p)`: every tensor the client holds when training starts (its model copy, the
 //!   frozen prefix as TOA left it), exact, from the shapes of the model the server builds;
 //! - `m_A`, `m_G`: Eq. 23's activation and gradient terms of the plan's (sub-)model at the
-//!   client's batch `min(B, n)` ([`crate::measure::theory`]); `m_O`: the momentum buffers;
+//!   client's batch `min(B, n)` ([`crate::accounting::theory`]); `m_O`: the momentum buffers;
 //! - `ρ_l`: measured ÷ theoretical transient memory of the method's own plan at capacity
 //!   level l (FedOLF: the ordered plan with `l` frozen; a width method: its sub-model of that
 //!   level), from a short probe (two SGD steps at the run's batch, on the run's own backend)
@@ -32,7 +32,7 @@ use crate::local::roles::LayerRole;
 use crate::runtime::rng::{stream, Purpose};
 use crate::records::RoundRecord;
 use crate::strategy::ClientPlan;
-use crate::measure::theory::{theoretical_memory, TheoreticalMemory};
+use crate::accounting::theory::{theoretical_memory, TheoreticalMemory};
 
 const MB: f64 = 1e6;
 
