@@ -14,9 +14,11 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("config field `{field}` = {value}: {problem}")]
     Invalid { field: &'static str, value: String, problem: String },
-    /// An invalid value, with the config it came from.
-    #[error("{origin}: {source}")]
-    InConfig { origin: String, source: Box<ConfigError> },
+    /// An invalid value, with where it came from (the config file, or the `--set` that gave
+    /// it). `error`, not `source`: the message already carries it, and a source would print
+    /// twice in an error chain.
+    #[error("{origin}: {error}")]
+    InConfig { origin: String, error: Box<ConfigError> },
     #[error("--set `{0}`: expected key=value (e.g. train.lr=0.01)")]
     BadOverride(String),
     #[error("--set `{key}`: `{part}` is not a table in the config")]
@@ -418,9 +420,15 @@ impl Config {
             let path = e.path().to_string();
             // Flatten serde's multi-line messages: errors print as one line.
             let message = e.into_inner().to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-            ConfigError::Parse { path: format!("{origin}: field `{path}`"), message }
+            ConfigError::Parse { path: format!("{}: field `{path}`", blamed(origin, overrides, &path)), message }
         })?;
-        cfg.validate().map_err(|e| ConfigError::InConfig { origin: origin.into(), source: Box::new(e) })?;
+        cfg.validate().map_err(|e| {
+            let origin = match &e {
+                ConfigError::Invalid { field, .. } => blamed(origin, overrides, field),
+                _ => origin.to_string(),
+            };
+            ConfigError::InConfig { origin, error: Box::new(e) }
+        })?;
         Ok(cfg)
     }
 
@@ -525,6 +533,17 @@ impl Config {
 
 /// `a.b.c=value`: value parsed as a TOML literal (number, bool, string in quotes), else taken
 /// as a bare string.
+/// Where the value of config field `field` (a dotted path) came from: the last `--set` that
+/// names it, or a table above or below it; else the config file `origin`.
+fn blamed(origin: &str, overrides: &[String], field: &str) -> String {
+    let touches = |key: &str| key == field || key.starts_with(&format!("{field}.")) || field.starts_with(&format!("{key}."));
+    overrides
+        .iter()
+        .rev()
+        .find(|o| o.split_once('=').is_some_and(|(key, _)| !field.is_empty() && touches(key.trim())))
+        .map_or_else(|| origin.to_string(), |o| format!("--set {o}"))
+}
+
 fn apply_override(tree: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
     let (key, raw) = assignment.split_once('=').ok_or_else(|| ConfigError::BadOverride(assignment.into()))?;
     let key = key.trim();

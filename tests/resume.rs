@@ -182,3 +182,133 @@ fn nonfinite_clients_stop_the_run_or_are_skipped() {
         assert!(view.data().chunks_exact(4).all(|c| f32::from_le_bytes(c.try_into().unwrap()).is_finite()), "{name}");
     }
 }
+
+/// Every file under `dir` with its bytes, to show a refused command changed nothing.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// Overwrite the first value of tensor number `index` (sorted by name) with NaN; returns its name.
+fn poison_tensor(file: &Path, index: usize) -> String {
+    let mut bytes = std::fs::read(file).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let mut names: Vec<&String> = header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").collect();
+    names.sort();
+    let name = names[index].clone();
+    let at = 8 + header_len + header[&name]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(file, bytes).unwrap();
+    name
+}
+
+/// A refused command: exit 1, one line naming `wants`, every file of `dir` as it was.
+fn refused(args: &[&str], dir: &Path, wants: &[&str]) {
+    let before = snapshot(dir);
+    let o = bin().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    for w in wants {
+        assert!(err.contains(w), "{args:?}: the error should name `{w}`: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(snapshot(dir) == before, "{args:?} changed {}", dir.display());
+}
+
+#[test]
+fn damaged_run_folders_are_refused_and_left_as_they_were() {
+    let out = tempfile::tempdir().unwrap();
+    let o = bin().args(small_args(out.path(), &["federation.rounds=1", "federation.clients_per_round=2"])).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = only_dir(out.path());
+    let work = tempfile::tempdir().unwrap();
+
+    // No checkpoint/ (a run killed before its first one): nothing to resume, nothing touched.
+    let bare = work.path().join("bare");
+    copy_dir(&run, &bare);
+    std::fs::remove_dir_all(bare.join("checkpoint")).unwrap();
+    refused(&["run", "--resume", bare.to_str().unwrap()], &bare, &[bare.to_str().unwrap(), "no checkpoint", "nothing to resume"]);
+
+    // A NaN in the checkpoint's weights is the file's fault, named with its tensor.
+    let poisoned = work.path().join("poisoned");
+    copy_dir(&run, &poisoned);
+    let tensor = poison_tensor(&poisoned.join("checkpoint/model.safetensors"), 1);
+    refused(&["run", "--resume", poisoned.to_str().unwrap()], &poisoned, &["checkpoint/model.safetensors", &tensor, "NaN"]);
+    refused(&["export", poisoned.to_str().unwrap()], &poisoned, &["checkpoint/model.safetensors", &tensor]);
+
+    // A truncated model file is not exported.
+    let truncated = work.path().join("truncated");
+    copy_dir(&run, &truncated);
+    let model = truncated.join("checkpoint/model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..1000]).unwrap();
+    refused(&["export", truncated.to_str().unwrap()], &truncated, &["checkpoint/model.safetensors", "not a safetensors file"]);
+    refused(&["run", "--resume", truncated.to_str().unwrap()], &truncated, &["checkpoint/model.safetensors"]);
+
+    // A checkpoint of another model (names that do not belong to the run's) is refused too.
+    let other = work.path().join("other");
+    copy_dir(&run, &other);
+    let config = std::fs::read_to_string(other.join("config.toml")).unwrap().replace("name = \"cnn\"", "name = \"alexnet\"");
+    std::fs::write(other.join("config.toml"), config).unwrap();
+    refused(&["export", other.to_str().unwrap()], &other, &["checkpoint/state.json", "layers"]);
+
+    // A multi-seed run whose unfinished trial has results but no checkpoint is refused.
+    let trials_out = tempfile::tempdir().unwrap();
+    let o = bin().args(small_args(trials_out.path(), &["federation.rounds=1", "federation.clients_per_round=2", "seeds=[1, 2]"])).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let trials = only_dir(trials_out.path());
+    let second = trials.join("trial-2");
+    std::fs::remove_dir_all(second.join("checkpoint")).unwrap();
+    let summary = std::fs::read_to_string(second.join("summary.json")).unwrap().replace("\"completed\"", "\"failed\"");
+    std::fs::write(second.join("summary.json"), summary).unwrap();
+    refused(&["run", "--resume", trials.to_str().unwrap()], &trials, &["trial-2", "no checkpoint"]);
+}
+
+#[test]
+fn command_line_faults_read_as_one_clear_line() {
+    // Piped into a reader that stops reading (`fedolf list | head -2`): a quiet end, no panic.
+    let mut child = bin().arg("list").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked") && o.status.code() != Some(101), "{:?}: {err}", o.status);
+
+    // An invalid value given with --set: blamed on that --set, said once.
+    let o = bin().args(["run", "--quiet", "--set", "federation.rounds=0"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("must be at least 1").count(), 1, "{err}");
+    assert!(err.contains("--set federation.rounds=0") && !err.contains("built in"), "{err}");
+
+    // An unknown field given with --set: the --set is named, not the built-in config.
+    let o = bin().args(["run", "--quiet", "--set", "nosuch.field=1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("--set nosuch.field=1") && err.contains("unknown field") && !err.contains("built in"), "{err}");
+}

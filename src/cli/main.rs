@@ -18,6 +18,14 @@ use fedolf::runtime::memory::CountingAllocator;
 static ALLOC: CountingAllocator = CountingAllocator::new();
 
 fn main() {
+    // Output piped into `head` ends the process quietly when the pipe closes, as Unix tools
+    // do; Rust ignores SIGPIPE by default, so `println!` would panic instead. (Results files
+    // are written before anything is printed.)
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     fedolf::runtime::heap_tuning::keep_freed_memory();
     let cli = args::Cli::parse();

@@ -68,6 +68,9 @@ pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<(
             (cfg, dir, false)
         }
     };
+    if resuming {
+        check_resumable(&cfg, &dir)?;
+    }
     let dataset = engine::load_dataset(&cfg)?;
     let opts = TrialOptions { quiet: args.quiet, alloc, stop: &stop, resume: resuming };
     if cfg.seeds.is_empty() {
@@ -85,7 +88,7 @@ pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<(
         let trial_cfg = Config { seed, seeds: Vec::new(), ..cfg.clone() };
         let trial_dir = dir.trial(seed).with_context(|| format!("cannot create trial-{seed} in {}", dir.path.display()))?;
         if resuming {
-            if let Some(done) = completed_summary(&trial_dir) {
+            if let Some(done) = completed_summary(&trial_dir.path) {
                 trials.push(done);
                 continue;
             }
@@ -127,20 +130,68 @@ fn check_end(result: Result<Vec<RoundRecord>, SimError>, dir: &RunDir) -> anyhow
 }
 
 /// A trial folder's summary when that trial completed.
-fn completed_summary(dir: &RunDir) -> Option<Summary> {
-    let text = std::fs::read_to_string(dir.path.join("summary.json")).ok()?;
+fn completed_summary(dir: &Path) -> Option<Summary> {
+    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
     let summary: Summary = serde_json::from_str(&text).ok()?;
     (summary.status == "completed").then_some(summary)
 }
 
-/// `fedolf export RUN_DIR [--out FILE]`: the last checkpoint's model.
+/// Before a resume writes anything: the checkpoint of every run it continues reads back
+/// against the run's model (a single run must have one). A multi-seed run's trials that never
+/// started run from round 1; one that holds results but no checkpoint is refused, since
+/// running it again would overwrite them.
+fn check_resumable(cfg: &Config, dir: &RunDir) -> anyhow::Result<()> {
+    if cfg.seeds.is_empty() {
+        read_checkpoint(&dir.path, cfg).with_context(|| format!("cannot resume {}", dir.path.display()))?;
+        return Ok(());
+    }
+    for seed in cfg.trial_seeds() {
+        let trial = dir.path.join(format!("trial-{seed}"));
+        let trial_cfg = Config { seed, seeds: Vec::new(), ..cfg.clone() };
+        if completed_summary(&trial).is_some() {
+            continue;
+        }
+        if Checkpoint::exists(&trial) {
+            read_checkpoint(&trial, &trial_cfg).with_context(|| format!("cannot resume {}", dir.path.display()))?;
+        } else if trial.join("rounds.csv").exists() {
+            anyhow::bail!(
+                "cannot resume {}: {} holds results but no checkpoint, so there is nothing to resume it from and running it again would overwrite them (nothing was changed; move that folder away to run the trial again)",
+                dir.path.display(),
+                trial.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoint in `run`, read on a backend this binary has (the CPU's when compiled in:
+/// reading needs only the model's names and shapes).
+fn read_checkpoint(run: &Path, cfg: &Config) -> anyhow::Result<Checkpoint> {
+    let compiled = DeviceKind::compiled();
+    let device = if compiled.contains(&DeviceKind::Cpu) { DeviceKind::Cpu } else { compiled[0] };
+    Ok(with_backend(device, ReadCheckpoint { run, cfg })??)
+}
+
+struct ReadCheckpoint<'a> {
+    run: &'a Path,
+    cfg: &'a Config,
+}
+
+impl BackendTask for ReadCheckpoint<'_> {
+    type Output = Result<Checkpoint, SimError>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        engine::run_folder::read_checkpoint::<B>(self.run, self.cfg, &device)
+    }
+}
+
+/// `fedolf export RUN_DIR [--out FILE]`: the last checkpoint's model, read and checked
+/// against the run's model before it is written, and read back after.
 pub fn export(run_dir: &Path, out: Option<&Path>) -> anyhow::Result<()> {
-    let source = run_dir.join(fedolf::io::checkpoint::FOLDER).join("model.safetensors");
-    if !source.exists() {
+    if !Checkpoint::exists(run_dir) {
         let trials: Vec<String> = std::fs::read_dir(run_dir)
             .with_context(|| format!("cannot read {}", run_dir.display()))?
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().join(fedolf::io::checkpoint::FOLDER).exists())
+            .filter(|e| Checkpoint::exists(&e.path()))
             .map(|e| e.path().display().to_string())
             .collect();
         anyhow::bail!(
@@ -149,9 +200,15 @@ pub fn export(run_dir: &Path, out: Option<&Path>) -> anyhow::Result<()> {
             if trials.is_empty() { String::new() } else { format!("; export one of its trials: {}", trials.join(", ")) }
         );
     }
+    let dir = RunDir::open(run_dir).with_context(|| format!("cannot export {}", run_dir.display()))?;
+    let config_path = dir.path.join("config.toml");
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let cfg = Config::from_toml(&text, &config_path.display().to_string(), &[])?;
+    let checkpoint = read_checkpoint(&dir.path, &cfg).with_context(|| format!("cannot export {}", run_dir.display()))?;
+    let source = run_dir.join(fedolf::io::checkpoint::FOLDER).join("model.safetensors");
     let target = out.map(Path::to_path_buf).unwrap_or_else(|| run_dir.join("model.safetensors"));
-    std::fs::copy(&source, &target).with_context(|| format!("cannot write {}", target.display()))?;
-    println!("wrote {} (from {})", target.display(), source.display());
+    checkpoint.export_model(&target).with_context(|| format!("cannot write {}", target.display()))?;
+    println!("wrote {} (from {}, round {})", target.display(), source.display(), checkpoint.round);
     Ok(())
 }
 

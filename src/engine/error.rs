@@ -49,5 +49,8 @@ pub enum SimError {
     Checkpoint(#[from] CheckpointError),
     #[error("resume: {0}")]
     Resume(String),
+    /// A run folder that cannot be acted on (resumed, exported) as it is.
+    #[error("{0}")]
+    RunFolder(String),
 }
 

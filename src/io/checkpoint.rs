@@ -150,7 +150,12 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>
         if view.dtype() != Dtype::F32 {
             return Err(malformed(path, format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
         }
-        let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        // A run never stores a non-finite weight (the merge refuses them), so one here means
+        // the file is damaged: refuse it before anything trains from it.
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            return Err(malformed(path, format!("tensor `{name}` holds {bad} (a checkpoint holds only finite values: the file is damaged)")));
+        }
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(out)
@@ -246,6 +251,28 @@ impl Checkpoint {
             Vec::new()
         };
         Ok(Self { round: state.round, model, num_layers, strategy_state, records: state.records, calibration: state.calibration })
+    }
+
+    /// Write the model as `path` (PyTorch names and layouts), then read the file back and
+    /// check it holds every tensor of the model with its shape and values.
+    pub fn export_model(&self, path: &Path) -> Result<(), CheckpointError> {
+        let (bytes, names) = model_safetensors(&self.model, self.num_layers).map_err(|e| malformed(path, e.to_string()))?;
+        write_atomic(path, &bytes).map_err(io(path))?;
+        let written = read_safetensors(path)?;
+        let expected: usize = names.iter().map(Vec::len).sum();
+        if written.len() != expected {
+            return Err(malformed(path, format!("holds {} tensors after writing, the model has {expected}", written.len())));
+        }
+        for (layer, layer_names) in self.model.iter().zip(&names) {
+            for (t, name) in layer.iter().zip(layer_names) {
+                let shape = if is_linear_weight(t) { vec![t.shape[1], t.shape[0]] } else { t.shape.clone() };
+                match written.get(name) {
+                    Some((s, values)) if *s == shape && values.len() == t.values.len() => {}
+                    _ => return Err(malformed(path, format!("tensor `{name}` did not read back as written"))),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether `run` holds a checkpoint.
