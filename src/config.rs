@@ -282,7 +282,7 @@ pub struct ModelConfig {
 }
 
 /// ResNet shortcuts as configs and the command line spell them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ShortcutOption {
     /// Parameter-free: subsampled identity, zero-padded channels (He et al. §4.2).
@@ -290,6 +290,17 @@ pub enum ShortcutOption {
     A,
     /// 1×1 conv + BN projection.
     B,
+}
+
+impl std::str::FromStr for ShortcutOption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "a" => Ok(Self::A),
+            "b" => Ok(Self::B),
+            other => Err(format!("unknown shortcut `{other}`: a (zero-padded identity) or b (1×1 projection)")),
+        }
+    }
 }
 
 impl From<ShortcutOption> for fedolf_models::Shortcut {

@@ -1,6 +1,8 @@
 //! The `fedolf` binary end to end on real Fashion-MNIST (the shipped subset): a short run
 //! learns, writes its three result files, is reproducible, and bad input fails clearly.
 
+mod scratch;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -64,7 +66,7 @@ fn csv_without_timing(path: &Path) -> Vec<Vec<String>> {
 
 #[test]
 fn a_short_run_learns_and_writes_its_results() {
-    let out = tempfile::tempdir().unwrap();
+    let out = scratch::tempdir().unwrap();
     let o = fedolf(&tiny_args(out.path(), 3));
     assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
     let dir = only_run_dir(out.path());
@@ -93,8 +95,8 @@ fn a_short_run_learns_and_writes_its_results() {
 
 #[test]
 fn same_seed_gives_identical_rounds_except_timing() {
-    let a = tempfile::tempdir().unwrap();
-    let b = tempfile::tempdir().unwrap();
+    let a = scratch::tempdir().unwrap();
+    let b = scratch::tempdir().unwrap();
     for out in [&a, &b] {
         let o = fedolf(&tiny_args(out.path(), 2));
         assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
@@ -114,7 +116,7 @@ fn one_line_error(o: &Output) -> String {
 
 #[test]
 fn bad_config_values_fail_with_the_field_named() {
-    let out = tempfile::tempdir().unwrap();
+    let out = scratch::tempdir().unwrap();
     for (set, needle) in [
         ("toa.s=1.5", "toa.s"),
         ("toa.s=0", "toa.s"),
@@ -135,7 +137,7 @@ fn bad_config_values_fail_with_the_field_named() {
 
 #[test]
 fn bad_data_files_fail_with_the_file_named() {
-    let data = tempfile::tempdir().unwrap();
+    let data = scratch::tempdir().unwrap();
     for f in std::fs::read_dir(subset()).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, data.path().join(f.file_name().unwrap())).unwrap();
@@ -143,7 +145,7 @@ fn bad_data_files_fail_with_the_file_named() {
     let labels = data.path().join("t10k-labels-idx1-ubyte.gz");
     let bytes = std::fs::read(&labels).unwrap();
     std::fs::write(&labels, &bytes[..bytes.len() / 2]).unwrap();
-    let out = tempfile::tempdir().unwrap();
+    let out = scratch::tempdir().unwrap();
     let args = tiny_args_with_data(out.path(), 1, data.path());
     let err = one_line_error(&fedolf(&args));
     assert!(err.contains("t10k-labels-idx1-ubyte.gz"), "{err}");
@@ -151,7 +153,7 @@ fn bad_data_files_fail_with_the_file_named() {
 
 #[test]
 fn divergence_is_an_error_and_the_results_so_far_are_kept() {
-    let out = tempfile::tempdir().unwrap();
+    let out = scratch::tempdir().unwrap();
     let mut args = tiny_args(out.path(), 2);
     args.extend(["--set".to_string(), "train.lr=1e12".to_string()]);
     let err = one_line_error(&fedolf(&args));
@@ -176,7 +178,7 @@ fn list_shows_models_datasets_and_methods() {
 #[test]
 fn every_method_runs_three_rounds_above_chance() {
     for method in fedolf::config::Method::ALL {
-        let out = tempfile::tempdir().unwrap();
+        let out = scratch::tempdir().unwrap();
         let mut args = tiny_args(out.path(), 3);
         args.extend(["--set".to_string(), format!("method={}", method.name())]);
         let o = fedolf(&args);
@@ -201,7 +203,7 @@ fn every_method_runs_three_rounds_above_chance() {
 #[test]
 fn every_method_runs_three_rounds_of_the_default_experiment_above_chance() {
     for method in fedolf::config::Method::ALL {
-        let out = tempfile::tempdir().unwrap();
+        let out = scratch::tempdir().unwrap();
         let args: Vec<String> = ["run", "--quiet", "--out", out.path().to_str().unwrap(), "--set", "federation.rounds=3", "--set", "federation.eval_every=1", "--set"]
             .iter()
             .map(|s| s.to_string())
@@ -230,7 +232,7 @@ fn every_method_runs_three_rounds_of_the_default_experiment_above_chance() {
 #[test]
 fn width_methods_at_full_width_train_exactly_like_fedavg() {
     let run = |method: &str| {
-        let out = tempfile::tempdir().unwrap();
+        let out = scratch::tempdir().unwrap();
         let mut args = tiny_args(out.path(), 2);
         for set in ["federation.clusters=1", "train.momentum=0", "train.epochs=1", &format!("method={method}")] {
             args.extend(["--set".to_string(), set.to_string()]);
@@ -253,7 +255,7 @@ fn fedolf_with_qsgd_sends_fewer_frozen_bytes() {
     // c = 2 on the CNN: frozen clients freeze conv1 (weight 800 + bias 32 floats = 3328
     // bytes). 8-bit QSGD buckets each tensor: 800 + 4·⌈800/128⌉ = 828 and 32 + 4·1 = 36,
     // so 864 bytes.
-    let out = tempfile::tempdir().unwrap();
+    let out = scratch::tempdir().unwrap();
     let mut args = tiny_args(out.path(), 1);
     args.extend(["--set".to_string(), "qsgd.bits=8".to_string()]);
     let o = fedolf(&args);
@@ -271,7 +273,7 @@ fn fedolf_with_qsgd_sends_fewer_frozen_bytes() {
 
 #[test]
 fn three_seeds_run_as_trials_with_mean_and_std_of_their_results() {
-    let out = tempfile::tempdir().unwrap();
+    let out = scratch::tempdir().unwrap();
     let mut args = tiny_args(out.path(), 1);
     args.extend(["--seeds".to_string(), "1,2,3".to_string()]);
     let o = fedolf(&args);
@@ -343,10 +345,10 @@ fn write_learnable_cifar10(root: &Path, per_train_file: usize, test: usize) -> P
 /// round's global model well above chance (10 %).
 #[test]
 fn new_baselines_run_three_rounds_of_resnet20_on_cifar_shaped_data() {
-    let data = tempfile::tempdir().unwrap();
+    let data = scratch::tempdir().unwrap();
     let root = write_learnable_cifar10(data.path(), 80, 200);
     for method in ["depthfl", "scalefl", "adaptivefl", "nefl"] {
-        let out = tempfile::tempdir().unwrap();
+        let out = scratch::tempdir().unwrap();
         let args: Vec<String> = [
             "run", "--quiet", "--out", out.path().to_str().unwrap(), "--data-dir", root.to_str().unwrap(),
             "--set", "data.dataset=cifar10", "--set", "model.name=resnet20", "--set", "data.partition=iid",

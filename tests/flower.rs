@@ -7,6 +7,8 @@
 //! one they say so and pass, unless `FEDOLF_REQUIRE_FLOWER=1` (set in CI), where a missing
 //! environment fails.
 
+mod scratch;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -73,7 +75,7 @@ fn two_nodes_two_rounds_improve_and_match_the_simulator() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(venv) = venv() else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = tempfile::tempdir().unwrap();
+    let out = scratch::tempdir().unwrap();
     let child = Command::new(root.join("flower/run-local-federation.sh"))
         .args(["--nodes", "2", "--rounds", "2", "--timeout", "400", "--venv"])
         .arg(&venv)
@@ -99,7 +101,7 @@ fn two_nodes_two_rounds_improve_and_match_the_simulator() {
     assert!(fin > initial + 0.2, "accuracy {initial} before, {fin} after two rounds");
 
     // And it is the simulator's run: `fedolf run` with the config the server ran.
-    let sim = tempfile::tempdir().unwrap();
+    let sim = scratch::tempdir().unwrap();
     let status = Command::new(env!("CARGO_BIN_EXE_fedolf"))
         .args(["run", "--quiet", "--config"])
         .arg(out.path().join("config.toml"))

@@ -5,6 +5,7 @@
 //! sub-models. Its own test binary with the counting allocator; the tests take a lock, so one
 //! measures at a time.
 
+mod scratch;
 mod common;
 
 use std::sync::Mutex;
@@ -269,7 +270,7 @@ fn a_resumed_budget_run_plans_with_the_checkpointed_calibration() {
     let _one = measuring();
     let cfg = small(&["checkpoint_every=1", "federation.capacity=\"memory\"", "federation.budgets_mb=[3, 8, 12, 40]", "federation.budget_jitter=0.2"]);
     let dataset = load_dataset(&cfg).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch::tempdir().unwrap();
     let whole = run::<Train>(&cfg, &dataset, &device(), Some(&ALLOC), &mut KeepRound { round: 1, dir: dir.path() }).unwrap();
     let saved = fedolf::io::checkpoint::Checkpoint::read(dir.path(), &Federation::<Train>::new(&cfg, &dataset, &device()).unwrap().host_global(), 3).unwrap();
     let calibration = saved.calibration.expect("a budget run's checkpoint holds its calibration");

@@ -1,6 +1,8 @@
 //! Runs that survive: checkpoints, `--resume` after SIGINT giving the uninterrupted run's
 //! results bit for bit, `export`, the bare invocation's run folder, and NaN/inf handling.
 
+mod scratch;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -61,12 +63,12 @@ fn interrupt_and_resume(extra: &[&str], rounds: usize, after: usize) {
     sets.extend(extra.iter().map(|s| s.to_string()));
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
 
-    let full = tempfile::tempdir().unwrap();
+    let full = scratch::tempdir().unwrap();
     let o = bin().args(small_args(full.path(), &sets)).output().unwrap();
     assert!(o.status.success(), "{label}: {}", String::from_utf8_lossy(&o.stderr));
     let full_dir = only_dir(full.path());
 
-    let cut = tempfile::tempdir().unwrap();
+    let cut = scratch::tempdir().unwrap();
     let child = bin().args(small_args(cut.path(), &sets)).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let started = Instant::now();
     let cut_dir = loop {
@@ -115,7 +117,7 @@ fn slt_resumes_bit_identically() {
 
 #[test]
 fn export_writes_pytorch_named_safetensors() {
-    let out = tempfile::tempdir().unwrap();
+    let out = scratch::tempdir().unwrap();
     let o = bin().args(small_args(out.path(), &["federation.rounds=1"])).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let dir = only_dir(out.path());
@@ -138,7 +140,7 @@ fn export_writes_pytorch_named_safetensors() {
 #[test]
 fn bare_invocation_writes_into_runs() {
     // No arguments at all: the config comes from the environment, results go to ./runs/.
-    let cwd = tempfile::tempdir().unwrap();
+    let cwd = scratch::tempdir().unwrap();
     let config = cwd.path().join("small.toml");
     let mut text = fedolf::config::DEFAULT_TOML.replace("rounds = 60", "rounds = 1").replace("train_limit = 10000", "train_limit = 1000");
     text = text.replace("partition = \"dirichlet\"", "partition = \"iid\"").replace("test_limit = 0", "test_limit = 200");
@@ -152,8 +154,8 @@ fn bare_invocation_writes_into_runs() {
     assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 2, "only small.toml and runs/ in the working folder");
 }
 
-fn run(extra: &[&str]) -> (Output, PathBuf, tempfile::TempDir) {
-    let out = tempfile::tempdir().unwrap();
+fn run(extra: &[&str]) -> (Output, PathBuf, scratch::TempDir) {
+    let out = scratch::tempdir().unwrap();
     let o = bin().args(small_args(out.path(), extra)).output().unwrap();
     let dir = only_dir(out.path());
     (o, dir, out)
@@ -243,11 +245,11 @@ fn refused(args: &[&str], dir: &Path, wants: &[&str]) {
 
 #[test]
 fn damaged_run_folders_are_refused_and_left_as_they_were() {
-    let out = tempfile::tempdir().unwrap();
+    let out = scratch::tempdir().unwrap();
     let o = bin().args(small_args(out.path(), &["federation.rounds=1", "federation.clients_per_round=2"])).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let run = only_dir(out.path());
-    let work = tempfile::tempdir().unwrap();
+    let work = scratch::tempdir().unwrap();
 
     // No checkpoint/ (a run killed before its first one): nothing to resume, nothing touched.
     let bare = work.path().join("bare");
@@ -279,7 +281,7 @@ fn damaged_run_folders_are_refused_and_left_as_they_were() {
     refused(&["export", other.to_str().unwrap()], &other, &["checkpoint/state.json", "layers"]);
 
     // A multi-seed run whose unfinished trial has results but no checkpoint is refused.
-    let trials_out = tempfile::tempdir().unwrap();
+    let trials_out = scratch::tempdir().unwrap();
     let o = bin().args(small_args(trials_out.path(), &["federation.rounds=1", "federation.clients_per_round=2", "seeds=[1, 2]"])).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let trials = only_dir(trials_out.path());

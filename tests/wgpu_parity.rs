@@ -7,6 +7,7 @@
 
 #![cfg(feature = "wgpu")]
 
+mod scratch;
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -151,7 +152,7 @@ fn numbers(cells: &[String]) -> Vec<f64> {
 
 #[test]
 fn a_two_round_fedolf_run_with_two_workers_on_wgpu_ends_near_the_cpu_run() {
-    let (cpu_out, gpu_out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (cpu_out, gpu_out) = (scratch::tempdir().unwrap(), scratch::tempdir().unwrap());
     small_run(cpu_out.path(), "cpu", &[]);
     let printed = small_run(gpu_out.path(), "wgpu", &[]);
     let (c, g) = (only_run_dir(cpu_out.path()), only_run_dir(gpu_out.path()));
@@ -171,7 +172,7 @@ fn a_two_round_fedolf_run_with_two_workers_on_wgpu_ends_near_the_cpu_run() {
 
 #[test]
 fn memory_budgets_calibrate_on_wgpu_and_every_client_trains_within_its_budget() {
-    let out = tempfile::tempdir().unwrap();
+    let out = scratch::tempdir().unwrap();
     let budgets = ["federation.capacity=\"memory\"", "federation.budgets_mb=[40, 400]", "federation.rounds=1", "federation.eval_every=1"];
     small_run(out.path(), "wgpu", &budgets);
     let dir = only_run_dir(out.path());

@@ -1,5 +1,8 @@
 //! Readers on small files written in the exact distributed formats, plus their failure modes.
 
+#[path = "../../tests/scratch/mod.rs"]
+mod scratch;
+
 use std::path::Path;
 
 use fedolf_datasets::cifar::{read_cifar, CifarKind};
@@ -18,7 +21,7 @@ fn write_pair(dir: &Path, prefix: &str, n: usize, gzip: bool) {
 #[test]
 fn idx_raw_and_gzipped_read_back() {
     for gzip in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch::tempdir().unwrap();
         write_pair(dir.path(), "train", 12, gzip);
         write_pair(dir.path(), "t10k", 5, gzip);
         let ds = load(DatasetKind::FashionMnist, Some(dir.path())).unwrap();
@@ -32,7 +35,7 @@ fn idx_raw_and_gzipped_read_back() {
 
 #[test]
 fn emnist_images_are_transposed_upright() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch::tempdir().unwrap();
     // One 2×3 image stored column-major (as EMNIST does): bytes 0..6.
     write_idx(&dir.path().join("img"), &[1, 2, 3], &[0, 1, 2, 3, 4, 5], false).unwrap();
     write_idx(&dir.path().join("lab"), &[1], &[7], false).unwrap();
@@ -47,7 +50,7 @@ fn err_text(e: DataError) -> String {
 
 #[test]
 fn idx_failures_name_the_file_and_the_problem() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch::tempdir().unwrap();
     let d = dir.path();
     write_pair(d, "train", 4, false);
     let images = d.join("train-images-idx3-ubyte");
@@ -91,7 +94,7 @@ fn cifar_record(label_bytes: &[u8], seed: u8) -> Vec<u8> {
 
 #[test]
 fn cifar10_and_cifar100_binary_read_back() {
-    let root = tempfile::tempdir().unwrap();
+    let root = scratch::tempdir().unwrap();
     let d10 = root.path().join("cifar-10-batches-bin");
     std::fs::create_dir(&d10).unwrap();
     for i in 1..=5 {
@@ -116,7 +119,7 @@ fn cifar10_and_cifar100_binary_read_back() {
 
 #[test]
 fn cifar_failures_name_the_file() {
-    let root = tempfile::tempdir().unwrap();
+    let root = scratch::tempdir().unwrap();
     let d = root.path();
     std::fs::write(d.join("test_batch.bin"), &cifar_record(&[1], 0)[..2000]).unwrap();
     let e = err_text(read_cifar(d, CifarKind::Cifar10).unwrap_err());
@@ -141,7 +144,7 @@ fn write_png(path: &Path, w: u32, h: u32, color: png::ColorType, data: &[u8]) {
 
 #[test]
 fn cinic_png_folders_read_back_and_fail_clearly() {
-    let root = tempfile::tempdir().unwrap();
+    let root = scratch::tempdir().unwrap();
     for split in ["train", "valid", "test"] {
         for (c, class) in CLASSES.iter().enumerate() {
             let dir = root.path().join(split).join(class);
@@ -170,7 +173,7 @@ fn cinic_png_folders_read_back_and_fail_clearly() {
 
 #[test]
 fn missing_dataset_lists_where_it_looked() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch::tempdir().unwrap();
     let e = err_text(load(DatasetKind::Cifar10, Some(dir.path())).unwrap_err());
     assert!(e.contains("cifar10") && e.contains(&dir.path().display().to_string()) && e.contains("--data-dir"), "{e}");
 }

@@ -120,8 +120,8 @@ pub struct MemoryArgs {
     pub svg: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// ResNet shortcuts.
-    #[arg(long, value_enum, default_value_t = fedolf::config::ShortcutOption::A)]
+    /// ResNet shortcuts: a (zero-padded identity) or b (1×1 conv + BN projection).
+    #[arg(long, default_value = "a")]
     pub shortcut: fedolf::config::ShortcutOption,
     /// CNN hidden FC width (0 = the paper's CNN; 512 = FedAvg's).
     #[arg(long, default_value_t = 0)]
