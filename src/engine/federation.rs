@@ -27,7 +27,6 @@ use crate::tensor::params::{read_model, write_model};
 use crate::compress::qsgd::QsgdSettings;
 use crate::runtime::rng::{stream, Purpose};
 use crate::engine::error::SimError;
-use crate::engine::round_loop::RunInfo;
 use crate::records::RoundRecord;
 use crate::strategy::{strategy_for, MemoryFit, ClientPlan, Download, EvalView, PlanContext, Strategy, StrategyInputs};
 use crate::tensor::submodel::extract;
@@ -381,6 +380,22 @@ impl<B: AutodiffBackend> Federation<B> {
             calibration: self.calibration(),
         }
     }
+}
+
+/// What a run is about to do, for the log header.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub dataset_source: String,
+    pub train_size: usize,
+    pub test_size: usize,
+    pub num_layers: usize,
+    pub model_params: usize,
+    /// Layers each cluster freezes (weakest first); `None` = it changes per round (SLT stages).
+    pub cluster_frozen: Option<Vec<usize>>,
+    /// Clients trained at once, and kernel threads each.
+    pub workers: WorkerLayout,
+    /// Memory budgets: the predictor's measured ratios per frozen count.
+    pub calibration: Option<Calibration>,
 }
 
 /// One round's plans, and the sampled clients that sat it out (no plan fits their budget).

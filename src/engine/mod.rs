@@ -14,4 +14,5 @@ pub mod run_folder;
 
 pub use data::load_dataset;
 pub use error::SimError;
-pub use round_loop::{run, run_from, RoundObserver, RunInfo, RunStart};
+pub use federation::RunInfo;
+pub use round_loop::{run, run_from, RoundObserver, RunStart};

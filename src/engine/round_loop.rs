@@ -12,10 +12,10 @@ use fedolf_datasets::{DataError, Dataset};
 
 use crate::config::Config;
 use crate::engine::error::SimError;
-use crate::engine::federation::Federation;
+use crate::engine::federation::{Federation, RunInfo};
 use crate::engine::round_end::RoundEnd;
 use crate::io::checkpoint::{Checkpoint, CheckpointError};
-use crate::accounting::budget::{Calibration, ProbeRow};
+use crate::accounting::budget::ProbeRow;
 use crate::records::RoundRecord;
 use crate::runtime::backend::DeviceKind;
 use crate::runtime::memory::CountingAllocator;
@@ -29,22 +29,6 @@ pub struct RunStart<'a> {
     /// Set (by a signal handler) to stop: clients not yet started are abandoned, the last
     /// completed round is checkpointed, and the run returns [`SimError::Interrupted`].
     pub stop: Option<&'a AtomicBool>,
-}
-
-/// What a run is about to do, for the log header.
-#[derive(Debug, Clone)]
-pub struct RunInfo {
-    pub dataset_source: String,
-    pub train_size: usize,
-    pub test_size: usize,
-    pub num_layers: usize,
-    pub model_params: usize,
-    /// Layers each cluster freezes (weakest first); `None` = it changes per round (SLT stages).
-    pub cluster_frozen: Option<Vec<usize>>,
-    /// Clients trained at once, and kernel threads each.
-    pub workers: WorkerLayout,
-    /// Memory budgets: the predictor's measured ratios per frozen count.
-    pub calibration: Option<Calibration>,
 }
 
 /// Receives progress as the run goes (progress bars, incremental result files).

@@ -14,7 +14,7 @@
 
 use burn::prelude::*;
 
-use crate::local::objective::{cross_entropy, distillation_kl};
+use crate::local::loss_terms::{cross_entropy, distillation_kl};
 
 /// DepthFL's mutual self-distillation over `outputs` (shallowest first), `weight` = `w_t`.
 /// # Shapes
