@@ -1,7 +1,7 @@
 //! The shape of the code, checked (ARCHITECTURE.md, "Layers"):
 //! - `src/`: every top-level module imports only modules declared before it in `src/lib.rs`,
 //!   so the layers have no circle and a new upward import fails here, naming file and line;
-//! - `models/src`: no circle among its files;
+//! - inside a folder of `src/`, and among the files of `models/src`: no circle;
 //! - no comment cites a document outside the repository.
 //!
 //! Imports are read as text: `use crate::…` (braced groups included) and inline
@@ -174,6 +174,52 @@ fn find_circle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>
         }
     }
     None
+}
+
+/// `(folder, file)` of every `crate::folder::file` path on a line whose `file` is a file of
+/// that folder in `src/`.
+fn folder_files(src: &Path, line: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = code(line);
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        let segments: Vec<String> = rest
+            .split("::")
+            .take(2)
+            .map(|s| s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect())
+            .collect();
+        if let [folder, file] = segments.as_slice() {
+            if src.join(folder).join(format!("{file}.rs")).is_file() {
+                out.push((folder.clone(), file.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn files_of_a_src_folder_have_no_import_circle() {
+    let src = root().join("src");
+    // `mod.rs` declares its folder's files and re-exports them: it is the folder's face, not
+    // a file of the layering inside it.
+    let files: Vec<_> = rust_files(&src).into_iter().filter(|f| !f.starts_with(src.join("cli")) && f.parent() != Some(src.as_path()) && !f.ends_with("mod.rs")).collect();
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let folder = top_module(&src, file);
+        let name = file.file_stem().expect("a file").to_string_lossy().to_string();
+        let text = std::fs::read_to_string(file).expect("readable");
+        for line in text.lines() {
+            for (to_folder, to_file) in folder_files(&src, line) {
+                if to_folder == folder && to_file != name {
+                    edges.entry(format!("{folder}/{name}")).or_default().insert(format!("{folder}/{to_file}"));
+                }
+            }
+        }
+    }
+    assert!(edges.len() >= 5, "imports between the files of a folder were not read: {edges:?}");
+    if let Some(circle) = find_circle(&edges) {
+        panic!("files of one src/ folder import each other in a circle: {}", circle.join(" → "));
+    }
 }
 
 #[test]
