@@ -452,6 +452,11 @@ impl Config {
         }
     }
 
+    /// The config of one trial of a multi-seed run: this run with `seed`, as a single run.
+    pub fn trial(&self, seed: u64) -> Config {
+        Config { seed, seeds: Vec::new(), ..self.clone() }
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a Config always serialises")
     }

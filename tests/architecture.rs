@@ -14,21 +14,30 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
+/// Every file under `dir` whose name ends in one of `extensions`, sorted; hidden folders,
+/// build output and recorded results are not the code's.
+fn files_under(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
             let path = entry.expect("directory entry").path();
+            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
             if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
+                if !name.starts_with('.') && !["target", "results", "__pycache__"].contains(&name.as_str()) {
+                    stack.push(path);
+                }
+            } else if extensions.iter().any(|e| name.ends_with(&format!(".{e}"))) {
                 out.push(path);
             }
         }
     }
     out.sort();
     out
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir, &["rs"])
 }
 
 /// The code of a line, without a trailing `//` comment; empty for comment lines.
@@ -266,25 +275,11 @@ fn comments_cite_only_documents_in_the_repository() {
     }
     let mut found = Vec::new();
     for dir in dirs.iter().filter(|d| d.is_dir()) {
-        let mut stack = vec![dir.clone()];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d).expect("readable").flatten() {
-                let path = entry.path();
-                let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                if path.is_dir() {
-                    if !name.starts_with('.') && name != "target" && name != "results" && name != "__pycache__" {
-                        stack.push(path);
-                    }
-                    continue;
-                }
-                if !["rs", "py", "sh", "toml"].iter().any(|e| name.ends_with(&format!(".{e}"))) || path.ends_with("architecture.rs") {
-                    continue;
-                }
-                let Ok(text) = std::fs::read_to_string(&path) else { continue };
-                for (n, line) in text.lines().enumerate() {
-                    if let Some(doc) = outside.iter().find(|d| line.contains(*d)) {
-                        found.push(format!("{}:{}: cites {doc}", path.strip_prefix(root()).unwrap_or(&path).display(), n + 1));
-                    }
+        for path in files_under(dir, &["rs", "py", "sh", "toml"]).into_iter().filter(|p| !p.ends_with("architecture.rs")) {
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            for (n, line) in text.lines().enumerate() {
+                if let Some(doc) = outside.iter().find(|d| line.contains(*d)) {
+                    found.push(format!("{}:{}: cites {doc}", path.strip_prefix(root()).unwrap_or(&path).display(), n + 1));
                 }
             }
         }

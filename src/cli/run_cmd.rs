@@ -85,7 +85,7 @@ pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<(
     let seeds = cfg.trial_seeds();
     let mut trials = Vec::with_capacity(seeds.len());
     for (i, &seed) in seeds.iter().enumerate() {
-        let trial_cfg = Config { seed, seeds: Vec::new(), ..cfg.clone() };
+        let trial_cfg = cfg.trial(seed);
         let trial_dir = dir.trial(seed).with_context(|| format!("cannot create trial-{seed} in {}", dir.path.display()))?;
         if resuming {
             if let Some(done) = completed_summary(&trial_dir.path) {
@@ -147,7 +147,7 @@ fn check_resumable(cfg: &Config, dir: &RunDir) -> anyhow::Result<()> {
     }
     for seed in cfg.trial_seeds() {
         let trial = dir.path.join(format!("trial-{seed}"));
-        let trial_cfg = Config { seed, seeds: Vec::new(), ..cfg.clone() };
+        let trial_cfg = cfg.trial(seed);
         if completed_summary(&trial).is_some() {
             continue;
         }
