@@ -3,27 +3,53 @@
 # (insecure mode: no TLS, no node authentication; see the README for real deployments),
 # running ROUNDS rounds of the fedolf app (FedOLF with TOA on Fashion-MNIST by default).
 # Prints the per-round accuracy and `final accuracy: X`; results (rounds.csv, clients.csv,
-# summary.json, flower.json) go to OUT.
+# summary.json, flower.json, checkpoint/) go to OUT.
 #
 # usage: flower/run-local-federation.sh [--nodes N] [--rounds R] [--out DIR] [--set "k=v; k=v"]
-#        [--venv DIR] [--timeout SECONDS] [--no-install]
+#        [--devices cpu,wgpu,...] [--memory-mb MB,MB,...] [--round-timeout SECONDS]
+#        [--resume DIR] [--venv DIR] [--timeout SECONDS] [--no-install]
+#   --devices: one device per node (cpu, wgpu, cuda), node k trains on the k-th; sets N.
+#   --memory-mb: one budget per node (empty: none), e.g. "300,," ; with
+#                --set "federation.capacity=\"memory\"" each such node calibrates on its own
+#                device and is planned from its budget.
+#   --resume DIR: continue the run in DIR (stopped server) from its checkpoint, with its config.
 # Installs what it needs first (flower/install.sh; --no-install uses the venv as it is).
-# Every process it starts is stopped on exit.
+# Every process it starts is stopped on exit; if the SuperLink dies, it says so and exits 1.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-nodes=3 rounds=3 out="" extra="" venv="$root/.venv-flower" timeout=900 install=1
+nodes="" rounds=3 out="" extra="" venv="$root/.venv-flower" timeout=900 install=1
+devices="" memory="" round_timeout="" resume=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --set) extra="$2"; shift 2 ;;
+    --devices) devices="$2"; shift 2 ;;
+    --memory-mb) memory="$2"; shift 2 ;;
+    --round-timeout) round_timeout="$2"; shift 2 ;;
+    --resume) resume="$2"; shift 2 ;;
     --venv) venv="$2"; shift 2 ;;
     --timeout) timeout="$2"; shift 2 ;;
     --no-install) install=0; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
+IFS=, read -r -a device_list <<< "$devices"
+IFS=, read -r -a memory_list <<< "$memory"
+if [ -n "$devices" ] && [ -n "$nodes" ] && [ "${#device_list[@]}" != "$nodes" ]; then
+  echo "--nodes $nodes but --devices names ${#device_list[@]} devices: give one device per node" >&2; exit 2
+fi
+[ -n "$nodes" ] || nodes=${#device_list[@]}
+[ "$nodes" -gt 0 ] 2>/dev/null || nodes=3
+if [ -n "$memory" ] && [ "${#memory_list[@]}" -gt "$nodes" ]; then
+  echo "--memory-mb names ${#memory_list[@]} budgets for $nodes nodes" >&2; exit 2
+fi
+if [ -n "$resume" ]; then
+  [ -f "$resume/checkpoint/state.json" ] || { echo "--resume $resume: no checkpoint there ($resume/checkpoint/state.json is missing)" >&2; exit 2; }
+  [ -z "$out" ] || [ "$out" = "$resume" ] || { echo "--resume writes into the run's own folder; drop --out" >&2; exit 2; }
+  out="$resume"
+fi
 [ -n "$out" ] || out="$root/runs/flower-$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
@@ -61,8 +87,11 @@ setsid flower-superlink --insecure --host 127.0.0.1 --port "$link_port" --disabl
   > "$out/superlink.log" 2>&1 &
 pids+=("$!")
 for ((k = 0; k < nodes; k++)); do
+  node_config="partition-id=$k num-partitions=$nodes"
+  [ -z "${device_list[k]:-}" ] || node_config="$node_config device='${device_list[k]}'"
+  [ -z "${memory_list[k]:-}" ] || node_config="$node_config memory-mb=${memory_list[k]}"
   setsid flower-supernode --insecure --superlink "127.0.0.1:$link_port" --port "$(free_port)" \
-    --node-config "partition-id=$k num-partitions=$nodes" > "$out/supernode-$k.log" 2>&1 &
+    --node-config "$node_config" > "$out/supernode-$k.log" 2>&1 &
   pids+=("$!")
 done
 
@@ -70,10 +99,14 @@ echo "${pids[*]}" > "$out/pids.txt"    # process groups, for whoever checks they
 
 overrides="federation.rounds=$rounds"
 [ -z "$extra" ] || overrides="$overrides; $extra"
-cat > "$work/run-config.toml" <<TOML
-out-dir = "$out"
-set = "$overrides"
-TOML
+[ -z "$resume" ] || overrides=""    # a resumed run keeps its own config
+{
+  echo "out-dir = \"$out\""
+  # TOML basic string: the overrides may hold quotes (federation.capacity="memory").
+  echo "set = \"${overrides//\"/\\\"}\""
+  [ -z "$round_timeout" ] || echo "round-timeout = $round_timeout"
+  [ -z "$resume" ] || echo "resume = \"$out\""
+} > "$work/run-config.toml"
 
 # The SuperLink takes a moment to listen; `flwr run` is retried until it accepts the run.
 run_id=""
@@ -87,7 +120,7 @@ done
 if [ -z "$run_id" ]; then
   echo "flwr run did not start a run:" >&2; cat "$work/run.err" >&2; exit 1
 fi
-echo "run $run_id: $nodes nodes, $rounds rounds, results in $out" >&2
+echo "run $run_id: $nodes nodes${devices:+ ($devices)}, ${resume:+resuming }results in $out" >&2
 
 # Wait for the run to finish (`flwr run` returns once it is submitted).
 status=""
@@ -98,6 +131,10 @@ import json, sys
 runs = json.load(sys.stdin).get("runs", [])
 print(runs[0]["status"] if runs else "")' 2>/dev/null || true)"
   case "$status" in finished:*) break ;; esac
+  if ! kill -0 -- "-${pids[0]}" 2>/dev/null; then
+    echo "the SuperLink stopped during run $run_id; the run's last checkpoint is in $out/checkpoint (continue it with --resume $out)" >&2
+    exit 1
+  fi
   sleep 2
 done
 flwr log "$run_id" local --show > "$out/serverapp.log" 2>&1 || true
@@ -111,7 +148,15 @@ python3 - "$out" <<'PY'
 import csv, json, os, sys
 out = sys.argv[1]
 flower = json.load(open(os.path.join(out, "flower.json")))
-print(f"initial accuracy: {100 * flower['initial_accuracy']:.2f} %")
+if flower.get("resumed_after_round"):
+    print(f"resumed after round {flower['resumed_after_round']}")
+elif flower["initial_accuracy"] is not None:
+    print(f"initial accuracy: {100 * flower['initial_accuracy']:.2f} %")
+for pid, node in sorted(flower.get("nodes", {}).items(), key=lambda kv: int(kv[0])):
+    memory = f", declares {node['memory-mb']:g} MB" if node.get("memory-mb") else ""
+    print(f"client {pid}: node {node['node']} on {node['device']}{memory}")
+for node in flower.get("lost_nodes", []):
+    print(f"lost node {node} (missed a round; not sampled again)")
 for row in csv.DictReader(open(os.path.join(out, "rounds.csv"))):
     acc = row["accuracy"]
     print(f"round {row['round']}: accuracy {100 * float(acc):.2f} %, {int(row['bytes_down']) / 1e6:.3f} MB down, "

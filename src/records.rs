@@ -29,6 +29,10 @@ pub struct ClientRecord {
     pub budget_mb: Option<f64>,
     #[serde(default)]
     pub predicted_mb: Option<f64>,
+    /// The device that trained it (`cpu`, `wgpu`, `cuda`): the run's `--device` in
+    /// simulation, the node's own in a Flower federation.
+    #[serde(default)]
+    pub device: String,
 }
 
 /// One round's measurements (one row of `rounds.csv`).

@@ -9,6 +9,7 @@ Rust side reads them in. Every function calls the code the ``fedolf`` simulator 
 - ``toa_sparsify(model, input_shape, classes, prefix, s, seed, round, client)``: TOA.
 - ``aggregate(global_weights, uploads)``: layer-wise (masked) weighted averaging.
 - ``Server`` / ``Client``: a whole run's server side and a node's local rounds.
+- ``devices()``: the devices these bindings can train on (``cpu``, ``wgpu``, ``cuda``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ __all__ = [
     "to_arrays",
     "from_arrays",
     "layer_of",
+    "devices",
 ]
+
+
+def devices() -> List[str]:
+    """The devices compiled into these bindings (a node's ``device`` must be one of them)."""
+    return list(_core.devices())
 
 
 def to_arrays(wire: Iterable[Tuple[int, str, Sequence[int], bytes]]) -> Weights:
@@ -87,8 +94,8 @@ def aggregate(global_weights: Weights, uploads: Sequence[Tuple[float, Weights, O
 class Server:
     """A run's server side (see ``fedolf._core.Server``), numpy in and out."""
 
-    def __init__(self, config_toml: str, out_dir: Optional[str] = None, overrides: Sequence[str] = ()):
-        self._core = _core.Server(config_toml, out_dir, list(overrides))
+    def __init__(self, config_toml: str, out_dir: Optional[str] = None, overrides: Sequence[str] = (), resume: Optional[str] = None):
+        self._core = _core.Server(config_toml, out_dir, list(overrides), resume)
 
     def __getattr__(self, name):
         return getattr(self._core, name)
@@ -99,8 +106,8 @@ class Server:
     def set_global(self, weights: Weights) -> None:
         self._core.set_global(from_arrays(weights))
 
-    def plan_round(self, round: int) -> List[Tuple[int, str]]:
-        return self._core.plan_round(round)
+    def plan_round(self, round: int, live: Optional[Sequence[int]] = None) -> List[Tuple[int, str]]:
+        return self._core.plan_round(round, None if live is None else list(live))
 
     def download(self, client: int) -> Tuple[Weights, int, int]:
         tensors, bytes_down, frozen_bytes = self._core.download(client)
@@ -116,12 +123,20 @@ class Server:
 class Client:
     """A node's local rounds (see ``fedolf._core.Client``), numpy in and out."""
 
-    def __init__(self, config_toml: str, partition_id: int, num_partitions: int, data_dir: Optional[str] = None):
-        self._core = _core.Client(config_toml, partition_id, num_partitions, data_dir)
+    def __init__(self, config_toml: str, partition_id: int, num_partitions: int, data_dir: Optional[str] = None, device: Optional[str] = None):
+        self._core = _core.Client(config_toml, partition_id, num_partitions, data_dir, device)
 
     @property
     def num_samples(self) -> int:
         return self._core.num_samples
+
+    @property
+    def device(self) -> str:
+        return self._core.device
+
+    def calibrate(self) -> str:
+        """The peak predictor's calibration on this node's device (JSON, for ``Server.declare_memory``)."""
+        return self._core.calibrate()
 
     def train(self, round: int, plan_json: str, payload: Weights, stats, bytes_down: int) -> Tuple[Weights, dict]:
         layers, record = self._core.train(round, plan_json, from_arrays(payload), [tuple(s) for s in stats], bytes_down)

@@ -141,10 +141,17 @@ pub fn aggregate<'py>(
     Ok(model_to_wire(py, &model))
 }
 
+/// The devices compiled into these bindings (`cpu`, and `wgpu` / `cuda` when built with them).
+#[pyfunction]
+fn devices() -> Vec<&'static str> {
+    fedolf::runtime::backend::DeviceKind::compiled().into_iter().map(|d| d.name()).collect()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(init_weights, m)?)?;
     m.add_function(wrap_pyfunction!(ordered_plan, m)?)?;
     m.add_function(wrap_pyfunction!(toa_sparsify, m)?)?;
     m.add_function(wrap_pyfunction!(aggregate, m)?)?;
+    m.add_function(wrap_pyfunction!(devices, m)?)?;
     Ok(())
 }

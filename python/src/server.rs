@@ -1,6 +1,7 @@
 //! The server side of a run, for a Flower `ServerApp`: the simulator's [`Federation`] (same
 //! sampling, plans, compression, merge and evaluation), driven one call per step, with the
-//! results files `fedolf run` writes.
+//! results files and the checkpoint `fedolf run` writes, so a federation whose server
+//! stopped resumes from its run folder.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +12,8 @@ use fedolf::engine::federation::Federation;
 use fedolf::io::report::{RunDir, Summary};
 use fedolf::engine::data::load_dataset;
 use fedolf::engine::round_end::RoundEnd;
+use fedolf::io::checkpoint::Checkpoint;
+use fedolf::accounting::budget::Calibration;
 use fedolf::records::{ClientRecord, RoundRecord};
 use fedolf::strategy::ClientPlan;
 use fedolf_datasets::Dataset;
@@ -36,31 +39,67 @@ pub struct Server {
     round_end: Option<RoundEnd>,
     records: Vec<RoundRecord>,
     dir: Option<RunDir>,
+    /// The first round this server runs (after a resumed checkpoint's rounds).
+    first_round: usize,
 }
 
 #[pymethods]
 impl Server {
     /// `config_toml`: a `fedolf run` config (its text), with `overrides` (`key=value`, as
-    /// `fedolf run --set`). `out_dir`: where `rounds.csv`, `clients.csv`, `summary.json` and
-    /// `config.toml` go (`None` = nowhere).
+    /// `fedolf run --set`). `out_dir`: where `rounds.csv`, `clients.csv`, `summary.json`,
+    /// `config.toml` and `checkpoint/` go (`None` = nowhere). `resume`: continue the run in
+    /// that folder after its checkpoint (written by this server or by `fedolf run`; the
+    /// config must be the run's own); its results so far are kept and later rounds appended.
     #[new]
-    #[pyo3(signature = (config_toml, out_dir=None, overrides=Vec::new()))]
-    fn new(config_toml: &str, out_dir: Option<&str>, overrides: Vec<String>) -> PyResult<Self> {
+    #[pyo3(signature = (config_toml, out_dir=None, overrides=Vec::new(), resume=None))]
+    fn new(config_toml: &str, out_dir: Option<&str>, overrides: Vec<String>, resume: Option<&str>) -> PyResult<Self> {
         let cfg = Config::from_toml(config_toml, "run config", &overrides).map_err(py_err)?;
         let dataset = load_dataset(&cfg).map_err(py_err)?;
         let mut fed = Federation::<Train>::new(&cfg, &dataset, &Default::default()).map_err(py_err)?;
-        // Memory budgets: the peak predictor is calibrated here, on the server's CPU.
-        fed.calibrate(Some(&crate::ALLOC), &mut |_| {}).map_err(py_err)?;
+        let mut records = Vec::new();
+        if let Some(run) = resume {
+            // The checkpoint is read against this run's model (every tensor, its shape,
+            // finite) before anything is written.
+            let ckpt = Checkpoint::read(Path::new(run), &fed.host_global(), fed.setup.num_layers).map_err(py_err)?;
+            if ckpt.round > cfg.federation.rounds {
+                return Err(py_err(format!("{run}: the checkpoint holds {} rounds, the run has {}", ckpt.round, cfg.federation.rounds)));
+            }
+            fed.set_global(&ckpt.model).map_err(py_err)?;
+            fed.strategy.restore_state(ckpt.strategy_state).map_err(|e| py_err(format!("{run}: strategy state: {e}")))?;
+            if let Some(calibration) = ckpt.calibration {
+                fed.use_calibration(calibration);
+            }
+            records = ckpt.records;
+        }
+        // Memory budgets: the peak predictor is calibrated here, on the server's CPU, for the
+        // clients whose nodes declare no memory of their own (a resumed run keeps its own).
+        if fed.calibration().is_none() {
+            fed.calibrate(Some(&crate::ALLOC), &mut |_| {}).map_err(py_err)?;
+        }
         let dir = match out_dir {
             Some(path) => {
                 std::fs::create_dir_all(path).map_err(|e| py_err(format!("{path}: {e}")))?;
                 let dir = RunDir { path: Path::new(path).to_path_buf() };
-                dir.write_config(&cfg).map_err(|e| py_err(format!("{path}: {e}")))?;
+                let io = |e: std::io::Error| py_err(format!("{path}: {e}"));
+                dir.write_config(&cfg).map_err(io)?;
+                // A resumed run's results files hold exactly the checkpoint's rounds (a round
+                // that finished after it is run again).
+                if resume.is_some() {
+                    dir.write_rounds(&records).map_err(io)?;
+                    dir.write_clients(&records).map_err(io)?;
+                }
                 Some(dir)
             }
             None => None,
         };
-        Ok(Self { fed, dataset, round: 0, in_flight: BTreeMap::new(), round_end: None, records: Vec::new(), dir })
+        let first_round = records.len() + 1;
+        Ok(Self { fed, dataset, round: 0, in_flight: BTreeMap::new(), round_end: None, records, dir, first_round })
+    }
+
+    /// The first round to run: 1, or the one after a resumed checkpoint.
+    #[getter]
+    fn first_round(&self) -> usize {
+        self.first_round
     }
 
     /// The run's config as TOML (what every node trains with).
@@ -88,6 +127,15 @@ impl Server {
         self.fed.cfg.method.name()
     }
 
+    /// How clients' capacity is set: `clusters` (the cluster table) or `memory` (budgets).
+    #[getter]
+    fn capacity(&self) -> &'static str {
+        match self.fed.cfg.federation.capacity {
+            fedolf::config::Capacity::Clusters => "clusters",
+            fedolf::config::Capacity::Memory => "memory",
+        }
+    }
+
     #[getter]
     fn dataset_source(&self) -> String {
         self.dataset.source.clone()
@@ -103,6 +151,13 @@ impl Server {
     /// Per-channel `(mean, std)` of the training split, which every node normalises with.
     fn stats(&self) -> Vec<(f32, f32)> {
         self.fed.stats.clone()
+    }
+
+    /// Memory budgets: client `client`'s node declares `budget_mb` and the calibration it
+    /// measured on its own device (`Client.calibrate`'s JSON); its plans come from these.
+    fn declare_memory(&mut self, client: usize, budget_mb: f64, calibration_json: &str) -> PyResult<()> {
+        let calibration: Calibration = serde_json::from_str(calibration_json).map_err(|e| py_err(format!("client {client}: calibration: {e}")))?;
+        self.fed.declare_memory(client, budget_mb, calibration).map_err(py_err)
     }
 
     /// Client `k`'s capacity cluster (0-based).
@@ -123,13 +178,15 @@ impl Server {
     }
 
     /// Start round `round`: the clients sampled and each one's plan, as `(client, plan JSON)`.
-    fn plan_round(&mut self, round: usize) -> PyResult<Vec<(usize, String)>> {
+    /// `live`: the clients whose nodes can be reached (`None`: all); only those are sampled.
+    #[pyo3(signature = (round, live=None))]
+    fn plan_round(&mut self, round: usize, live: Option<Vec<usize>>) -> PyResult<Vec<(usize, String)>> {
         if round == 0 || round > self.fed.cfg.federation.rounds {
             return Err(py_err(format!("round {round} is outside 1..={}", self.fed.cfg.federation.rounds)));
         }
         self.round = round;
         self.in_flight.clear();
-        let round_plans = self.fed.plan_round(round).map_err(py_err)?;
+        let round_plans = self.fed.plan_round_among(round, live.as_deref()).map_err(py_err)?;
         self.round_end = Some(RoundEnd::new(round, self.fed.cfg.train.nonfinite, round_plans.sat_out.len()));
         let plans = round_plans.plans;
         let host_global = self.fed.host_global();
@@ -199,6 +256,12 @@ impl Server {
             let io = |e: std::io::Error| py_err(format!("{}: {e}", dir.path.display()));
             dir.write_rounds(&self.records).map_err(io)?;
             dir.write_clients(&self.records).map_err(io)?;
+            // The checkpoint `fedolf run` writes, on the same rounds: a federation whose
+            // server stops resumes from here.
+            let (round, cfg) = (self.round, &self.fed.cfg);
+            if (cfg.checkpoint_every > 0 && round % cfg.checkpoint_every == 0) || round == cfg.federation.rounds {
+                self.fed.checkpoint(round, self.records.clone()).write(&dir.path).map_err(py_err)?;
+            }
         }
         Ok(json)
     }

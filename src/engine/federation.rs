@@ -3,6 +3,7 @@
 //! Flower server (the `fedolf` Python module) drives the same value from Flower's strategy
 //! hooks, so both sample, plan, compress, merge and evaluate with the same code.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use burn::module::AutodiffModule;
@@ -33,6 +34,12 @@ use crate::tensor::submodel::extract;
 use crate::compress::toa::ToaSettings;
 use crate::runtime::workers::{WorkerLayout, Workers};
 
+/// A node's own memory: its budget, and the peak predictor calibrated on its device.
+struct DeclaredMemory {
+    budget_mb: f64,
+    predictor: Mutex<PeakPredictor>,
+}
+
 /// A run's fixed facts and its changing state (global model, strategy state).
 pub struct Federation<B: AutodiffBackend> {
     pub cfg: Config,
@@ -51,6 +58,8 @@ pub struct Federation<B: AutodiffBackend> {
     pub clusters: Vec<usize>,
     /// Memory budgets: the calibrated peak predictor (after [`Self::calibrate`]).
     predictor: Option<Mutex<PeakPredictor>>,
+    /// Memory budgets: the clients (Flower nodes) that declared their own memory.
+    declared: BTreeMap<usize, DeclaredMemory>,
     /// Clients that take part at all (sampled from each round).
     pub eligible: Vec<usize>,
     pub global: LayeredNet<B>,
@@ -86,6 +95,7 @@ impl<B: AutodiffBackend> Federation<B> {
             parts,
             clusters,
             predictor: None,
+            declared: BTreeMap::new(),
             eligible,
             global,
             strategy,
@@ -129,10 +139,22 @@ impl<B: AutodiffBackend> Federation<B> {
 
     /// [`Self::plans`], and the sampled clients whose memory budget fits no plan.
     pub fn plan_round(&self, round: usize) -> Result<RoundPlans, SimError> {
+        self.plan_round_among(round, None)
+    }
+
+    /// [`Self::plan_round`] among the clients that can be reached (`live`: a Flower
+    /// federation's connected nodes; `None`: all of them). With every eligible client live the
+    /// draw is the simulator's, so a federation that loses no node samples as `fedolf run`.
+    pub fn plan_round_among(&self, round: usize, live: Option<&[usize]>) -> Result<RoundPlans, SimError> {
         let seed = self.cfg.seed;
-        let mut picked: Vec<usize> = sample(&mut stream(seed, Purpose::ClientSampling, round as u64, 0), self.eligible.len(), self.per_round())
+        let candidates: Vec<usize> = match live {
+            Some(live) => self.eligible.iter().copied().filter(|k| live.contains(k)).collect(),
+            None => self.eligible.clone(),
+        };
+        let per_round = self.cfg.federation.clients_per_round.min(candidates.len());
+        let mut picked: Vec<usize> = sample(&mut stream(seed, Purpose::ClientSampling, round as u64, 0), candidates.len(), per_round)
             .into_iter()
-            .map(|i| self.eligible[i])
+            .map(|i| candidates[i])
             .collect();
         picked.sort_unstable();
         if self.cfg.federation.capacity == Capacity::Clusters {
@@ -142,13 +164,18 @@ impl<B: AutodiffBackend> Federation<B> {
         let fed = &self.cfg.federation;
         let mut out = RoundPlans { plans: Vec::with_capacity(picked.len()), sat_out: Vec::new() };
         for &k in &picked {
-            let budget_mb = round_budget_mb(fed.budgets_mb[self.clusters[k]], fed.budget_jitter, seed, round, k);
+            // A node that declared its memory is planned from its own budget and its own
+            // device's calibration; every other client from its budget profile.
+            let (budget_mb, predictor) = match self.declared.get(&k) {
+                Some(node) => (node.budget_mb, &node.predictor),
+                None => (round_budget_mb(fed.budgets_mb[self.clusters[k]], fed.budget_jitter, seed, round, k), self.predictor()?),
+            };
             // The least constrained level first (level c − 1: nothing frozen, full width);
             // the first whose predicted peak fits is the client's plan.
             let mut chosen = None;
             for level in (0..self.setup.levels).rev() {
-                let (mut candidate, predicted) = self.level_plan(round, k, level)?;
-                let predicted_mb = mb(predicted);
+                let mut candidate = self.plan_at(round, k, level)?;
+                let predicted_mb = mb(self.predict_with(predictor, &candidate, level, self.parts[k].len())?);
                 if predicted_mb <= budget_mb {
                     candidate.memory = Some(MemoryFit { budget_mb, predicted_mb });
                     chosen = Some(candidate);
@@ -163,6 +190,39 @@ impl<B: AutodiffBackend> Federation<B> {
         Ok(out)
     }
 
+    /// Memory budgets: client `client` (a Flower node) declares its own budget and the
+    /// calibration of the peak predictor it measured on its own device; its plans come from
+    /// these instead of its budget profile and the server's calibration.
+    pub fn declare_memory(&mut self, client: usize, budget_mb: f64, calibration: Calibration) -> Result<(), SimError> {
+        if self.cfg.federation.capacity != Capacity::Memory {
+            return Err(SimError::Config {
+                field: "federation.capacity",
+                problem: format!("client {client} declares {budget_mb} MB of memory, but the run plans by clusters; set federation.capacity = \"memory\" to plan from budgets"),
+            });
+        }
+        if client >= self.parts.len() {
+            return Err(SimError::Config { field: "federation.clients", problem: format!("client {client} declares its memory, but the run has {} clients", self.parts.len()) });
+        }
+        if !(budget_mb.is_finite() && budget_mb > 0.0) {
+            return Err(SimError::Config { field: "memory-mb", problem: format!("client {client} declares {budget_mb} MB: a budget is a positive number of MB") });
+        }
+        if calibration.rows.len() != self.setup.levels || calibration.batch != self.setup.training.batch_size {
+            return Err(SimError::Config {
+                field: "memory-mb",
+                problem: format!(
+                    "client {client}'s calibration has {} levels at batch {}, the run has {} levels at batch {}",
+                    calibration.rows.len(),
+                    calibration.batch,
+                    self.setup.levels,
+                    self.setup.training.batch_size
+                ),
+            });
+        }
+        let predictor = Mutex::new(PeakPredictor::new(calibration, self.setup.training.caches_prefix()));
+        self.declared.insert(client, DeclaredMemory { budget_mb, predictor });
+        Ok(())
+    }
+
     /// The strategy's plan for `client` at capacity level `level` (its cluster, or the level
     /// its budget allows) in `round`.
     fn plan_at(&self, round: usize, client: usize, level: usize) -> Result<ClientPlan, LocalError> {
@@ -171,7 +231,7 @@ impl<B: AutodiffBackend> Federation<B> {
 
     /// Memory budgets: the plan client `client` trains at capacity level `level` (of
     /// [`Self::levels`]; the last is the least constrained) in round `round`, and its
-    /// predicted training peak in bytes.
+    /// predicted training peak in bytes (from the server's calibration).
     pub fn level_plan(&self, round: usize, client: usize, level: usize) -> Result<(ClientPlan, u64), SimError> {
         let plan = self.plan_at(round, client, level)?;
         let predicted = self.predicted_peak(&plan, level, self.parts[client].len())?;
@@ -179,14 +239,21 @@ impl<B: AutodiffBackend> Federation<B> {
     }
 
     /// The predicted training peak (bytes) of `plan`, a plan at capacity `level`, on a client
-    /// with `samples`; the plan's
-    /// shape facts are worked out once (by building the client's model as the server would)
-    /// and cached.
+    /// with `samples`, from the server's calibration.
     pub fn predicted_peak(&self, plan: &ClientPlan, level: usize, samples: usize) -> Result<u64, SimError> {
-        let predictor = self.predictor.as_ref().ok_or_else(|| SimError::Config {
+        self.predict_with(self.predictor()?, plan, level, samples)
+    }
+
+    fn predictor(&self) -> Result<&Mutex<PeakPredictor>, SimError> {
+        self.predictor.as_ref().ok_or_else(|| SimError::Config {
             field: "federation.capacity",
             problem: "memory budgets need the peak predictor: call Federation::calibrate before planning".into(),
-        })?;
+        })
+    }
+
+    /// [`Self::predicted_peak`] with `predictor`; the plan's shape facts are worked out once
+    /// (by building the client's model as the server would) and cached.
+    fn predict_with(&self, predictor: &Mutex<PeakPredictor>, plan: &ClientPlan, level: usize, samples: usize) -> Result<u64, SimError> {
         let mut predictor = predictor.lock().expect("predictor lock");
         if let Some(facts) = predictor.facts(plan) {
             return Ok(predictor.predict(facts, level, samples));

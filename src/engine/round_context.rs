@@ -23,6 +23,7 @@ use crate::local::fake_quant::fake_int8_frozen;
 use crate::local::roles::LayerRole;
 use crate::local::training::{train_local, ClientData, LocalModel, LocalTraining};
 use crate::tensor::host::{layer_to_device, layer_to_host, model_to_device, HostLayer, HostSplit, HostUpload};
+use crate::runtime::backend::DeviceKind;
 use crate::runtime::memory::CountingAllocator;
 use crate::config::{Capacity, Config};
 use crate::engine::error::SimError;
@@ -57,6 +58,9 @@ pub struct ClientSetup {
     /// Depths after which the model carries exit heads (multi-exit methods).
     pub exit_depths: Vec<usize>,
     pub training: LocalTraining,
+    /// The device client rounds train on (recorded with each one): the run's `device`, or a
+    /// Flower node's own.
+    pub device: DeviceKind,
 }
 
 impl ClientSetup {
@@ -86,6 +90,7 @@ impl ClientSetup {
             levels,
             exit_depths: exit_depths_for::<B>(cfg.method, num_layers, levels),
             training: cfg.train.local_training(),
+            device: cfg.device,
         };
         Ok((setup, plain))
     }
@@ -287,6 +292,7 @@ impl RoundContext<'_> {
             train_loss: outcome.mean_loss,
             budget_mb: plan.memory.map(|m| m.budget_mb),
             predicted_mb: plan.memory.map(|m| m.predicted_mb),
+            device: self.setup.device.name().to_string(),
         };
         Ok(Trained { layers, record })
     }

@@ -58,14 +58,14 @@ pub fn rounds_csv(records: &[RoundRecord]) -> String {
     out
 }
 
-pub const CLIENTS_CSV_HEADER: &str = "round,client,cluster,frozen,samples,bytes_down,bytes_up,compute_s,peak_mem_mb,peak_extra_mb,train_loss,budget_mb,predicted_mb";
+pub const CLIENTS_CSV_HEADER: &str = "round,client,cluster,frozen,samples,bytes_down,bytes_up,compute_s,peak_mem_mb,peak_extra_mb,train_loss,budget_mb,predicted_mb,device";
 
 pub fn client_rows(records: &[ClientRecord]) -> String {
     records
         .iter()
         .map(|c| {
             format!(
-                "{},{},{},{},{},{},{},{:.4},{},{},{:.6},{},{}\n",
+                "{},{},{},{},{},{},{},{:.4},{},{},{:.6},{},{},{}\n",
                 c.round,
                 c.client,
                 c.cluster,
@@ -78,7 +78,8 @@ pub fn client_rows(records: &[ClientRecord]) -> String {
                 opt(c.peak_extra_mb),
                 c.train_loss,
                 opt(c.budget_mb),
-                opt(c.predicted_mb)
+                opt(c.predicted_mb),
+                c.device
             )
         })
         .collect()
