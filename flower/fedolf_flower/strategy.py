@@ -50,8 +50,11 @@ class FedolfStrategy(Strategy):
                 arrays = merged
         return arrays
 
-    def live_clients(self, grid: Grid) -> List[int]:
-        """Clients whose node Flower lists as connected and that has not been lost."""
+    def live_clients(self, grid: Optional[Grid]) -> Optional[List[int]]:
+        """Clients whose node Flower lists as connected and that has not been lost (`None`
+        without a grid to ask: every client)."""
+        if grid is None:
+            return None
         connected = set(grid.get_node_ids())
         return sorted(c for c, node in self.node_of_client.items() if node in connected and node not in self.lost)
 
@@ -61,7 +64,7 @@ class FedolfStrategy(Strategy):
         self.server.set_global(from_record(arrays))
         stats = [x for pair in self.server.stats() for x in pair]
         live = self.live_clients(grid)
-        if len(live) < len(self.node_of_client):
+        if live is not None and len(live) < len(self.node_of_client):
             gone = sorted(set(self.node_of_client) - set(live))
             log(INFO, "round %d: sampling among the %d live nodes (clients %s are gone)", server_round, len(live), gone)
         messages = []

@@ -32,6 +32,10 @@ pub struct Client {
     classes: usize,
     /// The normalised samples, for the statistics they were made with.
     normalised: Option<(Vec<(f32, f32)>, HostSplit)>,
+    /// Whether this process has trained once: the first round's one-time allocations
+    /// (thread pools, kernel scratch) are no round's cost, as the simulator's warm-up keeps
+    /// them out of its clients' peaks.
+    warmed_up: bool,
 }
 
 #[pymethods]
@@ -70,7 +74,7 @@ impl Client {
         let classes = DatasetKind::parse(&cfg.data.dataset).map_err(py_err)?.num_classes();
         // The setup only reads shapes from the model it builds: the CPU builds it for any device.
         let (setup, _) = ClientSetup::new::<fedolf::runtime::backend::CpuBackend>(&cfg, samples.shape, classes, &Default::default()).map_err(py_err)?;
-        Ok(Self { cfg, setup, samples, classes, normalised: None })
+        Ok(Self { cfg, setup, samples, classes, normalised: None, warmed_up: false })
     }
 
     #[getter]
@@ -107,7 +111,8 @@ impl Client {
         }
         let (_, train) = self.normalised.as_ref().expect("set just above");
         let payload = from_wire(&payload, "payload")?;
-        let task = TrainRound { setup: &self.setup, round, plan: &plan, payload: &payload, train, bytes_down };
+        let warm_up = !std::mem::replace(&mut self.warmed_up, true) && memory_on(self.setup.device).is_some();
+        let task = TrainRound { setup: &self.setup, round, plan: &plan, payload: &payload, train, bytes_down, warm_up };
         // Without the GIL: Flower's ClientApp process answers its SuperNode's heartbeats from
         // a Python thread, and a round longer than its patience would read as a dead app.
         let device = self.setup.device;
@@ -156,11 +161,19 @@ struct TrainRound<'a> {
     payload: &'a [(usize, HostLayer)],
     train: &'a HostSplit,
     bytes_down: u64,
+    /// Train once, unmeasured, on the first two batches before the measured round.
+    warm_up: bool,
 }
 
 impl BackendTask for TrainRound<'_> {
     type Output = Result<(Vec<(usize, HostLayer)>, ClientRecord), SimError>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        if self.warm_up {
+            let unmeasured = self.setup.round(self.round, self.train, None);
+            let local = unmeasured.rebuild::<B>(self.plan, self.payload, &device)?;
+            let first: Vec<usize> = (0..self.train.len().min(2 * self.setup.training.batch_size)).collect();
+            unmeasured.train(self.plan, local, self.bytes_down, &first, &device)?;
+        }
         let clients = self.setup.round(self.round, self.train, memory_on(self.setup.device));
         let local = clients.rebuild::<B>(self.plan, self.payload, &device)?;
         let indices: Vec<usize> = (0..self.train.len()).collect();
