@@ -122,6 +122,10 @@ def main(grid: Grid, context: Context) -> None:
         if per_round is not None and int(per_round) > len(nodes):
             log(INFO, "fedolf: %s clients per round configured, %d nodes: every node trains each round", per_round, len(nodes))
             overrides.append(f"federation.clients_per_round={len(nodes)}")
+        clusters = configured(config_toml, overrides, "federation", "clusters")
+        if clusters is not None and int(clusters) > len(nodes):
+            log(INFO, "fedolf: %s capacity clusters configured, %d nodes: %d clusters", clusters, len(nodes), len(nodes))
+            overrides.append(f"federation.clusters={len(nodes)}")
     server = fedolf.Server(config_toml, out_dir, overrides, resume or None)
     devices = ", ".join(f"client {pid}: {n['device']}" for pid, n in sorted(nodes.items()))
     log(INFO, "fedolf: %s on %s, %d nodes (%s), results in %s", server.method, server.dataset_source, len(nodes), devices, out_dir)
