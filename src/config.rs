@@ -452,6 +452,11 @@ impl Config {
         }
     }
 
+    /// Whether a checkpoint follows `round`: every `checkpoint_every` rounds, and the last.
+    pub fn checkpoint_due(&self, round: usize) -> bool {
+        (self.checkpoint_every > 0 && round % self.checkpoint_every == 0) || round == self.federation.rounds
+    }
+
     /// The config of one trial of a multi-seed run: this run with `seed`, as a single run.
     pub fn trial(&self, seed: u64) -> Config {
         Config { seed, seeds: Vec::new(), ..self.clone() }

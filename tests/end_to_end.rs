@@ -1,10 +1,13 @@
 //! The `fedolf` binary end to end on real Fashion-MNIST (the shipped subset): a short run
 //! learns, writes its three result files, is reproducible, and bad input fails clearly.
 
+mod results_csv;
 mod scratch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use results_csv::without_timing;
 
 fn subset() -> PathBuf {
     fedolf_datasets::shipped_subset_dir()
@@ -52,17 +55,6 @@ fn only_run_dir(out: &Path) -> PathBuf {
     dirs[0].clone()
 }
 
-/// `rounds.csv` without the machine-dependent columns.
-fn csv_without_timing(path: &Path) -> Vec<Vec<String>> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let keep: Vec<usize> = (0..header.len()).filter(|&i| !fedolf::io::report::TIMING_COLUMNS.contains(&header[i])).collect();
-    text.lines().map(|l| {
-        let cells: Vec<&str> = l.split(',').collect();
-        keep.iter().map(|&i| cells[i].to_string()).collect()
-    }).collect()
-}
 
 #[test]
 fn a_short_run_learns_and_writes_its_results() {
@@ -83,7 +75,7 @@ fn a_short_run_learns_and_writes_its_results() {
     let cfg: toml::Table = std::fs::read_to_string(dir.join("config.toml")).unwrap().parse().unwrap();
     assert_eq!(cfg["federation"]["rounds"].as_integer(), Some(3), "config.toml is the resolved config");
 
-    let rows = csv_without_timing(&dir.join("rounds.csv"));
+    let rows = without_timing(&dir.join("rounds.csv"));
     assert_eq!(rows.len(), 4, "header + 3 rounds");
     assert_eq!(rows[0][0], "round");
     // FedOLF with c = 2 on the CNN: frozen clients upload less than they download.
@@ -101,8 +93,8 @@ fn same_seed_gives_identical_rounds_except_timing() {
         let o = fedolf(&tiny_args(out.path(), 2));
         assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
     }
-    let ra = csv_without_timing(&only_run_dir(a.path()).join("rounds.csv"));
-    let rb = csv_without_timing(&only_run_dir(b.path()).join("rounds.csv"));
+    let ra = without_timing(&only_run_dir(a.path()).join("rounds.csv"));
+    let rb = without_timing(&only_run_dir(b.path()).join("rounds.csv"));
     assert_eq!(ra, rb);
 }
 
@@ -240,7 +232,7 @@ fn width_methods_at_full_width_train_exactly_like_fedavg() {
         let o = fedolf(&args);
         assert!(o.status.success(), "{method}: {}", String::from_utf8_lossy(&o.stderr));
         let dir = only_run_dir(out.path());
-        (csv_without_timing(&dir.join("rounds.csv")), csv_without_timing(&dir.join("clients.csv")))
+        (without_timing(&dir.join("rounds.csv")), without_timing(&dir.join("clients.csv")))
     };
     let fedavg = run("fedavg");
     for method in ["heterofl", "fjord"] {

@@ -9,13 +9,16 @@
 //! one they say so and pass, unless `FEDOLF_REQUIRE_FLOWER=1` (set in CI), where a missing
 //! environment fails.
 
+mod results_csv;
 mod scratch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// The two tests share the environment (each reinstalls the bindings): one at a time.
+use results_csv::without_timing;
+
+/// The tests share the environment (one reinstalls the bindings) and the CPU: one at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn venv() -> Option<PathBuf> {
@@ -105,15 +108,6 @@ fn wait_until(child: &mut Child, limit: Duration, what: &str, ready: impl Fn() -
         assert!(started.elapsed() < limit, "no {what} after {} s", limit.as_secs());
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Rows of a results CSV (header first) without the columns that time or measure the
-/// machine (`fedolf::io::report::TIMING_COLUMNS`).
-fn without_timing(path: &Path) -> Vec<Vec<String>> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
-    let keep: Vec<usize> = (0..header.len()).filter(|&i| !fedolf::io::report::TIMING_COLUMNS.contains(&header[i])).collect();
-    text.lines().map(|l| l.split(',').collect::<Vec<_>>()).map(|cells| keep.iter().map(|&i| cells[i].to_string()).collect()).collect()
 }
 
 /// A results CSV as maps from column name to value, one per row.

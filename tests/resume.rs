@@ -1,11 +1,14 @@
 //! Runs that survive: checkpoints, `--resume` after SIGINT giving the uninterrupted run's
 //! results bit for bit, `export`, the bare invocation's run folder, and NaN/inf handling.
 
+mod results_csv;
 mod scratch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use results_csv::without_timing;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fedolf"))
@@ -31,19 +34,6 @@ fn only_dir(out: &Path) -> PathBuf {
     let dirs: Vec<_> = std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs[0].clone()
-}
-
-/// A results CSV without the machine-dependent columns.
-fn without_timing(path: &Path) -> Vec<Vec<String>> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
-    let keep: Vec<usize> = (0..header.len()).filter(|&i| !fedolf::io::report::TIMING_COLUMNS.contains(&header[i])).collect();
-    text.lines()
-        .map(|l| {
-            let cells: Vec<&str> = l.split(',').collect();
-            keep.iter().map(|&i| cells.get(i).unwrap_or(&"").to_string()).collect()
-        })
-        .collect()
 }
 
 fn status(dir: &Path) -> String {

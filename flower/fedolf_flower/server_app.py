@@ -134,8 +134,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = FedolfStrategy(server, node_of_client, round_timeout)
     arrays = to_record(server.global_weights())
     if server.first_round == 1:
-        strategy.evaluate(0, arrays)
-        log(INFO, "initial accuracy: %.2f %%", 100 * strategy.initial[0])
+        log(INFO, "initial accuracy: %.2f %%", 100 * strategy.evaluate_initial(arrays)[0])
     else:
         log(INFO, "fedolf: resuming %s after round %d of %d", out_dir, server.first_round - 1, server.rounds)
     strategy.run(grid, arrays)

@@ -30,6 +30,7 @@ class FedolfStrategy(Strategy):
         self.server = server
         self.node_of_client = node_of_client
         self.round_timeout = round_timeout
+        # The records of the rounds this strategy ran (`Server.finish_round`'s JSON).
         self.records: List[dict] = []
         self.initial: Optional[Tuple[float, float]] = None
         # Nodes that missed a round: left out of every later round of this run.
@@ -137,14 +138,9 @@ class FedolfStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> Optional[MetricRecord]:
         return None
 
-    def evaluate(self, server_round: int, arrays: ArrayRecord) -> Optional[MetricRecord]:
-        """Flower's centralized evaluation hook: round 0 evaluates the initial model, later
-        rounds report what `aggregate_train` measured."""
-        if server_round == 0:
-            self.server.set_global(from_record(arrays))
-            self.initial = self.server.evaluate()
-            return MetricRecord({"accuracy": self.initial[0], "loss": self.initial[1]})
-        record = self.records[-1]
-        if record["accuracy"] is None:
-            return None
-        return MetricRecord({"accuracy": record["accuracy"], "loss": record["test_loss"]})
+    def evaluate_initial(self, arrays: ArrayRecord) -> Tuple[float, float]:
+        """The initial model's `(accuracy, test loss)` on the server's test split (later
+        rounds are evaluated in `aggregate_train`, as in `fedolf run`)."""
+        self.server.set_global(from_record(arrays))
+        self.initial = self.server.evaluate()
+        return self.initial

@@ -61,15 +61,7 @@ impl Server {
             // The checkpoint is read against this run's model (every tensor, its shape,
             // finite) before anything is written.
             let ckpt = Checkpoint::read(Path::new(run), &fed.host_global(), fed.setup.num_layers).map_err(py_err)?;
-            if ckpt.round > cfg.federation.rounds {
-                return Err(py_err(format!("{run}: the checkpoint holds {} rounds, the run has {}", ckpt.round, cfg.federation.rounds)));
-            }
-            fed.set_global(&ckpt.model).map_err(py_err)?;
-            fed.strategy.restore_state(ckpt.strategy_state).map_err(|e| py_err(format!("{run}: strategy state: {e}")))?;
-            if let Some(calibration) = ckpt.calibration {
-                fed.use_calibration(calibration);
-            }
-            records = ckpt.records;
+            records = fed.resume(ckpt).map_err(|e| py_err(format!("{run}: {e}")))?;
         }
         // Memory budgets: the peak predictor is calibrated here, on the server's CPU, for the
         // clients whose nodes declare no memory of their own (a resumed run keeps its own).
@@ -258,9 +250,8 @@ impl Server {
             dir.write_clients(&self.records).map_err(io)?;
             // The checkpoint `fedolf run` writes, on the same rounds: a federation whose
             // server stops resumes from here.
-            let (round, cfg) = (self.round, &self.fed.cfg);
-            if (cfg.checkpoint_every > 0 && round % cfg.checkpoint_every == 0) || round == cfg.federation.rounds {
-                self.fed.checkpoint(round, self.records.clone()).write(&dir.path).map_err(py_err)?;
+            if self.fed.cfg.checkpoint_due(self.round) {
+                self.fed.checkpoint(self.round, self.records.clone()).write(&dir.path).map_err(py_err)?;
             }
         }
         Ok(json)

@@ -332,6 +332,21 @@ impl<B: AutodiffBackend> Federation<B> {
         }
     }
 
+    /// Continue after `ckpt` (this run's checkpoint): its model, strategy state and
+    /// calibration replace the fresh ones (the strategy's inputs depend only on shapes, not
+    /// on the weights). Returns the records of its rounds.
+    pub fn resume(&mut self, ckpt: Checkpoint) -> Result<Vec<RoundRecord>, SimError> {
+        if ckpt.round > self.cfg.federation.rounds {
+            return Err(SimError::Resume(format!("the checkpoint holds {} rounds, the run has {}", ckpt.round, self.cfg.federation.rounds)));
+        }
+        self.set_global(&ckpt.model)?;
+        self.strategy.restore_state(ckpt.strategy_state).map_err(SimError::Resume)?;
+        if let Some(calibration) = ckpt.calibration {
+            self.use_calibration(calibration);
+        }
+        Ok(ckpt.records)
+    }
+
     /// The global model on the host.
     pub fn host_global(&self) -> Vec<HostLayer> {
         model_to_host(read_model(&self.global.valid()))

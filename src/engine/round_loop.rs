@@ -74,23 +74,12 @@ pub fn run_from<B: AutodiffBackend>(
     let workers = Workers::new(worker_layout)?;
     let mut fed = Federation::<B>::new(cfg, dataset, device)?;
 
-    // Resume: the checkpoint's model, strategy state and records replace the fresh ones (the
-    // strategy's inputs depend only on shapes, not on the weights).
+    // Resume: continue after the run folder's checkpoint.
     let mut records = Vec::with_capacity(cfg.federation.rounds);
-    let mut first_round = 1;
     if let Some(run_dir) = start.resume {
-        let ckpt = Checkpoint::read(run_dir, &fed.host_global(), fed.setup.num_layers)?;
-        if ckpt.round > cfg.federation.rounds {
-            return Err(SimError::Resume(format!("the checkpoint holds {} rounds, the run has {}", ckpt.round, cfg.federation.rounds)));
-        }
-        fed.set_global(&ckpt.model)?;
-        fed.strategy.restore_state(ckpt.strategy_state).map_err(SimError::Resume)?;
-        if let Some(calibration) = ckpt.calibration {
-            fed.use_calibration(calibration);
-        }
-        first_round = ckpt.round + 1;
-        records = ckpt.records;
+        records = fed.resume(Checkpoint::read(run_dir, &fed.host_global(), fed.setup.num_layers)?)?;
     }
+    let first_round = records.len() + 1;
     // Memory budgets: calibrate the peak predictor (unless the checkpoint held it), then
     // let every worker make its one-time allocations.
     if fed.calibration().is_none() {
@@ -142,7 +131,7 @@ pub fn run_from<B: AutodiffBackend>(
         let record = round_end.finish(&mut fed, wall.elapsed().as_secs_f64())?;
         observer.on_round(&record).map_err(|e| DataError::Io { path: "results".into(), source: e })?;
         records.push(record);
-        if (cfg.checkpoint_every > 0 && round % cfg.checkpoint_every == 0) || round == cfg.federation.rounds {
+        if cfg.checkpoint_due(round) {
             observer.on_checkpoint(&fed.checkpoint(round, records.clone()))?;
         }
     }
