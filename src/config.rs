@@ -138,6 +138,8 @@ pub struct Config {
     #[serde(default)]
     pub qsgd: QsgdConfig,
     #[serde(default)]
+    pub fedolf: FedOlfConfig,
+    #[serde(default)]
     pub heterofl: HeteroFlConfig,
     #[serde(default)]
     pub cocofl: CocoFlConfig,
@@ -214,6 +216,27 @@ impl Default for ScaleFlConfig {
     fn default() -> Self {
         Self { gamma: 1.0 }
     }
+}
+
+/// FedOLF options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FedOlfConfig {
+    /// The server's layer-wise rule (ARCHITECTURE.md, "FedOLF's server rule").
+    pub merge: LayerMerge,
+}
+
+/// How a layer's uploads replace it on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerMerge {
+    /// `θ_l ← Σ_{k∈S_l} n_k θ_{k,l} / Σ_{k∈S_l} n_k`: the uploaders' n_k-weighted mean
+    /// replaces the layer (the FedOLF authors' public code).
+    #[default]
+    Weighted,
+    /// `θ_l ← r·mean_{k∈S_l} θ_{k,l} + (1 − r)·θ_l`, `r = |S_l| / |C_t|`: the layer moves by
+    /// the share of the round's clients that trained it (CoCoFL's rule, the paper's [17]).
+    Blend,
 }
 
 /// HeteroFL options.

@@ -56,6 +56,45 @@ fn eq23_for_ordered_freezing_by_hand() {
     assert_eq!(t.optimizer, m.optimizer);
 }
 
+/// AlexNet on a CIFAR-10 image (3×32×32), counted by hand: each conv layer keeps its conv and
+/// ReLU maps (and the pool's, after conv 1, 2 and 5), each FC layer its output (and its
+/// ReLU's when hidden). ResNet20: the stem's conv, BN and ReLU maps plus the first block's
+/// (conv1, BN1, ReLU inside; conv2, BN2, the add and the ReLU outside: 7 maps of 16×32×32);
+/// a stride-2 block keeps 7 maps of 32×16×16 (option A's zero-padded skip keeps none); the
+/// head its pooled vector and logits.
+#[test]
+fn eq23_activation_terms_of_alexnet_and_resnet20_by_hand() {
+    let alexnet = ModelKind::AlexNet.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+    let got: Vec<(usize, usize)> = alexnet.layer_infos().iter().map(|i| (i.activation_elems, i.trainable_params)).collect();
+    let want = vec![
+        (2 * 64 * 32 * 32 + 64 * 16 * 16, 64 * 3 * 9 + 64),
+        (2 * 192 * 16 * 16 + 192 * 8 * 8, 192 * 64 * 9 + 192),
+        (2 * 384 * 8 * 8, 384 * 192 * 9 + 384),
+        (2 * 256 * 8 * 8, 256 * 384 * 9 + 256),
+        (2 * 256 * 8 * 8 + 256 * 4 * 4, 256 * 256 * 9 + 256),
+        (2 * 512, 4096 * 512 + 512),
+        (10, 512 * 10 + 10),
+    ];
+    assert_eq!(got, want);
+    // Eq. 23 at l = 4, batch 2: the image map of layer 5 (256×8×8, its weight gradient's
+    // input) and the activations of layers 5–7; weights of all seven layers.
+    let infos = alexnet.layer_infos();
+    let m = theoretical_memory(&infos, &fedolf::local::roles::ordered_roles(7, 4).unwrap(), 2, false);
+    assert_eq!(m.activations, 2 * (256 * 8 * 8 + want[4].0 + want[5].0 + want[6].0) as u64 * 4);
+    assert_eq!(m.gradients, (want[4].1 + want[5].1 + want[6].1) as u64 * 4);
+    assert_eq!(m.weights, want.iter().map(|w| w.1 as u64).sum::<u64>() * 4);
+
+    let resnet = ModelKind::ResNet20.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+    let infos = resnet.layer_infos();
+    assert_eq!(infos.len(), 10, "stem + block 1, eight blocks, the head");
+    assert_eq!(infos[0].activation_elems, 3 * 16 * 32 * 32 + 7 * 16 * 32 * 32);
+    assert_eq!(infos[0].trainable_params, 16 * 3 * 9 + 2 * 16 + 2 * (16 * 16 * 9 + 2 * 16));
+    assert_eq!(infos[0].buffer_elems, 3 * 2 * 16, "running mean and variance of three BNs");
+    assert_eq!(infos[3].activation_elems, 7 * 32 * 16 * 16, "the stride-2 block into stage 2");
+    assert_eq!(infos[3].trainable_params, 32 * 16 * 9 + 32 * 32 * 9 + 2 * 2 * 32);
+    assert_eq!(infos[9].activation_elems, 64 + 10);
+}
+
 #[test]
 fn random_freezing_keeps_frozen_layers_above_a_trained_one_in_the_graph() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);

@@ -19,8 +19,8 @@ fn tensor(name: &str, values: &[f32]) -> NamedTensor<Inner> {
 
 #[test]
 fn identical_uploads_return_that_upload() {
-    let global = ModelKind::ResNet20.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
-    let client = ModelKind::ResNet20.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+    let global = seeded::<Inner>(ModelKind::ResNet20, [3, 32, 32], 10, 1);
+    let client = seeded::<Inner>(ModelKind::ResNet20, [3, 32, 32], 10, 2);
     let g = read_model(&global);
     let c = read_model(&client);
     let uploads: Vec<LayerUpload<Inner>> = [3.0, 50.0, 7.0]
@@ -68,7 +68,7 @@ fn element_masks_keep_unheld_elements() {
 
 #[test]
 fn layers_nobody_trained_keep_their_value_and_bn_stats_average() {
-    let global = ModelKind::ResNet20.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+    let global = seeded::<Inner>(ModelKind::ResNet20, [3, 32, 32], 10, 3);
     let g = read_model(&global);
     // Two clients trained only layer 5; give their BN running means known values.
     let with_mean = |v: f32| -> Vec<NamedTensor<Inner>> {
@@ -115,7 +115,7 @@ fn mismatched_uploads_are_typed_errors() {
     let err = masked_weighted_average(&old, &[Upload { weight: f64::NAN, tensors: &old, masks: None }]).unwrap_err();
     assert!(matches!(err, AggregateError::BadWeight { .. }));
     // Writing a wrongly shaped layer into a model fails with the tensor named.
-    let net = ModelKind::Cnn.init::<Inner>([1, 28, 28], 10, &device()).unwrap();
+    let net = seeded::<Inner>(ModelKind::Cnn, [1, 28, 28], 10, 4);
     let mut params: Vec<_> = read_model(&net).into_iter().map(Some).collect();
     params[0] = Some(vec![tensor("Conv.conv.weight", &[0.0; 3]), tensor("Conv.conv.bias", &[0.0; 32])]);
     let err = write_model(net, &params).unwrap_err();

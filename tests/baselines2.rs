@@ -45,7 +45,7 @@ fn kl(p: &[f64], q: &[f64]) -> f64 {
 fn exit_heads_give_logits_at_every_depth_of_every_model() {
     for kind in ModelKind::ALL {
         for (input, classes) in [([1, 28, 28], 10), ([3, 32, 32], 100)] {
-            let net = kind.init::<Inner>(input, classes, &device()).unwrap();
+            let net = seeded::<Inner>(kind, input, classes, 1);
             let n = net.num_layers();
             let depths: Vec<usize> = (1..n).collect();
             let net = net.with_exits(&depths, &device()).unwrap();
@@ -57,7 +57,7 @@ fn exit_heads_give_logits_at_every_depth_of_every_model() {
                 assert_eq!(out.dims(), [2, classes], "{} {input:?}: output after depth {}", kind.name(), d + 1);
             }
             // A depth 0 or N exit is refused with the depth named.
-            let again = kind.init::<Inner>(input, classes, &device()).unwrap();
+            let again = seeded::<Inner>(kind, input, classes, 2);
             let err = again.with_exits(&[n], &device()).unwrap_err().to_string();
             assert!(err.contains(&format!("depth {n}")), "{err}");
         }
@@ -68,7 +68,7 @@ fn exit_heads_give_logits_at_every_depth_of_every_model() {
 fn resnet_exits_step_up_to_the_final_width() {
     // ResNet20 stages are 16, 32, 64 channels: an exit after block 1 (stage 1) needs two
     // stride-2 steps, after block 4 (stage 2) one, after block 7 (stage 3) none.
-    let net = ModelKind::ResNet20.init::<Inner>([3, 32, 32], 10, &device()).unwrap().with_exits(&[1, 4, 7], &device()).unwrap();
+    let net = seeded::<Inner>(ModelKind::ResNet20, [3, 32, 32], 10, 3).with_exits(&[1, 4, 7], &device()).unwrap();
     let steps: Vec<usize> = net
         .exits
         .iter()
@@ -79,7 +79,7 @@ fn resnet_exits_step_up_to_the_final_width() {
         .collect();
     assert_eq!(steps, vec![2, 1, 0]);
     // Models without exits hold none: FedOLF's model and bytes are unchanged.
-    assert!(ModelKind::ResNet20.init::<Inner>([3, 32, 32], 10, &device()).unwrap().exits.is_empty());
+    assert!(seeded::<Inner>(ModelKind::ResNet20, [3, 32, 32], 10, 4).exits.is_empty());
 }
 
 #[test]
@@ -123,7 +123,7 @@ fn scalefl_loss_weights_exits_by_depth_and_distills_from_the_deepest() {
 
 #[test]
 fn scalefl_turns_distillation_on_at_a_quarter_of_the_rounds() {
-    let net = ModelKind::Cnn.init::<Inner>([1, 28, 28], 10, &device()).unwrap();
+    let net = seeded::<Inner>(ModelKind::Cnn, [1, 28, 28], 10, 5);
     let layout = net.channel_spaces();
     let scalefl = strategy_for::<Train>(Method::Scalefl, &StrategyInputs::new(Download::Full));
     let objective_at = |round| {
@@ -145,7 +145,7 @@ fn scalefl_widths_match_a_share_of_the_parameters() {
     // of the full model's parameters; where the depth cut alone is already below that share
     // (AlexNet: its FC layers hold most parameters), the width stays 1.
     for (kind, clusters) in [(ModelKind::ResNet20, 5), (ModelKind::AlexNet, 5), (ModelKind::Cnn, 2)] {
-        let plain = kind.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+        let plain = seeded::<Inner>(kind, [3, 32, 32], 10, 6);
         let n = plain.num_layers();
         let full: usize = plain.layers.iter().map(fedolf::tensor::params::layer_numel).sum();
         let depths: Vec<usize> = (1..clusters).map(|l| n - l).collect();
@@ -182,7 +182,7 @@ fn adaptivefl_falls_back_to_the_largest_pool_model_that_fits() {
     assert_eq!(fit(&pool, 2, 100.0).params, 70);
     assert_eq!(fit(&pool, 3, 5.0).params, 10, "nothing fits: the smallest");
     // Through the strategy: a weak client (budget 1/4 of 100) never trains more than 25.
-    let net = ModelKind::Cnn.init::<Inner>([1, 28, 28], 10, &device()).unwrap();
+    let net = seeded::<Inner>(ModelKind::Cnn, [1, 28, 28], 10, 7);
     let layout = net.channel_spaces();
     let (pool, full) = fedolf::strategy::adaptivefl_pool(&net, &layout, 4, &device());
     let strategy = AdaptiveFl { pool: Some((pool.clone(), full)) };
@@ -200,20 +200,20 @@ fn adaptivefl_falls_back_to_the_largest_pool_model_that_fits() {
 fn depthfl_clients_upload_their_layers_and_the_exits_they_hold() {
     // CNN, c = 2: the weak client keeps conv blocks 1–2 and the exit after block 2 (global
     // entry 3 = N + 0); it neither runs nor uploads the classifier.
-    let global = ModelKind::Cnn.init::<Train>([1, 28, 28], 10, &device()).unwrap().with_exits(&[2], &device()).unwrap();
+    let global = seeded::<Train>(ModelKind::Cnn, [1, 28, 28], 10, 8).with_exits(&[2], &device()).unwrap();
     let local = LocalModel::from_roles(&global, &[LayerRole::Trained, LayerRole::Trained, LayerRole::Skipped]).unwrap();
     let uploaded: Vec<usize> = local.trained_layers().into_iter().map(|(i, _)| i).collect();
     assert_eq!(uploaded, vec![0, 1, 3]);
     let (x, _) = random_batch::<Inner>(3, [1, 28, 28], 10, 2);
     assert_eq!(local.forward(x).dims(), [3, 10]);
     // A cut without an exit head there is refused.
-    let plain = ModelKind::Cnn.init::<Train>([1, 28, 28], 10, &device()).unwrap();
+    let plain = seeded::<Train>(ModelKind::Cnn, [1, 28, 28], 10, 9);
     assert!(LocalModel::from_roles(&plain, &[LayerRole::Trained, LayerRole::Trained, LayerRole::Skipped]).is_err());
 }
 
 #[test]
 fn nefl_skips_the_deepest_identity_blocks_and_a_skipped_block_is_the_identity() {
-    let global = ModelKind::ResNet20.init::<Train>([3, 32, 32], 10, &device()).unwrap();
+    let global = seeded::<Train>(ModelKind::ResNet20, [3, 32, 32], 10, 10);
     let layout = global.channel_spaces();
     // ResNet20 layers: 0 stem+block 1, 1–2 stage 1, 3 (downsampling) 4–5 stage 2, 6
     // (downsampling) 7–8 stage 3, 9 head. Identity blocks deepest first: 8, 7, 5, 4.

@@ -78,11 +78,35 @@ fn a_short_run_learns_and_writes_its_results() {
     let rows = without_timing(&dir.join("rounds.csv"));
     assert_eq!(rows.len(), 4, "header + 3 rounds");
     assert_eq!(rows[0][0], "round");
-    // FedOLF with c = 2 on the CNN: frozen clients upload less than they download.
-    let text = std::fs::read_to_string(dir.join("rounds.csv")).unwrap();
-    let first: Vec<&str> = text.lines().nth(1).unwrap().split(',').collect();
-    let (down, up): (u64, u64) = (first[5].parse().unwrap(), first[6].parse().unwrap());
-    assert!(up <= down && up > 0, "down {down} up {up}");
+    // FedOLF with c = 2 on the CNN: a client of the weak cluster freezes conv block 1 and
+    // uploads less than it downloads; a client of the strong cluster uploads what it got.
+    let (frozen, full) = client_bytes(&dir);
+    assert!(!frozen.is_empty() && !full.is_empty(), "both clusters sampled in 3 rounds: frozen {frozen:?}, full {full:?}");
+    for (down, up) in &frozen {
+        assert!(up < down && *up > 0, "a frozen client: down {down} up {up}");
+    }
+    for (down, up) in &full {
+        assert_eq!(up, down, "a client that froze nothing uploads the whole model");
+    }
+    // Every frozen client uploads the same layers: the model less conv block 1.
+    assert!(frozen.iter().all(|(d, u)| d - u == frozen[0].0 - frozen[0].1));
+}
+
+/// `(bytes_down, bytes_up)` of every client round of a run, split by whether the client froze
+/// a layer (`clients.csv`'s `frozen` column).
+fn client_bytes(dir: &Path) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    let text = std::fs::read_to_string(dir.join("clients.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("clients.csv has no {name}"));
+    let (f, d, u) = (col("frozen"), col("bytes_down"), col("bytes_up"));
+    let (mut frozen, mut full) = (Vec::new(), Vec::new());
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        let bytes = (cells[d].parse().unwrap(), cells[u].parse().unwrap());
+        if cells[f].parse::<usize>().unwrap() > 0 { frozen.push(bytes) } else { full.push(bytes) }
+    }
+    (frozen, full)
 }
 
 #[test]
@@ -181,6 +205,13 @@ fn every_method_runs_three_rounds_above_chance() {
         assert!(acc > 0.2, "{}: accuracy {acc} after 3 rounds (chance is 0.1)", method.name());
         let clients = std::fs::read_to_string(dir.join("clients.csv")).unwrap();
         assert!(clients.lines().count() > 3, "{}: clients.csv has per-client rows", method.name());
+        // The freezing methods froze layers on some client; FedAvg never does.
+        let (frozen, _) = client_bytes(&dir);
+        match method.name() {
+            "fedolf" | "random-freeze" | "tinyfel" | "cocofl" => assert!(!frozen.is_empty(), "{}: no client froze a layer", method.name()),
+            "fedavg" | "fedavg-drop" => assert!(frozen.is_empty(), "{}: a client froze a layer", method.name()),
+            _ => {}
+        }
     }
 }
 

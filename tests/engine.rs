@@ -125,3 +125,57 @@ fn the_frozen_prefix_cache_trains_like_the_uncached_run() {
         assert_eq!(plain[..frozen], cached[..frozen]);
     }
 }
+
+/// The engine weights each upload by its client's sample count n_k: checked on the uploads
+/// themselves, and on the merged global model against a host-side n_k-weighted mean of those
+/// uploads (layer by layer over the clients that uploaded it), not through the merge code.
+#[test]
+fn the_engine_weights_each_upload_by_its_own_sample_count() {
+    use fedolf::engine::federation::Federation;
+    let overrides: Vec<String> = [
+        "data.train_limit=1200",
+        "data.test_limit=100",
+        "data.min_size=10",
+        "federation.clients=6",
+        "federation.clients_per_round=4",
+        "federation.clusters=2",
+        "federation.rounds=1",
+        "train.epochs=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let cfg = Config::from_toml(DEFAULT_TOML, "default", &overrides).unwrap();
+    let dataset = engine::load_dataset(&cfg).unwrap();
+    let mut fed = Federation::<Train>::new(&cfg, &dataset, &device()).unwrap();
+    let plans = fed.plans(1).unwrap();
+    let before = fed.host_global();
+    let mut uploads = Vec::new();
+    {
+        let ctx = fed.round_context(1, None);
+        for plan in &plans {
+            let part = &fed.parts[plan.client];
+            let result = ctx.run::<Train>(plan, &before, part, &device()).unwrap();
+            assert_eq!(result.upload.weight, part.len() as f64, "client {}", plan.client);
+            uploads.push(result.upload);
+        }
+    }
+    let sizes: Vec<usize> = plans.iter().map(|p| fed.parts[p.client].len()).collect();
+    assert!(sizes.windows(2).any(|w| w[0] != w[1]), "the check needs unequal n_k: {sizes:?}");
+    assert!(plans.iter().any(|p| p.frozen() > 0) && plans.iter().any(|p| p.frozen() == 0), "both clusters sampled");
+    fed.merge(&uploads, &plans).unwrap();
+    let after = fed.host_global();
+    for (l, layer) in after.iter().enumerate() {
+        let held: Vec<(f64, &fedolf::tensor::host::HostLayer)> =
+            uploads.iter().filter_map(|u| u.layers.iter().find(|(i, _)| *i == l).map(|(_, t)| (u.weight, t))).collect();
+        for (i, tensor) in layer.iter().enumerate() {
+            let want: Vec<f32> = if held.is_empty() {
+                before[l][i].values.clone()
+            } else {
+                let total: f64 = held.iter().map(|h| h.0).sum();
+                (0..tensor.values.len()).map(|e| (held.iter().map(|(w, t)| w * t[i].values[e] as f64).sum::<f64>() / total) as f32).collect()
+            };
+            assert!(max_abs_diff(&tensor.values, &want) < 1e-5, "layer {l} `{}`: not the n_k-weighted mean of its uploaders", tensor.name);
+        }
+    }
+}

@@ -34,7 +34,7 @@ fn weight_dims(layer: &Layer<Inner>) -> Vec<Vec<usize>> {
 fn heterofl_prunes_conv_channels_and_keeps_fc_layers_whole() {
     // AlexNet on CIFAR at r = 0.5: conv5 keeps 128 of 256 filters; FC1 reads the 128 kept
     // channels' 4×4 columns and keeps all 512 neurons; the classifier is [512, 10].
-    let g = ModelKind::AlexNet.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+    let g = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 1);
     let layout = g.channel_spaces();
     let hetero = strategy_for::<Train>(Method::Heterofl, &StrategyInputs::new(Download::Full));
     let ctx = PlanContext { num_layers: 7, levels: 2, round: 1, rounds: 1, layout: &layout };
@@ -57,7 +57,7 @@ fn heterofl_prunes_conv_channels_and_keeps_fc_layers_whole() {
 
 #[test]
 fn the_paper_cnn_has_one_linear_classifier_and_fedavg_cnn_a_hidden_layer() {
-    let paper = ModelKind::Cnn.init::<Inner>([1, 28, 28], 47, &device()).unwrap();
+    let paper = seeded::<Inner>(ModelKind::Cnn, [1, 28, 28], 47, 2);
     // conv 1·32·25 + 32, conv 32·64·25 + 64, linear 64·7·7·47 + 47.
     assert_eq!(paper.num_params(), (800 + 32) + (51_200 + 64) + (3136 * 47 + 47));
     let fedavg = ModelKind::Cnn.init_with::<Inner>([1, 28, 28], 47, &options(512, Shortcut::A), &device()).unwrap();
@@ -108,7 +108,7 @@ fn running_stats(net: &LayeredNet<Inner>, layer: usize) -> Vec<Vec<f32>> {
 
 #[test]
 fn frozen_batch_norm_in_the_graph_uses_and_keeps_running_statistics() {
-    let global = ModelKind::ResNet20.init::<Train>([3, 32, 32], 10, &device()).unwrap();
+    let global = seeded::<Train>(ModelKind::ResNet20, [3, 32, 32], 10, 3);
     // Non-trivial running statistics, as after some rounds: one training-mode pass.
     let (x, y) = random_batch::<Inner>(16, [3, 32, 32], 10, 3);
     let global = fedolf::strategy::recompute_bn_statistics(global, &x, 16);
@@ -140,7 +140,7 @@ fn frozen_batch_norm_in_the_graph_uses_and_keeps_running_statistics() {
 fn tinyfel_trains_exactly_like_fedolf_on_resnet20() {
     // Same frozen function (BN on running statistics either way), same gradients for the
     // trained layers: one local round gives the same weights.
-    let global = ModelKind::ResNet20.init::<Train>([3, 32, 32], 10, &device()).unwrap();
+    let global = seeded::<Train>(ModelKind::ResNet20, [3, 32, 32], 10, 4);
     let (x, y) = random_batch::<Inner>(16, [3, 32, 32], 10, 4);
     let global = fedolf::strategy::recompute_bn_statistics(global, &x, 16);
     let indices: Vec<usize> = (0..16).collect();
@@ -169,7 +169,7 @@ fn tinyfel_trains_exactly_like_fedolf_on_resnet20() {
 
 #[test]
 fn qsgd_quantizes_weights_and_sends_batch_norm_buffers_exactly() {
-    let net = ModelKind::ResNet20.init::<Train>([3, 32, 32], 10, &device()).unwrap();
+    let net = seeded::<Train>(ModelKind::ResNet20, [3, 32, 32], 10, 5);
     let (x, _) = random_batch::<Inner>(8, [3, 32, 32], 10, 5);
     let net = fedolf::strategy::recompute_bn_statistics(net, &x, 8).valid();
     let (prefix, _) = net.split_at(2).unwrap();
@@ -217,7 +217,7 @@ fn a_random_width_resnet_with_option_a_skips_trains() {
     // Feddrop keeps random channels: the option A skip then scatters the kept input channels
     // that survive into the kept output channels (select + select_assign), and gradients
     // flow back through it.
-    let g = ModelKind::ResNet20.init::<Train>([3, 32, 32], 10, &device()).unwrap();
+    let g = seeded::<Train>(ModelKind::ResNet20, [3, 32, 32], 10, 6);
     let layout = g.channel_spaces();
     let spec = WidthSpec::random(&layout, 0.5, &mut rand_chacha::ChaCha8Rng::seed_from_u64(5));
     let sub = fedolf::tensor::params::mark_trainable(LayeredNet::<Train>::from_inner(extract(g.valid(), &layout, &spec, &device())));

@@ -20,7 +20,7 @@ fn settings() -> LocalTraining {
 fn frozen_layers_are_bit_identical_and_active_layers_change() {
     for (kind, l) in [(ModelKind::ResNet20, 4), (ModelKind::AlexNet, 3), (ModelKind::Cnn, 1)] {
         let shape = [3, 32, 32];
-        let global = kind.init::<Train>(shape, 10, &device()).unwrap();
+        let global = seeded::<Train>(kind, shape, 10, 1);
         let before = host_params(&global);
         let (x, y) = random_batch::<Inner>(24, shape, 10, 7);
         let indices: Vec<usize> = (0..24).collect();
@@ -55,30 +55,62 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradProbe<'_, B> {
     }
 }
 
-#[test]
-fn gradients_exist_only_for_active_parameters() {
-    let global = ModelKind::AlexNet.init::<Train>([3, 32, 32], 10, &device()).unwrap();
-    let l = 4;
-    let split = LocalModel::ordered(&global, l).unwrap();
+/// Where each layer of a split ran in one forward/backward: `(layers outside the graph,
+/// layers in it, parameters in the graph with a gradient, parameters in the graph)`.
+fn graph_census(split: &LocalModel<Train>) -> (usize, usize, usize, usize) {
     let (x, y) = random_batch::<Inner>(4, [3, 32, 32], 10, 9);
     let logits = split.forward(x);
     let loss = burn::nn::loss::CrossEntropyLossConfig::new().init::<Train>(&device()).forward(logits, Tensor::from_inner(y));
     let grads = loss.backward();
-    // The frozen prefix (lifted back to autodiff) has no gradient anywhere...
-    let frozen = fedolf::models::LayeredNet::<Train>::from_inner(split.no_graph.clone());
-    let mut probe = GradProbe::<Train> { grads: &grads, with_grad: Vec::new() };
-    frozen.visit(&mut probe);
-    assert!(!probe.with_grad.is_empty());
-    assert!(probe.with_grad.iter().all(|g| !g), "a frozen parameter got a gradient");
-    // ...and every active parameter has one.
     let mut probe = GradProbe::<Train> { grads: &grads, with_grad: Vec::new() };
     split.graph.visit(&mut probe);
-    assert!(probe.with_grad.iter().all(|g| *g), "an active parameter got no gradient");
+    let with = probe.with_grad.iter().filter(|g| **g).count();
+    (split.no_graph.num_layers(), split.graph.num_layers(), with, probe.with_grad.len())
+}
+
+/// FedOLF's frozen prefix never enters the autodiff graph: the split holds the l frozen
+/// layers on the inner backend (no graph node can be made there: its tensors have no
+/// autodiff type), and the graph holds only the N − l trained layers, every parameter of
+/// which gets a gradient. A prefix deliberately kept in the graph (frozen with
+/// `require_grad = false`, as random freezing does) fails the same census.
+#[test]
+fn the_frozen_prefix_runs_outside_the_graph_and_only_trained_parameters_get_gradients() {
+    let global = seeded::<Train>(ModelKind::AlexNet, [3, 32, 32], 10, 3);
+    let n = global.num_layers();
+    let l = 4;
+    let split = LocalModel::ordered(&global, l).unwrap();
+    let trained_params: usize = global.layers[l..].iter().map(|layer| {
+        let mut probe = CountParams(0);
+        layer.visit(&mut probe);
+        probe.0
+    }).sum();
+    assert_eq!(graph_census(&split), (l, n - l, trained_params, trained_params));
+    // The prefix outside the graph holds the global's frozen weights, unchanged.
+    let prefix = fedolf::tensor::params::read_model(&split.no_graph);
+    let global_prefix = fedolf::tensor::params::read_model(&global.valid());
+    for (a, b) in prefix.iter().zip(&global_prefix[..l]) {
+        assert_eq!(host_layer(a), host_layer(b));
+    }
+    // The census can fail: the same frozen layers inside the graph.
+    let mut roles = vec![fedolf::local::roles::LayerRole::FrozenInGraph; l];
+    roles.extend(vec![fedolf::local::roles::LayerRole::Trained; n - l]);
+    let in_graph = LocalModel::from_roles(&global, &roles).unwrap();
+    let census = graph_census(&in_graph);
+    assert_ne!(census, (l, n - l, trained_params, trained_params), "a prefix in the graph passed the census");
+    assert_eq!((census.0, census.1, census.2), (0, n, trained_params), "in the graph, still only trained parameters get gradients");
+}
+
+struct CountParams(usize);
+
+impl<B: Backend> ModuleVisitor<B> for CountParams {
+    fn visit_float<const D: usize>(&mut self, _param: &Param<Tensor<B, D>>) {
+        self.0 += 1;
+    }
 }
 
 #[test]
 fn frozen_count_must_leave_a_trainable_layer() {
-    let global = ModelKind::Cnn.init::<Train>([1, 28, 28], 10, &device()).unwrap();
+    let global = seeded::<Train>(ModelKind::Cnn, [1, 28, 28], 10, 3);
     let err = LocalModel::ordered(&global, 3).unwrap_err();
     assert_eq!(err, LocalError::TooManyFrozen { frozen: 3, num_layers: 3 });
     assert!(err.to_string().contains("below the model's 3 layers"));
@@ -86,7 +118,7 @@ fn frozen_count_must_leave_a_trainable_layer() {
 
 #[test]
 fn divergence_is_reported_not_hidden() {
-    let global = ModelKind::Cnn.init::<Train>([1, 28, 28], 10, &device()).unwrap();
+    let global = seeded::<Train>(ModelKind::Cnn, [1, 28, 28], 10, 4);
     let (x, y) = random_batch::<Inner>(16, [1, 28, 28], 10, 3);
     let x = x * 1e30; // overflows the logits
     let indices: Vec<usize> = (0..16).collect();

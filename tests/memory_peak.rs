@@ -27,7 +27,7 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
 
     let shape = [3, 32, 32];
     let batch = 32;
-    let global = ModelKind::ResNet20.init::<Train>(shape, 100, &device()).unwrap();
+    let global = seeded::<Train>(ModelKind::ResNet20, shape, 100, 1);
     let (x, y) = random_batch::<Inner>(batch, shape, 100, 5);
     let indices: Vec<usize> = (0..batch).collect();
     let data = ClientData { images: &x, labels: &y, indices: &indices };
@@ -74,7 +74,7 @@ fn absolute_peak_holds_the_model_and_falls_with_toa() {
         seed: 1,
     };
     let rows = probe_memory::<Train>(&spec, &device(), &ALLOC, &mut |_| {}).unwrap();
-    let model_bytes = 4 * fedolf::tensor::params::read_model(&ModelKind::ResNet20.init::<Inner>([3, 32, 32], 100, &device()).unwrap())
+    let model_bytes = 4 * fedolf::tensor::params::read_model(&seeded::<Inner>(ModelKind::ResNet20, [3, 32, 32], 100, 2))
         .iter()
         .flatten()
         .map(|t| t.numel() as u64)

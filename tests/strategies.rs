@@ -272,3 +272,88 @@ fn fake_int8_touches_only_frozen_weights_and_training_still_runs() {
     assert_ne!(after[0], graph[0]);
     assert_eq!(after[1], graph[1]);
 }
+
+/// FedOLF at c = 5 on AlexNet (N = 7): cluster i (1..5, 0-based 0..4) freezes l = 5 − i =
+/// 4, 3, 2, 1, 0 layers outside the graph and trains the rest; TOA only where l ≥ 2; QSGD
+/// wherever something is frozen.
+#[test]
+fn fedolf_plans_c5_levels_and_toa_only_from_two_frozen_layers() {
+    use fedolf::compress::toa::{ToaMode, ToaSettings};
+    let layout = layout(7);
+    let ctx = PlanContext { num_layers: 7, levels: 5, round: 1, rounds: 10, layout: &layout };
+    let toa = Download::Toa(ToaSettings::new(0.5, ToaMode::Paper).unwrap());
+    let fedolf = strategy_for::<Train>(Method::Fedolf, &StrategyInputs::new(toa));
+    let mut levels = Vec::new();
+    for cluster in 0..5 {
+        let plan = fedolf.plan(&ctx, 3, cluster, &mut rng(1)).unwrap();
+        let l = plan.frozen();
+        levels.push(l);
+        assert_eq!(plan.roles[..l], vec![LayerRole::FrozenNoGraph; l][..], "cluster {cluster}");
+        assert_eq!(plan.roles[l..], vec![LayerRole::Trained; 7 - l][..], "cluster {cluster}");
+        assert_eq!(plan.download, if l >= 2 { toa } else { Download::Full }, "cluster {cluster} (l = {l})");
+        assert!(plan.width.is_none());
+    }
+    assert_eq!(levels, vec![4, 3, 2, 1, 0]);
+    let qsgd = Download::Qsgd(QsgdSettings::new(8, 128).unwrap());
+    let fedolf = strategy_for::<Train>(Method::Fedolf, &StrategyInputs::new(qsgd));
+    let downloads: Vec<Download> = (0..5).map(|c| fedolf.plan(&ctx, 3, c, &mut rng(1)).unwrap().download).collect();
+    assert_eq!(downloads, vec![qsgd, qsgd, qsgd, qsgd, Download::Full]);
+}
+
+fn named(values: &[f32]) -> Vec<NamedTensor<Inner>> {
+    vec![NamedTensor { name: "w".into(), shape: vec![values.len()], value: Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), &device()) }]
+}
+
+/// Three clients with different layers and unequal n_k, merged by hand. Global: L0 = [100],
+/// L1 = [100, 100], L2 = [100], L3 = [100]. A (n = 1) uploads L1 = [0, 4], L2 = [10];
+/// B (n = 3) uploads L2 = [2]; C (n = 4) uploads L0 = [8], L1 = [8, 0], L2 = [6].
+fn three_uploaders() -> (Vec<Vec<NamedTensor<Inner>>>, Vec<LayerUpload<Inner>>) {
+    let global = vec![named(&[100.0]), named(&[100.0, 100.0]), named(&[100.0]), named(&[100.0])];
+    let uploads = vec![
+        LayerUpload::whole(1.0, vec![(1, named(&[0.0, 4.0])), (2, named(&[10.0]))]),
+        LayerUpload::whole(3.0, vec![(2, named(&[2.0]))]),
+        LayerUpload::whole(4.0, vec![(0, named(&[8.0])), (1, named(&[8.0, 0.0])), (2, named(&[6.0]))]),
+    ];
+    (global, uploads)
+}
+
+fn merged_values(out: Vec<Option<Vec<NamedTensor<Inner>>>>) -> Vec<Option<Vec<f32>>> {
+    out.into_iter().map(|l| l.map(|t| to_vec(&t[0].value))).collect()
+}
+
+#[test]
+fn fedolf_merges_each_layer_over_its_own_uploaders_under_both_rules() {
+    let (global, uploads) = three_uploaders();
+    let plans = |n: usize| -> Vec<fedolf::strategy::ClientPlan> {
+        let layout = layout(4);
+        let ctx = PlanContext { num_layers: 4, levels: 1, round: 1, rounds: 1, layout: &layout };
+        let s = strategy_for::<Train>(Method::Fedavg, &StrategyInputs::new(Download::Full));
+        (0..n).map(|k| s.plan(&ctx, k, 0, &mut rng(1)).unwrap()).collect()
+    };
+    // Weighted (the default): L0 = C's; L1 = (1·[0, 4] + 4·[8, 0]) / 5; L2 = (10 + 3·2 + 4·6) / 8.
+    let mut weighted = strategy_for::<Train>(Method::Fedolf, &StrategyInputs::new(Download::Full));
+    let got = merged_values(weighted.merge(&global, &uploads, &plans(3)).unwrap());
+    let want = vec![Some(vec![8.0]), Some(vec![6.4, 0.8]), Some(vec![5.0]), None];
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.is_some(), w.is_some());
+        if let (Some(g), Some(w)) = (g, w) {
+            assert!(max_abs_diff(g, w) < 1e-5, "weighted: {got:?} vs {want:?}");
+        }
+    }
+    // Blend ([17]): r = uploaders / participants, the uploaders' plain mean.
+    // L0: r = 1/3, 8/3 + 200/3; L1: r = 2/3, mean [4, 2]; L2: r = 1, mean 6.
+    let mut inputs = StrategyInputs::new(Download::Full);
+    inputs.fedolf_merge = fedolf::config::LayerMerge::Blend;
+    let mut blend = strategy_for::<Train>(Method::Fedolf, &inputs);
+    let got = merged_values(blend.merge(&global, &uploads, &plans(3)).unwrap());
+    let want = vec![Some(vec![(8.0 + 200.0) / 3.0]), Some(vec![(8.0 + 100.0) / 3.0, (4.0 + 100.0) / 3.0]), Some(vec![6.0]), None];
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.is_some(), w.is_some());
+        if let (Some(g), Some(w)) = (g, w) {
+            assert!(max_abs_diff(g, w) < 1e-4, "blend: {got:?} vs {want:?}");
+        }
+    }
+    // With a fourth participant that uploaded nothing (r shrinks), L2 moves by 3/4 only.
+    let got = merged_values(blend.merge(&global, &uploads, &plans(4)).unwrap());
+    assert!((got[2].as_ref().unwrap()[0] - (0.75 * 6.0 + 25.0)).abs() < 1e-4, "{got:?}");
+}

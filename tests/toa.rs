@@ -57,7 +57,7 @@ fn selection_frequency_tracks_norm_proportional_probability() {
 /// Mean over draws of layer 1's pre-activation computed from a TOA-sparsified layer 0,
 /// against the full pre-activation. Returns the relative error ‖mean − full‖ / ‖full‖.
 fn preactivation_bias(mode: ToaMode, draws: usize) -> f32 {
-    let net = ModelKind::AlexNet.init::<Inner>([1, 16, 16], 10, &device()).unwrap();
+    let net = seeded::<Inner>(ModelKind::AlexNet, [1, 16, 16], 10, 1);
     let (x, _) = random_batch::<Inner>(2, [1, 16, 16], 10, 3);
     let pre = |prefix: &LayeredNet<Inner>| -> Tensor<Inner, 4> {
         let Features::Map(h) = prefix.forward_range(Features::Map(x.clone()), 0, 1).unwrap() else { unreachable!() };
@@ -96,7 +96,7 @@ fn unbiased_modes_reproduce_the_full_preactivation_in_expectation() {
 #[test]
 fn last_frozen_output_shape_is_unchanged_and_server_untouched() {
     for (kind, l) in [(ModelKind::AlexNet, 4), (ModelKind::ResNet20, 4), (ModelKind::ResNet44, 3)] {
-        let global = kind.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+        let global = seeded::<Inner>(kind, [3, 32, 32], 10, 2);
         let before = host_params(&global);
         let (x, _) = random_batch::<Inner>(2, [3, 32, 32], 10, 1);
         let (prefix, _) = global.clone().split_at(l).unwrap();
@@ -114,7 +114,7 @@ fn last_frozen_output_shape_is_unchanged_and_server_untouched() {
 #[test]
 fn alexnet_s_quarter_sends_about_sixteen_percent_of_frozen_parameters() {
     // Paper Fig. 13: s = 0.25 with 4 frozen layers transmits ≈16% of the frozen parameters.
-    let net = ModelKind::AlexNet.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+    let net = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 3);
     let (prefix, _) = net.split_at(4).unwrap();
     let (_, report) = sparsify_prefix(prefix, ToaSettings::new(0.25, ToaMode::Paper).unwrap(), &mut rng(5)).unwrap();
     let frac = report.sent_fraction();
@@ -123,7 +123,7 @@ fn alexnet_s_quarter_sends_about_sixteen_percent_of_frozen_parameters() {
 
 #[test]
 fn toa_needs_two_frozen_layers_and_a_valid_scale() {
-    let net = ModelKind::AlexNet.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+    let net = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 4);
     let (prefix, _) = net.split_at(1).unwrap();
     let (_, report) = sparsify_prefix(prefix, ToaSettings::new(0.25, ToaMode::Paper).unwrap(), &mut rng(5)).unwrap();
     assert_eq!(report.frozen_sent_elems, report.frozen_full_elems, "one frozen layer: nothing to sparsify");
@@ -134,3 +134,114 @@ fn toa_needs_two_frozen_layers_and_a_valid_scale() {
     }
 }
 
+
+/// Exact inclusion probabilities of `paper` mode's scheme, k draws without replacement, each
+/// ∝ p among the tensors not yet drawn (Efraimidis–Spirakis keys give exactly this law): a
+/// walk over the subsets drawn so far, `P(S ∪ {j}) += P(S) · p_j / (1 − Σ_S p)`.
+fn successive_inclusion(p: &[f64], k: usize) -> Vec<f64> {
+    let h = p.len();
+    let mut reach = vec![0.0f64; 1 << h];
+    reach[0] = 1.0;
+    let mut pi = vec![0.0; h];
+    for set in 0usize..(1 << h) {
+        let (size, prob) = (set.count_ones() as usize, reach[set]);
+        if prob == 0.0 {
+            continue;
+        }
+        if size == k {
+            for (j, v) in pi.iter_mut().enumerate() {
+                if set & (1 << j) != 0 {
+                    *v += prob;
+                }
+            }
+            continue;
+        }
+        let left: f64 = 1.0 - (0..h).filter(|j| set & (1 << j) != 0).map(|j| p[j]).sum::<f64>();
+        for j in (0..h).filter(|j| set & (1 << j) == 0) {
+            reach[set | (1 << j)] += prob * p[j] / left;
+        }
+    }
+    pi
+}
+
+/// TOA's draw with k > 1 on a real layer: ResNet20's first inner convolution (16 filters, the
+/// inner-channel TOA site), whose norms `toa_norms` gives as each filter's Frobenius norm.
+/// A trained layer's filters differ in norm far more than a fresh draw's, so filter j is
+/// scaled by 1 + j/3 first. Inclusion frequencies of `paper` mode at k = 8 must match the
+/// exact probabilities of sampling without replacement, which are flatter than Eq. 3's
+/// `k·p_j` (capped at 1); `crs` and `bernoulli` are checked against their own laws.
+#[test]
+fn toa_inclusion_with_k_above_one_follows_the_scheme_in_use_on_a_real_layer() {
+    use fedolf::tensor::params::{read_layer, write_layer};
+    let net = seeded::<Inner>(ModelKind::ResNet20, [3, 32, 32], 10, 21);
+    let mut layers = net.layers;
+    let mut params = read_layer(&layers[1]);
+    let conv1 = params.iter_mut().find(|t| t.name.ends_with("conv1.weight")).expect("a block's inner conv");
+    assert_eq!(conv1.shape, vec![16, 16, 3, 3]);
+    let per = 16 * 9;
+    let mut w = to_vec(&conv1.value);
+    for (j, chunk) in w.chunks_mut(per).enumerate() {
+        chunk.iter_mut().for_each(|v| *v *= 1.0 + j as f32 / 3.0);
+    }
+    conv1.value = Tensor::from_data(TensorData::new(w.clone(), [w.len()]), &device());
+    let layer = write_layer(layers.remove(1), 1, &params).unwrap();
+    let norms = to_vec(&layer.toa_norms().expect("a block has an inner TOA site"));
+    let by_hand: Vec<f32> = w.chunks(per).map(|f| f.iter().map(|v| v * v).sum::<f32>().sqrt()).collect();
+    assert!(max_abs_diff(&norms, &by_hand) < 1e-4 * by_hand[15], "toa_norms {norms:?} vs Frobenius {by_hand:?}");
+
+    let (h, k, trials) = (16, kept_count(0.5, 16), 20_000);
+    assert_eq!(k, 8);
+    let p = norm_probabilities(&norms);
+    let exact = successive_inclusion(&p, k);
+    assert!((exact.iter().sum::<f64>() - k as f64).abs() < 1e-9);
+    let eq3: Vec<f64> = p.iter().map(|pj| (k as f64 * pj).min(1.0)).collect();
+    let gap = exact.iter().zip(&eq3).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(gap > 0.05, "the check could not tell the schemes apart (gap {gap})");
+    let crs: Vec<f64> = p.iter().map(|pj| 1.0 - (1.0 - pj).powi(k as i32)).collect();
+    for (mode, law) in [(ToaMode::Paper, &exact), (ToaMode::Bernoulli, &eq3), (ToaMode::Crs, &crs)] {
+        let mut counts = vec![0usize; h];
+        let mut r = rng(5);
+        for _ in 0..trials {
+            for j in select(&norms, k, mode, &mut r).indices {
+                counts[j] += 1;
+            }
+        }
+        for j in 0..h {
+            let (freq, pi) = (counts[j] as f64 / trials as f64, law[j]);
+            // 4.5σ of a binomial proportion over 20k trials (σ ≤ 0.0036).
+            let tol = 4.5 * (pi * (1.0 - pi) / trials as f64).sqrt() + 1e-3;
+            assert!((freq - pi).abs() < tol, "{mode:?} filter {j}: frequency {freq:.4}, inclusion probability {pi:.4}");
+        }
+    }
+}
+
+/// TOA inside ResNet20's residual blocks keeps `⌊s·16⌋` inner channels of every frozen block
+/// but the last (conv1's filters and BN1, conv2's matching inputs) and never touches a block's
+/// input or output channels, so the skip path stays aligned.
+#[test]
+fn toa_in_a_resnet_samples_inner_channels_only() {
+    use fedolf::tensor::params::read_model;
+    let net = seeded::<Inner>(ModelKind::ResNet20, [3, 32, 32], 10, 22);
+    let (prefix, _) = net.split_at(4).unwrap();
+    let (sparse, report) = sparsify_prefix(prefix.clone(), ToaSettings::new(0.5, ToaMode::Paper).unwrap(), &mut rng(3)).unwrap();
+    assert!(report.frozen_sent_elems < report.frozen_full_elems);
+    let (full, cut) = (read_model(&prefix), read_model(&sparse));
+    for q in 0..4 {
+        for (a, b) in full[q].iter().zip(&cut[q]) {
+            let inner = a.name.contains("conv1.") || a.name.contains("bn1.");
+            let expected = if q < 3 && inner {
+                // conv1 [16, c_in, 3, 3] → [8, …]; BN1 vectors [16] → [8].
+                let mut s = a.shape.clone();
+                s[0] = 8;
+                s
+            } else if q < 3 && a.name.contains("conv2.weight") {
+                let mut s = a.shape.clone();
+                s[1] = 8;
+                s
+            } else {
+                a.shape.clone()
+            };
+            assert_eq!(b.shape, expected, "layer {q} `{}`", a.name);
+        }
+    }
+}

@@ -33,11 +33,32 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run a grid of experiments (rows × seeds, a TOML file such as
+    /// experiments/paper-table-fmnist-alexnet.toml) into one folder, resumably, and print and
+    /// write its table (table.md, table.csv) and accuracy plot (accuracy.svg).
+    Table(TableArgs),
     /// Plot a finished run: accuracy vs round and vs energy (SVG files in the run folder).
     Plot {
         /// A run folder (holds rounds.csv).
         run_dir: PathBuf,
     },
+}
+
+/// `fedolf table`'s options.
+#[derive(Debug, Args, Clone)]
+pub struct TableArgs {
+    /// The grid file (TOML: a base config, `[[row]]`s, seeds).
+    pub grid: PathBuf,
+    /// Where the grid's folder (named after the grid) goes. Run the same command again to
+    /// continue an interrupted grid.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// Run nothing: print and write the table of what the grid's folder holds so far.
+    #[arg(long)]
+    pub report: bool,
+    /// No per-run lines (the progress bar and the table remain).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@ mod args;
 mod memory_cmd;
 mod pytorch;
 mod run_cmd;
+mod table_cmd;
 
 use clap::Parser;
 use fedolf::runtime::memory::CountingAllocator;
@@ -48,6 +49,7 @@ fn main() {
         args::Command::Bench { which: args::BenchKind::Parity { device } } => bench_parity::bench_parity(&device),
         #[cfg(not(feature = "flex"))]
         args::Command::Bench { which: args::BenchKind::Parity { .. } } => Err(anyhow::anyhow!("`bench parity` compares a device with the CPU backend: rebuild with the `flex` feature")),
+        args::Command::Table(args) => table_cmd::table(args, &ALLOC),
         args::Command::Plot { run_dir } => memory_cmd::plot(&run_dir),
         args::Command::Export { run_dir, out } => run_cmd::export(&run_dir, out.as_deref()),
     };

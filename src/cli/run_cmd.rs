@@ -72,7 +72,7 @@ pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<(
         check_resumable(&cfg, &dir)?;
     }
     let dataset = engine::load_dataset(&cfg)?;
-    let opts = TrialOptions { quiet: args.quiet, alloc, stop: &stop, resume: resuming };
+    let opts = TrialOptions { quiet: args.quiet, alloc, stop: &stop, resume: resuming, grid: None };
     if cfg.seeds.is_empty() {
         let (summary, result) = run_trial(&cfg, &dataset, &dir, &opts, None)?;
         check_end(result, &dir)?;
@@ -107,7 +107,7 @@ pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<(
 
 /// SIGINT / SIGTERM set `stop` (the run checkpoints and ends); a second one ends the
 /// process at once.
-fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+pub(crate) fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop)).context("installing the signal handler")?;
@@ -166,7 +166,7 @@ fn check_resumable(cfg: &Config, dir: &RunDir) -> anyhow::Result<()> {
 
 /// The checkpoint in `run`, read on a backend this binary has (the CPU's when compiled in:
 /// reading needs only the model's names and shapes).
-fn read_checkpoint(run: &Path, cfg: &Config) -> anyhow::Result<Checkpoint> {
+pub(crate) fn read_checkpoint(run: &Path, cfg: &Config) -> anyhow::Result<Checkpoint> {
     let compiled = DeviceKind::compiled();
     let device = if compiled.contains(&DeviceKind::Cpu) { DeviceKind::Cpu } else { compiled[0] };
     Ok(with_backend(device, ReadCheckpoint { run, cfg })??)
@@ -212,17 +212,20 @@ pub fn export(run_dir: &Path, out: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct TrialOptions<'a> {
-    quiet: bool,
-    alloc: &'static CountingAllocator,
-    stop: &'a AtomicBool,
+pub(crate) struct TrialOptions<'a> {
+    pub quiet: bool,
+    pub alloc: &'static CountingAllocator,
+    pub stop: &'a AtomicBool,
     /// Continue from the trial's checkpoint when it has one.
-    resume: bool,
+    pub resume: bool,
+    /// A grid's bar over all its rounds (`fedolf table`): the trial advances it instead of a
+    /// bar of its own, and prints no line per round.
+    pub grid: Option<&'a ProgressBar>,
 }
 
 /// One seed's run into `dir`: progress, round files, checkpoints, `summary.json` (also on
 /// failure or interruption).
-fn run_trial(
+pub(crate) fn run_trial(
     cfg: &Config,
     dataset: &Dataset,
     dir: &RunDir,
@@ -230,7 +233,7 @@ fn run_trial(
     label: Option<String>,
 ) -> anyhow::Result<(Summary, Result<Vec<RoundRecord>, SimError>)> {
     let started = Instant::now();
-    let mut progress = Progress::new(cfg, dir, opts.quiet, label);
+    let mut progress = Progress::new(cfg, dir, opts.quiet, label, opts.grid);
     let memory = (cfg.device == DeviceKind::Cpu).then_some(opts.alloc);
     let resume = (opts.resume && Checkpoint::exists(&dir.path)).then_some(dir.path.as_path());
     let start = RunStart { resume, stop: Some(opts.stop) };
@@ -266,6 +269,8 @@ impl BackendTask for SimTask<'_> {
 struct Progress<'a> {
     dir: &'a RunDir,
     bar: ProgressBar,
+    /// False when the bar is a grid's (it outlives the trial).
+    own_bar: bool,
     quiet: bool,
     rounds: usize,
     records: Vec<RoundRecord>,
@@ -275,8 +280,11 @@ struct Progress<'a> {
 }
 
 impl<'a> Progress<'a> {
-    fn new(cfg: &Config, dir: &'a RunDir, quiet: bool, label: Option<String>) -> Self {
+    fn new(cfg: &Config, dir: &'a RunDir, quiet: bool, label: Option<String>, grid: Option<&ProgressBar>) -> Self {
         let rounds = cfg.federation.rounds;
+        if let Some(bar) = grid {
+            return Self { dir, bar: bar.clone(), own_bar: false, quiet: true, rounds, records: Vec::new(), last_accuracy: None, label };
+        }
         let bar = ProgressBar::with_draw_target(Some(rounds as u64), ProgressDrawTarget::stderr());
         if quiet || !std::io::stderr().is_terminal() {
             bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -289,7 +297,7 @@ impl<'a> Progress<'a> {
         if let Some(l) = &label {
             bar.set_prefix(format!("{l} "));
         }
-        Self { dir, bar, quiet, rounds, records: Vec::new(), last_accuracy: None, label }
+        Self { dir, bar, own_bar: true, quiet, rounds, records: Vec::new(), last_accuracy: None, label }
     }
 
     fn say(&self, line: String) {
@@ -304,7 +312,9 @@ impl<'a> Progress<'a> {
     }
 
     fn finish(&self) {
-        self.bar.finish_and_clear();
+        if self.own_bar {
+            self.bar.finish_and_clear();
+        }
     }
 }
 
@@ -353,7 +363,11 @@ impl RoundObserver for Progress<'_> {
         self.last_accuracy = records.iter().rev().find_map(|r| r.accuracy);
         self.dir.write_rounds(&self.records)?;
         self.dir.write_clients(&self.records)?;
-        self.bar.set_position(records.len() as u64);
+        if self.own_bar {
+            self.bar.set_position(records.len() as u64);
+        } else {
+            self.bar.inc(records.len() as u64);
+        }
         self.say(format!("resumed after round {} from {}", records.len(), self.dir.path.join(fedolf::io::checkpoint::FOLDER).display()));
         Ok(())
     }
@@ -381,7 +395,9 @@ impl RoundObserver for Progress<'_> {
             r.bytes_up as f64 / 1e6,
             r.compute_s
         ));
-        self.bar.set_message(self.last_accuracy.map_or(String::new(), |a| format!("acc {:.1}%", a * 100.0)));
+        if self.own_bar {
+            self.bar.set_message(self.last_accuracy.map_or(String::new(), |a| format!("acc {:.1}%", a * 100.0)));
+        }
         self.bar.inc(1);
         Ok(())
     }

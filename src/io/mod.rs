@@ -3,6 +3,7 @@
 //! ([`plot`]).
 
 pub mod checkpoint;
+pub mod grid;
 pub mod plot;
 pub mod report;
 pub mod trials;

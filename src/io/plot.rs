@@ -102,3 +102,55 @@ pub fn memory_chart(path: &Path, title: &str, rows: &[MemoryRow]) -> Result<(), 
     });
     line_chart(path, title, "frozen layers l", "peak memory of one training step (MB)", &series)
 }
+
+/// One method's accuracy over rounds across trials: `(x, mean, min, max)` per point.
+pub struct Band {
+    pub name: String,
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
+/// Mean lines with their min–max bands (shaded), one colour per band.
+pub fn band_chart(path: &Path, title: &str, x_label: &str, y_label: &str, bands: &[Band]) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), message: e.to_string() };
+    let all: Vec<&(f64, f64, f64, f64)> = bands.iter().flat_map(|b| b.points.iter()).collect();
+    if all.is_empty() {
+        return Err(err(&"nothing to plot"));
+    }
+    let (xmin, xmax) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let ymax = all.iter().fold(0.0f64, |a, p| a.max(p.3)) * 1.08;
+    let xmax = if xmax > xmin { xmax } else { xmin + 1.0 };
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(xmin..xmax, 0.0..ymax.max(1e-9))
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
+    for (i, b) in bands.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        // Past the palette, the same colours again, dashed.
+        let dashed = i >= PALETTE.len();
+        let mut outline: Vec<(f64, f64)> = b.points.iter().map(|p| (p.0, p.3)).collect();
+        outline.extend(b.points.iter().rev().map(|p| (p.0, p.2)));
+        chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.15).filled()))).map_err(|e| err(&e))?;
+        let line: Vec<(f64, f64)> = b.points.iter().map(|p| (p.0, p.1)).collect();
+        let style = color.stroke_width(2);
+        let drawn = if dashed {
+            chart.draw_series(DashedLineSeries::new(line, 6, 4, style)).map_err(|e| err(&e))?
+        } else {
+            chart.draw_series(LineSeries::new(line, style)).map_err(|e| err(&e))?
+        };
+        drawn.label(b.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}

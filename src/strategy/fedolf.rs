@@ -1,20 +1,25 @@
 //! FedOLF (Federated Learning with Ordered Layer Freezing, IEEE TMC, arXiv 2512.23200).
 //! Cluster `i_k` freezes `L_1..L_{l_k}`, `l_k = c − i_k`, outside the autodiff graph, trains
 //! `L_{l_k+1}..L_N` and uploads only those; the server aggregates layer by layer,
-//! `θ_l ← Σ_{k∈S_l} n_k θ_{k,l} / Σ_{k∈S_l} n_k`. TOA (needs `l_k ≥ 2`) or QSGD compresses
+//! `θ_l ← Σ_{k∈S_l} n_k θ_{k,l} / Σ_{k∈S_l} n_k` (`fedolf.merge = "weighted"`, the authors'
+//! public code), or `θ_l ← r·mean_{k∈S_l} θ_{k,l} + (1 − r)·θ_l`, `r = |S_l| / |C_t|`
+//! (`"blend"`, the rule of the paper's [17], CoCoFL). TOA (needs `l_k ≥ 2`) or QSGD compresses
 //! the frozen layers' download.
 
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, Download, PlanContext, Strategy};
-use crate::config::Method;
+use super::{cocofl_blend, ClientPlan, Download, PlanContext, Strategy};
+use crate::config::{LayerMerge, Method};
+use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
+use crate::tensor::params::LayerParams;
 use crate::local::objective::Objective;
 use crate::local::error::LocalError;
 use crate::local::roles::ordered_roles;
 
 pub struct FedOlf {
     pub download: Download,
+    pub merge: LayerMerge,
 }
 
 impl<B: AutodiffBackend> Strategy<B> for FedOlf {
@@ -34,5 +39,17 @@ impl<B: AutodiffBackend> Strategy<B> for FedOlf {
             _ => Download::Full,
         };
         Ok(ClientPlan { client, cluster, roles: ordered_roles(ctx.num_layers, l)?, download, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
+    }
+
+    fn merge(
+        &mut self,
+        global: &[LayerParams<B::InnerBackend>],
+        uploads: &[LayerUpload<B::InnerBackend>],
+        plans: &[ClientPlan],
+    ) -> Result<Vec<Option<LayerParams<B::InnerBackend>>>, AggregateError> {
+        match self.merge {
+            LayerMerge::Weighted => aggregate_layerwise(global, uploads),
+            LayerMerge::Blend => cocofl_blend(global, uploads, plans.len()),
+        }
     }
 }

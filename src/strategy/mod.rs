@@ -41,7 +41,7 @@ use burn::tensor::backend::AutodiffBackend;
 use fedolf_models::{LayeredNet, SpaceLayout};
 
 use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
-use crate::config::{Config, Method, StageLengths};
+use crate::config::{Config, LayerMerge, Method, StageLengths};
 use crate::local::error::LocalError;
 use crate::tensor::host::{HostLayer, HostTensor};
 use crate::tensor::params::LayerParams;
@@ -127,6 +127,8 @@ pub trait Strategy<B: AutodiffBackend> {
 pub struct StrategyInputs {
     /// The frozen-prefix compressor (FedOLF only).
     pub download: Download,
+    /// FedOLF: the server's layer-wise rule.
+    pub fedolf_merge: LayerMerge,
     /// CoCoFL: run frozen layers on fake-int8 weights.
     pub cocofl_fake_int8: bool,
     /// SLT: parameters trained per stage (stage lengths in proportion); `None` = equal stages.
@@ -146,6 +148,7 @@ impl StrategyInputs {
     pub fn new(download: Download) -> Self {
         Self {
             download,
+            fedolf_merge: LayerMerge::Weighted,
             cocofl_fake_int8: false,
             slt_stage_params: None,
             heterofl_static_bn: true,
@@ -162,6 +165,7 @@ impl StrategyInputs {
         let c = cfg.federation.clusters;
         Self {
             download,
+            fedolf_merge: cfg.fedolf.merge,
             cocofl_fake_int8: cfg.cocofl.fake_int8,
             slt_stage_params: (cfg.method == Method::Slt && cfg.slt.stage_lengths == StageLengths::Params)
                 .then(|| stage_trainable_params(global, layout, device)),
@@ -182,7 +186,7 @@ pub fn exit_depths_for<B: AutodiffBackend>(method: Method, num_layers: usize, cl
 /// The strategy for a method.
 pub fn strategy_for<B: AutodiffBackend>(method: Method, inputs: &StrategyInputs) -> Box<dyn Strategy<B>> {
     match method {
-        Method::Fedolf => Box::new(FedOlf { download: inputs.download }),
+        Method::Fedolf => Box::new(FedOlf { download: inputs.download, merge: inputs.fedolf_merge }),
         Method::Fedavg => Box::new(FedAvg { drop_weak: false }),
         Method::FedavgDrop => Box::new(FedAvg { drop_weak: true }),
         Method::RandomFreeze => Box::new(RandomFreeze),

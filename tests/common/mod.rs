@@ -45,3 +45,11 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// `kind` with initial weights drawn on the host from `seed` (`redraw_on_host`), so a test's
+/// model, and every tolerance tuned on it, is the same on every run.
+pub fn seeded<B: Backend>(kind: fedolf::models::ModelKind, shape: [usize; 3], classes: usize, seed: u64) -> fedolf::models::LayeredNet<B> {
+    use rand::SeedableRng;
+    let net = kind.init::<B>(shape, classes, &Default::default()).unwrap();
+    fedolf::models::redraw_on_host(net, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)).unwrap()
+}

@@ -1,0 +1,167 @@
+//! `fedolf table`: a grid SIGKILLed in the middle of a run and started again ends with the
+//! results of an uninterrupted grid; malformed grid files are refused with one line naming
+//! the row and field, before anything is written.
+
+mod results_csv;
+mod scratch;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use results_csv::without_timing;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fedolf"))
+}
+
+/// A grid of two rows (FedOLF with TOA on a 3-layer CNN, HeteroFL) × two seeds on 600
+/// images; every round checkpointed, so a kill lands between checkpoints.
+fn tiny_grid(dir: &Path) -> PathBuf {
+    let data = fedolf_datasets::shipped_subset_dir();
+    let text = format!(
+        r#"name = "tiny"
+seeds = [1, 2]
+column = "none"
+set = ['data.data_dir="{}"', "data.train_limit=600", "data.test_limit=300", "data.partition=\"iid\"",
+       "federation.clients=6", "federation.clients_per_round=3", "federation.rounds=4",
+       "federation.eval_every=1", "federation.clusters=3", "checkpoint_every=1", "train.batch_size=16"]
+
+[[row]]
+name = "fedolf-toa"
+method = "fedolf"
+set = ["toa.s=0.5"]
+paper = 50.0
+
+[[row]]
+name = "heterofl"
+method = "heterofl"
+"#,
+        data.display().to_string()
+    );
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn table(grid: &Path, out: &Path) -> Output {
+    bin().args(["table", grid.to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap()
+}
+
+/// Every results file of the grid folder, timing columns left out.
+fn results(grid_dir: &Path) -> Vec<(String, Vec<Vec<String>>)> {
+    let mut files = Vec::new();
+    for row in ["fedolf-toa", "heterofl"] {
+        for seed in [1, 2] {
+            for file in ["rounds.csv", "clients.csv"] {
+                let path = grid_dir.join(row).join(format!("trial-{seed}")).join(file);
+                files.push((format!("{row}/trial-{seed}/{file}"), without_timing(&path)));
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn a_killed_grid_continues_to_the_results_of_an_uninterrupted_one() {
+    let scratch = scratch::tempdir().unwrap();
+    let grid = tiny_grid(scratch.path());
+
+    let whole = scratch.path().join("whole");
+    let o = table(&grid, &whole);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("| fedolf-toa | fedolf | 2/2 |"), "{stdout}");
+    assert!(stdout.contains("| heterofl | heterofl | 2/2 |"), "{stdout}");
+    for file in ["table.md", "table.csv", "accuracy.svg", "grid.toml", "heterofl/summary.json"] {
+        assert!(whole.join("tiny").join(file).exists(), "{file} missing");
+    }
+
+    // SIGKILL once the second run (heterofl, seed 1) has checkpointed a round.
+    let killed = scratch.path().join("killed");
+    let mut child = bin().args(["table", grid.to_str().unwrap(), "--out", killed.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let in_flight = killed.join("tiny/heterofl/trial-1");
+    let started = Instant::now();
+    while !in_flight.join("checkpoint").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the grid ended before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint of heterofl seed 1 after 300 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let raced = in_flight.join("summary.json").exists();
+    assert!(!killed.join("tiny/fedolf-toa/trial-2/summary.json").exists(), "the kill came after the grid's later runs");
+    let first_run = std::fs::read(killed.join("tiny/fedolf-toa/trial-1/rounds.csv")).unwrap();
+
+    let o = table(&grid, &killed);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("1 runs already done"), "{stderr}");
+    if !raced {
+        assert!(stderr.contains("heterofl seed 1: resuming from its checkpoint"), "{stderr}");
+    }
+    assert_eq!(std::fs::read(killed.join("tiny/fedolf-toa/trial-1/rounds.csv")).unwrap(), first_run, "a finished run was run again");
+    let (a, b) = (results(&whole.join("tiny")), results(&killed.join("tiny")));
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x, y, "{name} differs from the uninterrupted grid's");
+    }
+    let table_of = |dir: &Path| std::fs::read_to_string(dir.join("tiny/table.csv")).unwrap();
+    let strip = |t: String| t.lines().map(|l| l.split(',').take(10).collect::<Vec<_>>().join(",")).collect::<Vec<_>>();
+    assert_eq!(strip(table_of(&whole)), strip(table_of(&killed)), "the tables' accuracy columns differ");
+
+    // Done: a third start runs nothing and reports the same table.
+    let o = table(&grid, &killed);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("4 runs already done"));
+}
+
+fn refused(grid_text: &str, wants: &[&str]) {
+    let scratch = scratch::tempdir().unwrap();
+    let grid = scratch.path().join("bad.toml");
+    std::fs::write(&grid, grid_text).unwrap();
+    let out = scratch.path().join("out");
+    let o = table(&grid, &out);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "accepted:\n{grid_text}");
+    assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
+    for w in wants {
+        assert!(stderr.contains(w), "`{w}` missing from: {stderr}");
+    }
+    assert!(!out.exists(), "a refused grid wrote {}", out.display());
+}
+
+const HEAD: &str = "name = \"g\"\nseeds = [1, 2]\n";
+
+#[test]
+fn malformed_grids_are_refused_with_one_line_before_anything_runs() {
+    refused(&format!("{HEAD}[[row]]\nname = \"a\"\nmethod = \"fedolff\"\n"), &["bad.toml", "row `a`", "method", "fedolff"]);
+    refused(&format!("{HEAD}[[row]]\nname = \"a\"\nmethod = \"fedolf\"\nlr = 0.1\n"), &["bad.toml", "row", "lr"]);
+    refused(&format!("{HEAD}[[row]]\nname = \"a\"\nmethod = \"fedolf\"\nset = [\"train.lr=-1\"]\n"), &["bad.toml", "row `a`", "train.lr"]);
+    refused(&format!("{HEAD}[[row]]\nname = \"a\"\nmethod = \"fedolf\"\nset = [\"toa.z=1\"]\n"), &["bad.toml", "row `a`", "toa.z"]);
+    refused(&format!("{HEAD}[[row]]\nname = \"a\"\nmethod = \"fedolf\"\n[[row]]\nname = \"a\"\nmethod = \"fedavg\"\n"), &["bad.toml", "row `a`", "name", "two rows"]);
+    refused(&format!("{HEAD}[[row]]\nname = \"a/b\"\nmethod = \"fedolf\"\n"), &["bad.toml", "name"]);
+    refused(&format!("{HEAD}[[row]]\nname = \"a\"\nmethod = \"fedolf\"\npaper = 120\n"), &["bad.toml", "row `a`", "paper"]);
+    refused("name = \"g\"\nseeds = [1, 1]\n[[row]]\nname = \"a\"\nmethod = \"fedolf\"\n", &["bad.toml", "seeds"]);
+    refused("name = \"g\"\nseeds = [1]\nrows = 3\n", &["bad.toml", "rows"]);
+    refused(&format!("{HEAD}config = \"missing.toml\"\n[[row]]\nname = \"a\"\nmethod = \"fedolf\"\n"), &["bad.toml", "config", "missing.toml"]);
+}
+
+#[test]
+fn a_grid_folder_made_from_another_grid_file_is_refused() {
+    let scratch = scratch::tempdir().unwrap();
+    let out = scratch.path().join("out");
+    let first = scratch.path().join("first.toml");
+    std::fs::write(&first, format!("{HEAD}[[row]]\nname = \"a\"\nmethod = \"fedolf\"\n")).unwrap();
+    let o = bin().args(["table", first.to_str().unwrap(), "--out", out.to_str().unwrap(), "--report"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = std::fs::read_dir(out.join("g")).unwrap().count();
+
+    let second = scratch.path().join("second.toml");
+    std::fs::write(&second, format!("{HEAD}[[row]]\nname = \"a\"\nmethod = \"fedavg\"\n")).unwrap();
+    let o = table(&second, &out);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("another grid file") && stderr.contains("second.toml") && stderr.contains("out/g"), "{stderr}");
+    assert_eq!(std::fs::read_dir(out.join("g")).unwrap().count(), before, "the refused grid wrote into the folder");
+}
