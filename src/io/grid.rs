@@ -218,19 +218,22 @@ pub fn trial_summary(dir: &Path) -> Option<Summary> {
     serde_json::from_str(&text).ok()
 }
 
-/// `(round, accuracy)` of every evaluated round of a `rounds.csv`.
-pub fn accuracy_curve(path: &Path) -> Result<Vec<(usize, f64)>, GridError> {
+/// `(round, accuracy)` of every evaluated round of a `rounds.csv`, and the client rounds it
+/// left out for a NaN/inf (`skipped`, summed over the rounds).
+pub fn accuracy_curve(path: &Path) -> Result<(Vec<(usize, f64)>, usize), GridError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| GridError::Io { path: name.clone(), source })?;
     let bad = |message: String| GridError::File { file: name.clone(), message };
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().ok_or_else(|| bad("empty".into()))?.split(',').collect();
     let col = |c: &str| header.iter().position(|h| *h == c).ok_or_else(|| bad(format!("no `{c}` column")));
-    let (ri, ai) = (col("round")?, col("accuracy")?);
+    let (ri, ai, si) = (col("round")?, col("accuracy")?, col("skipped")?);
     let mut curve = Vec::new();
+    let mut skipped = 0;
     for (n, line) in lines.enumerate() {
         let cells: Vec<&str> = line.split(',').collect();
         let cell = |i: usize| cells.get(i).copied().ok_or_else(|| bad(format!("line {}: {} cells, fewer than the header's", n + 2, cells.len())));
+        skipped += cell(si)?.parse::<usize>().map_err(|_| bad(format!("line {}: skipped `{}` is not a count", n + 2, cell(si).unwrap_or_default())))?;
         let acc = cell(ai)?;
         if acc.is_empty() {
             continue;
@@ -239,7 +242,7 @@ pub fn accuracy_curve(path: &Path) -> Result<Vec<(usize, f64)>, GridError> {
         let acc: f64 = acc.parse().map_err(|_| bad(format!("line {}: accuracy `{acc}` is not a number", n + 2)))?;
         curve.push((round, acc));
     }
-    Ok(curve)
+    Ok((curve, skipped))
 }
 
 /// One row of the table: spreads over the row's completed trials.
@@ -258,6 +261,9 @@ pub struct TableRow {
     pub down_mb: Option<Spread>,
     pub up_mb: Option<Spread>,
     pub energy_kj: Option<Spread>,
+    /// Client rounds left out for a NaN/inf loss or upload (`train.nonfinite = "skip"`),
+    /// summed over the completed trials.
+    pub skipped: usize,
     /// Per completed trial, its accuracy curve.
     pub curves: Vec<Vec<(usize, f64)>>,
 }
@@ -270,11 +276,14 @@ pub fn collect(grid: &Grid, dir: &GridDir) -> Result<Vec<TableRow>, GridError> {
             let mut done: Vec<Summary> = Vec::new();
             let mut curves = Vec::new();
             let mut failed = None;
+            let mut skipped = 0;
             for &seed in &grid.seeds {
                 let trial = dir.trial(row, seed);
                 match trial_summary(&trial) {
                     Some(s) if s.status == "completed" => {
-                        curves.push(accuracy_curve(&trial.join("rounds.csv"))?);
+                        let (curve, left_out) = accuracy_curve(&trial.join("rounds.csv"))?;
+                        curves.push(curve);
+                        skipped += left_out;
                         done.push(s);
                     }
                     Some(s) if s.status == "failed" => failed = Some(format!("seed {seed}: {}", s.error.unwrap_or_default())),
@@ -295,6 +304,7 @@ pub fn collect(grid: &Grid, dir: &GridDir) -> Result<Vec<TableRow>, GridError> {
                 down_mb: spread(&|s| Some(s.total_bytes_down as f64 / 1e6)),
                 up_mb: spread(&|s| Some(s.total_bytes_up as f64 / 1e6)),
                 energy_kj: spread(&|s| Some(s.energy_compute_kj + s.energy_comm_kj)),
+                skipped,
                 curves,
             })
         })
@@ -312,15 +322,15 @@ fn cell(s: &Option<Spread>, digits: usize) -> String {
 /// The table as Markdown: mean ± sample std over the row's completed trials.
 pub fn markdown(grid: &Grid, rows: &[TableRow]) -> String {
     let paper = grid.column.as_deref().map_or("paper".to_string(), |c| format!("paper ({c})"));
-    let mut out = format!("| row | method | seeds done | final acc. % | mean of last evals % | {paper} | peak client MB | down MB | up MB | energy kJ |\n");
-    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    let mut out = format!("| row | method | seeds done | final acc. % | mean of last evals % | {paper} | peak client MB | down MB | up MB | energy kJ | NaN clients skipped |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for r in rows {
         let done = match &r.failed {
             Some(why) => format!("{}/{} (failed: {})", r.completed, r.planned, why.replace('|', "/")),
             None => format!("{}/{}", r.completed, r.planned),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             r.method,
             done,
@@ -331,6 +341,7 @@ pub fn markdown(grid: &Grid, rows: &[TableRow]) -> String {
             cell(&r.down_mb, 0),
             cell(&r.up_mb, 0),
             cell(&r.energy_kj, 2),
+            r.skipped,
         ));
     }
     out
@@ -339,13 +350,13 @@ pub fn markdown(grid: &Grid, rows: &[TableRow]) -> String {
 /// The table as CSV: one line per row, mean and std of each metric, and the per-seed values.
 pub fn csv(rows: &[TableRow]) -> String {
     let metrics = ["final_accuracy", "mean_last_accuracy", "peak_mem_mb", "down_mb", "up_mb", "energy_kj"];
-    let mut out = String::from("row,method,paper,seeds_completed,seeds_planned");
+    let mut out = String::from("row,method,paper,seeds_completed,seeds_planned,skipped");
     for m in metrics {
         out.push_str(&format!(",{m}_mean,{m}_std,{m}_values"));
     }
     out.push('\n');
     for r in rows {
-        out.push_str(&format!("{},{},{},{},{}", r.name, r.method, r.paper.map_or(String::new(), |p| p.to_string()), r.completed, r.planned));
+        out.push_str(&format!("{},{},{},{},{},{}", r.name, r.method, r.paper.map_or(String::new(), |p| p.to_string()), r.completed, r.planned, r.skipped));
         for s in [&r.final_accuracy, &r.mean_last_accuracy, &r.peak_mem_mb, &r.down_mb, &r.up_mb, &r.energy_kj] {
             match s {
                 Some(s) => {

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Mutation testing of the files that carry the paper's mechanics, with cargo-mutants from the
+# crate registry (`cargo install cargo-mutants`). Each file's mutants run against the test
+# binaries that exercise it, in the release profile (the tests train real models), in a copy of
+# the tree with target/ copied, so a mutant rebuilds only the crate it touches. Not part of CI:
+# run it when these files change; experiments/results/mutants.md records the last run.
+#   experiments/mutants.sh                          every file below
+#   experiments/mutants.sh src/strategy/fedolf.rs   one file
+# Results: mutants.out/<file>/mutants.out/{caught,missed,unviable,timeout}.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+declare -A TESTS=(
+  [src/tensor/aggregate.rs]="aggregation strategies engine baselines2 submodel"
+  [src/compress/toa.rs]="toa"
+  [src/strategy/fedolf.rs]="strategies"
+  [src/strategy/plan.rs]="strategies baselines2"
+  [src/local/roles.rs]="freezing accounting strategies"
+  [src/local/training.rs]="freezing engine"
+  [src/accounting/theory.rs]="accounting memory_peak"
+  [models/src/slicing.rs]="toa submodel"
+)
+FILES=("$@")
+[ ${#FILES[@]} -gt 0 ] || FILES=(src/tensor/aggregate.rs src/compress/toa.rs src/strategy/fedolf.rs src/strategy/plan.rs src/local/roles.rs src/local/training.rs src/accounting/theory.rs models/src/slicing.rs)
+for f in "${FILES[@]}"; do
+  tests=${TESTS[$f]:?"no test binaries listed for $f"}
+  args=()
+  for t in $tests; do args+=(--test "$t"); done
+  out="mutants.out/$(echo "$f" | tr / _)"
+  mkdir -p "$out"
+  echo "== $f against: $tests"
+  # The models crate's file is exercised by the root package's tests.
+  cargo mutants --file "$f" --package fedolf --package fedolf-models --test-package fedolf \
+    --copy-target=true --profile release --baseline skip --timeout 600 --build-timeout 900 \
+    --output "$out" -- "${args[@]}" || true
+  for kind in caught missed unviable timeout; do
+    printf '  %-9s %s\n' "$kind" "$(wc -l < "$out/mutants.out/$kind.txt" 2>/dev/null || echo 0)"
+  done
+done
