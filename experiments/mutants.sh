@@ -24,14 +24,15 @@ FILES=("$@")
 for f in "${FILES[@]}"; do
   tests=${TESTS[$f]:?"no test binaries listed for $f"}
   args=()
-  for t in $tests; do args+=(--test "$t"); done
+  # --cargo-arg reaches the build as well as the test run: only these binaries are built.
+  for t in $tests; do args+=(--cargo-arg=--test="$t"); done
   out="mutants.out/$(echo "$f" | tr / _)"
   mkdir -p "$out"
   echo "== $f against: $tests"
   # The models crate's file is exercised by the root package's tests.
   cargo mutants --file "$f" --package fedolf --package fedolf-models --test-package fedolf \
     --copy-target=true --profile release --baseline skip --timeout 600 --build-timeout 900 \
-    --output "$out" -- "${args[@]}" || true
+    "${args[@]}" --output "$out" || true
   for kind in caught missed unviable timeout; do
     printf '  %-9s %s\n' "$kind" "$(wc -l < "$out/mutants.out/$kind.txt" 2>/dev/null || echo 0)"
   done

@@ -1,6 +1,6 @@
 //! Memory budgets choose the frozen count (`federation.capacity = "memory"`): the calibrated
 //! predictor is monotone in l and within 10 % of the measured peak for the paper's models at
-//! their paper batches; a client never trains a plan predicted over its budget; budgets that
+//! their paper batches, also at a level whose probe it was not given (AlexNet, ResNet20); a client never trains a plan predicted over its budget; budgets that
 //! match a cluster table train exactly as the table does; width baselines fit their own
 //! sub-models. Its own test binary with the counting allocator; the tests take a lock, so one
 //! measures at a time.
@@ -93,9 +93,29 @@ fn the_calibrated_predictor_is_monotone_in_l_and_within_10_percent_of_the_measur
         eprintln!("{name}: predicted {predicted:?}; l = 0 → {}: saves {saved} B, Eq. 23 {eq23_saved} B ({:.2}×)", n - 1, saved as f64 / eq23_saved as f64);
         assert!(2 * saved >= eq23_saved, "{name}: freezing all but the classifier saves {saved} B of predicted peak, under half of Eq. 23's {eq23_saved} B: {predicted:?}");
 
+        // The middle level is predicted without its own probe: its ρ is the mean of its two
+        // neighbours' (a level held out), so the check below tests prediction, not the
+        // repeatability of one measurement. Measured here: AlexNet l = 3 −2.0 %, ResNet20
+        // l = 5 −1.2 %. Not the CNN at batch 16: its step peak is mostly fixed overhead
+        // (kernel scratch, thread pools), so ρ is 1.2, 1.7 and 3.7–5.4 at l = 0, 1, 2 and an
+        // interpolated ρ misses by 15–45 %; there the predictor is a lookup of each level's
+        // own probe, and all three levels are probed.
+        let held = if n > 3 { Some(n / 2) } else { None };
+        let mut calibration = fed.calibration().unwrap();
+        if let Some(held) = held {
+            let level = n - 1 - held;
+            let rho = (calibration.rows[level - 1].ratio() + calibration.rows[level + 1].ratio()) / 2.0;
+            let own = calibration.rows[level].ratio();
+            calibration.rows[level].measured_transient = (rho * calibration.rows[level].theoretical_transient as f64) as u64;
+            eprintln!("{name}: level {level} (l = {held}) held out: ρ {own:.3} measured, {rho:.3} from its neighbours");
+        }
+        fed.use_calibration(calibration);
         let host_global = fed.host_global();
         let clients = fed.round_context(1, Some(&ALLOC));
-        let checked: Vec<usize> = if n <= 3 { (0..n).collect() } else { vec![0, n / 2, n - 1] };
+        let checked: Vec<usize> = match held {
+            None => (0..n).collect(),
+            Some(held) => vec![0, held, n - 1],
+        };
         for l in checked {
             let (plan, predicted) = fed.level_plan(1, 0, n - 1 - l).unwrap();
             assert_eq!(plan.frozen(), l);
@@ -103,11 +123,12 @@ fn the_calibrated_predictor_is_monotone_in_l_and_within_10_percent_of_the_measur
             let measured = result.record.peak_mem_mb.unwrap();
             let predicted_mb = predicted as f64 / 1e6;
             let error = (measured - predicted_mb).abs() / predicted_mb;
-            eprintln!("{name} batch {} l = {l}: predicted {predicted_mb:.2} MB, measured {measured:.2} MB ({:+.1} %)", cfg.train.batch_size, 100.0 * (measured / predicted_mb - 1.0));
+            let how = if Some(l) == held { "held out" } else { "probed" };
+            eprintln!("{name} batch {} l = {l} ({how}): predicted {predicted_mb:.2} MB, measured {measured:.2} MB ({:+.1} %)", cfg.train.batch_size, 100.0 * (measured / predicted_mb - 1.0));
             if error > worst.0 {
                 worst = (error, format!("{name} l = {l}: predicted {predicted_mb:.2} MB, measured {measured:.2} MB"));
             }
-            assert!(error <= 0.10, "{name} l = {l}: predicted {predicted_mb:.2} MB, measured {measured:.2} MB ({:.1} % off)", 100.0 * error);
+            assert!(error <= 0.10, "{name} l = {l} ({how}): predicted {predicted_mb:.2} MB, measured {measured:.2} MB ({:.1} % off)", 100.0 * error);
         }
     }
     eprintln!("worst case: {:.1} % ({})", 100.0 * worst.0, worst.1);

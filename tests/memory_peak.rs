@@ -1,5 +1,5 @@
-//! Peak heap of one FedOLF training step falls as more layers freeze, by at least half of
-//! what Eq. 23 says the frozen layers kept (ResNet20);
+//! Peak heap of one FedOLF training step falls as more layers freeze, by what Eq. 23 says the
+//! frozen layers kept, within a two-sided band (ResNet20);
 //! the absolute peak counts the resident model on top and falls with TOA's s.
 //! Its own test binary: the counting allocator sees every thread, so nothing else may run
 //! beside it.
@@ -41,16 +41,30 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
     run(0); // warm-up: thread pools and one-time buffers
     let peaks: Vec<(usize, usize)> = [0, 2, 4, 6, 8].into_iter().map(|l| (l, run(l))).collect();
     eprintln!("ResNet20 batch {batch}: peak extra heap per frozen count {:?}", peaks.iter().map(|(l, p)| (l, p / 1024)).collect::<Vec<_>>());
-    // Each step of freezing saves at least half of what Eq. 23 says the newly frozen layers'
-    // activations, gradients and momentum take. Not a fixed fraction of the peak: the rest of
-    // it is kernel scratch and the no-graph forward's working set (im2col tiles per rayon
-    // thread, gemm packing sized from the caches), which the CPU moves.
     let infos = global.layer_infos();
     let eq23 = |l: usize| theoretical_memory(&infos, &ordered_roles(infos.len(), l).unwrap(), batch, true).transient();
+    // Each step of freezing saves what Eq. 23 says the newly frozen layers' activations,
+    // gradients and momentum take, within a band on both sides: measured ÷ Eq. 23 of the
+    // whole step is steady across l (0.85–0.87 for ResNet20 at batch 128, `fedolf bench
+    // memory`), since the kernels keep fewer maps than Eq. 23 counts (ARCHITECTURE.md, "What
+    // Eq. 23 counts"). A saving far below Eq. 23's means frozen layers still keep activations;
+    // far above, the accounting lost track of something trained layers keep.
+    // Up to l = 6 (measured here: 0.86–0.88 of Eq. 23 at every l, 0.84–0.88 of each step's
+    // saving) the band is [0.7, 1.05]. At l = 8 the step's peak is the frozen prefix's
+    // no-graph forward (its kernel working set, which Eq. 23 does not count), so only the
+    // one-sided check holds there: the saving is at least half of Eq. 23's.
+    let ratios: Vec<f64> = peaks.iter().map(|&(l, p)| p as f64 / eq23(l) as f64).collect();
+    eprintln!("measured ÷ Eq. 23 per frozen count: {ratios:.3?}");
+    for (&(l, _), r) in peaks.iter().zip(&ratios).filter(|(p, _)| p.0 <= 6) {
+        assert!((0.7..=1.05).contains(r), "l = {l}: measured ÷ Eq. 23 = {r:.3} ({peaks:?})");
+    }
     for w in peaks.windows(2) {
         let ((l0, p0), (l1, p1)) = (w[0], w[1]);
-        let (saved, eq23_saved) = (p0 as i64 - p1 as i64, eq23(l0) as i64 - eq23(l1) as i64);
-        assert!(2 * saved >= eq23_saved, "l = {l0} → {l1}: the peak fell by {saved} B, under half of Eq. 23's {eq23_saved} B ({peaks:?})");
+        let (saved, eq23_saved) = (p0 as f64 - p1 as f64, eq23(l0) as f64 - eq23(l1) as f64);
+        let share = saved / eq23_saved;
+        eprintln!("l = {l0} → {l1}: saves {saved} B, Eq. 23 {eq23_saved} B ({share:.3})");
+        let band = if l1 <= 6 { 0.7..=1.05 } else { 0.5..=1.05 };
+        assert!(band.contains(&share), "l = {l0} → {l1}: the peak fell by {saved} B, {share:.2} × Eq. 23's {eq23_saved} B ({peaks:?})");
     }
 
     absolute_peak_holds_the_model_and_falls_with_toa();
@@ -81,13 +95,12 @@ fn absolute_peak_holds_the_model_and_falls_with_toa() {
         .sum::<u64>();
     let get = |mode: &str| rows.iter().find(|r| r.mode == mode).unwrap_or_else(|| panic!("{mode} probed"));
     for r in &rows {
-        assert!(r.absolute_bytes() >= r.measured_bytes, "{r:?}");
+        assert_eq!(r.absolute_bytes(), r.resident_bytes + r.measured_bytes as u64, "{r:?}");
     }
     // Without TOA the client holds a whole model copy (every weight and BN buffer).
     for mode in ["none", "ordered", "tinyfel", "toa-1"] {
         let r = get(mode);
         assert!(r.resident_bytes >= model_bytes, "{mode}: resident {} < model {model_bytes}", r.resident_bytes);
-        assert!(r.absolute_bytes() >= r.measured_bytes + model_bytes);
     }
     // TOA sends (and the client holds) fewer frozen tensors: the resident bytes fall strictly
     // with s, and the absolute peak falls by at least what the client no longer holds (the

@@ -156,9 +156,13 @@ fn a_two_round_fedolf_run_with_two_workers_on_wgpu_ends_near_the_cpu_run() {
     small_run(cpu_out.path(), "cpu", &[]);
     let printed = small_run(gpu_out.path(), "wgpu", &[]);
     let (c, g) = (only_run_dir(cpu_out.path()), only_run_dir(gpu_out.path()));
-    // Same seed, same start, same batches: round 1's mean training loss agrees to rounding.
+    // Same seed, same start, same batches: both rounds' mean training loss agree to 1e-5
+    // relative, as the README says (measured on lavapipe: round 1 identical in all six
+    // printed decimals, round 2 one unit apart in the sixth, 5e-7 relative).
     let (c_loss, g_loss) = (numbers(&column(&c.join("rounds.csv"), "train_loss")), numbers(&column(&g.join("rounds.csv"), "train_loss")));
-    assert!((c_loss[0] - g_loss[0]).abs() < 1e-3 * c_loss[0].abs(), "round 1 train loss: {} on the CPU, {} on wgpu", c_loss[0], g_loss[0]);
+    for r in 0..2 {
+        assert!((c_loss[r] - g_loss[r]).abs() <= 1e-5 * c_loss[r].abs(), "round {} train loss: {} on the CPU, {} on wgpu", r + 1, c_loss[r], g_loss[r]);
+    }
     let (c_acc, g_acc) = (numbers(&column(&c.join("rounds.csv"), "accuracy")), numbers(&column(&g.join("rounds.csv"), "accuracy")));
     assert!((c_acc[1] - g_acc[1]).abs() <= 0.03, "round 2 accuracy: {} on the CPU, {} on wgpu", c_acc[1], g_acc[1]);
     assert!(g_acc[1] > 0.2, "wgpu did not learn: round 2 accuracy {}", g_acc[1]);
