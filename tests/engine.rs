@@ -110,7 +110,7 @@ fn train(net: &LayeredNet<Train>, frozen: usize, cache: bool, n: usize, shape: [
 #[test]
 fn the_frozen_prefix_cache_trains_like_the_uncached_run() {
     for (kind, shape, frozen) in [(ModelKind::Cnn, [1, 12, 12], 1), (ModelKind::ResNet20, [3, 8, 8], 4)] {
-        let net = kind.init::<Train>(shape, 10, &device()).unwrap();
+        let net = seeded::<Train>(kind, shape, 10, 1);
         let (plain, plain_loss) = train(&net, frozen, false, 37, shape);
         let (cached, cached_loss) = train(&net, frozen, true, 37, shape);
         assert!((plain_loss - cached_loss).abs() <= 1e-5 * plain_loss.abs(), "{kind:?}: loss {plain_loss} vs {cached_loss}");

@@ -11,7 +11,7 @@ const SHAPES: [[usize; 3]; 2] = [[1, 28, 28], [3, 32, 32]];
 fn every_model_has_the_documented_layer_count() {
     let expected = [(ModelKind::Cnn, 3), (ModelKind::AlexNet, 7), (ModelKind::ResNet20, 10), (ModelKind::ResNet44, 22)];
     for (kind, n) in expected {
-        let net = kind.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+        let net = seeded::<Inner>(kind, [3, 32, 32], 10, 1);
         assert_eq!(net.num_layers(), n, "{}", kind.name());
         assert_eq!(kind.num_layers(), n, "{}", kind.name());
     }
@@ -21,7 +21,7 @@ fn every_model_has_the_documented_layer_count() {
 fn output_shapes_on_both_input_shapes() {
     for kind in ModelKind::ALL {
         for shape in SHAPES {
-            let net = kind.init::<Inner>(shape, 7, &device()).unwrap();
+            let net = seeded::<Inner>(kind, shape, 7, 2);
             let (x, _) = random_batch::<Inner>(2, shape, 7, 1);
             assert_eq!(net.forward(x).dims(), [2, 7], "{} on {shape:?}", kind.name());
             // The static shape walk agrees with what the tensors did.
@@ -35,7 +35,7 @@ fn output_shapes_on_both_input_shapes() {
 fn split_forward_equals_full_forward() {
     for kind in ModelKind::ALL {
         for shape in SHAPES {
-            let net = kind.init::<Inner>(shape, 10, &device()).unwrap();
+            let net = seeded::<Inner>(kind, shape, 10, 3);
             let (x, _) = random_batch::<Inner>(3, shape, 10, 2);
             let full = to_vec(&net.forward(x.clone()));
             for l in 0..net.num_layers() {
@@ -51,7 +51,7 @@ fn split_forward_equals_full_forward() {
 #[test]
 fn layer_infos_match_the_real_intermediate_shapes() {
     for kind in ModelKind::ALL {
-        let net = kind.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+        let net = seeded::<Inner>(kind, [3, 32, 32], 10, 4);
         let (x, _) = random_batch::<Inner>(1, [3, 32, 32], 10, 3);
         let mut h = Features::Map(x);
         for (i, info) in net.layer_infos().iter().enumerate() {
@@ -64,7 +64,7 @@ fn layer_infos_match_the_real_intermediate_shapes() {
 
 #[test]
 fn bad_ranges_and_inputs_are_typed_errors() {
-    let net = ModelKind::Cnn.init::<Inner>([1, 28, 28], 10, &device()).unwrap();
+    let net = seeded::<Inner>(ModelKind::Cnn, [1, 28, 28], 10, 5);
     let (x, _) = random_batch::<Inner>(1, [1, 28, 28], 10, 4);
     let err = net.forward_range(Features::Map(x), 0, 4).unwrap_err();
     assert!(err.to_string().contains("0..4"), "{err}");

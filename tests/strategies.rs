@@ -237,7 +237,7 @@ fn fake_int8_touches_only_frozen_weights_and_training_still_runs() {
     use fedolf::local::fake_quant::fake_int8_frozen;
     use fedolf::local::training::{LocalModel, SgdSettings};
     use fedolf::models::ModelKind;
-    let global = ModelKind::Cnn.init::<Train>([1, 28, 28], 10, &device()).unwrap();
+    let global = seeded::<Train>(ModelKind::Cnn, [1, 28, 28], 10, 1);
     let before = host_params(&global);
     let (f, tr, g) = (LayerRole::FrozenNoGraph, LayerRole::Trained, LayerRole::FrozenInGraph);
     let local = fake_int8_frozen(LocalModel::from_roles(&global, &[f, tr, g]).unwrap()).unwrap();

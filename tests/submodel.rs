@@ -16,7 +16,7 @@ const RATIOS: [f64; 5] = [0.2, 0.4, 0.6, 0.8, 1.0];
 
 /// A fresh inner-backend copy (its own BN cells) of a seeded model.
 fn global(kind: ModelKind, shape: [usize; 3]) -> LayeredNet<Train> {
-    kind.init::<Train>(shape, 10, &device()).unwrap()
+    seeded::<Train>(kind, shape, 10, 1)
 }
 
 #[test]

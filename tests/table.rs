@@ -165,3 +165,24 @@ fn a_grid_folder_made_from_another_grid_file_is_refused() {
     assert!(stderr.contains("another grid file") && stderr.contains("second.toml") && stderr.contains("out/g"), "{stderr}");
     assert_eq!(std::fs::read_dir(out.join("g")).unwrap().count(), before, "the refused grid wrote into the folder");
 }
+
+/// The grid files the project ships read and resolve (every row's config), with the paper's
+/// numbers in range.
+#[test]
+fn the_shipped_grids_resolve() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut found = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !(name.starts_with("paper-table-") && name.ends_with(".toml")) {
+            continue;
+        }
+        let grid = fedolf::io::grid::Grid::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(grid.seeds, vec![1, 2, 3], "{name}: the paper's three trials");
+        assert!(grid.rows.iter().any(|r| r.config.method == fedolf::config::Method::Fedavg), "{name}: FedAvg, the upper bound, has a row");
+        assert!(grid.rows.iter().all(|r| r.config.federation.clusters == 5), "{name}: c = 5 in every row");
+        found += 1;
+    }
+    assert!(found >= 2, "the AlexNet and ResNet20 grids");
+}

@@ -10,7 +10,21 @@
 //! server: MWA over element masks, `w = n_k`; the full model is evaluated.
 //!
 //! Choices: split depths `d ∈ {0, ⌊N/3⌋, ⌊2N/3⌋}` (input side, a third, two thirds of the
-//! layers); uniform draws (the RL-based selector of the paper is not implemented).
+//! layers); uniform draws with the fall-back above (the selection the project's tables name
+//! "uniform draw, fall back").
+//!
+//! Not faithful yet to the official code (mastlab-T3S/AdaptiveFL), read for issue 36:
+//! - its pool is 3 widths {0.4, 0.66, 1.0} × 3 full-width depths with the full model once
+//!   (7 models, level = index / 3), not `c` widths × 3 splits;
+//! - its default selection (`--client_chosen_mode available`) draws the model first (uniform,
+//!   per slot) and then a client among those whose capacity group can run it (level 0: any,
+//!   level 1: the top 60 %, level 2: the top 30 % of clients, groups 4:3:3), with no
+//!   fall-back; here the engine samples clients first and the model follows;
+//! - its "RL" mode (reward tables per client over models and levels, a client sampled per
+//!   model ∝ min(R_s, 0.5)/√T_c, table updates on success and on fall-back against a random
+//!   resource draw) is not implemented.
+//! Both selections sample clients inside the strategy, which the `Strategy` trait does not
+//! offer today (the engine samples `C_t` uniformly).
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
