@@ -186,3 +186,30 @@ fn the_shipped_grids_resolve() {
     }
     assert!(found >= 2, "the AlexNet and ResNet20 grids");
 }
+
+/// A run that fails on its setup (here: no Dirichlet partition gives 50 clients 20 samples
+/// each out of 300 images) stops the grid with one line, and is not kept as failed: the next
+/// start meets the same error again, not "failed earlier".
+#[test]
+fn a_grid_whose_runs_cannot_start_stops_at_the_first() {
+    let scratch = scratch::tempdir().unwrap();
+    let data = fedolf_datasets::shipped_subset_dir();
+    let grid = scratch.path().join("g.toml");
+    std::fs::write(
+        &grid,
+        format!(
+            "name = \"g\"\nseeds = [1, 2]\nset = ['data.data_dir=\"{}\"', \"data.train_limit=300\", \"federation.clients=50\", \"data.min_size=20\"]\n[[row]]\nname = \"a\"\nmethod = \"fedolf\"\n[[row]]\nname = \"b\"\nmethod = \"fedavg\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = scratch.path().join("out");
+    for _ in 0..2 {
+        let o = table(&grid, &out);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{stderr}");
+        let last = stderr.trim().lines().last().unwrap();
+        assert!(last.starts_with("Error: a seed 1:") && last.contains("partition") && last.contains("g.toml"), "{stderr}");
+        assert!(!stderr.contains("failed earlier") && !stderr.contains("b seed"), "{stderr}");
+    }
+}

@@ -124,6 +124,15 @@ fn run_grid(grid: &Grid, dir: &GridDir, args: &TableArgs, alloc: &'static Counti
                 bar.abandon();
                 anyhow::bail!("interrupted during {} seed {seed} (checkpointed); continue with: fedolf table {} --out {}", row.name, grid.file.display(), args.out.display());
             }
+            // A run that fails before its first round failed on its setup (data, partition,
+            // model): every run of the grid would, so the grid stops, and the trial is not
+            // kept as failed, so the next start tries it again.
+            Err(e) if summary.rounds_completed == 0 && !resume => {
+                bar.abandon();
+                let _ = std::fs::remove_dir_all(&trial_dir.path);
+                write_row_summary(grid, dir, row)?;
+                anyhow::bail!("{} seed {seed}: {e} (nothing ran; fix {} and start again)", row.name, grid.file.display());
+            }
             Err(e) => say(format!("  {} seed {seed}: FAILED: {e}", row.name)),
             Ok(_) => {
                 done_runs += 1;
