@@ -83,7 +83,7 @@ fn the_calibrated_predictor_is_monotone_in_l_and_within_10_percent_of_the_measur
             assert!(predicted[l] as f64 <= predicted[l - 1] as f64 * 1.005, "{name}: predicted peak rises from l = {} to {l}: {predicted:?}", l - 1);
         }
         // Freezing keeps no graph for the frozen layers, so the predicted peak (the probe's
-        // measurement) must fall by at least half of what Eq. 23 says their activations and
+        // measurement) must fall by about what Eq. 23 says their activations and
         // gradients take. Not a fixed fraction of the peak: the rest of it is kernel scratch
         // and the no-graph forward's working set, which the CPU's SIMD width, caches and core
         // count move (AVX-512 makes the CNN's l = 2 probe 0.52 of l = 0, not 0.5).
@@ -91,7 +91,11 @@ fn the_calibrated_predictor_is_monotone_in_l_and_within_10_percent_of_the_measur
         let theory = |l: usize| rows[n - 1 - l].theoretical_transient;
         let (saved, eq23_saved) = (predicted[0] - predicted[n - 1], theory(0) - theory(n - 1));
         eprintln!("{name}: predicted {predicted:?}; l = 0 → {}: saves {saved} B, Eq. 23 {eq23_saved} B ({:.2}×)", n - 1, saved as f64 / eq23_saved as f64);
-        assert!(2 * saved >= eq23_saved, "{name}: freezing all but the classifier saves {saved} B of predicted peak, under half of Eq. 23's {eq23_saved} B: {predicted:?}");
+        // Two-sided: measured here 0.60–0.82× (CNN, run to run), 0.68× (AlexNet), 0.82×
+        // (ResNet20). Above Eq. 23's saving would mean the probe lost track of memory the
+        // trained layers keep (Eq. 23 counts more maps than the graph keeps).
+        let share = saved as f64 / eq23_saved as f64;
+        assert!((0.5..=1.05).contains(&share), "{name}: freezing all but the classifier saves {saved} B of predicted peak, {share:.2} × Eq. 23's {eq23_saved} B: {predicted:?}");
 
         // The middle level is predicted without its own probe: its ρ is the mean of its two
         // neighbours' (a level held out), so the check below tests prediction, not the
