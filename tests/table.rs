@@ -146,24 +146,56 @@ fn malformed_grids_are_refused_with_one_line_before_anything_runs() {
     refused(&format!("{HEAD}config = \"missing.toml\"\n[[row]]\nname = \"a\"\nmethod = \"fedolf\"\n"), &["bad.toml", "config", "missing.toml"]);
 }
 
+/// A grid file may gain rows and comments after its folder has results; a change to a row that
+/// has results, or to the seeds, is refused with one line, and nothing is written.
 #[test]
 fn a_grid_folder_made_from_another_grid_file_is_refused() {
     let scratch = scratch::tempdir().unwrap();
     let out = scratch.path().join("out");
-    let first = scratch.path().join("first.toml");
-    std::fs::write(&first, format!("{HEAD}[[row]]\nname = \"a\"\nmethod = \"fedolf\"\n")).unwrap();
-    let o = bin().args(["table", first.to_str().unwrap(), "--out", out.to_str().unwrap(), "--report"]).output().unwrap();
+    let data = fedolf_datasets::shipped_subset_dir();
+    let head = format!(
+        "name = \"g\"\nseeds = [1]\nset = ['data.data_dir=\"{}\"', \"data.train_limit=200\", \"data.test_limit=100\", \"data.partition=\\\"iid\\\"\", \"federation.clients=4\", \"federation.clients_per_round=2\", \"federation.rounds=1\"]\n",
+        data.display()
+    );
+    let write = |name: &str, text: String| {
+        let path = scratch.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let first = write("first.toml", format!("{head}[[row]]\nname = \"a\"\nmethod = \"fedolf\"\n"));
+    let o = table(&first, &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let before = std::fs::read_dir(out.join("g")).unwrap().count();
-
-    let second = scratch.path().join("second.toml");
-    std::fs::write(&second, format!("{HEAD}[[row]]\nname = \"a\"\nmethod = \"fedavg\"\n")).unwrap();
-    let o = table(&second, &out);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("another grid file") && stderr.contains("second.toml") && stderr.contains("out/g"), "{stderr}");
-    assert_eq!(std::fs::read_dir(out.join("g")).unwrap().count(), before, "the refused grid wrote into the folder");
+    let snapshot = || -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files = Vec::new();
+        let mut stack = vec![out.join("g")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() { stack.push(p) } else { files.push((p.clone(), std::fs::read(&p).unwrap())) }
+            }
+        }
+        files.sort();
+        files
+    };
+    let before = snapshot();
+    for (name, text, wants) in [
+        ("method.toml", format!("{head}[[row]]\nname = \"a\"\nmethod = \"fedavg\"\n"), "row `a`"),
+        ("gone.toml", format!("{head}[[row]]\nname = \"b\"\nmethod = \"fedavg\"\n"), "row `a`"),
+        ("seeds.toml", format!("{}[[row]]\nname = \"a\"\nmethod = \"fedolf\"\n", head.replace("seeds = [1]", "seeds = [1, 2]")), "seeds"),
+    ] {
+        let o = table(&write(name, text), &out);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{name} accepted");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("another grid file") && stderr.contains(name) && stderr.contains(wants), "{name}: {stderr}");
+        assert_eq!(snapshot(), before, "{name}: the refused grid wrote into the folder");
+    }
+    // A new row and a comment: accepted, the finished row kept, the new one run.
+    let grown = write("grown.toml", format!("# a comment\n{head}[[row]]\nname = \"a\"\nmethod = \"fedolf\"\n[[row]]\nname = \"b\"\nmethod = \"fedavg\"\n"));
+    let o = table(&grown, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 runs already done"));
+    assert_eq!(std::fs::read_to_string(out.join("g/grid.toml")).unwrap(), std::fs::read_to_string(&grown).unwrap());
 }
 
 /// The grid files the project ships read and resolve (every row's config), with the paper's

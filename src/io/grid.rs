@@ -169,30 +169,41 @@ pub struct GridDir {
 
 impl GridDir {
     /// The grid's folder under `out`, created on first use. An existing folder must have been
-    /// made from the same grid file and hold each row's own config; nothing is written when it
-    /// does not.
+    /// made from this grid: the same seeds, and every row it holds still in the grid with the
+    /// same resolved config (a grid file may gain rows and comments; it may not change a row
+    /// that has results). Nothing is written when it was not.
     pub fn open(out: &Path, grid: &Grid) -> Result<Self, GridError> {
         let path = out.join(&grid.name);
         let folder = path.display().to_string();
         let kept = path.join(GRID_FILE);
+        let refuse = |why: String| GridError::Folder {
+            folder: folder.clone(),
+            message: format!("made from another grid file than {} ({why}); use another --out, or move the folder away", grid.file.display()),
+        };
         if kept.exists() {
             let text = std::fs::read_to_string(&kept).map_err(|source| GridError::Io { path: kept.display().to_string(), source })?;
             if text != grid.text {
-                return Err(GridError::Folder {
-                    folder,
-                    message: format!("made from another grid file (its {GRID_FILE} differs from {}); use another --out, or move the folder away", grid.file.display()),
-                });
-            }
-            for row in &grid.rows {
-                let config = path.join(&row.name).join("config.toml");
-                if let Ok(held) = std::fs::read_to_string(&config) {
-                    if held != row.config.to_toml() {
-                        return Err(GridError::Folder {
-                            folder,
-                            message: format!("row `{}`: {} differs from the row's config as {} resolves it today (its base config changed?); use another --out", row.name, config.display(), grid.file.display()),
-                        });
-                    }
+                let held: toml::Table = text.parse().map_err(|e: toml::de::Error| refuse(format!("its {GRID_FILE} does not parse: {}", e.message())))?;
+                let seeds: Vec<u64> = held.get("seeds").and_then(|v| v.clone().try_into().ok()).unwrap_or_default();
+                if seeds != grid.seeds {
+                    return Err(refuse(format!("its seeds are {seeds:?}, the grid's {:?}", grid.seeds)));
                 }
+            }
+            let entries = std::fs::read_dir(&path).map_err(|source| GridError::Io { path: folder.clone(), source })?;
+            for entry in entries.filter_map(Result::ok) {
+                let config = entry.path().join("config.toml");
+                let name = entry.file_name().to_string_lossy().to_string();
+                let Ok(held) = std::fs::read_to_string(&config) else { continue };
+                match grid.rows.iter().find(|r| r.name == name) {
+                    None => return Err(refuse(format!("it holds row `{name}`, which the grid file does not have"))),
+                    Some(row) if held != row.config.to_toml() => {
+                        return Err(refuse(format!("row `{name}`: {} differs from the row's config as the grid file resolves it", config.display())))
+                    }
+                    Some(_) => {}
+                }
+            }
+            if text != grid.text {
+                write_atomic(&kept, grid.text.as_bytes()).map_err(|source| GridError::Io { path: kept.display().to_string(), source })?;
             }
         } else if path.exists() && std::fs::read_dir(&path).map(|mut d| d.next().is_some()).unwrap_or(true) {
             return Err(GridError::Folder { folder, message: format!("exists and is not a grid folder (no {GRID_FILE}); use another --out") });
