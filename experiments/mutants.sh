@@ -31,7 +31,7 @@ for f in "${FILES[@]}"; do
   echo "== $f against: $tests"
   # The models crate's file is exercised by the root package's tests.
   cargo mutants --file "$f" --package fedolf --package fedolf-models --test-package fedolf \
-    --copy-target=true --profile release --baseline skip --timeout 600 --build-timeout 900 \
+    --copy-target=true --profile release --baseline skip --timeout 600 --build-timeout 3600 \
     "${args[@]}" --output "$out" || true
   for kind in caught missed unviable timeout; do
     printf '  %-9s %s\n' "$kind" "$(wc -l < "$out/mutants.out/$kind.txt" 2>/dev/null || echo 0)"

@@ -32,42 +32,63 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// The chart every plot here draws in: an SVG of `size` with a title, axes over
+/// `x ∈ [xmin, xmax]`, `y ∈ [0, ymax]`, and a legend at `legend` after `draw` adds the series.
+type Chart<'a> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>;
+
+struct Frame<'t> {
+    title: &'t str,
+    x_label: &'t str,
+    y_label: &'t str,
+    size: (u32, u32),
+    legend: SeriesLabelPosition,
+}
+
+fn framed(path: &Path, frame: Frame<'_>, (xmin, xmax): (f64, f64), ymax: f64, draw: impl FnOnce(&mut Chart<'_>) -> Result<(), PlotError>) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), message: e.to_string() };
+    let xmax = if xmax > xmin { xmax } else { xmin + 1.0 };
+    let root = SVGBackend::new(path, frame.size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(frame.title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(xmin..xmax, 0.0..ymax.max(1e-9))
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc(frame.x_label).y_desc(frame.y_label).draw().map_err(|e| err(&e))?;
+    draw(&mut chart)?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .position(frame.legend)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
 pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<(), PlotError> {
     let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), message: e.to_string() };
     let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).collect();
     if all.is_empty() {
         return Err(err(&"nothing to plot"));
     }
-    let (xmin, xmax) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let x = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let ymax = all.iter().fold(0.0f64, |a, p| a.max(p.1)) * 1.08;
-    let xmax = if xmax > xmin { xmax } else { xmin + 1.0 };
-    let root = SVGBackend::new(path, (800, 520)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(xmin..xmax, 0.0..ymax.max(1e-9))
-        .map_err(|e| err(&e))?;
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
-    for (i, s) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        chart
-            .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| err(&e))?;
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.85))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
+    let frame = Frame { title, x_label, y_label, size: (800, 520), legend: SeriesLabelPosition::UpperRight };
+    framed(path, frame, x, ymax, |chart| {
+        for (i, s) in series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(s.name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| err(&e))?;
+        }
+        Ok(())
+    })
 }
 
 /// Measured peaks per mode against frozen layers — the step's extra peak and the absolute
@@ -116,41 +137,25 @@ pub fn band_chart(path: &Path, title: &str, x_label: &str, y_label: &str, bands:
     if all.is_empty() {
         return Err(err(&"nothing to plot"));
     }
-    let (xmin, xmax) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let x = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let ymax = all.iter().fold(0.0f64, |a, p| a.max(p.3)) * 1.08;
-    let xmax = if xmax > xmin { xmax } else { xmin + 1.0 };
-    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(xmin..xmax, 0.0..ymax.max(1e-9))
-        .map_err(|e| err(&e))?;
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
-    for (i, b) in bands.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        // Past the palette, the same colours again, dashed.
-        let dashed = i >= PALETTE.len();
-        let mut outline: Vec<(f64, f64)> = b.points.iter().map(|p| (p.0, p.3)).collect();
-        outline.extend(b.points.iter().rev().map(|p| (p.0, p.2)));
-        chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.15).filled()))).map_err(|e| err(&e))?;
-        let line: Vec<(f64, f64)> = b.points.iter().map(|p| (p.0, p.1)).collect();
-        let style = color.stroke_width(2);
-        let drawn = if dashed {
-            chart.draw_series(DashedLineSeries::new(line, 6, 4, style)).map_err(|e| err(&e))?
-        } else {
-            chart.draw_series(LineSeries::new(line, style)).map_err(|e| err(&e))?
-        };
-        drawn.label(b.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.85))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
+    let frame = Frame { title, x_label, y_label, size: (960, 600), legend: SeriesLabelPosition::LowerRight };
+    framed(path, frame, x, ymax, |chart| {
+        for (i, b) in bands.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            let mut outline: Vec<(f64, f64)> = b.points.iter().map(|p| (p.0, p.3)).collect();
+            outline.extend(b.points.iter().rev().map(|p| (p.0, p.2)));
+            chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.15).filled()))).map_err(|e| err(&e))?;
+            let line: Vec<(f64, f64)> = b.points.iter().map(|p| (p.0, p.1)).collect();
+            let style = color.stroke_width(2);
+            // Past the palette, the same colours again, dashed.
+            let drawn = if i >= PALETTE.len() {
+                chart.draw_series(DashedLineSeries::new(line, 6, 4, style)).map_err(|e| err(&e))?
+            } else {
+                chart.draw_series(LineSeries::new(line, style)).map_err(|e| err(&e))?
+            };
+            drawn.label(b.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        }
+        Ok(())
+    })
 }
