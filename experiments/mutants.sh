@@ -2,13 +2,17 @@
 # Mutation testing of the files that carry the paper's mechanics, with cargo-mutants from the
 # crate registry (`cargo install cargo-mutants`). Each file's mutants run against the test
 # binaries that exercise it, in the release profile (the tests train real models), in a copy of
-# the tree with target/ copied, so a mutant rebuilds only the crate it touches. Not part of CI:
+# the tree building into one target folder of its own (MUTANTS_TARGET, default
+# ../mutants-target): the registry crates are built once, for every later run, and a mutant
+# rebuilds only the crates it touches. Not part of CI:
 # run it when these files change; experiments/results/mutants.md records the last run.
 #   experiments/mutants.sh                          every file below
 #   experiments/mutants.sh src/strategy/fedolf.rs   one file
 # Results: mutants.out/<file>/mutants.out/{caught,missed,unviable,timeout}.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Not target/: a mutant's build would overwrite target/release/fedolf with mutated code.
+export CARGO_TARGET_DIR=${MUTANTS_TARGET:-$PWD/../mutants-target}
 declare -A TESTS=(
   [src/tensor/aggregate.rs]="aggregation strategies engine baselines2 submodel"
   [src/compress/toa.rs]="toa"
@@ -31,7 +35,7 @@ for f in "${FILES[@]}"; do
   echo "== $f against: $tests"
   # The models crate's file is exercised by the root package's tests.
   cargo mutants --file "$f" --package fedolf --package fedolf-models --test-package fedolf \
-    --copy-target=true --profile release --baseline skip --timeout 600 --build-timeout 3600 \
+    --copy-target=false --profile release --baseline skip --timeout 600 --build-timeout 3600 \
     "${args[@]}" --output "$out" || true
   for kind in caught missed unviable timeout; do
     printf '  %-9s %s\n' "$kind" "$(wc -l < "$out/mutants.out/$kind.txt" 2>/dev/null || echo 0)"

@@ -398,6 +398,10 @@ pub struct TrainConfig {
     /// A client's NaN/inf loss or upload: `stop` the run (default) or `skip` the client.
     #[serde(default)]
     pub nonfinite: NonFinite,
+    /// BatchNorm in a frozen prefix outside the graph: `running` statistics (default) or each
+    /// `batch`'s own (PyTorch's train mode under `no_grad`).
+    #[serde(default)]
+    pub frozen_norm: crate::local::training::FrozenNorm,
 }
 
 impl TrainConfig {
@@ -408,6 +412,7 @@ impl TrainConfig {
             batch_size: self.batch_size,
             sgd: crate::local::training::SgdSettings { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay },
             cache_frozen: self.cache_frozen,
+            frozen_norm: self.frozen_norm,
         }
     }
 }

@@ -97,7 +97,7 @@ fn train(net: &LayeredNet<Train>, frozen: usize, cache: bool, n: usize, shape: [
     let (images, labels) = random_batch::<Inner>(n, shape, 10, 7);
     let indices: Vec<usize> = (0..n).rev().collect();
     let data = ClientData { images: &images, labels: &labels, indices: &indices };
-    let settings = LocalTraining { epochs: 3, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }, cache_frozen: cache };
+    let settings = LocalTraining { epochs: 3, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }, cache_frozen: cache, frozen_norm: Default::default() };
     let local = LocalModel::ordered(net, frozen).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let (trained, outcome) = train_local(local, &data, &settings, &mut rng).unwrap();

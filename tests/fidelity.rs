@@ -127,7 +127,7 @@ fn frozen_batch_norm_in_the_graph_uses_and_keeps_running_statistics() {
     // A training step moves the trained layer's statistics but not the frozen layers'.
     let indices: Vec<usize> = (0..16).collect();
     let data = ClientData { images: &x, labels: &y, indices: &indices };
-    let settings = LocalTraining { epochs: 1, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 0.0 }, cache_frozen: false };
+    let settings = LocalTraining { epochs: 1, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 0.0 }, cache_frozen: false, frozen_norm: Default::default() };
     let (trained, _) = train_local(local, &data, &settings, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
     let after = trained.join().valid();
     assert_ne!(running_stats(&after, 0), running_stats(&before, 0), "trained layer 0 updates its statistics");
@@ -145,7 +145,7 @@ fn tinyfel_trains_exactly_like_fedolf_on_resnet20() {
     let global = fedolf::strategy::recompute_bn_statistics(global, &x, 16);
     let indices: Vec<usize> = (0..16).collect();
     let data = ClientData { images: &x, labels: &y, indices: &indices };
-    let settings = LocalTraining { epochs: 1, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }, cache_frozen: false };
+    let settings = LocalTraining { epochs: 1, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }, cache_frozen: false, frozen_norm: Default::default() };
     let l = 4;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let run = |roles: Vec<LayerRole>| {
@@ -225,7 +225,7 @@ fn a_random_width_resnet_with_option_a_skips_trains() {
     let (x, y) = random_batch::<Inner>(4, [3, 32, 32], 10, 6);
     let indices: Vec<usize> = (0..4).collect();
     let data = ClientData { images: &x, labels: &y, indices: &indices };
-    let settings = LocalTraining { epochs: 1, batch_size: 4, sgd: SgdSettings { lr: 0.05, momentum: 0.0, weight_decay: 0.0 }, cache_frozen: false };
+    let settings = LocalTraining { epochs: 1, batch_size: 4, sgd: SgdSettings { lr: 0.05, momentum: 0.0, weight_decay: 0.0 }, cache_frozen: false, frozen_norm: Default::default() };
     let local = LocalModel::ordered(&sub, 0).unwrap();
     let (trained, outcome) = train_local(local, &data, &settings, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
     assert!(outcome.mean_loss.is_finite());

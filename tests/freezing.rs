@@ -13,7 +13,7 @@ use fedolf::models::ModelKind;
 use rand::SeedableRng;
 
 fn settings() -> LocalTraining {
-    LocalTraining { epochs: 2, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }, cache_frozen: false }
+    LocalTraining { epochs: 2, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }, cache_frozen: false, frozen_norm: Default::default() }
 }
 
 #[test]
@@ -129,4 +129,45 @@ fn divergence_is_reported_not_hidden() {
     s.sgd.lr = 1e10;
     let err = train_local(split, &data, &s, &mut rng).unwrap_err();
     assert!(matches!(err, LocalError::Diverged { .. }), "{err:?}");
+}
+
+/// `train.frozen_norm = "batch"`: BatchNorm in the frozen prefix outside the graph normalises
+/// with each batch's statistics, as the same layers do in training mode (PyTorch's train mode
+/// under `no_grad`), and its running statistics, like every frozen weight, do not move;
+/// `"running"` (the default) normalises as evaluation does.
+#[test]
+fn frozen_batchnorm_uses_running_or_batch_statistics_as_configured() {
+    use fedolf::local::training::FrozenNorm;
+    use fedolf::models::Features;
+    let global = seeded::<Train>(ModelKind::ResNet20, [3, 32, 32], 10, 4);
+    let (x, _) = random_batch::<Inner>(8, [3, 32, 32], 10, 5);
+    let l = 4;
+    let prefix_out = |batch: bool| {
+        let mut split = LocalModel::ordered(&global, l).unwrap();
+        split.no_graph.layers.iter_mut().for_each(|layer| layer.set_batch_stats(batch));
+        let Features::Map(h) = split.prefix_forward(x.clone()) else { unreachable!() };
+        to_vec(&h)
+    };
+    // Evaluation mode (inner backend, running statistics) and training mode (a fresh copy on
+    // the autodiff backend: batch statistics).
+    let Features::Map(eval) = global.valid().forward_range(Features::Map(x.clone()), 0, l).unwrap() else { unreachable!() };
+    let copy = fedolf::tensor::params::deep_copy(&global);
+    let Features::Map(train) = copy.forward_range(Features::Map(Tensor::from_inner(x.clone())), 0, l).unwrap() else { unreachable!() };
+    let (eval, train) = (to_vec(&eval), to_vec(&train.inner()));
+    assert!(max_abs_diff(&eval, &train) > 1e-2, "the check needs running and batch statistics to differ");
+    assert!(max_abs_diff(&prefix_out(false), &eval) < 1e-5, "running: the prefix normalises as evaluation does");
+    assert!(max_abs_diff(&prefix_out(true), &train) < 1e-4, "batch: the prefix normalises with the batch's statistics");
+
+    // Training with either mode leaves every frozen tensor, running statistics included, as it was.
+    let before = host_params(&global);
+    for frozen_norm in [FrozenNorm::Running, FrozenNorm::Batch] {
+        let (x, y) = random_batch::<Inner>(16, [3, 32, 32], 10, 6);
+        let indices: Vec<usize> = (0..16).collect();
+        let data = ClientData { images: &x, labels: &y, indices: &indices };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let s = LocalTraining { frozen_norm, ..settings() };
+        let (trained, _) = train_local(LocalModel::ordered(&global, l).unwrap(), &data, &s, &mut rng).unwrap();
+        let after = host_params(&trained.join());
+        assert_eq!(before[..l], after[..l], "{frozen_norm:?}: a frozen tensor moved");
+    }
 }

@@ -31,7 +31,7 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
     let (x, y) = random_batch::<Inner>(batch, shape, 100, 5);
     let indices: Vec<usize> = (0..batch).collect();
     let data = ClientData { images: &x, labels: &y, indices: &indices };
-    let step = LocalTraining { epochs: 1, batch_size: batch, sgd: SgdSettings { lr: 0.01, momentum: 0.9, weight_decay: 0.0 }, cache_frozen: false };
+    let step = LocalTraining { epochs: 1, batch_size: batch, sgd: SgdSettings { lr: 0.01, momentum: 0.9, weight_decay: 0.0 }, cache_frozen: false, frozen_norm: Default::default() };
     let run = |l: usize| {
         let split = LocalModel::ordered(&global, l).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);

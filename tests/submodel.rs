@@ -159,7 +159,7 @@ fn ordered_dropout_trains_only_the_drawn_prefix() {
     let (x, y) = random_batch::<Inner>(16, [1, 28, 28], 10, 9);
     let indices: Vec<usize> = (0..16).collect();
     let data = ClientData { images: &x, labels: &y, indices: &indices };
-    let settings = LocalTraining { epochs: 1, batch_size: 16, sgd: SgdSettings { lr: 0.1, momentum: 0.0, weight_decay: 0.0 }, cache_frozen: false };
+    let settings = LocalTraining { epochs: 1, batch_size: 16, sgd: SgdSettings { lr: 0.1, momentum: 0.0, weight_decay: 0.0 }, cache_frozen: false, frozen_norm: Default::default() };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let (trained, outcome) = train_ordered_dropout(g, &sizes, &[0.5], &data, &settings, &mut rng).unwrap();
     assert_eq!(outcome.steps, 1);

@@ -83,7 +83,7 @@ fn a_client_round_on_wgpu_reports_its_device_peak_and_freezing_lowers_it() {
     let (x, y) = random_batch::<<Gpu as AutodiffBackend>::InnerBackend>(4, input, 100, 9);
     let indices: Vec<usize> = (0..4).collect();
     let data = ClientData { images: &x, labels: &y, indices: &indices };
-    let settings = LocalTraining { epochs: 1, batch_size: 4, sgd: SGD, cache_frozen: false };
+    let settings = LocalTraining { epochs: 1, batch_size: 4, sgd: SGD, cache_frozen: false, frozen_norm: Default::default() };
     let peak = |l: usize| {
         let local = LocalModel::ordered(&global, l).unwrap();
         let (_, outcome) = train_local(local, &data, &settings, &mut stream(1, Purpose::LocalShuffle, 0, 0)).unwrap();

@@ -24,6 +24,8 @@ pub struct ConvUnit<B: Backend> {
     pub scale: f32,
     /// Frozen in the graph: BN normalises with running statistics (see `frozen_norm`).
     pub frozen_bn: bool,
+    /// Frozen outside the graph with batch statistics (see `frozen_norm::NormMode`).
+    pub batch_stats: bool,
 }
 
 impl<B: Backend> ConvUnit<B> {
@@ -55,7 +57,7 @@ impl<B: Backend> ConvUnit<B> {
             .init(device);
         let bn = batch_norm.then(|| BatchNormConfig::new(channels[1]).init(device));
         let pool = pool_size.map(|p| MaxPool2dConfig::new([p, p]).with_strides([p, p]).init());
-        Self { conv, bn, pool, kernel, stride, padding, pool_size: pool_size.unwrap_or(1), scale: 1.0, frozen_bn: false }
+        Self { conv, bn, pool, kernel, stride, padding, pool_size: pool_size.unwrap_or(1), scale: 1.0, frozen_bn: false, batch_stats: false }
     }
 
     /// The convolution's output before BN/ReLU: the "pre-activation" TOA approximates.
@@ -70,7 +72,7 @@ impl<B: Backend> ConvUnit<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut x = crate::scaled(fedolf_kernels::forward(&self.conv, x), self.scale);
         if let Some(bn) = &self.bn {
-            x = crate::frozen_norm::batch_norm(bn, x, self.frozen_bn);
+            x = crate::frozen_norm::batch_norm(bn, x, crate::frozen_norm::NormMode { frozen: self.frozen_bn, batch_stats: self.batch_stats });
         }
         x = relu(x);
         match &self.pool {

@@ -17,26 +17,40 @@
 use burn::nn::BatchNorm;
 use burn::prelude::*;
 
-/// `bn(x)`: batch statistics while training (autodiff on and not `frozen`), else the running
-/// statistics: `(x − μ) / sqrt(σ² + ε) · γ + β`.
+/// How a layer's BatchNorms normalise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NormMode {
+    /// The layer is frozen: its running statistics are not updated.
+    pub frozen: bool,
+    /// Frozen outside the graph, normalise with the batch's statistics (PyTorch's train mode
+    /// under `no_grad`) instead of the running ones.
+    pub batch_stats: bool,
+}
+
+/// `bn(x)`: batch statistics while training (autodiff on and not frozen) or when asked for
+/// (`batch_stats`), else the running statistics: `(x − μ) / sqrt(σ² + ε) · γ + β`. Running
+/// statistics move only while training.
 /// # Shapes
 /// `[b, c, h, w] -> [b, c, h, w]`
-pub(crate) fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, frozen: bool) -> Tensor<B, 4> {
+pub(crate) fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, mode: NormMode) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
     let device = x.device();
     // [b, c, h, w] -> [b, c, h·w]
     let x = x.reshape([b, c, h * w]);
-    let training = !frozen && B::ad_enabled(&device);
-    if training {
+    let training = !mode.frozen && B::ad_enabled(&device);
+    let batch = training || mode.batch_stats;
+    if batch {
         // The CPU's own kernel: one graph node instead of Burn's ops below (same maths).
         if let Some((y, (mean, var))) = fedolf_kernels::batch_norm_train(x.clone(), bn.gamma.val(), bn.beta.val(), bn.epsilon) {
-            let host = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [c]), &device);
-            update_running(bn, host(mean), host(var), &device);
+            if training {
+                let host = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [c]), &device);
+                update_running(bn, host(mean), host(var), &device);
+            }
             // [b, c, h·w] -> [b, c, h, w]
             return y.reshape([b, c, h, w]);
         }
     }
-    let (mean, var) = if !training {
+    let (mean, var) = if !batch {
         // [c] -> [1, c, 1]
         let mean = bn.running_mean.value().to_device(&device).reshape([1, c, 1]);
         let var = bn.running_var.value().to_device(&device).reshape([1, c, 1]);
@@ -47,8 +61,10 @@ pub(crate) fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, frozen:
         let mean = x.clone().sum_dim(2).sum_dim(0).div_scalar(n);
         let centered = x.clone().sub(per_sample(mean.clone(), b));
         let var = centered.square().sum_dim(2).sum_dim(0).div_scalar(n);
-        // [1, c, 1] -> [c]
-        update_running(bn, mean.clone().detach().reshape([c]), var.clone().detach().reshape([c]), &device);
+        if training {
+            // [1, c, 1] -> [c]
+            update_running(bn, mean.clone().detach().reshape([c]), var.clone().detach().reshape([c]), &device);
+        }
         (mean, var)
     };
     // γ / sqrt(σ² + ε) and β − μ·scale, per channel: [1, c, 1]

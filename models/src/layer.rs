@@ -184,6 +184,20 @@ impl<B: Backend> Layer<B> {
         }
     }
 
+    /// Let a layer frozen outside the graph normalise with its batch's statistics (PyTorch's
+    /// train mode under `no_grad`) instead of the running ones, which stay untouched.
+    pub fn set_batch_stats(&mut self, batch: bool) {
+        match self {
+            Self::Conv(u) => u.batch_stats = batch,
+            Self::Stem(u) => {
+                u.batch_stats = batch;
+                u.block.batch_stats = batch;
+            }
+            Self::Block(u) => u.batch_stats = batch,
+            Self::Dense(_) | Self::Mlp(_) | Self::Head(_) => {}
+        }
+    }
+
     /// Mark the layer frozen (or not) for its BatchNorms: frozen BN normalises with running
     /// statistics and leaves them untouched, also inside the autodiff graph.
     pub fn set_frozen_bn(&mut self, frozen: bool) {

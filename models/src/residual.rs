@@ -9,7 +9,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::frozen_norm::batch_norm;
+use crate::frozen_norm::{batch_norm, NormMode};
 use crate::padded_skip::PaddedSkip;
 use crate::shape::{conv_out, ConvShape, FeatureShape, LayerInfo};
 use crate::slicing;
@@ -59,6 +59,8 @@ pub struct BasicBlock<B: Backend> {
     pub scale: f32,
     /// Frozen in the graph: BN normalises with running statistics (see `frozen_norm`).
     pub frozen_bn: bool,
+    /// Frozen outside the graph with batch statistics (see `frozen_norm::NormMode`).
+    pub batch_stats: bool,
 }
 
 impl<B: Backend> BasicBlock<B> {
@@ -82,13 +84,14 @@ impl<B: Backend> BasicBlock<B> {
             stride,
             scale: 1.0,
             frozen_bn: false,
+            batch_stats: false,
         }
     }
 
     /// # Shapes
     /// `[b, c_in, h, w] -> [b, c_out, h/stride, w/stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let (s, frozen) = (self.scale, self.frozen_bn);
+        let (s, frozen) = (self.scale, NormMode { frozen: self.frozen_bn, batch_stats: self.batch_stats });
         let skip = match (&self.shortcut, &self.padded_skip) {
             (Some(p), _) => batch_norm(&p.bn, crate::scaled(fedolf_kernels::forward(&p.conv, x.clone()), s), frozen),
             (None, Some(pad)) => pad.forward(x.clone()),
@@ -206,6 +209,8 @@ pub struct StemUnit<B: Backend> {
     pub scale: f32,
     /// Frozen in the graph: BN normalises with running statistics (see `frozen_norm`).
     pub frozen_bn: bool,
+    /// Frozen outside the graph with batch statistics (see `frozen_norm::NormMode`).
+    pub batch_stats: bool,
 }
 
 impl<B: Backend> StemUnit<B> {
@@ -216,13 +221,15 @@ impl<B: Backend> StemUnit<B> {
             block: BasicBlock::new(width, width, 1, Shortcut::A, device),
             scale: 1.0,
             frozen_bn: false,
+            batch_stats: false,
         }
     }
 
     /// # Shapes
     /// `[b, c_in, h, w] -> [b, width, h, w]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.block.forward(relu(batch_norm(&self.bn, crate::scaled(fedolf_kernels::forward(&self.conv, x), self.scale), self.frozen_bn)))
+        let mode = NormMode { frozen: self.frozen_bn, batch_stats: self.batch_stats };
+        self.block.forward(relu(batch_norm(&self.bn, crate::scaled(fedolf_kernels::forward(&self.conv, x), self.scale), mode)))
     }
 
     /// The stem's convolution, then its block's.

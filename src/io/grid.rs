@@ -194,9 +194,12 @@ impl GridDir {
                 let config = entry.path().join("config.toml");
                 let name = entry.file_name().to_string_lossy().to_string();
                 let Ok(held) = std::fs::read_to_string(&config) else { continue };
+                // Compared as configs, not text: a field added since (with its default) is
+                // the same config.
+                let same = |row: &GridRow| Config::from_toml(&held, &config.display().to_string(), &[]).is_ok_and(|c| c == row.config);
                 match grid.rows.iter().find(|r| r.name == name) {
                     None => return Err(refuse(format!("it holds row `{name}`, which the grid file does not have"))),
-                    Some(row) if held != row.config.to_toml() => {
+                    Some(row) if !same(row) => {
                         return Err(refuse(format!("row `{name}`: {} differs from the row's config as the grid file resolves it", config.display())))
                     }
                     Some(_) => {}

@@ -51,6 +51,20 @@ pub struct LocalTraining {
     pub sgd: SgdSettings,
     /// Compute the frozen prefix's outputs once per round and reuse them every epoch.
     pub cache_frozen: bool,
+    /// How BatchNorm normalises in the frozen prefix outside the graph.
+    pub frozen_norm: FrozenNorm,
+}
+
+/// How BatchNorm in the frozen prefix (outside the graph) normalises. Its running statistics
+/// never move there either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrozenNorm {
+    /// With the running statistics it was sent (as evaluation does).
+    #[default]
+    Running,
+    /// With each batch's own statistics (PyTorch's train mode under `no_grad`).
+    Batch,
 }
 
 impl LocalTraining {
@@ -362,6 +376,8 @@ pub fn train_local<B: AutodiffBackend, R: Rng>(
     if settings.batch_size == 0 {
         return Err(LocalError::ZeroBatch);
     }
+    let batch_stats = settings.frozen_norm == FrozenNorm::Batch;
+    model.no_graph.layers.iter_mut().for_each(|l| l.set_batch_stats(batch_stats));
     let mut optim = sgd_optimizer::<B>(&settings.sgd);
     let cache = (settings.caches_prefix() && model.no_graph.num_layers() > 0)
         .then(|| prefix_cache(&model, data, settings.batch_size));
