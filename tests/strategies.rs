@@ -357,3 +357,18 @@ fn fedolf_merges_each_layer_over_its_own_uploaders_under_both_rules() {
     let got = merged_values(blend.merge(&global, &uploads, &plans(4)).unwrap());
     assert!((got[2].as_ref().unwrap()[0] - (0.75 * 6.0 + 25.0)).abs() < 1e-4, "{got:?}");
 }
+
+/// FedOLF's levels freeze layers: a run with more clusters than the model has layers is
+/// refused before anything trains, naming the field, and the run header's frozen counts per
+/// cluster are c − i.
+#[test]
+fn fedolf_refuses_more_clusters_than_layers_and_reports_its_levels() {
+    use fedolf::config::{Config, DEFAULT_TOML};
+    let overrides: Vec<String> = ["federation.clusters=4", "federation.clients=8", "federation.clients_per_round=4", "data.partition=\"iid\""].iter().map(|s| s.to_string()).collect();
+    let cfg = Config::from_toml(DEFAULT_TOML, "default", &overrides).unwrap();
+    let dataset = fedolf_datasets::Dataset::random_pixels(fedolf_datasets::DatasetKind::FashionMnist, 64, 20, 1);
+    let err = fedolf::engine::federation::Federation::<Train>::new(&cfg, &dataset, &device()).err().expect("4 clusters on the 3-layer CNN");
+    assert!(err.to_string().contains("federation.clusters"), "{err}");
+    let fedolf = strategy_for::<Train>(Method::Fedolf, &StrategyInputs::new(Download::Full));
+    assert_eq!(fedolf.frozen_per_cluster(5), Some(vec![4, 3, 2, 1, 0]));
+}
