@@ -498,7 +498,7 @@ pub fn partition_clients(cfg: &Config, dataset: &Dataset) -> Result<(Vec<Vec<usi
             &dataset.train.labels,
             dataset.num_classes,
             fed.clients,
-            DirichletSettings { alpha: cfg.data.alpha, min_size: cfg.data.min_size, max_retries: 1000 },
+            DirichletSettings { alpha: cfg.data.alpha, min_size: cfg.data.min_size, max_retries: 20_000 },
             &mut stream(cfg.seed, Purpose::Partition, 0, 0),
         )?,
     };
