@@ -131,9 +131,7 @@ fn check_end(result: Result<Vec<RoundRecord>, SimError>, dir: &RunDir) -> anyhow
 
 /// A trial folder's summary when that trial completed.
 fn completed_summary(dir: &Path) -> Option<Summary> {
-    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
-    let summary: Summary = serde_json::from_str(&text).ok()?;
-    (summary.status == "completed").then_some(summary)
+    fedolf::io::grid::trial_summary(dir).filter(|s| s.status == "completed")
 }
 
 /// Before a resume writes anything: the checkpoint of every run it continues reads back

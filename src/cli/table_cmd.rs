@@ -67,8 +67,8 @@ fn run_grid(grid: &Grid, dir: &GridDir, args: &TableArgs, alloc: &'static Counti
             plan.push((seed, row, trial_cfg, s));
         }
     }
-    let done_rounds: usize = plan.iter().filter(|p| matches!(p.3, State::Done | State::Failed(_))).map(|p| p.2.federation.rounds).sum();
-    let mut done_runs = plan.iter().filter(|p| matches!(p.3, State::Done | State::Failed(_))).count();
+    let ended: Vec<usize> = plan.iter().filter(|p| matches!(p.3, State::Done | State::Failed(_))).map(|p| p.2.federation.rounds).collect();
+    let (done_rounds, mut done_runs) = (ended.iter().sum::<usize>(), ended.len());
     let terminal = std::io::stderr().is_terminal();
     let bar = ProgressBar::with_draw_target(Some(rounds as u64), if terminal { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
     bar.set_style(
