@@ -100,7 +100,7 @@ impl Method {
             Self::Slt => "SLT: stage j freezes layers < j, trains layer j (+i−1 more) at full width and the rest at width 0.5→1.0",
             Self::Depthfl => "DepthFL: cluster i trains the first N−(c−i) layers with an exit head at each depth it reaches; mutual self-distillation between exits",
             Self::Scalefl => "ScaleFL: cluster i trains a width- and depth-scaled sub-model (≈ i/c of the parameters) with early exits; exit-weighted CE + KD (T = 3) from 25 % of the rounds",
-            Self::Adaptivefl => "AdaptiveFL: a pool of width × split-depth sub-models; each client draws one and falls back to the largest that fits its budget (i/c of the parameters)",
+            Self::Adaptivefl => "AdaptiveFL: a pool of sub-models (widths 0.4, 0.66, 1 × full-width input-side depths); each slot of a round draws a model and a client whose budget (i/c of the parameters) holds it (adaptivefl.selection)",
             Self::Nefl => "NeFL: ResNets skip c−i non-first blocks (identity), CNN/AlexNet nest widths i/c; per-level BatchNorm banks",
         }
     }
@@ -147,6 +147,8 @@ pub struct Config {
     pub slt: SltConfig,
     #[serde(default)]
     pub scalefl: ScaleFlConfig,
+    #[serde(default)]
+    pub adaptivefl: AdaptiveFlConfig,
     pub energy: EnergyConfig,
 }
 
@@ -215,6 +217,41 @@ pub struct ScaleFlConfig {
 impl Default for ScaleFlConfig {
     fn default() -> Self {
         Self { gamma: 1.0 }
+    }
+}
+
+/// AdaptiveFL options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptiveFlConfig {
+    /// How a round's clients and their pool models are chosen (`strategy/adaptivefl.rs`).
+    pub selection: PoolSelection,
+}
+
+/// AdaptiveFL: how each round's slots get a pool model and a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolSelection {
+    /// Per slot a pool model drawn uniformly, then a client drawn uniformly among those whose
+    /// budget holds it (the official code's default, `--client_chosen_mode available`).
+    #[default]
+    Available,
+    /// Per slot a pool model drawn uniformly, then a client drawn in proportion to its reward
+    /// for the model's width, learnt from which models each client could train (the official
+    /// code's `RL` mode).
+    Reward,
+    /// Clients sampled uniformly; each draws a pool model and falls back to the largest that
+    /// fits its budget.
+    Uniform,
+}
+
+impl PoolSelection {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Available => "available",
+            Self::Reward => "reward",
+            Self::Uniform => "uniform",
+        }
     }
 }
 

@@ -14,7 +14,8 @@ use fedolf::models::{ExitKind, Features, ModelKind};
 use fedolf::local::objective::Objective;
 use fedolf::tensor::params::NamedTensor;
 use fedolf::local::exit_losses::{mutual_distillation_loss, scaled_exits_loss};
-use fedolf::strategy::{depthfl_weight, nefl_skipped_blocks, strategy_for, AdaptiveFl, ClientPlan, NeFl, PlanContext, PoolModel, Strategy, StrategyInputs, Download};
+use fedolf::config::PoolSelection;
+use fedolf::strategy::{depthfl_weight, nefl_skipped_blocks, strategy_for, AdaptiveFl, AdaptiveFlTables, ADAPTIVEFL_WIDTHS, ClientPlan, NeFl, PlanContext, PoolModel, Strategy, StrategyInputs, Download};
 use rand::SeedableRng;
 
 fn logits(rows: &[&[f32]]) -> Tensor<Inner, 2> {
@@ -173,27 +174,168 @@ fn scalefl_widths_match_a_share_of_the_parameters() {
     }
 }
 
+/// A pool with these parameter counts and levels (width = the level's).
+fn pool_of(params: &[usize], levels: &[usize]) -> Vec<PoolModel> {
+    params.iter().zip(levels).map(|(&p, &level)| PoolModel { width: ADAPTIVEFL_WIDTHS[level], level, split: 1, params: p }).collect()
+}
+
 #[test]
 fn adaptivefl_falls_back_to_the_largest_pool_model_that_fits() {
-    let pool: Vec<PoolModel> = [10, 40, 70, 100].iter().enumerate().map(|(i, &p)| PoolModel { width: (i + 1) as f64 / 4.0, split: 0, params: p }).collect();
+    let pool = pool_of(&[10, 40, 70, 100], &[0, 0, 1, 2]);
     use fedolf::strategy::adaptivefl_fitting_model as fit;
     assert_eq!(fit(&pool, 3, 50.0).params, 40, "100 does not fit 50: the largest that does is 40");
     assert_eq!(fit(&pool, 0, 50.0).params, 10, "a drawn model that fits is kept");
     assert_eq!(fit(&pool, 2, 100.0).params, 70);
     assert_eq!(fit(&pool, 3, 5.0).params, 10, "nothing fits: the smallest");
-    // Through the strategy: a weak client (budget 1/4 of 100) never trains more than 25.
+    // Through the strategy (`uniform`: the client's own draw): a weak client (budget 1/4 of
+    // the parameters) never trains more than that.
     let net = seeded::<Inner>(ModelKind::Cnn, [1, 28, 28], 10, 7);
     let layout = net.channel_spaces();
-    let (pool, full) = fedolf::strategy::adaptivefl_pool(&net, &layout, 4, &device());
-    let strategy = AdaptiveFl { pool: Some((pool.clone(), full)) };
+    let (pool, full) = fedolf::strategy::adaptivefl_pool(&net, &layout, &device());
+    let strategy = AdaptiveFl::new(Some((pool.clone(), full)), PoolSelection::Uniform);
     let ctx = PlanContext { num_layers: 3, levels: 4, round: 1, rounds: 10, layout: &layout };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    assert!(Strategy::<Train>::select(&strategy, &ctx, &[0, 1], &[0, 3], 2, &mut rng).is_none(), "uniform: the engine samples");
+    let mut narrowed = 0;
     for _ in 0..20 {
         let plan = Strategy::<Train>::plan(&strategy, &ctx, 0, 0, &mut rng).unwrap();
-        let sub = fedolf::tensor::submodel::extract(net.clone(), &layout, plan.width.as_ref().expect("a weak client is narrowed"), &device());
+        let Some(width) = plan.width.as_ref() else { panic!("a weak client trains the full model") };
+        let sub = fedolf::tensor::submodel::extract(net.clone(), &layout, width, &device());
         let params: usize = sub.layers.iter().map(fedolf::tensor::params::layer_numel).sum();
-        assert!(params as f64 <= full as f64 / 4.0, "{params} > {}", full / 4);
+        assert!(params as f64 <= full as f64 / 4.0 || params == pool[0].params, "{params} > {}", full / 4);
+        narrowed += 1;
     }
+    assert_eq!(narrowed, 20);
+}
+
+#[test]
+fn adaptivefl_pool_is_the_official_seven_models() {
+    // Kept-full depths: VGG16's 4, 6, 8 of 13 convolutions, as shares of N.
+    assert_eq!(fedolf::strategy::adaptivefl_depths(7), vec![2, 3, 4]);
+    assert_eq!(fedolf::strategy::adaptivefl_depths(10), vec![3, 5, 6]);
+    assert_eq!(fedolf::strategy::adaptivefl_depths(3), vec![1, 2]);
+    let net = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 11);
+    let layout = net.channel_spaces();
+    let (pool, full) = fedolf::strategy::adaptivefl_pool(&net, &layout, &device());
+    let mut shape: Vec<(usize, usize)> = pool.iter().map(|m| (m.level, m.split)).collect();
+    shape.sort_unstable();
+    assert_eq!(shape, vec![(0, 2), (0, 3), (0, 4), (1, 2), (1, 3), (1, 4), (2, 2)], "widths × depths, the full model once");
+    assert!(pool.iter().all(|m| m.width == ADAPTIVEFL_WIDTHS[m.level]));
+    assert!(pool.windows(2).all(|w| w[0].params < w[1].params), "ascending size (the order the official fall-back assumes): {pool:?}");
+    assert_eq!(pool[6].params, full, "width 1 is the full model");
+    // A width-0.4 model keeps about 0.4² of the narrowed layers' weights.
+    assert!(pool[0].params as f64 > 0.16 * full as f64 && (pool[0].params as f64) < 0.25 * full as f64, "{} of {full}", pool[0].params);
+}
+
+/// `rounds` rounds of `strategy.select` over 100 clients of 5 clusters (client k in cluster
+/// k mod 5), 10 a round, each followed by the merge (which is when `reward` learns); per
+/// round, the pool index each plan trains.
+fn adaptivefl_rounds(strategy: &mut AdaptiveFl, pool: &[PoolModel], layout: &fedolf::models::SpaceLayout, num_layers: usize, rounds: usize, full: usize) -> Vec<Vec<usize>> {
+    let clusters: Vec<usize> = (0..100).map(|k| k % 5).collect();
+    let candidates: Vec<usize> = (0..100).collect();
+    let specs: Vec<Option<fedolf::tensor::submodel::WidthSpec>> = pool
+        .iter()
+        .map(|m| {
+            let w = fedolf::tensor::submodel::WidthSpec::prefix_after(layout, m.split, m.width);
+            (!w.is_full(layout)).then_some(w)
+        })
+        .collect();
+    (1..=rounds)
+        .map(|round| {
+            let ctx = PlanContext { num_layers, levels: 5, round, rounds, layout };
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(round as u64);
+            let plans = Strategy::<Train>::select(strategy, &ctx, &candidates, &clusters, 10, &mut rng).expect("the strategy selects").unwrap();
+            let mut clients: Vec<usize> = plans.iter().map(|p| p.client).collect();
+            clients.dedup();
+            assert_eq!(clients.len(), 10, "ten distinct clients a round");
+            let trained: Vec<usize> = plans
+                .iter()
+                .map(|p| {
+                    let m = specs.iter().position(|s| *s == p.width).expect("a plan trains a pool model");
+                    let budget = full as f64 * (clusters[p.client] + 1) as f64 / 5.0;
+                    assert!(pool[m].params as f64 <= budget || m == 0, "client {} trains {} > {budget}", p.client, pool[m].params);
+                    m
+                })
+                .collect();
+            Strategy::<Train>::merge(strategy, &[], &[], &plans).unwrap();
+            trained
+        })
+        .collect()
+}
+
+#[test]
+fn adaptivefl_available_gives_each_slot_a_client_that_can_train_its_drawn_model() {
+    // The drawn model is uniform over the pool and some client of the round can train each
+    // one (20 clients of the strongest cluster, 10 slots), so every model is trained in 1/7
+    // of the slots; a client drawn first and fitted after would train the full model in
+    // 1/7 · 1/5 of them.
+    let net = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 11);
+    let layout = net.channel_spaces();
+    let (pool, full) = fedolf::strategy::adaptivefl_pool(&net, &layout, &device());
+    let mut strategy = AdaptiveFl::new(Some((pool.clone(), full)), PoolSelection::Available);
+    let trained = adaptivefl_rounds(&mut strategy, &pool, &layout, 7, 350, full);
+    let mut counts = [0usize; 7];
+    trained.iter().flatten().for_each(|&m| counts[m] += 1);
+    // 3500 slots: 500 each, σ ≈ 20.7.
+    for (m, &n) in counts.iter().enumerate() {
+        assert!((420..=580).contains(&n), "model {m} trained in {n} of 3500 slots: {counts:?}");
+    }
+    assert!(Strategy::<Train>::state(&strategy).is_empty(), "available keeps no tables");
+}
+
+#[test]
+fn adaptivefl_reward_tables_follow_the_official_updates() {
+    let pool = pool_of(&[10, 40, 70, 100], &[0, 0, 1, 2]);
+    // Sent the full model, could train only model 1: +3 there, −1, −2 above (floor 0).
+    let mut t = AdaptiveFlTables::new(4);
+    t.learn(&pool, 3, 1, false);
+    assert_eq!(t.resource, vec![1.0, 4.0, 0.0, 0.0]);
+    assert_eq!(t.count, vec![2.0, 1.0, 2.0], "the levels of the sent and the trained model");
+    // Level 0 = models 0 and 1: suffix sums 5 and 4 of 5 → 0.9, capped at 0.5, over √2.
+    assert!((t.reward(&pool, 0) - 0.5 / 2f64.sqrt()).abs() < 1e-12);
+    assert_eq!(t.reward(&pool, 1), 0.0);
+    assert_eq!(t.reward(&pool, 2), 0.0);
+    // Sent the full model and trained it: +1 from it on, +3 more for the full model.
+    let mut t = AdaptiveFlTables::new(4);
+    t.learn(&pool, 3, 3, true);
+    assert_eq!(t.resource, vec![1.0, 1.0, 1.0, 5.0]);
+    assert_eq!(t.count, vec![1.0, 1.0, 3.0]);
+    assert!((t.reward(&pool, 2) - 0.5 / 3f64.sqrt()).abs() < 1e-12, "5/8 capped at 0.5, over √3");
+    assert!((t.reward(&pool, 1) - (6.0 / 8.0f64).min(0.5)).abs() < 1e-12);
+    t.learn(&pool, 2, 2, true);
+    assert_eq!(t.resource, vec![1.0, 1.0, 2.0, 6.0]);
+    assert_eq!(t.count, vec![1.0, 3.0, 3.0]);
+}
+
+#[test]
+fn adaptivefl_reward_learns_which_clients_train_the_full_model_and_resumes() {
+    // At first every client is as likely for every slot, so a full-model slot meets a client
+    // of the strongest cluster 1 time in 5 and the others fall back; the tables learn who
+    // can, and late rounds send the full model to those who train it.
+    let net = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 11);
+    let layout = net.channel_spaces();
+    let (pool, full) = fedolf::strategy::adaptivefl_pool(&net, &layout, &device());
+    let mut strategy = AdaptiveFl::new(Some((pool.clone(), full)), PoolSelection::Reward);
+    let trained = adaptivefl_rounds(&mut strategy, &pool, &layout, 7, 400, full);
+    let share = |rounds: &[Vec<usize>]| rounds.iter().flatten().filter(|&&m| m == 6).count() as f64 / (10 * rounds.len()) as f64;
+    let (early, late) = (share(&trained[..50]), share(&trained[350..]));
+    // Without learning the share stays at 1/7 · 1/5 ≈ 0.029 (the curiosity term keeps the
+    // heuristic exploring, so it does not reach 1/7 either).
+    assert!(early < 0.045 && late > 0.06, "full-model share of the slots: {early:.3} in rounds 1–50, {late:.3} in rounds 351–400");
+    let weak = strategy.tables(0).expect("client 0 was selected");
+    assert_eq!(weak.resource[6], 0.0, "the weakest client learnt that the full model does not fit: {weak:?}");
+    // Resume: the tables travel through the checkpoint's state and the next round is the same.
+    let state = Strategy::<Train>::state(&strategy);
+    assert_eq!(state.len(), 3);
+    let mut resumed = AdaptiveFl::new(Some((pool.clone(), full)), PoolSelection::Reward);
+    Strategy::<Train>::restore_state(&mut resumed, state).unwrap();
+    for k in 0..100 {
+        assert_eq!(resumed.tables(k), strategy.tables(k));
+    }
+    assert_eq!(adaptivefl_rounds(&mut resumed, &pool, &layout, 7, 3, full), adaptivefl_rounds(&mut strategy, &pool, &layout, 7, 3, full));
+    let mut broken = Strategy::<Train>::state(&strategy);
+    broken[1].shape = vec![1, 2];
+    assert!(Strategy::<Train>::restore_state(&mut resumed, broken).unwrap_err().contains("AdaptiveFL state"));
 }
 
 #[test]

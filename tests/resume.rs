@@ -106,6 +106,12 @@ fn slt_resumes_bit_identically() {
 }
 
 #[test]
+fn adaptivefl_reward_resumes_bit_identically() {
+    // Its reward tables are learnt round by round: the checkpoint must carry them.
+    interrupt_and_resume(&["method=adaptivefl", "adaptivefl.selection=\"reward\"", "federation.clusters=3"], 10, 3);
+}
+
+#[test]
 fn export_writes_pytorch_named_safetensors() {
     let out = scratch::tempdir().unwrap();
     let o = bin().args(small_args(out.path(), &["federation.rounds=1"])).output().unwrap();

@@ -132,7 +132,8 @@ impl<B: AutodiffBackend> Federation<B> {
     }
 
     /// Step 1: `C_t` clients sampled uniformly without replacement among the eligible ones,
-    /// each planned by the strategy (ascending client order).
+    /// each planned by the strategy (ascending client order); a strategy that selects its
+    /// own clients (`Strategy::select`) picks them instead.
     pub fn plans(&self, round: usize) -> Result<Vec<ClientPlan>, SimError> {
         Ok(self.plan_round(round)?.plans)
     }
@@ -152,7 +153,15 @@ impl<B: AutodiffBackend> Federation<B> {
             None => self.eligible.clone(),
         };
         let per_round = self.cfg.federation.clients_per_round.min(candidates.len());
-        let mut picked: Vec<usize> = sample(&mut stream(seed, Purpose::ClientSampling, round as u64, 0), candidates.len(), per_round)
+        let mut rng = stream(seed, Purpose::ClientSampling, round as u64, 0);
+        if self.cfg.federation.capacity == Capacity::Clusters {
+            if let Some(plans) = self.strategy.select(&self.plan_context(round), &candidates, &self.clusters, per_round, &mut rng) {
+                let mut plans = plans?;
+                plans.sort_unstable_by_key(|p| p.client);
+                return Ok(RoundPlans { plans, sat_out: Vec::new() });
+            }
+        }
+        let mut picked: Vec<usize> = sample(&mut rng, candidates.len(), per_round)
             .into_iter()
             .map(|i| candidates[i])
             .collect();

@@ -1,30 +1,40 @@
 //! AdaptiveFL (Jia et al., "AdaptiveFL: Adaptive heterogeneous federated learning for
-//! resource-constrained AIoT systems", DAC 2024); the rule this file implements is stated below.
+//! resource-constrained AIoT systems", DAC 2024), as its official code
+//! (mastlab-T3S/AdaptiveFL) runs it.
 //!
-//! A model pool of width `r ∈ {1/c, …, 1}` × split depth `d`: the layers before `d` keep full
-//! width, the layers from `d` on keep the first `⌈r·C⌉` channels of every hidden space (a
-//! space that a full-width layer produces stays whole). Each round every sampled client
-//! (slot) draws a pool model uniformly; a client whose budget — `i_k/c` of the full model's
-//! parameters — is below the drawn model's parameter count falls back to the largest pool
-//! model that fits (the smallest one when none does). It trains the whole sub-model;
-//! server: MWA over element masks, `w = n_k`; the full model is evaluated.
+//! Pool: widths `r ∈ {0.4, 0.66, 1}` × kept-full depths `d`: the layers before `d` keep full
+//! width, the layers from `d` on keep the first `⌈r·C⌉` channels of every hidden space; width
+//! 1 is the full model, once. Seven models, ordered by parameter count `P_m`; a model's
+//! *level* is its width's index. Client `k` of cluster `i_k` has the budget
+//! `B_k = (i_k/c)·P` (`P`: the full model's parameters) and can train `m` iff `P_m ≤ B_k`.
 //!
-//! Choices: split depths `d ∈ {0, ⌊N/3⌋, ⌊2N/3⌋}` (input side, a third, two thirds of the
-//! layers); uniform draws with the fall-back above (the selection the project's tables name
-//! "uniform draw, fall back").
+//! Each round fills `|C_t|` slots in turn (`adaptivefl.selection`), a client at most once:
+//! - `available` (the official default): `m ~ U(pool)`, then `k ~ U{k : P_m ≤ B_k}`;
+//! - `reward` (the official "RL" mode): `m ~ U(pool)`, then `k ∝ ρ_k(lv(m))` with
+//!   `ρ_k(v) = min(S_k(v), 0.5) / √T^c_{k,v}` and
+//!   `S_k(v) = mean_{m': lv(m') = v} Σ_{i ≥ m'} T^r_{k,i} / Σ_i T^r_{k,i}`.
+//!   Tables start at 1. When the round merges, a client that could train `m` adds 1 to
+//!   `T^r_{k,i}` for every `i ≥ m` (3 more when `m` is the full model); one that could not
+//!   trains the largest model `f` that fits, adds 3 to `T^r_{k,f}` and takes `j` from
+//!   `T^r_{k,f+j}` (floor 0); both add 1 to `T^c_{k,lv(m)}` and to `T^c_{k,lv(f)}`;
+//! - `uniform`: the engine samples the clients uniformly; each draws `m ~ U(pool)`.
 //!
-//! Not faithful yet to the official code (mastlab-T3S/AdaptiveFL), read for issue 36:
-//! - its pool is 3 widths {0.4, 0.66, 1.0} × 3 full-width depths with the full model once
-//!   (7 models, level = index / 3), not `c` widths × 3 splits;
-//! - its default selection (`--client_chosen_mode available`) draws the model first (uniform,
-//!   per slot) and then a client among those whose capacity group can run it (level 0: any,
-//!   level 1: the top 60 %, level 2: the top 30 % of clients, groups 4:3:3), with no
-//!   fall-back; here the engine samples clients first and the model follows;
-//! - its "RL" mode (reward tables per client over models and levels, a client sampled per
-//!   model ∝ min(R_s, 0.5)/√T_c, table updates on success and on fall-back against a random
-//!   resource draw) is not implemented.
-//! Both selections sample clients inside the strategy, which the `Strategy` trait does not
-//! offer today (the engine samples `C_t` uniformly).
+//! A client that cannot train its model trains the largest that fits its budget (the smallest
+//! when none does). It trains the whole sub-model; server: MWA over element masks,
+//! `w = n_k`; the full model is evaluated.
+//!
+//! Choices where the official code does not carry over:
+//! - kept-full depths `d = round(N·{4, 6, 8}/13)`: the official VGG16 keeps 4, 6 or 8 of its
+//!   13 convolutions full (its ResNet18 counts whole stages instead);
+//! - a client's resource is its cluster's budget every round (the official clients draw a
+//!   Gaussian resource around their group's each round), so the reward tables learn a fixed
+//!   threshold;
+//! - `available` draws a client at most once a round (the official one draws with
+//!   replacement), and a slot whose model no remaining client can train goes to any remaining
+//!   client, who falls back.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -33,65 +43,214 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, PlanContext, Strategy};
-use crate::config::Method;
+use crate::config::{Method, PoolSelection};
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
-use crate::tensor::params::layer_numel;
+use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
+use crate::tensor::host::HostTensor;
+use crate::tensor::params::{layer_numel, LayerParams};
 use crate::tensor::submodel::{extract, WidthSpec};
+
+/// The pool's widths; a model's level is its width's index.
+pub const WIDTHS: [f64; 3] = [0.4, 0.66, 1.0];
 
 /// One model of the pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolModel {
     pub width: f64,
+    /// Index of `width` in [`WIDTHS`].
+    pub level: usize,
     /// Layers before this index keep full width.
     pub split: usize,
     /// Parameters (BN statistics included) the client holds.
     pub params: usize,
 }
 
-pub struct AdaptiveFl {
-    /// The pool and the full model's parameter count.
-    pub pool: Option<(Vec<PoolModel>, usize)>,
+/// What one slot of a round asked of a client and what the client could train (pool indices).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Feedback {
+    client: usize,
+    drawn: usize,
+    trained: usize,
+    fits: bool,
 }
 
-/// The split depths of an `N`-layer model.
-pub fn split_depths(num_layers: usize) -> Vec<usize> {
-    let mut d = vec![0, num_layers / 3, 2 * num_layers / 3];
+/// One client's reward tables: `T^r` over the pool's models, `T^c` over the levels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientTables {
+    pub resource: Vec<f32>,
+    pub count: Vec<f32>,
+}
+
+impl ClientTables {
+    /// Every entry at 1.
+    pub fn new(models: usize) -> Self {
+        Self { resource: vec![1.0; models], count: vec![1.0; WIDTHS.len()] }
+    }
+
+    /// `ρ(v)` for level `level` of `pool`.
+    pub fn reward(&self, pool: &[PoolModel], level: usize) -> f64 {
+        let total: f64 = self.resource.iter().map(|&v| v as f64).sum();
+        let models: Vec<usize> = (0..pool.len()).filter(|&m| pool[m].level == level).collect();
+        if models.is_empty() || total <= 0.0 {
+            return 0.0;
+        }
+        let success = models.iter().map(|&m| self.resource[m..].iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() / (models.len() as f64 * total);
+        success.min(0.5) / (self.count[level] as f64).sqrt()
+    }
+
+    /// The client was sent `pool[drawn]` and trained `pool[trained]`; `fits`: the drawn one fit.
+    pub fn learn(&mut self, pool: &[PoolModel], drawn: usize, trained: usize, fits: bool) {
+        if fits {
+            for v in &mut self.resource[drawn..] {
+                *v += 1.0;
+            }
+            if drawn == pool.len() - 1 {
+                self.resource[drawn] += 3.0;
+            }
+        } else {
+            self.resource[trained] += 3.0;
+            for (j, v) in self.resource[trained + 1..].iter_mut().enumerate() {
+                *v = (*v - (j + 1) as f32).max(0.0);
+            }
+        }
+        self.count[pool[drawn].level] += 1.0;
+        self.count[pool[trained].level] += 1.0;
+    }
+}
+
+pub struct AdaptiveFl {
+    /// The pool (ascending parameter count) and the full model's parameter count.
+    pool: Option<(Vec<PoolModel>, usize)>,
+    selection: PoolSelection,
+    /// `reward`: the tables of every client that has been selected (the others hold 1s).
+    tables: BTreeMap<usize, ClientTables>,
+    /// `reward`: the feedback of the round being trained, learnt when it merges (selection
+    /// runs while the federation is only borrowed).
+    pending: Mutex<Vec<Feedback>>,
+}
+
+impl AdaptiveFl {
+    pub fn new(pool: Option<(Vec<PoolModel>, usize)>, selection: PoolSelection) -> Self {
+        Self { pool, selection, tables: BTreeMap::new(), pending: Mutex::new(Vec::new()) }
+    }
+
+    fn pool(&self) -> Result<(&[PoolModel], usize), LocalError> {
+        match &self.pool {
+            Some((pool, full)) if !pool.is_empty() => Ok((pool, *full)),
+            _ => Err(LocalError::BadRoles("AdaptiveFL needs its model pool (StrategyInputs::for_run measures it)".into())),
+        }
+    }
+
+    /// `ρ_k(v)` of client `client` for level `level`.
+    pub fn reward(&self, client: usize, level: usize) -> f64 {
+        let Ok((pool, _)) = self.pool() else { return 0.0 };
+        match self.tables.get(&client) {
+            Some(t) => t.reward(pool, level),
+            None => ClientTables::new(pool.len()).reward(pool, level),
+        }
+    }
+
+    /// Client `client`'s tables (`None`: never selected under `reward`, every entry 1).
+    pub fn tables(&self, client: usize) -> Option<&ClientTables> {
+        self.tables.get(&client)
+    }
+
+    /// Fill the round's slots (`available` and `reward`).
+    fn fill_slots(&self, ctx: &PlanContext<'_>, candidates: &[usize], clusters: &[usize], per_round: usize, rng: &mut ChaCha8Rng) -> Result<Vec<ClientPlan>, LocalError> {
+        let (pool, full) = self.pool()?;
+        let budget = |k: usize| full as f64 * ctx.width_ratio(clusters[k]);
+        let mut left = candidates.to_vec();
+        let mut plans = Vec::with_capacity(per_round);
+        let mut feedback = Vec::with_capacity(per_round);
+        for _ in 0..per_round.min(left.len()) {
+            let drawn = rng.random_range(0..pool.len());
+            let slot = match self.selection {
+                PoolSelection::Reward => {
+                    let weights: Vec<f64> = left.iter().map(|&k| self.reward(k, pool[drawn].level)).collect();
+                    weighted_index(&weights, rng)
+                }
+                _ => {
+                    let able: Vec<usize> = (0..left.len()).filter(|&i| pool[drawn].params as f64 <= budget(left[i])).collect();
+                    (!able.is_empty()).then(|| able[rng.random_range(0..able.len())])
+                }
+            };
+            let client = left.remove(slot.unwrap_or_else(|| rng.random_range(0..left.len())));
+            let trained = fitting_index(pool, drawn, budget(client));
+            feedback.push(Feedback { client, drawn, trained, fits: trained == drawn && pool[drawn].params as f64 <= budget(client) });
+            plans.push(plan_for(ctx, client, clusters[client], &pool[trained]));
+        }
+        if self.selection == PoolSelection::Reward {
+            *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = feedback;
+        }
+        Ok(plans)
+    }
+}
+
+/// An index drawn in proportion to `weights`; `None` when they sum to 0.
+fn weighted_index(weights: &[f64], rng: &mut ChaCha8Rng) -> Option<usize> {
+    let total: f64 = weights.iter().sum();
+    if !(total > 0.0) {
+        return None;
+    }
+    let mut u = rng.random::<f64>() * total;
+    for (i, &w) in weights.iter().enumerate() {
+        if u < w {
+            return Some(i);
+        }
+        u -= w;
+    }
+    weights.iter().rposition(|&w| w > 0.0)
+}
+
+/// The kept-full depths of an `N`-layer model.
+pub fn kept_full_depths(num_layers: usize) -> Vec<usize> {
+    let mut d: Vec<usize> = [4.0, 6.0, 8.0].iter().map(|f| (num_layers as f64 * f / 13.0).round() as usize).collect();
     d.dedup();
     d
 }
 
-/// The pool for `clusters` widths on `global`, each model with its parameter count, and the
-/// full model's count. Each distinct sub-model appears once (the full width for every split,
-/// and a split past the last narrowed space, are the full model).
-pub fn pool_with_params<B: Backend>(global: &LayeredNet<B>, layout: &SpaceLayout, clusters: usize, device: &B::Device) -> (Vec<PoolModel>, usize) {
+/// The pool on `global`, ascending by parameter count, and the full model's count. Each
+/// distinct sub-model appears once (width 1 at any depth, or a depth past the last narrowed
+/// space, is the full model).
+pub fn pool_with_params<B: Backend>(global: &LayeredNet<B>, layout: &SpaceLayout, device: &B::Device) -> (Vec<PoolModel>, usize) {
     let full: usize = global.layers.iter().map(layer_numel).sum();
     let mut pool = Vec::new();
     let mut specs: Vec<WidthSpec> = Vec::new();
-    for i in 1..=clusters {
-        let width = i as f64 / clusters as f64;
-        for split in split_depths(global.num_layers()) {
-            // A split so deep that nothing narrows repeats another model (often the full one).
+    for (level, &width) in WIDTHS.iter().enumerate() {
+        for split in kept_full_depths(global.num_layers()) {
             let spec = WidthSpec::prefix_after(layout, split, width);
             if specs.contains(&spec) {
                 continue;
             }
             let sub = extract(global.clone(), layout, &spec, device);
-            pool.push(PoolModel { width, split, params: sub.layers.iter().map(layer_numel).sum() });
+            pool.push(PoolModel { width, level, split, params: sub.layers.iter().map(layer_numel).sum() });
             specs.push(spec);
         }
     }
+    pool.sort_by_key(|m| m.params);
     (pool, full)
 }
 
-/// The model a client with `budget` parameters trains when it drew `pool[drawn]`: the drawn
-/// one if it fits, else the largest that fits, else the smallest.
-pub fn fitting_model(pool: &[PoolModel], drawn: usize, budget: f64) -> &PoolModel {
+/// The index of the model a client with `budget` parameters trains when it drew
+/// `pool[drawn]`: the drawn one if it fits, else the largest that fits, else the smallest.
+pub fn fitting_index(pool: &[PoolModel], drawn: usize, budget: f64) -> usize {
     if pool[drawn].params as f64 <= budget {
-        return &pool[drawn];
+        return drawn;
     }
-    let fits = pool.iter().filter(|m| m.params as f64 <= budget).max_by_key(|m| m.params);
-    fits.unwrap_or_else(|| pool.iter().min_by_key(|m| m.params).expect("the pool is not empty"))
+    (0..pool.len()).filter(|&m| pool[m].params as f64 <= budget).max_by_key(|&m| pool[m].params).unwrap_or(0)
+}
+
+/// [`fitting_index`]'s model.
+pub fn fitting_model(pool: &[PoolModel], drawn: usize, budget: f64) -> &PoolModel {
+    &pool[fitting_index(pool, drawn, budget)]
+}
+
+fn plan_for(ctx: &PlanContext<'_>, client: usize, cluster: usize, model: &PoolModel) -> ClientPlan {
+    let mut plan = ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]);
+    let width = WidthSpec::prefix_after(ctx.layout, model.split, model.width);
+    plan.width = (!width.is_full(ctx.layout)).then_some(width);
+    plan
 }
 
 impl<B: AutodiffBackend> Strategy<B> for AdaptiveFl {
@@ -99,15 +258,65 @@ impl<B: AutodiffBackend> Strategy<B> for AdaptiveFl {
         Method::Adaptivefl
     }
 
+    /// `uniform`, and memory budgets (where the engine picks the clients): the client's own draw.
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        let Some((pool, full)) = self.pool.as_ref().filter(|(p, _)| !p.is_empty()) else {
-            return Err(LocalError::BadRoles("AdaptiveFL needs its model pool (StrategyInputs::for_run measures it)".into()));
-        };
-        let budget = *full as f64 * ctx.width_ratio(cluster);
-        let model = fitting_model(pool, rng.random_range(0..pool.len()), budget);
-        let mut plan = ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]);
-        let width = WidthSpec::prefix_after(ctx.layout, model.split, model.width);
-        plan.width = (!width.is_full(ctx.layout)).then_some(width);
-        Ok(plan)
+        let (pool, full) = self.pool()?;
+        let model = fitting_model(pool, rng.random_range(0..pool.len()), full as f64 * ctx.width_ratio(cluster));
+        Ok(plan_for(ctx, client, cluster, model))
+    }
+
+    fn select(&self, ctx: &PlanContext<'_>, candidates: &[usize], clusters: &[usize], per_round: usize, rng: &mut ChaCha8Rng) -> Option<Result<Vec<ClientPlan>, LocalError>> {
+        (self.selection != PoolSelection::Uniform).then(|| self.fill_slots(ctx, candidates, clusters, per_round, rng))
+    }
+
+    fn merge(
+        &mut self,
+        global: &[LayerParams<B::InnerBackend>],
+        uploads: &[LayerUpload<B::InnerBackend>],
+        _plans: &[ClientPlan],
+    ) -> Result<Vec<Option<LayerParams<B::InnerBackend>>>, AggregateError> {
+        let feedback = std::mem::take(self.pending.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if let Some((pool, _)) = &self.pool {
+            for f in feedback {
+                self.tables.entry(f.client).or_insert_with(|| ClientTables::new(pool.len())).learn(pool, f.drawn, f.trained, f.fits);
+            }
+        }
+        aggregate_layerwise(global, uploads)
+    }
+
+    /// `reward/clients` `[n]`, `reward/resource` `[n, models]`, `reward/count` `[n, levels]`.
+    fn state(&self) -> Vec<HostTensor> {
+        if self.tables.is_empty() {
+            return Vec::new();
+        }
+        let n = self.tables.len();
+        let models = self.tables.values().next().map_or(0, |t| t.resource.len());
+        vec![
+            HostTensor { name: "reward/clients".into(), shape: vec![n], values: self.tables.keys().map(|&k| k as f32).collect() },
+            HostTensor { name: "reward/resource".into(), shape: vec![n, models], values: self.tables.values().flat_map(|t| t.resource.clone()).collect() },
+            HostTensor { name: "reward/count".into(), shape: vec![n, WIDTHS.len()], values: self.tables.values().flat_map(|t| t.count.clone()).collect() },
+        ]
+    }
+
+    fn restore_state(&mut self, state: Vec<HostTensor>) -> Result<(), String> {
+        self.tables.clear();
+        if state.is_empty() {
+            return Ok(());
+        }
+        let models = self.pool.as_ref().map_or(0, |(p, _)| p.len());
+        let find = |name: &str| state.iter().find(|t| t.name == name).ok_or_else(|| format!("AdaptiveFL state: `{name}` is missing"));
+        let (clients, resource, count) = (find("reward/clients")?, find("reward/resource")?, find("reward/count")?);
+        let n = clients.values.len();
+        if resource.shape != [n, models] || count.shape != [n, WIDTHS.len()] || resource.values.len() != n * models || count.values.len() != n * WIDTHS.len() {
+            return Err(format!("AdaptiveFL state: tables of shape {:?} and {:?} for {n} clients and a pool of {models} models", resource.shape, count.shape));
+        }
+        for (i, &k) in clients.values.iter().enumerate() {
+            if !(k >= 0.0 && k.fract() == 0.0) {
+                return Err(format!("AdaptiveFL state: `{k}` is not a client index"));
+            }
+            let t = ClientTables { resource: resource.values[i * models..(i + 1) * models].to_vec(), count: count.values[i * WIDTHS.len()..(i + 1) * WIDTHS.len()].to_vec() };
+            self.tables.insert(k as usize, t);
+        }
+        Ok(())
     }
 }

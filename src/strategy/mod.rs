@@ -21,7 +21,7 @@ pub mod plan;
 
 use rand_chacha::ChaCha8Rng;
 
-pub use adaptivefl::{fitting_model as adaptivefl_fitting_model, pool_with_params as adaptivefl_pool, AdaptiveFl, PoolModel};
+pub use adaptivefl::{fitting_model as adaptivefl_fitting_model, kept_full_depths as adaptivefl_depths, ClientTables as AdaptiveFlTables, WIDTHS as ADAPTIVEFL_WIDTHS, pool_with_params as adaptivefl_pool, AdaptiveFl, PoolModel};
 pub use cocofl::{cocofl_blend, CocoFl};
 pub use depthfl::{depthfl_weight, DepthFl};
 pub use feddrop::Feddrop;
@@ -41,7 +41,7 @@ use burn::tensor::backend::AutodiffBackend;
 use fedolf_models::{LayeredNet, SpaceLayout};
 
 use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
-use crate::config::{Config, LayerMerge, Method, StageLengths};
+use crate::config::{Config, LayerMerge, Method, PoolSelection, StageLengths};
 use crate::local::error::LocalError;
 use crate::tensor::host::{HostLayer, HostTensor};
 use crate::tensor::params::LayerParams;
@@ -78,6 +78,13 @@ pub trait Strategy<B: AutodiffBackend> {
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError>;
+
+    /// Step 1 for a method that picks its own clients (AdaptiveFL): `per_round` of the
+    /// `candidates` (clients by index; `clusters[k]` is client k's cluster) and each one's
+    /// plan. `None`: the engine samples uniformly and calls [`plan`](Self::plan) per client.
+    fn select(&self, _ctx: &PlanContext<'_>, _candidates: &[usize], _clusters: &[usize], _per_round: usize, _rng: &mut ChaCha8Rng) -> Option<Result<Vec<ClientPlan>, LocalError>> {
+        None
+    }
 
     /// The model this client downloads, when it is not the global model itself (NeFL: the
     /// client's level's BatchNorm bank in place of the global one).
@@ -141,6 +148,8 @@ pub struct StrategyInputs {
     pub scalefl_gamma: f64,
     /// AdaptiveFL: the model pool with each model's parameter count, and the full model's.
     pub adaptivefl_pool: Option<(Vec<PoolModel>, usize)>,
+    /// AdaptiveFL: how a round's slots get a model and a client.
+    pub adaptivefl_selection: PoolSelection,
 }
 
 impl StrategyInputs {
@@ -155,6 +164,7 @@ impl StrategyInputs {
             scalefl_widths: None,
             scalefl_gamma: 1.0,
             adaptivefl_pool: None,
+            adaptivefl_selection: PoolSelection::Available,
         }
     }
 
@@ -172,7 +182,8 @@ impl StrategyInputs {
             heterofl_static_bn: cfg.heterofl.static_bn,
             scalefl_widths: (cfg.method == Method::Scalefl).then(|| scalefl::matched_widths(global, layout, c, device)),
             scalefl_gamma: cfg.scalefl.gamma,
-            adaptivefl_pool: (cfg.method == Method::Adaptivefl && n > 0).then(|| adaptivefl::pool_with_params(global, layout, c, device)),
+            adaptivefl_pool: (cfg.method == Method::Adaptivefl && n > 0).then(|| adaptivefl::pool_with_params(global, layout, device)),
+            adaptivefl_selection: cfg.adaptivefl.selection,
         }
     }
 }
@@ -198,7 +209,7 @@ pub fn strategy_for<B: AutodiffBackend>(method: Method, inputs: &StrategyInputs)
         Method::Slt => Box::new(Slt { stage_params: inputs.slt_stage_params.clone() }),
         Method::Depthfl => Box::new(DepthFl),
         Method::Scalefl => Box::new(ScaleFl { widths: inputs.scalefl_widths.clone(), gamma: inputs.scalefl_gamma as f32 }),
-        Method::Adaptivefl => Box::new(AdaptiveFl { pool: inputs.adaptivefl_pool.clone() }),
+        Method::Adaptivefl => Box::new(AdaptiveFl::new(inputs.adaptivefl_pool.clone(), inputs.adaptivefl_selection)),
         Method::Nefl => Box::new(NeFl::default()),
     }
 }
