@@ -181,7 +181,8 @@ fn nonfinite_clients_stop_the_run_or_are_skipped() {
     }
 }
 
-/// Every file under `dir` with its bytes, to show a refused command changed nothing.
+/// Every file under `dir` with its bytes, to show a refused command changed nothing (but the
+/// lock file, which only names the process that last held the folder).
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -190,7 +191,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else {
+            } else if path.file_name().is_some_and(|n| n != fedolf::io::lock::LOCK_FILE) {
                 out.push((path.clone(), std::fs::read(&path).unwrap()));
             }
         }
@@ -309,4 +310,76 @@ fn command_line_faults_read_as_one_clear_line() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("--set nosuch.field=1") && err.contains("unknown field") && !err.contains("built in"), "{err}");
+}
+
+#[test]
+fn runs_created_at_once_get_folders_of_their_own() {
+    // Eight runs asking for a folder in the same instant (the same second's timestamp):
+    // eight folders, none shared.
+    let out = scratch::tempdir().unwrap();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (out, barrier) = (out.path().to_path_buf(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                fedolf::io::report::RunDir::create(&out, "sweep").unwrap().path
+            })
+        })
+        .collect();
+    let mut paths: Vec<PathBuf> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 8, "{paths:?}");
+    // Two `fedolf run`s started together into one --out both complete.
+    let children: Vec<_> = (1..=2).map(|seed| bin().args(small_args(out.path(), &["federation.rounds=1", &format!("seed={seed}")])).output_async()).collect();
+    for o in children.into_iter().map(|c| c.wait_with_output().unwrap()) {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let completed = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().path()).filter(|d| d.join("summary.json").exists()).count();
+    assert_eq!(completed, 2);
+}
+
+trait SpawnPiped {
+    fn output_async(&mut self) -> std::process::Child;
+}
+
+impl SpawnPiped for Command {
+    fn output_async(&mut self) -> std::process::Child {
+        self.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    }
+}
+
+#[test]
+fn a_killed_run_resumes_at_once_and_a_locked_one_is_refused_untouched() {
+    let out = scratch::tempdir().unwrap();
+    let mut child = bin().args(small_args(out.path(), &["federation.rounds=8", "checkpoint_every=2"])).output_async();
+    let started = Instant::now();
+    let dir = loop {
+        let dirs: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        if let Some(d) = dirs.first().filter(|d| rows(d) >= 3) {
+            break d.clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let holder = std::fs::read_to_string(dir.join(fedolf::io::lock::LOCK_FILE)).unwrap();
+    assert!(holder.starts_with(&format!("process {}", child.id())), "{holder}");
+    // While another process holds the folder, a resume is refused, naming the folder and the
+    // holder, and changes no file.
+    let lock = fedolf::io::lock::FolderLock::acquire(&dir).unwrap();
+    let before = snapshot(&dir);
+    let o = bin().args(["run", "--quiet", "--resume", dir.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains(dir.to_str().unwrap()) && err.contains(&format!("is being written by process {}", std::process::id())), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(before == snapshot(&dir), "a refused writer changed the folder");
+    // The SIGKILLed run's own lock died with it: once the holder lets go, it resumes at once.
+    drop(lock);
+    let o = bin().args(["run", "--quiet", "--resume", dir.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(status(&dir), "completed");
 }

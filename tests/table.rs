@@ -171,7 +171,11 @@ fn a_grid_folder_made_from_another_grid_file_is_refused() {
         while let Some(dir) = stack.pop() {
             for e in std::fs::read_dir(dir).unwrap() {
                 let p = e.unwrap().path();
-                if p.is_dir() { stack.push(p) } else { files.push((p.clone(), std::fs::read(&p).unwrap())) }
+                if p.is_dir() {
+                    stack.push(p)
+                } else if p.file_name().is_some_and(|n| n != fedolf::io::lock::LOCK_FILE) {
+                    files.push((p.clone(), std::fs::read(&p).unwrap()))
+                }
             }
         }
         files.sort();
@@ -190,6 +194,14 @@ fn a_grid_folder_made_from_another_grid_file_is_refused() {
         assert!(stderr.contains("another grid file") && stderr.contains(name) && stderr.contains(wants), "{name}: {stderr}");
         assert_eq!(snapshot(), before, "{name}: the refused grid wrote into the folder");
     }
+    // While another process runs the grid, the same grid is refused, naming the holder.
+    let lock = fedolf::io::lock::FolderLock::acquire(&out.join("g")).unwrap();
+    let o = table(&first, &out);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains(&format!("is being written by process {}", std::process::id())), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(snapshot(), before, "a refused grid wrote into the folder");
+    drop(lock);
     // A new row and a comment: accepted, the finished row kept, the new one run.
     let grown = write("grown.toml", format!("# a comment\n{head}[[row]]\nname = \"a\"\nmethod = \"fedolf\"\n[[row]]\nname = \"b\"\nmethod = \"fedavg\"\n"));
     let o = table(&grown, &out);

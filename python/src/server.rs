@@ -9,6 +9,7 @@ use std::path::Path;
 use fedolf::engine::round_context::{payload_to_device, payload_to_host, Prepared};
 use fedolf::config::Config;
 use fedolf::engine::federation::Federation;
+use fedolf::io::lock::FolderLock;
 use fedolf::io::report::{RunDir, Summary};
 use fedolf::engine::data::load_dataset;
 use fedolf::engine::round_end::RoundEnd;
@@ -39,6 +40,8 @@ pub struct Server {
     round_end: Option<RoundEnd>,
     records: Vec<RoundRecord>,
     dir: Option<RunDir>,
+    /// Held while the server writes `dir`.
+    _lock: Option<FolderLock>,
     /// The first round this server runs (after a resumed checkpoint's rounds).
     first_round: usize,
 }
@@ -54,6 +57,15 @@ impl Server {
     #[pyo3(signature = (config_toml, out_dir=None, overrides=Vec::new(), resume=None))]
     fn new(config_toml: &str, out_dir: Option<&str>, overrides: Vec<String>, resume: Option<&str>) -> PyResult<Self> {
         let cfg = Config::from_toml(config_toml, "run config", &overrides).map_err(py_err)?;
+        // One writer per run folder: a second server on it is refused before anything is read
+        // or written.
+        let lock = match out_dir {
+            Some(path) => {
+                std::fs::create_dir_all(path).map_err(|e| py_err(format!("{path}: {e}")))?;
+                Some(FolderLock::acquire(Path::new(path)).map_err(py_err)?)
+            }
+            None => None,
+        };
         let dataset = load_dataset(&cfg).map_err(py_err)?;
         let mut fed = Federation::<Train>::new(&cfg, &dataset, &Default::default()).map_err(py_err)?;
         let mut records = Vec::new();
@@ -70,7 +82,6 @@ impl Server {
         }
         let dir = match out_dir {
             Some(path) => {
-                std::fs::create_dir_all(path).map_err(|e| py_err(format!("{path}: {e}")))?;
                 let dir = RunDir { path: Path::new(path).to_path_buf() };
                 let io = |e: std::io::Error| py_err(format!("{path}: {e}"));
                 dir.write_config(&cfg).map_err(io)?;
@@ -85,7 +96,7 @@ impl Server {
             None => None,
         };
         let first_round = records.len() + 1;
-        Ok(Self { fed, dataset, round: 0, in_flight: BTreeMap::new(), round_end: None, records, dir, first_round })
+        Ok(Self { fed, dataset, round: 0, in_flight: BTreeMap::new(), round_end: None, records, dir, _lock: lock, first_round })
     }
 
     /// The first round to run: 1, or the one after a resumed checkpoint.

@@ -54,18 +54,22 @@ pub fn resolve_config(args: &RunArgs) -> anyhow::Result<Config> {
 
 pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
     let stop = stop_on_signals()?;
-    let (cfg, dir, resuming) = match &args.resume {
+    // The folder is locked before anything reads it for writing: one writer per run folder.
+    let (cfg, dir, resuming, _lock) = match &args.resume {
         Some(path) => {
             let dir = RunDir::open(path).with_context(|| format!("cannot resume {}", path.display()))?;
+            let lock = dir.lock()?;
             let config_path = dir.path.join("config.toml");
             let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-            (Config::from_toml(&text, &config_path.display().to_string(), &[])?, dir, true)
+            (Config::from_toml(&text, &config_path.display().to_string(), &[])?, dir, true, lock)
         }
         None => {
             let cfg = resolve_config(&args)?;
             let dir = RunDir::create(&args.out, &cfg.name).with_context(|| format!("cannot create a run folder in {}", args.out.display()))?;
-            dir.write_config(&cfg).context("writing config.toml")?;
-            (cfg, dir, false)
+            let lock = dir.lock()?;
+            let config_path = dir.path.join("config.toml");
+            dir.write_config(&cfg).with_context(|| format!("writing {}", config_path.display()))?;
+            (cfg, dir, false, lock)
         }
     };
     if resuming {

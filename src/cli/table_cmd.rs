@@ -24,7 +24,7 @@ use crate::run_cmd::{read_checkpoint, run_trial, stop_on_signals, TrialOptions};
 
 pub fn table(args: TableArgs, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
     let grid = Grid::read(&args.grid)?;
-    let dir = GridDir::open(&args.out, &grid)?;
+    let dir = GridDir::open(&args.out, &grid, !args.report)?;
     if !args.report {
         run_grid(&grid, &dir, &args, alloc)?;
     }

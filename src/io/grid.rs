@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::config::{Config, ConfigError, Method, DEFAULT_TOML};
+use crate::io::lock::{FolderLock, LockError};
 use crate::io::report::{write_atomic, Summary};
 use crate::io::trials::Spread;
 
@@ -62,6 +63,8 @@ pub enum GridError {
     Folder { folder: String, message: String },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Lock(#[from] LockError),
 }
 
 /// One row: its resolved config (the grid's seeds in `seeds`, the row's name as the run's).
@@ -165,22 +168,28 @@ pub const GRID_FILE: &str = "grid.toml";
 /// A grid's folder: `<out>/<grid name>/`, one folder per row, one trial folder per seed.
 pub struct GridDir {
     pub path: PathBuf,
+    /// Held while this process runs the grid (`None`: opened to report only).
+    _lock: Option<FolderLock>,
 }
 
 impl GridDir {
     /// The grid's folder under `out`, created on first use. An existing folder must have been
     /// made from this grid: the same seeds, and every row it holds still in the grid with the
     /// same resolved config (a grid file may gain rows and comments; it may not change a row
-    /// that has results). Nothing is written when it was not.
-    pub fn open(out: &Path, grid: &Grid) -> Result<Self, GridError> {
+    /// that has results). Nothing is written when it was not. A `writer` locks the folder
+    /// first, and is refused while another process runs the grid.
+    pub fn open(out: &Path, grid: &Grid, writer: bool) -> Result<Self, GridError> {
         let path = out.join(&grid.name);
         let folder = path.display().to_string();
         let kept = path.join(GRID_FILE);
+        let lock = |path: &Path| -> Result<Option<FolderLock>, GridError> { if writer { Ok(Some(FolderLock::acquire(path)?)) } else { Ok(None) } };
+        let held_lock;
         let refuse = |why: String| GridError::Folder {
             folder: folder.clone(),
             message: format!("made from another grid file than {} ({why}); use another --out, or move the folder away", grid.file.display()),
         };
         if kept.exists() {
+            held_lock = lock(&path)?;
             let text = std::fs::read_to_string(&kept).map_err(|source| GridError::Io { path: kept.display().to_string(), source })?;
             if text != grid.text {
                 let held: toml::Table = text.parse().map_err(|e: toml::de::Error| refuse(format!("its {GRID_FILE} does not parse: {}", e.message())))?;
@@ -212,9 +221,10 @@ impl GridDir {
             return Err(GridError::Folder { folder, message: format!("exists and is not a grid folder (no {GRID_FILE}); use another --out") });
         } else {
             std::fs::create_dir_all(&path).map_err(|source| GridError::Io { path: folder.clone(), source })?;
+            held_lock = lock(&path)?;
             write_atomic(&kept, grid.text.as_bytes()).map_err(|source| GridError::Io { path: kept.display().to_string(), source })?;
         }
-        Ok(Self { path })
+        Ok(Self { path, _lock: held_lock })
     }
 
     pub fn row(&self, row: &GridRow) -> PathBuf {

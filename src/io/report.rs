@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::io::lock::{FolderLock, LockError};
 use crate::records::{mean, mean_last};
 use crate::records::{ClientRecord, RoundRecord};
 
@@ -174,17 +175,25 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Create `<out>/<name>-<timestamp>/` (a numeric suffix avoids collisions).
+    /// Create `<out>/<name>-<timestamp>/`, a folder no other run holds: the folder is made
+    /// exclusively, so runs started in the same second take `-2`, `-3`, … in turn.
     pub fn create(out: &Path, name: &str) -> std::io::Result<Self> {
+        std::fs::create_dir_all(out)?;
         let stamp = timestamp();
-        let mut path = out.join(format!("{name}-{stamp}"));
-        let mut n = 1;
-        while path.exists() {
-            n += 1;
-            path = out.join(format!("{name}-{stamp}-{n}"));
+        for n in 1.. {
+            let path = if n == 1 { out.join(format!("{name}-{stamp}")) } else { out.join(format!("{name}-{stamp}-{n}")) };
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(Self { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
         }
-        std::fs::create_dir_all(&path)?;
-        Ok(Self { path })
+        unreachable!("some suffix is free")
+    }
+
+    /// Keep other processes from writing this folder while the returned lock lives.
+    pub fn lock(&self) -> Result<FolderLock, LockError> {
+        FolderLock::acquire(&self.path)
     }
 
     /// `<run>/trial-<seed>/`, one trial of a multi-seed run.
