@@ -23,8 +23,8 @@ pub enum ConfigError {
     BadOverride(String),
     #[error("--set `{key}`: `{part}` is not a table in the config")]
     OverrideTarget { key: String, part: String },
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,8 +4,8 @@ use thiserror::Error;
 /// Everything that can go wrong reading or partitioning a dataset; file errors name the file.
 #[derive(Debug, Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {problem}")]
     Malformed { path: PathBuf, problem: String },
     #[error("{images} holds {n_images} images but {labels} holds {n_labels} labels")]
@@ -20,7 +20,7 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io { path: path.into(), error: source }
     }
 
     pub(crate) fn malformed(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {

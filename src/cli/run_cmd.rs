@@ -67,8 +67,7 @@ pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<(
             let cfg = resolve_config(&args)?;
             let dir = RunDir::create(&args.out, &cfg.name).with_context(|| format!("cannot create a run folder in {}", args.out.display()))?;
             let lock = dir.lock()?;
-            let config_path = dir.path.join("config.toml");
-            dir.write_config(&cfg).with_context(|| format!("writing {}", config_path.display()))?;
+            dir.write_config(&cfg).context("cannot write the run's config")?;
             (cfg, dir, false, lock)
         }
     };

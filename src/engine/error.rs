@@ -49,6 +49,9 @@ pub enum SimError {
     Checkpoint(#[from] CheckpointError),
     #[error("resume: {0}")]
     Resume(String),
+    /// The results files could not be written (the error names the file).
+    #[error("writing the run's results: {0}")]
+    Results(std::io::Error),
     /// A run folder that cannot be acted on (resumed, exported) as it is.
     #[error("{0}")]
     RunFolder(String),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use fedolf_datasets::{DataError, Dataset};
+use fedolf_datasets::Dataset;
 
 use crate::config::Config;
 use crate::engine::error::SimError;
@@ -89,7 +89,7 @@ pub fn run_from<B: AutodiffBackend>(
     fed.warm_up(&workers, memory)?;
     observer.on_start(&fed.info(&dataset.source, worker_layout));
     if start.resume.is_some() {
-        observer.on_resume(&records).map_err(|e| DataError::Io { path: "results".into(), source: e })?;
+        observer.on_resume(&records).map_err(SimError::Results)?;
     }
     let stopped = || start.stop.is_some_and(|s| s.load(Ordering::SeqCst));
     for round in first_round..=cfg.federation.rounds {
@@ -129,7 +129,7 @@ pub fn run_from<B: AutodiffBackend>(
         // 7–8. Merge (layers nobody trained keep their value), then evaluate what the
         // strategy names, after its pre-evaluation step.
         let record = round_end.finish(&mut fed, wall.elapsed().as_secs_f64())?;
-        observer.on_round(&record).map_err(|e| DataError::Io { path: "results".into(), source: e })?;
+        observer.on_round(&record).map_err(SimError::Results)?;
         records.push(record);
         if cfg.checkpoint_due(round) {
             observer.on_checkpoint(&fed.checkpoint(round, records.clone()))?;

@@ -30,14 +30,14 @@ const FORMAT: u32 = 1;
 
 #[derive(Debug, Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {problem}")]
     Malformed { path: PathBuf, problem: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+    move |source| CheckpointError::Io { path: path.to_path_buf(), error: source }
 }
 
 fn malformed(path: &Path, problem: impl Into<String>) -> CheckpointError {

@@ -61,8 +61,8 @@ pub enum GridError {
     RowConfig { file: String, row: String, error: ConfigError },
     #[error("{folder}: {message}")]
     Folder { folder: String, message: String },
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error(transparent)]
     Lock(#[from] LockError),
 }
@@ -97,7 +97,7 @@ impl Grid {
     /// Read and check a grid file: every row's config must resolve, before anything runs.
     pub fn read(path: &Path) -> Result<Self, GridError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| GridError::Io { path: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| GridError::Io { path: file.clone(), error: source })?;
         let bad = |message: String| GridError::File { file: file.clone(), message };
         let parsed: GridFile = serde_path_to_error::deserialize(toml::de::Deserializer::new(&text)).map_err(|e| {
             let field = e.path().to_string();
@@ -190,7 +190,7 @@ impl GridDir {
         };
         if kept.exists() {
             held_lock = lock(&path)?;
-            let text = std::fs::read_to_string(&kept).map_err(|source| GridError::Io { path: kept.display().to_string(), source })?;
+            let text = std::fs::read_to_string(&kept).map_err(|source| GridError::Io { path: kept.display().to_string(), error: source })?;
             if text != grid.text {
                 let held: toml::Table = text.parse().map_err(|e: toml::de::Error| refuse(format!("its {GRID_FILE} does not parse: {}", e.message())))?;
                 let seeds: Vec<u64> = held.get("seeds").and_then(|v| v.clone().try_into().ok()).unwrap_or_default();
@@ -198,7 +198,7 @@ impl GridDir {
                     return Err(refuse(format!("its seeds are {seeds:?}, the grid's {:?}", grid.seeds)));
                 }
             }
-            let entries = std::fs::read_dir(&path).map_err(|source| GridError::Io { path: folder.clone(), source })?;
+            let entries = std::fs::read_dir(&path).map_err(|source| GridError::Io { path: folder.clone(), error: source })?;
             for entry in entries.filter_map(Result::ok) {
                 let config = entry.path().join("config.toml");
                 let name = entry.file_name().to_string_lossy().to_string();
@@ -215,14 +215,14 @@ impl GridDir {
                 }
             }
             if text != grid.text {
-                write_atomic(&kept, grid.text.as_bytes()).map_err(|source| GridError::Io { path: kept.display().to_string(), source })?;
+                write_atomic(&kept, grid.text.as_bytes()).map_err(|source| GridError::Io { path: kept.display().to_string(), error: source })?;
             }
         } else if path.exists() && std::fs::read_dir(&path).map(|mut d| d.next().is_some()).unwrap_or(true) {
             return Err(GridError::Folder { folder, message: format!("exists and is not a grid folder (no {GRID_FILE}); use another --out") });
         } else {
-            std::fs::create_dir_all(&path).map_err(|source| GridError::Io { path: folder.clone(), source })?;
+            std::fs::create_dir_all(&path).map_err(|source| GridError::Io { path: folder.clone(), error: source })?;
             held_lock = lock(&path)?;
-            write_atomic(&kept, grid.text.as_bytes()).map_err(|source| GridError::Io { path: kept.display().to_string(), source })?;
+            write_atomic(&kept, grid.text.as_bytes()).map_err(|source| GridError::Io { path: kept.display().to_string(), error: source })?;
         }
         Ok(Self { path, _lock: held_lock })
     }
@@ -246,7 +246,7 @@ pub fn trial_summary(dir: &Path) -> Option<Summary> {
 /// left out for a NaN/inf (`skipped`, summed over the rounds).
 pub fn accuracy_curve(path: &Path) -> Result<(Vec<(usize, f64)>, usize), GridError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| GridError::Io { path: name.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| GridError::Io { path: name.clone(), error: source })?;
     let bad = |message: String| GridError::File { file: name.clone(), message };
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().ok_or_else(|| bad("empty".into()))?.split(',').collect();

@@ -14,8 +14,8 @@ pub const LOCK_FILE: &str = ".lock";
 pub enum LockError {
     #[error("{} is being written by {holder}; nothing was changed (wait for it to end, or stop it first)", folder.display())]
     Held { folder: PathBuf, holder: String },
-    #[error("{}: cannot lock it: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: cannot lock it: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
 }
 
 /// Held while this process writes the folder; dropping it (or dying) releases it.
@@ -28,7 +28,7 @@ impl FolderLock {
     /// Take the lock of `folder` (which must exist), or say who holds it.
     pub fn acquire(folder: &Path) -> Result<Self, LockError> {
         let path = folder.join(LOCK_FILE);
-        let io = |source| LockError::Io { path: path.clone(), source };
+        let io = |source| LockError::Io { path: path.clone(), error: source };
         // Not truncated on open: a refused writer leaves the holder's line as it was.
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
         match file.try_lock() {

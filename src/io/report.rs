@@ -14,12 +14,14 @@ use crate::records::{ClientRecord, RoundRecord};
 /// Write `bytes` to `path` via a temporary file and a rename (readers never see half a file).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    {
+    let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-    }
-    std::fs::rename(tmp, path)
+        std::fs::rename(&tmp, path)
+    };
+    // The error names the file, so every caller's message does.
+    write().map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 pub const CSV_HEADER: &str = "round,accuracy,test_loss,train_loss,clients,bytes_down,bytes_up,frozen_bytes_down,compute_s,wall_s,peak_mem_mb,peak_extra_mb,energy_compute_j,energy_comm_j,accuracy_ensemble,skipped,unfit";
