@@ -257,3 +257,28 @@ fn a_grid_whose_runs_cannot_start_stops_at_the_first() {
         assert!(!stderr.contains("failed earlier") && !stderr.contains("b seed"), "{stderr}");
     }
 }
+
+#[test]
+fn rounds_csv_is_read_back_by_column_and_bad_lines_are_named() {
+    use fedolf::io::grid::accuracy_curve;
+    use fedolf::io::report::RoundsCsv;
+    let scratch = scratch::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = scratch.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let good = write("good.csv", "round,accuracy,skipped\n1,,0\n2,0.5,1\n3,0.625,2\n");
+    assert_eq!(accuracy_curve(&good).unwrap(), (vec![(2, 0.5), (3, 0.625)], 3), "evaluated rounds only; skips summed");
+    assert_eq!(RoundsCsv::read(&good).unwrap().column("accuracy").unwrap(), vec![None, Some(0.5), Some(0.625)]);
+    for (name, text, wants) in [
+        ("short.csv", "round,accuracy,skipped\n1,0.5\n", "line 2: 2 cells"),
+        ("word.csv", "round,accuracy,skipped\n1,high,0\n", "line 2: accuracy `high`"),
+        ("nocol.csv", "round,accuracy\n1,0.5\n", "no `skipped` column"),
+        ("empty.csv", "", "empty"),
+    ] {
+        let path = write(name, text);
+        let e = accuracy_curve(&path).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()) && e.contains(wants), "{name}: {e}");
+    }
+}

@@ -8,7 +8,7 @@ use fedolf::runtime::backend::{with_backend, BackendTask, DeviceKind};
 use fedolf::runtime::memory::CountingAllocator;
 use fedolf::accounting::memory_probe::{memory_csv, probe_memory, MemoryRow, MemorySpec};
 use fedolf::io::plot::{line_chart, memory_chart, Series};
-use fedolf::io::report::write_atomic;
+use fedolf::io::report::{write_atomic, RoundsCsv};
 use fedolf::config::Config;
 use fedolf::engine::federation::Federation;
 use fedolf::engine::error::SimError;
@@ -194,22 +194,15 @@ pub fn bench_memory(batch: usize, alloc: &'static CountingAllocator) -> anyhow::
 /// Accuracy vs round and accuracy vs cumulative energy from `rounds.csv`.
 pub fn plot(run_dir: &Path) -> anyhow::Result<()> {
     let csv = run_dir.join("rounds.csv");
-    let text = std::fs::read_to_string(&csv).with_context(|| format!("cannot read {}", csv.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().context("rounds.csv is empty")?.split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).with_context(|| format!("{}: no `{name}` column", csv.display()));
-    let (ri, ai, ci, mi) = (col("round")?, col("accuracy")?, col("energy_compute_j")?, col("energy_comm_j")?);
+    let rounds = RoundsCsv::read(&csv)?;
+    let (round, accuracy) = (rounds.full_column("round")?, rounds.column("accuracy")?);
+    let (compute, comm) = (rounds.full_column("energy_compute_j")?, rounds.full_column("energy_comm_j")?);
     let (mut by_round, mut by_energy, mut energy) = (Vec::new(), Vec::new(), 0.0);
-    for (n, line) in lines.enumerate() {
-        let cells: Vec<&str> = line.split(',').collect();
-        let field = |i: usize| -> anyhow::Result<f64> {
-            cells.get(i).and_then(|c| c.parse().ok()).with_context(|| format!("{} line {}: bad number in column {}", csv.display(), n + 2, header[i]))
-        };
-        energy += (field(ci)? + field(mi)?) / 1e3;
-        if !cells.get(ai).is_some_and(|c| c.is_empty()) {
-            let acc = field(ai)? * 100.0;
-            by_round.push((field(ri)?, acc));
-            by_energy.push((energy, acc));
+    for i in 0..round.len() {
+        energy += (compute[i] + comm[i]) / 1e3;
+        if let Some(acc) = accuracy[i] {
+            by_round.push((round[i], acc * 100.0));
+            by_energy.push((energy, acc * 100.0));
         }
     }
     if by_round.is_empty() {

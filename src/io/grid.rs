@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::config::{Config, ConfigError, Method, DEFAULT_TOML};
 use crate::io::lock::{FolderLock, LockError};
-use crate::io::report::{write_atomic, Summary};
+use crate::io::report::{write_atomic, ResultsError, RoundsCsv, Summary};
 use crate::io::trials::Spread;
 
 /// The grid file as written. Unknown fields are refused.
@@ -65,6 +65,8 @@ pub enum GridError {
     Io { path: String, error: std::io::Error },
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    Results(#[from] ResultsError),
 }
 
 /// One row: its resolved config (the grid's seeds in `seeds`, the row's name as the run's).
@@ -245,28 +247,10 @@ pub fn trial_summary(dir: &Path) -> Option<Summary> {
 /// `(round, accuracy)` of every evaluated round of a `rounds.csv`, and the client rounds it
 /// left out for a NaN/inf (`skipped`, summed over the rounds).
 pub fn accuracy_curve(path: &Path) -> Result<(Vec<(usize, f64)>, usize), GridError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| GridError::Io { path: name.clone(), error: source })?;
-    let bad = |message: String| GridError::File { file: name.clone(), message };
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().ok_or_else(|| bad("empty".into()))?.split(',').collect();
-    let col = |c: &str| header.iter().position(|h| *h == c).ok_or_else(|| bad(format!("no `{c}` column")));
-    let (ri, ai, si) = (col("round")?, col("accuracy")?, col("skipped")?);
-    let mut curve = Vec::new();
-    let mut skipped = 0;
-    for (n, line) in lines.enumerate() {
-        let cells: Vec<&str> = line.split(',').collect();
-        let cell = |i: usize| cells.get(i).copied().ok_or_else(|| bad(format!("line {}: {} cells, fewer than the header's", n + 2, cells.len())));
-        skipped += cell(si)?.parse::<usize>().map_err(|_| bad(format!("line {}: skipped `{}` is not a count", n + 2, cell(si).unwrap_or_default())))?;
-        let acc = cell(ai)?;
-        if acc.is_empty() {
-            continue;
-        }
-        let round: usize = cell(ri)?.parse().map_err(|_| bad(format!("line {}: round `{}` is not a number", n + 2, cell(ri).unwrap_or_default())))?;
-        let acc: f64 = acc.parse().map_err(|_| bad(format!("line {}: accuracy `{acc}` is not a number", n + 2)))?;
-        curve.push((round, acc));
-    }
-    Ok((curve, skipped))
+    let csv = RoundsCsv::read(path)?;
+    let (rounds, accuracy, skipped) = (csv.full_column("round")?, csv.column("accuracy")?, csv.full_column("skipped")?);
+    let curve = rounds.iter().zip(&accuracy).filter_map(|(&r, a)| a.map(|a| (r as usize, a))).collect();
+    Ok((curve, skipped.iter().sum::<f64>() as usize))
 }
 
 /// One row of the table: spreads over the row's completed trials.

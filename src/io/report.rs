@@ -26,6 +26,63 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 pub const CSV_HEADER: &str = "round,accuracy,test_loss,train_loss,clients,bytes_down,bytes_up,frozen_bytes_down,compute_s,wall_s,peak_mem_mb,peak_extra_mb,energy_compute_j,energy_comm_j,accuracy_ensemble,skipped,unfit";
 
+/// A `rounds.csv` read back, its columns by name (for plots and tables).
+#[derive(Debug, Clone)]
+pub struct RoundsCsv {
+    path: String,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+/// A results file that cannot be read back; names the file (and the line).
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("{path}: {message}")]
+    Malformed { path: String, message: String },
+}
+
+impl RoundsCsv {
+    pub fn read(path: &Path) -> Result<Self, ResultsError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ResultsError::Io { path: name.clone(), error })?;
+        let mut lines = text.lines();
+        let header: Vec<String> = lines.next().ok_or_else(|| ResultsError::Malformed { path: name.clone(), message: "empty".into() })?.split(',').map(str::to_string).collect();
+        let rows: Vec<Vec<String>> = lines.map(|l| l.split(',').map(str::to_string).collect()).collect();
+        for (n, row) in rows.iter().enumerate() {
+            if row.len() < header.len() {
+                return Err(ResultsError::Malformed { path: name, message: format!("line {}: {} cells, fewer than the header's {}", n + 2, row.len(), header.len()) });
+            }
+        }
+        Ok(Self { path: name, header, rows })
+    }
+
+    /// Column `name`, one value per round; `None` where the cell is empty (a round that was
+    /// not evaluated).
+    pub fn column(&self, name: &str) -> Result<Vec<Option<f64>>, ResultsError> {
+        let bad = |message: String| ResultsError::Malformed { path: self.path.clone(), message };
+        let i = self.header.iter().position(|h| h == name).ok_or_else(|| bad(format!("no `{name}` column")))?;
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(n, row)| match row[i].as_str() {
+                "" => Ok(None),
+                cell => cell.parse::<f64>().map(Some).map_err(|_| bad(format!("line {}: {name} `{cell}` is not a number", n + 2))),
+            })
+            .collect()
+    }
+
+    /// Column `name` where every round has a value.
+    pub fn full_column(&self, name: &str) -> Result<Vec<f64>, ResultsError> {
+        self.column(name)?
+            .into_iter()
+            .enumerate()
+            .map(|(n, v)| v.ok_or_else(|| ResultsError::Malformed { path: self.path.clone(), message: format!("line {}: {name} is empty", n + 2) }))
+            .collect()
+    }
+}
+
 /// Columns that depend on the machine (speed, allocator), not on the seed.
 pub const TIMING_COLUMNS: [&str; 6] = ["compute_s", "wall_s", "peak_mem_mb", "peak_extra_mb", "energy_compute_j", "energy_comm_j"];
 
