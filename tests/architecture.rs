@@ -286,3 +286,27 @@ fn comments_cite_only_documents_in_the_repository() {
     }
     assert!(found.is_empty(), "comments cite documents that are not in the repository (point them to ARCHITECTURE.md or say it in place):\n{}", found.join("\n"));
 }
+
+#[test]
+fn documents_cite_files_that_exist() {
+    // Every repository path a document quotes (`src/…rs`, `tests/…`, …) names a file that is
+    // there: the README, ARCHITECTURE.md and the recorded results.
+    let prefixes = ["src/", "tests/", "models/", "kernels/", "datasets/", "python/", "flower/", "experiments/", "benches/", "examples/"];
+    let extensions = [".rs", ".py", ".sh", ".toml"];
+    let mut docs = vec![root().join("README.md"), root().join("ARCHITECTURE.md")];
+    docs.extend(files_under(&root().join("experiments/results"), &["md"]));
+    let mut missing = Vec::new();
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            for quoted in line.split('`').skip(1).step_by(2) {
+                let path = quoted.split("::").next().unwrap_or_default();
+                let cited = prefixes.iter().any(|p| path.starts_with(p)) && extensions.iter().any(|e| path.ends_with(e)) && !path.contains(['*', ' ', '<']);
+                if cited && !root().join(path).exists() {
+                    missing.push(format!("{}:{}: `{path}`", doc.strip_prefix(root()).unwrap_or(doc).display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "documents cite files that are not in the repository:\n{}", missing.join("\n"));
+}

@@ -1,4 +1,4 @@
-//! fedolf's own convolution and max pooling for the CPU, in Burn.
+//! fedolf's own convolution, max pooling and training-mode BatchNorm for the CPU, in Burn.
 //!
 //! `cpu` holds the kernels on NCHW `f32` slices (im2col straight from NCHW into a reused
 //! per-thread buffer, GEMM from the `gemm` crate, a thread-count-independent reduction for the

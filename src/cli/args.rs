@@ -1,5 +1,5 @@
-//! Command line: `fedolf run`, `fedolf list` (clap derive). With no subcommand, `run` with the
-//! default experiment.
+//! Command line (clap derive): `fedolf run`, `list`, `memory`, `bench`, `export`, `table`,
+//! `plot`. With no subcommand, `run` with the default experiment.
 
 use std::path::PathBuf;
 
@@ -20,7 +20,8 @@ pub enum Command {
     List,
     /// Measured vs theoretical (Eq. 23) memory of one training step per freezing mode.
     Memory(MemoryArgs),
-    /// Benchmarks that print the ratios the dashboard tracks.
+    /// Benchmarks, each measured side by side in one run: memory (measured vs Eq. 23), speed
+    /// (fedolf ÷ PyTorch), conv (the CPU kernels' GFLOP/s), parity (a device vs the CPU).
     Bench {
         #[command(subcommand)]
         which: BenchKind,

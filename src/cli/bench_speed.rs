@@ -154,7 +154,7 @@ fn round_workload(cfg: &Config, dataset: &fedolf_datasets::Dataset, records: &[R
         })).collect::<Vec<_>>(),
         "eval": {
             "samples": dataset.test.len(),
-            "batch": 500,
+            "batch": fedolf::local::evaluate::EVAL_BATCH,
             "rounds": records.iter().filter(|r| r.accuracy.is_some()).map(|r| r.round).collect::<Vec<_>>(),
         },
     })

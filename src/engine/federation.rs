@@ -19,7 +19,7 @@ use crate::io::checkpoint::Checkpoint;
 use crate::engine::round_context::{ClientSetup, RoundContext};
 use crate::config::{Capacity, Config, PartitionKind};
 use crate::accounting::energy::Energy;
-use crate::local::evaluate::{evaluate, evaluate_exits, DeviceSplit};
+use crate::local::evaluate::{evaluate, evaluate_exits, DeviceSplit, EVAL_BATCH};
 use crate::local::error::LocalError;
 use crate::local::training::{LocalModel, LocalTraining};
 use crate::tensor::host::{model_to_device, model_to_host, HostLayer, HostSplit, HostUpload};
@@ -102,11 +102,6 @@ impl<B: AutodiffBackend> Federation<B> {
             energy: Energy::from(&cfg.energy),
             device: device.clone(),
         })
-    }
-
-    /// Clients sampled per round (`C_t`).
-    pub fn per_round(&self) -> usize {
-        self.cfg.federation.clients_per_round.min(self.eligible.len())
     }
 
     /// What the run is about to do, for the log header.
@@ -239,7 +234,7 @@ impl<B: AutodiffBackend> Federation<B> {
     }
 
     /// Memory budgets: the plan client `client` trains at capacity level `level` (of
-    /// [`Self::levels`]; the last is the least constrained) in round `round`, and its
+    /// `setup.levels`; the last is the least constrained) in round `round`, and its
     /// predicted training peak in bytes (from the server's calibration).
     pub fn level_plan(&self, round: usize, client: usize, level: usize) -> Result<(ClientPlan, u64), SimError> {
         let plan = self.plan_at(round, client, level)?;
@@ -307,7 +302,7 @@ impl<B: AutodiffBackend> Federation<B> {
                 let trained = clients.train(&plan, prepared.local, prepared.bytes_down, indices, &self.device)?;
                 let peak_mb = trained.record.peak_mem_mb.ok_or_else(|| SimError::Config {
                     field: "federation.capacity",
-                    problem: "\"memory\" calibrates on measured memory, and this backend measures none (on the CPU the binary must install fedolf::memory::CountingAllocator as its global allocator)".into(),
+                    problem: "\"memory\" calibrates on measured memory, and this backend measures none (on the CPU the binary must install fedolf::runtime::memory::CountingAllocator as its global allocator)".into(),
                 })?;
                 let resident = facts.resident_bytes;
                 let measured = ((peak_mb * 1e6).round() as u64).saturating_sub(resident);
@@ -431,8 +426,8 @@ impl<B: AutodiffBackend> Federation<B> {
         Ok(())
     }
 
-    /// Step 8, on evaluation rounds (every `eval_every`, and the last): what the strategy
-    /// names, after its pre-evaluation step. `(accuracy, test loss, exit-ensemble accuracy)`.
+    /// Step 8: on evaluation rounds (every `eval_every`, and the last) the view the strategy
+    /// names, after its pre-evaluation step, scored on the test set; `None` on other rounds.
     pub fn evaluate_round(&mut self, round: usize) -> Result<Option<Evaluation>, SimError> {
         let fed = &self.cfg.federation;
         if round % fed.eval_every != 0 && round != fed.rounds {
@@ -451,10 +446,10 @@ impl<B: AutodiffBackend> Federation<B> {
         self.global = self.strategy.before_eval(global, &self.train.images);
         let view = self.strategy.eval_view(&self.plan_context(round));
         match view {
-            EvalView::Full => Evaluation::single(evaluate(&self.global.valid(), &self.test, 500)),
-            EvalView::Width(spec) => Evaluation::single(evaluate(&extract(self.global.valid(), &self.setup.layout, &spec, &self.device), &self.test, 500)),
+            EvalView::Full => Evaluation::single(evaluate(&self.global.valid(), &self.test, EVAL_BATCH)),
+            EvalView::Width(spec) => Evaluation::single(evaluate(&extract(self.global.valid(), &self.setup.layout, &spec, &self.device), &self.test, EVAL_BATCH)),
             EvalView::Exits => {
-                let (accuracy, test_loss, accuracy_ensemble) = evaluate_exits(&self.global.valid(), &self.test, 500);
+                let (accuracy, test_loss, accuracy_ensemble) = evaluate_exits(&self.global.valid(), &self.test, EVAL_BATCH);
                 Evaluation { accuracy, test_loss, accuracy_ensemble }
             }
         }

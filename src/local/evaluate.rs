@@ -5,6 +5,10 @@ use fedolf_models::LayeredNet;
 
 use crate::tensor::host::HostSplit;
 
+/// Images per forward pass when the server evaluates a model or recomputes its BatchNorm
+/// statistics (no gradients are kept, so it sets only the server's peak, not a result).
+pub const EVAL_BATCH: usize = 500;
+
 /// A split's tensors on the device, normalised per channel with the training statistics.
 pub struct DeviceSplit<B: Backend> {
     pub images: Tensor<B, 4>,

@@ -1,7 +1,7 @@
 //! Practical memory on the CPU: a counting global allocator with a resettable high-water mark.
 //!
 //! A binary opts in with
-//! `#[global_allocator] static ALLOC: fedolf::memory::CountingAllocator = CountingAllocator::new();`
+//! `#[global_allocator] static ALLOC: fedolf::runtime::memory::CountingAllocator = CountingAllocator::new();`
 //! and measures a region with [`CountingAllocator::measure`]: the peak of live heap bytes
 //! during the region, above the live bytes just before it (the paper's analogue is
 //! `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`). Counters are per

@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{ClientPlan, Download, PlanContext, Strategy};
 use crate::config::Method;
+use crate::local::evaluate::EVAL_BATCH;
 use crate::local::objective::Objective;
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
@@ -43,7 +44,7 @@ impl<B: AutodiffBackend> Strategy<B> for HeteroFl {
 
     fn before_eval(&self, global: LayeredNet<B>, train: &Tensor<B::InnerBackend, 4>) -> LayeredNet<B> {
         if self.static_bn {
-            recompute_bn_statistics(global, train, 500)
+            recompute_bn_statistics(global, train, EVAL_BATCH)
         } else {
             global
         }
