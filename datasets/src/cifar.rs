@@ -2,10 +2,12 @@
 //! `cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin`: records of 1 label byte + 3072
 //! pixel bytes (1024 R, 1024 G, 1024 B, each 32×32 row-major);
 //! `cifar-100-binary/{train,test}.bin`: records of coarse label, fine label, 3072 pixels.
-//! We use CIFAR-100's fine labels (100 classes).
+//! We use CIFAR-100's fine labels (100 classes). The python version torchvision downloads is
+//! read by `cifar_python.rs`.
 
 use std::path::Path;
 
+use crate::cifar_python::read_cifar_pickle_file;
 use crate::dataset::ImageSet;
 use crate::error::DataError;
 
@@ -36,6 +38,22 @@ impl CifarKind {
         match self {
             Self::Cifar10 => "cifar-10-batches-bin",
             Self::Cifar100 => "cifar-100-binary",
+        }
+    }
+
+    /// The python version's folder (torchvision's download).
+    pub fn python_folder(self) -> &'static str {
+        match self {
+            Self::Cifar10 => "cifar-10-batches-py",
+            Self::Cifar100 => "cifar-100-python",
+        }
+    }
+
+    /// The python version's files: the training batches and the test batch (no extension).
+    pub fn python_files(self) -> (Vec<String>, &'static str) {
+        match self {
+            Self::Cifar10 => ((1..=5).map(|i| format!("data_batch_{i}")).collect(), "test_batch"),
+            Self::Cifar100 => (vec!["train".into()], "test"),
         }
     }
 
@@ -80,15 +98,23 @@ pub fn parse_cifar(path: &Path, bytes: &[u8], kind: CifarKind, out: &mut ImageSe
     Ok(())
 }
 
-/// Read the train and test splits from the distributed folder (`cifar-10-batches-bin` or
-/// `cifar-100-binary`).
+/// Read the train and test splits from a distributed folder: the binary version
+/// (`cifar-10-batches-bin`, `cifar-100-binary`) or, when `dir` holds no binary test file, the
+/// python version (`cifar-10-batches-py`, `cifar-100-python`).
 pub fn read_cifar(dir: &Path, kind: CifarKind) -> Result<(ImageSet, ImageSet), DataError> {
     let empty = || ImageSet { shape: [3, 32, 32], pixels: Vec::new(), labels: Vec::new() };
-    let mut train = empty();
+    let (mut train, mut test) = (empty(), empty());
+    if !dir.join(kind.test_file()).is_file() && dir.join(kind.python_files().1).is_file() {
+        let (train_files, test_file) = kind.python_files();
+        for f in train_files {
+            read_cifar_pickle_file(&dir.join(f), kind, &mut train)?;
+        }
+        read_cifar_pickle_file(&dir.join(test_file), kind, &mut test)?;
+        return Ok((train, test));
+    }
     for f in kind.train_files() {
         read_cifar_file(&dir.join(f), kind, &mut train)?;
     }
-    let mut test = empty();
     read_cifar_file(&dir.join(kind.test_file()), kind, &mut test)?;
     Ok((train, test))
 }

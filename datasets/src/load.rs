@@ -43,8 +43,8 @@ impl DatasetKind {
         match self {
             Self::FashionMnist => "Fashion-MNIST, 1×28×28, 10 classes (IDX; Debian dataset-fashion-mnist or shipped subset)",
             Self::Emnist => "EMNIST balanced, 1×28×28, 47 classes (IDX: emnist-balanced-*-idx?-ubyte[.gz])",
-            Self::Cifar10 => "CIFAR-10, 3×32×32, 10 classes (binary version: cifar-10-batches-bin/)",
-            Self::Cifar100 => "CIFAR-100, 3×32×32, 100 fine classes (binary version: cifar-100-binary/)",
+            Self::Cifar10 => "CIFAR-10, 3×32×32, 10 classes (cifar-10-batches-bin/ or torchvision's cifar-10-batches-py/)",
+            Self::Cifar100 => "CIFAR-100, 3×32×32, 100 fine classes (cifar-100-binary/ or torchvision's cifar-100-python/)",
             Self::Cinic10 => "CINIC-10, 3×32×32, 10 classes (train/ valid/ test/ PNG folders)",
         }
     }
@@ -109,8 +109,8 @@ fn download_hint(kind: DatasetKind) -> &'static str {
     match kind {
         DatasetKind::FashionMnist => "Install Debian's dataset-fashion-mnist or pass --data-dir with the four IDX files.",
         DatasetKind::Emnist => "Download EMNIST (gzip.zip from NIST), unpack the emnist-balanced-* IDX files, pass --data-dir.",
-        DatasetKind::Cifar10 => "Download cifar-10-binary.tar.gz, unpack, pass --data-dir (the folder holding cifar-10-batches-bin/).",
-        DatasetKind::Cifar100 => "Download cifar-100-binary.tar.gz, unpack, pass --data-dir (the folder holding cifar-100-binary/).",
+        DatasetKind::Cifar10 => "Download cifar-10-binary.tar.gz or cifar-10-python.tar.gz (torchvision's), unpack, pass --data-dir (the folder holding cifar-10-batches-bin/ or cifar-10-batches-py/).",
+        DatasetKind::Cifar100 => "Download cifar-100-binary.tar.gz or cifar-100-python.tar.gz (torchvision's), unpack, pass --data-dir (the folder holding cifar-100-binary/ or cifar-100-python/).",
         DatasetKind::Cinic10 => "Download CINIC-10.tar.gz, unpack, pass --data-dir (the folder holding train/ valid/ test/).",
     }
 }
@@ -138,7 +138,9 @@ fn probe(kind: DatasetKind, dir: &Path) -> Option<PathBuf> {
         DatasetKind::FashionMnist | DatasetKind::Emnist => find_file(dir, idx_names(kind)[0]).map(|_| dir.to_path_buf()),
         DatasetKind::Cifar10 | DatasetKind::Cifar100 => {
             let ck = if kind == DatasetKind::Cifar10 { CifarKind::Cifar10 } else { CifarKind::Cifar100 };
-            [dir.join(ck.folder()), dir.to_path_buf()].into_iter().find(|d| d.join(ck.test_file()).is_file())
+            [dir.join(ck.folder()), dir.join(ck.python_folder()), dir.to_path_buf()]
+                .into_iter()
+                .find(|d| d.join(ck.test_file()).is_file() || d.join(ck.python_files().1).is_file())
         }
         DatasetKind::Cinic10 => dir.join("test").is_dir().then(|| dir.to_path_buf()),
     }

@@ -1,5 +1,5 @@
-//! Mutation fuzzing of every reader (IDX plain and gzipped, CIFAR-10/100 binary, CINIC-10's
-//! PNG images): mutated valid files must give `Err` naming the file, or `Ok` with consistent
+//! Mutation fuzzing of every reader (IDX plain and gzipped, CIFAR-10/100 binary and python
+//! pickles, CINIC-10's PNG images): mutated valid files must give `Err` naming the file, or `Ok` with consistent
 //! shapes — never a panic, a hang, or an allocation far beyond the input (a header claiming
 //! 2^31 images must not allocate before the data is checked). A short run is part of the
 //! suite; `cargo test --release -p fedolf-datasets --test fuzz -- --ignored` runs 1,000,000
@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fedolf_datasets::cifar::{parse_cifar, CifarKind};
+use fedolf_datasets::cifar_python::parse_cifar_pickle;
 use fedolf_datasets::cinic::decode_png_bytes;
 use fedolf_datasets::idx::{decode_maybe_gz, parse_idx_pair};
 use fedolf_datasets::mutation::Mutator;
@@ -91,6 +92,7 @@ enum Target {
     IdxPair,
     Cifar10,
     Cifar100,
+    CifarPickle,
     Png,
 }
 
@@ -99,6 +101,7 @@ struct Seeds {
     labels: Vec<Vec<u8>>,
     cifar10: Vec<Vec<u8>>,
     cifar100: Vec<Vec<u8>>,
+    pickles: Vec<Vec<u8>>,
     pngs: Vec<Vec<u8>>,
 }
 
@@ -113,6 +116,11 @@ fn seeds() -> Seeds {
         labels: vec![labels.clone(), gzip(&labels)],
         cifar10: vec![[record10(3), record10(9)].concat()],
         cifar100: vec![[record100(1, 42), record100(19, 99)].concat()],
+        // Python 2's cPickle (as the originals) and numpy 2 under Python 3, both protocol 2.
+        pickles: ["tests/data/cifar10-python2-cpickle.pkl", "tests/data/cifar-generated/cifar-10-batches-py/data_batch_1"]
+            .iter()
+            .map(|f| std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(f)).unwrap())
+            .collect(),
         pngs: vec![png(png::ColorType::Rgb, 32, 32), png(png::ColorType::Grayscale, 32, 32), png(png::ColorType::Rgba, 32, 32), png(png::ColorType::Rgb, 8, 8)],
     }
 }
@@ -146,6 +154,16 @@ fn check(target: Target, inputs: (&[u8], &[u8])) {
                 Err(e) => assert!(names(&e, "data_batch_1.bin"), "error names no file: {e}"),
             }
         }
+        Target::CifarPickle => {
+            let mut set = ImageSet { shape: [3, 32, 32], pixels: Vec::new(), labels: Vec::new() };
+            match parse_cifar_pickle(Path::new("fuzz/data_batch_1"), a, CifarKind::Cifar10, &mut set) {
+                Ok(()) => {
+                    assert_eq!(set.pixels.len(), set.labels.len() * 3072);
+                    assert!(set.labels.iter().all(|&l| l < 10));
+                }
+                Err(e) => assert!(names(&e, "data_batch_1"), "error names no file: {e}"),
+            }
+        }
         Target::Png => match decode_png_bytes(Path::new("fuzz/train/cat/img.png"), a) {
             Ok(chw) => assert_eq!(chw.len(), 3 * 32 * 32),
             Err(e) => assert!(names(&e, "img.png"), "error names no file: {e}"),
@@ -156,9 +174,9 @@ fn check(target: Target, inputs: (&[u8], &[u8])) {
 /// `n` mutated inputs spread over every reader; returns how many ran.
 fn fuzz(n: usize, seed: u64) -> usize {
     let s = seeds();
-    let corpus: Vec<Vec<u8>> = [&s.images, &s.labels, &s.cifar10, &s.cifar100, &s.pngs].into_iter().flatten().cloned().collect();
+    let corpus: Vec<Vec<u8>> = [&s.images, &s.labels, &s.cifar10, &s.cifar100, &s.pickles, &s.pngs].into_iter().flatten().cloned().collect();
     let mut m = Mutator::new(seed);
-    let targets = [Target::IdxPair, Target::Cifar10, Target::Cifar100, Target::Png];
+    let targets = [Target::IdxPair, Target::Cifar10, Target::Cifar100, Target::CifarPickle, Target::Png];
     for i in 0..n {
         let target = targets[i % targets.len()];
         let (a, b): (Vec<u8>, Vec<u8>) = match target {
@@ -173,6 +191,10 @@ fn fuzz(n: usize, seed: u64) -> usize {
             }
             Target::Cifar10 => (m.mutate(&s.cifar10[0], &corpus), Vec::new()),
             Target::Cifar100 => (m.mutate(&s.cifar100[0], &corpus), Vec::new()),
+            Target::CifarPickle => {
+                let k = m.below(s.pickles.len());
+                (m.mutate(&s.pickles[k], &corpus), Vec::new())
+            }
             Target::Png => {
                 let k = m.below(s.pngs.len());
                 (m.mutate(&s.pngs[k], &corpus), Vec::new())
@@ -233,5 +255,5 @@ fn header_claiming_two_to_the_31_images_allocates_nothing_big() {
 fn readers_survive_a_million_mutated_files() {
     let started = Instant::now();
     let n = fuzz(1_000_000, 20261201);
-    eprintln!("fuzzed {n} inputs over 4 readers in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!("fuzzed {n} inputs over 5 readers in {:.1} s", started.elapsed().as_secs_f64());
 }

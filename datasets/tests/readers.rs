@@ -6,6 +6,7 @@ mod scratch;
 use std::path::Path;
 
 use fedolf_datasets::cifar::{read_cifar, CifarKind};
+use fedolf_datasets::cifar_python::parse_cifar_pickle;
 use fedolf_datasets::cinic::{read_cinic_split, CLASSES};
 use fedolf_datasets::idx::{read_idx_pair, write_idx};
 use fedolf_datasets::{load, DataError, DatasetKind};
@@ -187,4 +188,73 @@ fn shipped_fashion_mnist_subset_is_real_and_complete() {
         counts[l as usize] += 1;
     }
     assert!(counts.iter().all(|&c| c > 800), "every class present: {counts:?}");
+}
+
+/// Files `experiments/generate_cifar.py --format both` wrote (numpy 2, protocol 2): the same
+/// images and labels in the binary and the python version.
+fn generated() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cifar-generated")
+}
+
+/// A CIFAR-10 python batch written as the originals were: Python 2.7's cPickle, protocol 2,
+/// numpy 1.16 (3 images, pixel `i` of the batch = `i mod 251`, labels 0, 5, 9).
+fn python2_batch() -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cifar10-python2-cpickle.pkl")).unwrap()
+}
+
+#[test]
+fn cifar_python_and_binary_versions_hold_the_same_images() {
+    for (kind, dataset, binary, python, sizes) in [
+        (CifarKind::Cifar10, DatasetKind::Cifar10, "cifar-10-batches-bin", "cifar-10-batches-py", (10, 4)),
+        (CifarKind::Cifar100, DatasetKind::Cifar100, "cifar-100-binary", "cifar-100-python", (6, 3)),
+    ] {
+        let (train_b, test_b) = read_cifar(&generated().join(binary), kind).unwrap();
+        let (train_p, test_p) = read_cifar(&generated().join(python), kind).unwrap();
+        assert_eq!((train_p.len(), test_p.len()), sizes, "{python}");
+        assert_eq!((&train_p.labels, &train_p.pixels), (&train_b.labels, &train_b.pixels), "{python}: train differs from {binary}");
+        assert_eq!((&test_p.labels, &test_p.pixels), (&test_b.labels, &test_b.pixels), "{python}: test differs from {binary}");
+        // Found in --data-dir as torchvision leaves it: a folder holding only the python one.
+        let root = scratch::tempdir().unwrap();
+        let folder = root.path().join(python);
+        std::fs::create_dir(&folder).unwrap();
+        for entry in std::fs::read_dir(generated().join(python)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, folder.join(path.file_name().unwrap())).unwrap();
+        }
+        let loaded = load(dataset, Some(root.path())).unwrap();
+        assert_eq!(loaded.train.pixels, train_b.pixels);
+        assert_eq!(loaded.source, folder.display().to_string());
+    }
+}
+
+#[test]
+fn a_python2_cpickle_batch_reads_as_written() {
+    let mut set = fedolf_datasets::ImageSet { shape: [3, 32, 32], pixels: Vec::new(), labels: Vec::new() };
+    parse_cifar_pickle(Path::new("test_batch"), &python2_batch(), CifarKind::Cifar10, &mut set).unwrap();
+    assert_eq!(set.labels, vec![0, 5, 9]);
+    assert_eq!(set.pixels, (0..3 * 3072).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+}
+
+#[test]
+fn malformed_cifar_pickles_are_refused_naming_the_file() {
+    let good = python2_batch();
+    let edit = |from: &[u8], to: &[u8]| {
+        let at = good.windows(from.len()).position(|w| w == from).unwrap();
+        [&good[..at], to, &good[at + from.len()..]].concat()
+    };
+    let cifar100 = std::fs::read(generated().join("cifar-100-python/test")).unwrap();
+    for (what, bytes, kind, wants) in [
+        ("truncated", good[..good.len() / 2].to_vec(), CifarKind::Cifar10, "not a readable pickle"),
+        ("empty", Vec::new(), CifarKind::Cifar10, "not a readable pickle"),
+        ("a list, not a dict", b"\x80\x02]q\x00.".to_vec(), CifarKind::Cifar10, "no dict"),
+        ("label 10", edit(b"K\x00K\x05K\x09", b"K\x00K\x05K\x0a"), CifarKind::Cifar10, "`labels`[2]"),
+        ("a wider row", edit(b"M\x00\x0c", b"M\x01\x0c"), CifarKind::Cifar10, "shape [3, 3073]"),
+        ("CIFAR-100 read as CIFAR-10", cifar100, CifarKind::Cifar10, "no `labels` entry"),
+        ("CIFAR-10 read as CIFAR-100", good.clone(), CifarKind::Cifar100, "no `fine_labels` entry"),
+    ] {
+        let mut set = fedolf_datasets::ImageSet { shape: [3, 32, 32], pixels: Vec::new(), labels: Vec::new() };
+        let e = err_text(parse_cifar_pickle(Path::new("cifar/data_batch_3"), &bytes, kind, &mut set).unwrap_err());
+        assert!(e.contains("cifar/data_batch_3") && e.contains(wants), "{what}: {e}");
+        assert!(set.labels.is_empty() && set.pixels.is_empty(), "{what}: a refused file left images behind");
+    }
 }
