@@ -383,3 +383,22 @@ fn a_killed_run_resumes_at_once_and_a_locked_one_is_refused_untouched() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(status(&dir), "completed");
 }
+
+#[test]
+fn a_device_that_is_not_there_is_one_line_and_writes_nothing() {
+    // CUDA without the NVIDIA driver, wgpu with no Vulkan driver visible (the loader is
+    // pointed at none); a binary without the backend says so. Where the device is there, the
+    // run simply works, and there is nothing to check.
+    for device in ["cuda", "wgpu"] {
+        let out = scratch::tempdir().unwrap();
+        let o = bin().args(small_args(out.path(), &["federation.rounds=1"])).args(["--device", device]).env("VK_DRIVER_FILES", "/nonexistent/icd.json").env("VK_ICD_FILENAMES", "/nonexistent/icd.json").output().unwrap();
+        if o.status.success() {
+            continue;
+        }
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{device}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{device}: {err}");
+        assert!(err.contains(&format!("device `{device}`")) && !err.contains("panicked"), "{device}: {err}");
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "{device}: a run folder was made for a run that cannot start");
+    }
+}

@@ -48,6 +48,7 @@ impl Client {
     #[pyo3(signature = (config_toml, partition_id, num_partitions, data_dir=None, device=None))]
     fn new(config_toml: &str, partition_id: usize, num_partitions: usize, data_dir: Option<&str>, device: Option<&str>) -> PyResult<Self> {
         let device = node_device(device)?;
+        fedolf::runtime::backend::probe(device).map_err(|e| py_err(format!("node {partition_id}: node config `device`: {e}")))?;
         let mut cfg = Config::from_toml(config_toml, "run config", &[]).map_err(py_err)?;
         if cfg.federation.clients != num_partitions {
             return Err(py_err(format!(

@@ -3,7 +3,7 @@
 
 use anyhow::bail;
 use burn::tensor::backend::AutodiffBackend;
-use fedolf::runtime::backend::{with_backend, BackendTask, DeviceKind};
+use fedolf::runtime::backend::{probe, with_backend, BackendTask, DeviceKind};
 use fedolf::accounting::parity::{step_parity, toa_parity, ParityError, ATOL, RTOL, SMALL_CASES};
 use fedolf::compress::toa::ToaMode;
 
@@ -53,6 +53,7 @@ impl BackendTask for ParityTask {
 
 pub fn bench_parity(device: &str) -> anyhow::Result<()> {
     let kind = DeviceKind::parse(device)?;
+    probe(kind)?;
     println!("parity: {} vs the CPU backend, same host-drawn weights and batch, one SGD step (lr 0.01, momentum 0.9); columns loss/prefix/weights are max |Δ| ÷ ({ATOL:e} + {RTOL:e}·max |cpu|), ≤ 1 passes", kind.name());
     let failed = with_backend(kind, ParityTask)??;
     if failed > 0 {

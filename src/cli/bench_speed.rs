@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
-use fedolf::runtime::backend::{with_backend, BackendTask, DeviceKind};
+use fedolf::runtime::backend::{probe, with_backend, BackendTask, DeviceKind};
 use fedolf::config::{Config, DEFAULT_TOML};
 use fedolf::runtime::memory::CountingAllocator;
 use fedolf::engine::{self, RoundObserver};
@@ -88,6 +88,7 @@ pub fn bench_speed(args: SpeedArgs, alloc: &'static CountingAllocator) -> anyhow
 
     // 1. Per-step time, every model at its paper batch, l = 0 and the cluster's largest l.
     let specs = step_specs(args.repeats);
+    probe(device)?;
     eprintln!("fedolf steps:");
     let ours = with_backend(device, StepTask(&specs))??;
     let theirs = match &twin {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use burn::tensor::backend::AutodiffBackend;
-use fedolf::runtime::backend::{with_backend, BackendTask, DeviceKind};
+use fedolf::runtime::backend::{probe, with_backend, BackendTask, DeviceKind};
 use fedolf::runtime::memory::CountingAllocator;
 use fedolf::accounting::memory_probe::{memory_csv, probe_memory, MemoryRow, MemorySpec};
 use fedolf::io::plot::{line_chart, memory_chart, Series};
@@ -120,6 +120,7 @@ pub fn memory(args: MemoryArgs, alloc: &'static CountingAllocator) -> anyhow::Re
     let model = ModelKind::parse(&args.model)?;
     let dataset = DatasetKind::parse(&args.dataset)?;
     let device = DeviceKind::parse(&args.device)?;
+    probe(device)?;
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }

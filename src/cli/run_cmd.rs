@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
-use fedolf::runtime::backend::{with_backend, BackendTask, DeviceKind};
+use fedolf::runtime::backend::{probe, with_backend, BackendTask, DeviceKind};
 use fedolf::config::{Config, DEFAULT_TOML};
 use fedolf::runtime::memory::CountingAllocator;
 use fedolf::io::report::{RunDir, Summary};
@@ -61,10 +61,14 @@ pub fn run(args: RunArgs, alloc: &'static CountingAllocator) -> anyhow::Result<(
             let lock = dir.lock()?;
             let config_path = dir.path.join("config.toml");
             let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-            (Config::from_toml(&text, &config_path.display().to_string(), &[])?, dir, true, lock)
+            let cfg = Config::from_toml(&text, &config_path.display().to_string(), &[])?;
+            probe(cfg.device)?;
+            (cfg, dir, true, lock)
         }
         None => {
             let cfg = resolve_config(&args)?;
+            // The device answers before the run folder exists.
+            probe(cfg.device)?;
             let dir = RunDir::create(&args.out, &cfg.name).with_context(|| format!("cannot create a run folder in {}", args.out.display()))?;
             let lock = dir.lock()?;
             dir.write_config(&cfg).context("cannot write the run's config")?;

@@ -15,6 +15,7 @@ use fedolf::io::grid::{self, Grid, GridDir, GridRow, TableRow};
 use fedolf::io::plot::{band_chart, Band};
 use fedolf::io::report::{write_atomic, RunDir, Summary};
 use fedolf::io::trials::TrialsSummary;
+use fedolf::runtime::backend::{probe, DeviceKind};
 use fedolf::runtime::memory::CountingAllocator;
 use fedolf_datasets::Dataset;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -24,6 +25,14 @@ use crate::run_cmd::{read_checkpoint, run_trial, stop_on_signals, TrialOptions};
 
 pub fn table(args: TableArgs, alloc: &'static CountingAllocator) -> anyhow::Result<()> {
     let grid = Grid::read(&args.grid)?;
+    if !args.report {
+        // Every device the grid runs on answers before its folder is touched.
+        let mut devices: Vec<DeviceKind> = grid.rows.iter().map(|r| r.config.device).collect();
+        devices.dedup();
+        for device in devices {
+            probe(device)?;
+        }
+    }
     let dir = GridDir::open(&args.out, &grid, !args.report)?;
     if !args.report {
         run_grid(&grid, &dir, &args, alloc)?;

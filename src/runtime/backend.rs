@@ -59,6 +59,8 @@ pub enum BackendError {
     Unknown(String),
     #[error("device `{0}` is not compiled into this binary; rebuild with `--features {0}`")]
     NotCompiled(&'static str),
+    #[error("device `{device}` is not available: {why}")]
+    Unavailable { device: &'static str, why: String },
 }
 
 /// Work that runs on whichever backend the user picked.
@@ -86,6 +88,60 @@ pub fn with_backend<T: BackendTask>(kind: DeviceKind, task: T) -> Result<T::Outp
         #[allow(unreachable_patterns)]
         other => Err(BackendError::NotCompiled(other.name())),
     }
+}
+
+/// Check that `kind`'s device answers (one tiny tensor sent and read back) before anything
+/// runs, so a missing driver or adapter is an error that names the device and what is
+/// missing, instead of a panic on CubeCL's device thread. Call it on the main thread before
+/// any worker starts: it swaps the panic hook while it runs, to keep the device thread's panic
+/// off the terminal and keep its message.
+pub fn probe(kind: DeviceKind) -> Result<(), BackendError> {
+    struct Roundtrip;
+    impl BackendTask for Roundtrip {
+        type Output = ();
+        fn run<B: AutodiffBackend>(self, device: B::Device) {
+            let _ = burn::tensor::Tensor::<B, 1>::zeros([1], &device).into_data();
+        }
+    }
+    if kind == DeviceKind::Cpu {
+        return with_backend(kind, Roundtrip);
+    }
+    let first = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let previous = std::panic::take_hook();
+    let seen = first.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload().downcast_ref::<String>().cloned().or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()));
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.is_none() {
+            *seen = message;
+        }
+    }));
+    // CubeCL logs the failed device task too; the error below says it once.
+    let level = log::max_level();
+    log::set_max_level(log::LevelFilter::Off);
+    let outcome = std::panic::catch_unwind(|| with_backend(kind, Roundtrip));
+    log::set_max_level(level);
+    std::panic::set_hook(previous);
+    match outcome {
+        Ok(result) => result,
+        Err(_) => {
+            let message = first.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+            Err(BackendError::Unavailable { device: kind.name(), why: unavailable_reason(kind, &message) })
+        }
+    }
+}
+
+/// The first clause of a device thread's panic message, and what to install.
+fn unavailable_reason(kind: DeviceKind, message: &str) -> String {
+    let line = message.lines().next().unwrap_or_default();
+    let clause = [" - ", ". ", ".:"].iter().filter_map(|sep| line.find(sep)).min().map_or(line, |i| &line[..i]).trim();
+    let clause = if clause.is_empty() { "the device did not start" } else { clause };
+    let hint = match kind {
+        DeviceKind::Cuda => "no NVIDIA driver: libcuda is not on this machine",
+        DeviceKind::Wgpu => "no Vulkan device; without a GPU, Mesa's lavapipe is one: apt-get install mesa-vulkan-drivers libvulkan1",
+        DeviceKind::Cpu => "",
+    };
+    format!("{clause} ({hint})")
 }
 
 /// Bytes in use on the calling thread's stream of a CubeCL device (cuda, wgpu), read from
