@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -111,6 +112,33 @@ class Functions(unittest.TestCase):
         with self.assertRaises(fedolf.FedolfError) as caught:
             fedolf.Server(CONFIG, None, ["train.lr=fast"])
         self.assertIn("train.lr", str(caught.exception))
+
+    def test_merge_and_evaluation_release_the_gil(self):
+        # The server's slow steps (ResNet20 evaluated on 2,000 test images, after a round's
+        # merge) while another Python thread ticks every millisecond: the ticker goes on only
+        # if the GIL is released (a thread inside native code that holds it never yields).
+        server = fedolf.Server(CONFIG, None, SMALL + ['model.name="resnet20"', "data.test_limit=2000", "federation.eval_every=1"])
+        ticks = [0]
+        stop = threading.Event()
+
+        def tick():
+            while not stop.is_set():
+                ticks[0] += 1
+                time.sleep(0.001)
+
+        ticker = threading.Thread(target=tick)
+        ticker.start()
+        try:
+            for name, step in [("evaluate", server.evaluate), ("finish_round", lambda: (server.plan_round(1), server.finish_round(0.0)))]:
+                time.sleep(0.05)
+                before, started = ticks[0], time.time()
+                step()
+                took, during = time.time() - started, ticks[0] - before
+                self.assertGreater(took, 0.1, f"{name} was too quick to show anything")
+                self.assertGreater(during, 0.2 * took / 0.0011, f"{name}: {during} ticks in {took:.2f} s; the GIL was held")
+        finally:
+            stop.set()
+            ticker.join()
 
     def test_ordered_plan(self):
         plan = json.loads(fedolf.ordered_plan(3, 2))

@@ -247,12 +247,15 @@ impl Server {
     /// End the round: merge what arrived (in client order, as the simulator does), evaluate,
     /// append the round to the results files. `wall_s`: the round's wall time as the caller
     /// saw it. Returns the round's record as JSON (the `rounds.csv` fields and per-client rows).
-    fn finish_round(&mut self, wall_s: f64) -> PyResult<String> {
+    fn finish_round(&mut self, py: Python<'_>, wall_s: f64) -> PyResult<String> {
         let mut round_end = self.round_end.take().ok_or_else(|| py_err(format!("round {}: no round in progress", self.round)))?;
         // Clients that never replied sit in the round's count of skipped clients.
         round_end.missing(self.in_flight.len());
         self.in_flight.clear();
-        let record = round_end.finish(&mut self.fed, wall_s).map_err(py_err)?;
+        // The merge and the evaluation run without the GIL: the process's other Python threads
+        // (the SuperLink's heartbeats among them) go on meanwhile.
+        let fed = &mut self.fed;
+        let record = py.detach(move || round_end.finish(fed, wall_s)).map_err(py_err)?;
         let json = serde_json::to_string(&record).map_err(py_err)?;
         self.records.push(record);
         if let Some(dir) = &self.dir {
@@ -269,8 +272,9 @@ impl Server {
     }
 
     /// `(accuracy, test loss)` of the global model now.
-    fn evaluate(&mut self) -> (f64, f64) {
-        let evaluation = self.fed.evaluate_now(self.round.max(1));
+    fn evaluate(&mut self, py: Python<'_>) -> (f64, f64) {
+        let (fed, round) = (&mut self.fed, self.round.max(1));
+        let evaluation = py.detach(move || fed.evaluate_now(round));
         (evaluation.accuracy, evaluation.test_loss)
     }
 

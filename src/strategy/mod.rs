@@ -47,7 +47,7 @@ use crate::tensor::host::{HostLayer, HostTensor};
 use crate::tensor::params::LayerParams;
 
 /// One method. `B` is the clients' training backend; the server merges on its inner backend.
-pub trait Strategy<B: AutodiffBackend> {
+pub trait Strategy<B: AutodiffBackend>: Send {
     fn method(&self) -> Method;
 
     /// Whether clients of this cluster take part at all (FedAvg's drop variant).
