@@ -227,6 +227,14 @@ fn adaptivefl_pool_is_the_official_seven_models() {
     assert!(pool[0].params as f64 > 0.16 * full as f64 && (pool[0].params as f64) < 0.25 * full as f64, "{} of {full}", pool[0].params);
 }
 
+/// AlexNet's (3×32×32) layout, its AdaptiveFL pool and its parameter count.
+fn alexnet_pool() -> (fedolf::models::SpaceLayout, Vec<PoolModel>, usize) {
+    let net = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 11);
+    let layout = net.channel_spaces();
+    let (pool, full) = fedolf::strategy::adaptivefl_pool(&net, &layout, &device());
+    (layout, pool, full)
+}
+
 /// `rounds` rounds of `strategy.select` over 100 clients of 5 clusters (client k in cluster
 /// k mod 5), 10 a round, each followed by the merge (which is when `reward` learns); per
 /// round, the pool index each plan trains.
@@ -269,9 +277,7 @@ fn adaptivefl_available_gives_each_slot_a_client_that_can_train_its_drawn_model(
     // one (20 clients of the strongest cluster, 10 slots), so every model is trained in 1/7
     // of the slots; a client drawn first and fitted after would train the full model in
     // 1/7 · 1/5 of them.
-    let net = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 11);
-    let layout = net.channel_spaces();
-    let (pool, full) = fedolf::strategy::adaptivefl_pool(&net, &layout, &device());
+    let (layout, pool, full) = alexnet_pool();
     let mut strategy = AdaptiveFl::new(Some((pool.clone(), full)), PoolSelection::Available);
     let trained = adaptivefl_rounds(&mut strategy, &pool, &layout, 7, 350, full);
     let mut counts = [0usize; 7];
@@ -312,9 +318,7 @@ fn adaptivefl_reward_learns_which_clients_train_the_full_model_and_resumes() {
     // At first every client is as likely for every slot, so a full-model slot meets a client
     // of the strongest cluster 1 time in 5 and the others fall back; the tables learn who
     // can, and late rounds send the full model to those who train it.
-    let net = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 11);
-    let layout = net.channel_spaces();
-    let (pool, full) = fedolf::strategy::adaptivefl_pool(&net, &layout, &device());
+    let (layout, pool, full) = alexnet_pool();
     let mut strategy = AdaptiveFl::new(Some((pool.clone(), full)), PoolSelection::Reward);
     let trained = adaptivefl_rounds(&mut strategy, &pool, &layout, 7, 400, full);
     let share = |rounds: &[Vec<usize>]| rounds.iter().flatten().filter(|&&m| m == 6).count() as f64 / (10 * rounds.len()) as f64;

@@ -176,12 +176,18 @@ fn a_federation_is_the_simulator_and_resumes_after_its_server_is_killed() {
         assert_eq!(without_timing(&whole.path().join(file)), without_timing(&sim_dir.join(file)), "{file}: the federation and `fedolf run` differ");
     }
 
-    // The server dies after round 2 (SIGKILL to the SuperLink's process group, its
-    // ServerApp included): the script says so and fails.
+    // The server dies after round 2: SIGKILL to the SuperLink's process group and to the
+    // ServerApp, a process of its own that the SuperLink starts in a session of its own (the
+    // run folder's lock names it; while it lives, a new server is refused the folder). The
+    // script says so and fails.
     let cut = scratch::tempdir().unwrap();
     let mut child = federation(&venv, cut.path(), &settings);
     wait_until(&mut child, Duration::from_secs(300), "round 2's checkpoint", || checkpoint_round(cut.path()) >= 2);
     kill_group(groups(cut.path())[0]);
+    let holder = std::fs::read_to_string(cut.path().join(fedolf::io::lock::LOCK_FILE)).unwrap();
+    let server_app = holder.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()).unwrap_or_else(|| panic!("the lock names no process: {holder}"));
+    // SAFETY: a plain kill(2) of a process this test's federation started.
+    unsafe { libc::kill(server_app, libc::SIGKILL) };
     let status = wait_bounded(child, Duration::from_secs(120), "the federation whose server was killed");
     assert!(!status.success(), "the script succeeded although its SuperLink was killed");
     let kept = checkpoint_round(cut.path());

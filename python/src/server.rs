@@ -57,15 +57,6 @@ impl Server {
     #[pyo3(signature = (config_toml, out_dir=None, overrides=Vec::new(), resume=None))]
     fn new(config_toml: &str, out_dir: Option<&str>, overrides: Vec<String>, resume: Option<&str>) -> PyResult<Self> {
         let cfg = Config::from_toml(config_toml, "run config", &overrides).map_err(py_err)?;
-        // One writer per run folder: a second server on it is refused before anything is read
-        // or written.
-        let lock = match out_dir {
-            Some(path) => {
-                std::fs::create_dir_all(path).map_err(|e| py_err(format!("{path}: {e}")))?;
-                Some(FolderLock::acquire(Path::new(path)).map_err(py_err)?)
-            }
-            None => None,
-        };
         let dataset = load_dataset(&cfg).map_err(py_err)?;
         let mut fed = Federation::<Train>::new(&cfg, &dataset, &Default::default()).map_err(py_err)?;
         let mut records = Vec::new();
@@ -80,8 +71,13 @@ impl Server {
         if fed.calibration().is_none() {
             fed.calibrate(Some(&crate::ALLOC), &mut |_| {}).map_err(py_err)?;
         }
+        let mut lock = None;
         let dir = match out_dir {
             Some(path) => {
+                // One writer per run folder: a second server on it is refused here, before it
+                // writes anything (what it read to resume is left as it was).
+                std::fs::create_dir_all(path).map_err(|e| py_err(format!("{path}: {e}")))?;
+                lock = Some(FolderLock::acquire(Path::new(path)).map_err(py_err)?);
                 let dir = RunDir { path: Path::new(path).to_path_buf() };
                 let io = |e: std::io::Error| py_err(format!("{path}: {e}"));
                 dir.write_config(&cfg).map_err(io)?;
