@@ -6,7 +6,9 @@ mod bench_conv;
 mod bench_parity;
 mod bench_speed;
 mod args;
+mod export_cmd;
 mod memory_cmd;
+mod plot_cmd;
 mod pytorch;
 mod run_cmd;
 mod table_cmd;
@@ -50,8 +52,8 @@ fn main() {
         #[cfg(not(feature = "flex"))]
         args::Command::Bench { which: args::BenchKind::Parity { .. } } => Err(anyhow::anyhow!("`bench parity` compares a device with the CPU backend: rebuild with the `flex` feature")),
         args::Command::Table(args) => table_cmd::table(args, &ALLOC),
-        args::Command::Plot { run_dir } => memory_cmd::plot(&run_dir),
-        args::Command::Export { run_dir, out } => run_cmd::export(&run_dir, out.as_deref()),
+        args::Command::Plot { run_dir } => plot_cmd::plot(&run_dir),
+        args::Command::Export { run_dir, out } => export_cmd::export(&run_dir, out.as_deref()),
     };
     if let Err(e) = result {
         eprintln!("Error: {e:#}");

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::io::lock::{FolderLock, LockError};
 use crate::records::{mean, mean_last};
 use crate::records::{ClientRecord, RoundRecord};
@@ -260,6 +260,14 @@ impl RunDir {
         let path = self.path.join(format!("trial-{seed}"));
         std::fs::create_dir_all(&path)?;
         Ok(Self { path })
+    }
+
+    /// The run's own `config.toml`, parsed (errors name the file, and the field).
+    pub fn read_config(&self) -> Result<Config, ConfigError> {
+        let path = self.path.join("config.toml");
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Io { path: origin.clone(), error })?;
+        Config::from_toml(&text, &origin, &[])
     }
 
     pub fn write_config(&self, cfg: &Config) -> std::io::Result<()> {
