@@ -247,10 +247,7 @@ pub fn fitting_model(pool: &[PoolModel], drawn: usize, budget: f64) -> &PoolMode
 }
 
 fn plan_for(ctx: &PlanContext<'_>, client: usize, cluster: usize, model: &PoolModel) -> ClientPlan {
-    let mut plan = ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]);
-    let width = WidthSpec::prefix_after(ctx.layout, model.split, model.width);
-    plan.width = (!width.is_full(ctx.layout)).then_some(width);
-    plan
+    ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]).with_width(WidthSpec::prefix_after(ctx.layout, model.split, model.width).unless_full(ctx.layout))
 }
 
 impl<B: AutodiffBackend> Strategy<B> for AdaptiveFl {

@@ -19,10 +19,9 @@ use rand::Rng;
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, Download, PlanContext, Strategy};
+use super::{ClientPlan, PlanContext, Strategy};
 use crate::tensor::aggregate::{masked_weighted_average, AggregateError, LayerUpload, Upload};
 use crate::config::Method;
-use crate::local::objective::Objective;
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 use crate::tensor::params::{LayerParams, NamedTensor};
@@ -55,7 +54,7 @@ impl<B: AutodiffBackend> Strategy<B> for CocoFl {
                 }
             })
             .collect();
-        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: self.fake_int8, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
+        Ok(ClientPlan::new(client, cluster, roles).with_fake_int8_frozen(self.fake_int8))
     }
 
     fn merge(

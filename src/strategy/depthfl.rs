@@ -63,9 +63,7 @@ impl<B: AutodiffBackend> Strategy<B> for DepthFl {
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        let mut plan = depth_cut_plan(ctx, client, cluster)?;
-        plan.objective = Objective::MutualDistillation { weight: depthfl_weight(ctx.round) };
-        Ok(plan)
+        Ok(depth_cut_plan(ctx, client, cluster)?.with_objective(Objective::MutualDistillation { weight: depthfl_weight(ctx.round) }))
     }
 
     fn eval_view(&self, _ctx: &PlanContext<'_>) -> EvalView {

@@ -5,9 +5,8 @@
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, Download, PlanContext, Strategy};
+use super::{ClientPlan, PlanContext, Strategy};
 use crate::config::Method;
-use crate::local::objective::Objective;
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 
@@ -29,6 +28,6 @@ impl<B: AutodiffBackend> Strategy<B> for FedAvg {
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
+        Ok(ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]))
     }
 }

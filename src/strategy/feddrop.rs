@@ -7,9 +7,8 @@
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, Download, PlanContext, Strategy};
+use super::{ClientPlan, PlanContext, Strategy};
 use crate::config::Method;
-use crate::local::objective::Objective;
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 use crate::tensor::submodel::WidthSpec;
@@ -23,6 +22,6 @@ impl<B: AutodiffBackend> Strategy<B> for Feddrop {
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let width = WidthSpec::random(ctx.layout, ctx.width_ratio(cluster), rng);
-        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
+        Ok(ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]).with_width(Some(width)))
     }
 }

@@ -13,7 +13,6 @@ use super::{cocofl_blend, ClientPlan, Download, PlanContext, Strategy};
 use crate::config::{LayerMerge, Method};
 use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
 use crate::tensor::params::LayerParams;
-use crate::local::objective::Objective;
 use crate::local::error::LocalError;
 use crate::local::roles::ordered_roles;
 
@@ -38,7 +37,7 @@ impl<B: AutodiffBackend> Strategy<B> for FedOlf {
             Download::Qsgd(q) if l >= 1 => Download::Qsgd(q),
             _ => Download::Full,
         };
-        Ok(ClientPlan { client, cluster, roles: ordered_roles(ctx.num_layers, l)?, download, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
+        Ok(ClientPlan::new(client, cluster, ordered_roles(ctx.num_layers, l)?).with_download(download))
     }
 
     fn merge(

@@ -10,9 +10,8 @@
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, Download, PlanContext, Strategy};
+use super::{ClientPlan, PlanContext, Strategy};
 use crate::config::Method;
-use crate::local::objective::Objective;
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 use crate::tensor::submodel::WidthSpec;
@@ -27,6 +26,6 @@ impl<B: AutodiffBackend> Strategy<B> for Fjord {
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let mut width = WidthSpec::prefix(ctx.layout, ctx.width_ratio(cluster));
         width.per_batch_ratios = (1..=cluster + 1).map(|i| i as f64 / ctx.levels as f64).collect();
-        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
+        Ok(ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]).with_width(Some(width)))
     }
 }

@@ -18,10 +18,9 @@ use burn::tensor::backend::AutodiffBackend;
 use fedolf_models::LayeredNet;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, Download, PlanContext, Strategy};
+use super::{ClientPlan, PlanContext, Strategy};
 use crate::config::Method;
 use crate::local::evaluate::EVAL_BATCH;
-use crate::local::objective::Objective;
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 use crate::tensor::submodel::WidthSpec;
@@ -39,7 +38,7 @@ impl<B: AutodiffBackend> Strategy<B> for HeteroFl {
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let r = ctx.width_ratio(cluster);
         let width = WidthSpec::prefix_conv(ctx.layout, r).with_scaler(r);
-        Ok(ClientPlan { client, cluster, roles: vec![LayerRole::Trained; ctx.num_layers], download: Download::Full, width: Some(width), fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
+        Ok(ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]).with_width(Some(width)))
     }
 
     fn before_eval(&self, global: LayeredNet<B>, train: &Tensor<B::InnerBackend, 4>) -> LayeredNet<B> {

@@ -123,11 +123,9 @@ impl<B: AutodiffBackend> Strategy<B> for NeFl {
                 plan.roles[i] = LayerRole::Skipped;
             }
         } else {
-            let width = WidthSpec::prefix(ctx.layout, ctx.width_ratio(cluster));
-            plan.width = (!width.is_full(ctx.layout)).then_some(width);
+            plan = plan.with_width(WidthSpec::prefix(ctx.layout, ctx.width_ratio(cluster)).unless_full(ctx.layout));
         }
-        plan.bn_bank = (l > 0).then_some(cluster);
-        Ok(plan)
+        Ok(plan.with_bn_bank((l > 0).then_some(cluster)))
     }
 
     /// Banks as `bank/<level>/<layer>/<name>`, the initial model as `initial/<layer>/<name>`.

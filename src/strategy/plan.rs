@@ -49,6 +49,36 @@ impl ClientPlan {
         Self { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None }
     }
 
+    /// The frozen prefix travels down through this compressor.
+    pub fn with_download(mut self, download: Download) -> Self {
+        self.download = download;
+        self
+    }
+
+    /// The channels the client keeps (`None` = the full width).
+    pub fn with_width(mut self, width: Option<WidthSpec>) -> Self {
+        self.width = width;
+        self
+    }
+
+    /// Frozen layers run on fake-int8 weights (CoCoFL's option).
+    pub fn with_fake_int8_frozen(mut self, on: bool) -> Self {
+        self.fake_int8_frozen = on;
+        self
+    }
+
+    /// The local loss.
+    pub fn with_objective(mut self, objective: Objective) -> Self {
+        self.objective = objective;
+        self
+    }
+
+    /// The level whose BatchNorm bank the client trains (NeFL).
+    pub fn with_bn_bank(mut self, bank: Option<usize>) -> Self {
+        self.bn_bank = bank;
+        self
+    }
+
     /// Layers the client does not train.
     pub fn frozen(&self) -> usize {
         self.roles.iter().filter(|r| **r != LayerRole::Trained).count()

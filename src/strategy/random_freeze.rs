@@ -8,9 +8,8 @@ use rand::seq::index::sample;
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, Download, PlanContext, Strategy};
+use super::{ClientPlan, PlanContext, Strategy};
 use crate::config::Method;
-use crate::local::objective::Objective;
 use crate::local::error::LocalError;
 use crate::local::roles::roles_with_pass_grad;
 
@@ -31,6 +30,6 @@ impl<B: AutodiffBackend> Strategy<B> for RandomFreeze {
         for i in sample(rng, ctx.num_layers, l).into_iter() {
             frozen[i] = true;
         }
-        Ok(ClientPlan { client, cluster, roles: roles_with_pass_grad(&frozen), download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
+        Ok(ClientPlan::new(client, cluster, roles_with_pass_grad(&frozen)))
     }
 }

@@ -96,13 +96,11 @@ impl<B: AutodiffBackend> Strategy<B> for ScaleFl {
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        let mut plan = depth_cut_plan(ctx, client, cluster)?;
         let r = self.widths.as_ref().and_then(|w| w.get(cluster).copied()).unwrap_or_else(|| ctx.width_ratio(cluster));
-        let width = WidthSpec::prefix(ctx.layout, r);
-        plan.width = (!width.is_full(ctx.layout)).then_some(width);
         let gamma = if distills(ctx.round, ctx.rounds) { self.gamma } else { 0.0 };
-        plan.objective = Objective::ScaledExits { gamma, temperature: TEMPERATURE };
-        Ok(plan)
+        Ok(depth_cut_plan(ctx, client, cluster)?
+            .with_width(WidthSpec::prefix(ctx.layout, r).unless_full(ctx.layout))
+            .with_objective(Objective::ScaledExits { gamma, temperature: TEMPERATURE }))
     }
 
     fn eval_view(&self, _ctx: &PlanContext<'_>) -> EvalView {

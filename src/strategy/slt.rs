@@ -22,9 +22,8 @@ use fedolf_models::{LayeredNet, SpaceLayout};
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, Download, EvalView, PlanContext, Strategy};
+use super::{ClientPlan, EvalView, PlanContext, Strategy};
 use crate::config::Method;
-use crate::local::objective::Objective;
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 use crate::tensor::params::layer_numel;
@@ -113,8 +112,8 @@ impl<B: AutodiffBackend> Strategy<B> for Slt {
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let j = stage_of(&self.ends(ctx), ctx.round);
         let (roles, width) = stage_plan(ctx.layout, ctx.num_layers, j, cluster + 1);
-        let width = (!width.is_full(ctx.layout)).then_some(width);
-        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
+        let width = width.unless_full(ctx.layout);
+        Ok(ClientPlan::new(client, cluster, roles).with_width(width))
     }
 
     fn frozen_per_cluster(&self, _clusters: usize) -> Option<Vec<usize>> {

@@ -7,9 +7,8 @@
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, Download, PlanContext, Strategy};
+use super::{ClientPlan, PlanContext, Strategy};
 use crate::config::Method;
-use crate::local::objective::Objective;
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 
@@ -27,6 +26,6 @@ impl<B: AutodiffBackend> Strategy<B> for TinyFel {
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let l = ctx.level(cluster)?;
         let roles = (0..ctx.num_layers).map(|i| if i < l { LayerRole::FrozenGradDiscarded } else { LayerRole::Trained }).collect();
-        Ok(ClientPlan { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None })
+        Ok(ClientPlan::new(client, cluster, roles))
     }
 }

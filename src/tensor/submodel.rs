@@ -91,6 +91,11 @@ impl WidthSpec {
     pub fn is_full(&self, layout: &SpaceLayout) -> bool {
         self.kept.iter().zip(&layout.sizes).all(|(k, &c)| k.len() == c)
     }
+
+    /// `None` when it keeps every channel (a plan's full width), else itself.
+    pub fn unless_full(self, layout: &SpaceLayout) -> Option<Self> {
+        (!self.is_full(layout)).then_some(self)
+    }
 }
 
 /// `[i64]` index tensor of `idx` (for `select` / `scatter`).
