@@ -13,7 +13,6 @@ use fedolf::io::lock::FolderLock;
 use fedolf::io::report::{RunDir, Summary};
 use fedolf::engine::data::load_dataset;
 use fedolf::engine::round_end::RoundEnd;
-use fedolf::io::checkpoint::Checkpoint;
 use fedolf::accounting::budget::Calibration;
 use fedolf::records::{ClientRecord, RoundRecord};
 use fedolf::strategy::ClientPlan;
@@ -59,18 +58,14 @@ impl Server {
         let cfg = Config::from_toml(config_toml, "run config", &overrides).map_err(py_err)?;
         let dataset = load_dataset(&cfg).map_err(py_err)?;
         let mut fed = Federation::<Train>::new(&cfg, &dataset, &Default::default()).map_err(py_err)?;
-        let mut records = Vec::new();
-        if let Some(run) = resume {
-            // The checkpoint is read against this run's model (every tensor, its shape,
-            // finite) before anything is written.
-            let ckpt = Checkpoint::read(Path::new(run), &fed.host_global(), fed.setup.num_layers).map_err(py_err)?;
-            records = fed.resume(ckpt).map_err(|e| py_err(format!("{run}: {e}")))?;
-        }
-        // Memory budgets: the peak predictor is calibrated here, on the server's CPU, for the
-        // clients whose nodes declare no memory of their own (a resumed run keeps its own).
-        if fed.calibration().is_none() {
-            fed.calibrate(Some(&crate::ALLOC), &mut |_| {}).map_err(py_err)?;
-        }
+        // `fedolf run`'s start: the checkpoint is read against this run's model (every tensor,
+        // its shape, finite) before anything is written; with memory budgets the peak
+        // predictor is calibrated here, on the server's CPU, for the clients whose nodes
+        // declare no memory of their own (a resumed run keeps its own).
+        let records = fed.start(resume.map(Path::new), Some(&crate::ALLOC), &mut |_| {}).map_err(|e| match resume {
+            Some(run) => py_err(format!("{run}: {e}")),
+            None => py_err(e),
+        })?;
         let mut lock = None;
         let dir = match out_dir {
             Some(path) => {

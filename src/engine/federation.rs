@@ -4,6 +4,7 @@
 //! hooks, so both sample, plan, compress, merge and evaluate with the same code.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Mutex;
 
 use burn::module::AutodiffModule;
@@ -339,6 +340,21 @@ impl<B: AutodiffBackend> Federation<B> {
     /// Continue after `ckpt` (this run's checkpoint): its model, strategy state and
     /// calibration replace the fresh ones (the strategy's inputs depend only on shapes, not
     /// on the weights). Returns the records of its rounds.
+    /// The start of every run, simulated or federated: continue after the checkpoint in
+    /// `resume` (if any), then, with memory budgets, calibrate the peak predictor unless the
+    /// checkpoint held it (`on_level`: each level as it is measured). Returns the rounds the
+    /// checkpoint holds.
+    pub fn start(&mut self, resume: Option<&Path>, memory: Option<&CountingAllocator>, on_level: &mut dyn FnMut(&ProbeRow)) -> Result<Vec<RoundRecord>, SimError> {
+        let mut records = Vec::with_capacity(self.cfg.federation.rounds);
+        if let Some(run_dir) = resume {
+            records = self.resume(Checkpoint::read(run_dir, &self.host_global(), self.setup.num_layers)?)?;
+        }
+        if self.calibration().is_none() {
+            self.calibrate(memory, on_level)?;
+        }
+        Ok(records)
+    }
+
     pub fn resume(&mut self, ckpt: Checkpoint) -> Result<Vec<RoundRecord>, SimError> {
         if ckpt.round > self.cfg.federation.rounds {
             return Err(SimError::Resume(format!("the checkpoint holds {} rounds, the run has {}", ckpt.round, self.cfg.federation.rounds)));

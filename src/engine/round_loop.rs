@@ -74,18 +74,12 @@ pub fn run_from<B: AutodiffBackend>(
     let workers = Workers::new(worker_layout)?;
     let mut fed = Federation::<B>::new(cfg, dataset, device)?;
 
-    // Resume: continue after the run folder's checkpoint.
-    let mut records = Vec::with_capacity(cfg.federation.rounds);
-    if let Some(run_dir) = start.resume {
-        records = fed.resume(Checkpoint::read(run_dir, &fed.host_global(), fed.setup.num_layers)?)?;
-    }
+    // Resume after the run folder's checkpoint; with memory budgets calibrate the peak
+    // predictor (unless the checkpoint held it), then let every worker make its one-time
+    // allocations.
+    let levels = fed.setup.levels;
+    let mut records = fed.start(start.resume, memory, &mut |row| observer.on_calibration(row, levels))?;
     let first_round = records.len() + 1;
-    // Memory budgets: calibrate the peak predictor (unless the checkpoint held it), then
-    // let every worker make its one-time allocations.
-    if fed.calibration().is_none() {
-        let levels = fed.setup.levels;
-        fed.calibrate(memory, &mut |row| observer.on_calibration(row, levels))?;
-    }
     fed.warm_up(&workers, memory)?;
     observer.on_start(&fed.info(&dataset.source, worker_layout));
     if start.resume.is_some() {
