@@ -14,10 +14,10 @@ cd "$(dirname "$0")/.."
 # Not target/: a mutant's build would overwrite target/release/fedolf with mutated code.
 export CARGO_TARGET_DIR=${MUTANTS_TARGET:-$PWD/../mutants-target}
 declare -A TESTS=(
-  [src/tensor/aggregate.rs]="aggregation strategies engine baselines2 submodel"
+  [src/tensor/aggregate.rs]="aggregation strategies engine depth_and_pool_methods submodel"
   [src/compress/toa.rs]="toa"
   [src/strategy/fedolf.rs]="strategies"
-  [src/strategy/plan.rs]="strategies baselines2"
+  [src/strategy/plan.rs]="strategies depth_and_pool_methods"
   [src/local/roles.rs]="freezing accounting strategies"
   [src/local/training.rs]="freezing engine"
   [src/accounting/theory.rs]="accounting memory_peak"

@@ -1,5 +1,6 @@
-//! Baselines II: exit heads, DepthFL's and ScaleFL's losses, AdaptiveFL's fallback, NeFL's
-//! skipped blocks and BatchNorm banks. Hand-computed values say where they come from.
+//! The methods that cut depth or draw from a pool of sub-models: exit heads, DepthFL's and
+//! ScaleFL's losses and widths, AdaptiveFL's pool, selection and reward tables, NeFL's skipped
+//! blocks and BatchNorm banks. Hand-computed values say where they come from.
 
 mod common;
 
