@@ -28,6 +28,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::runtime::rng::draw_by_cumulative;
 use crate::tensor::params::layer_numel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,9 +128,7 @@ pub fn select<R: Rng>(norms: &[f32], k: usize, mode: ToaMode, rng: &mut R) -> Se
             let cumulative: Vec<f64> = p.iter().scan(0.0, |acc, &x| { *acc += x; Some(*acc) }).collect();
             let mut counts = vec![0usize; h];
             for _ in 0..k {
-                let u: f64 = rng.random::<f64>() * cumulative[h - 1];
-                let j = cumulative.partition_point(|&c| c <= u).min(h - 1);
-                counts[j] += 1;
+                counts[draw_by_cumulative(&cumulative, rng)] += 1;
             }
             counts
                 .iter()

@@ -1,7 +1,7 @@
 //! Seeded random streams, one per purpose, so that adding a draw in one place never shifts
 //! the draws of another (no global RNG anywhere).
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// What a stream is for; its tag is mixed into the seed. Tags are explicit and never reused,
@@ -41,4 +41,12 @@ pub fn stream(seed: u64, purpose: Purpose, a: u64, b: u64) -> ChaCha8Rng {
     let tag = purpose as u64 + 1;
     let s = mix(mix(mix(seed) ^ tag.wrapping_mul(0xA24B_AED4_963E_E407)) ^ a) ^ mix(b.wrapping_add(0x5851_F42D));
     ChaCha8Rng::seed_from_u64(s)
+}
+
+/// An index drawn with probability proportional to its weight, from the weights' running sums
+/// (`cumulative`, its last entry positive): the first whose running sum exceeds a uniform draw
+/// on `[0, total)`.
+pub fn draw_by_cumulative<R: Rng>(cumulative: &[f64], rng: &mut R) -> usize {
+    let u: f64 = rng.random::<f64>() * cumulative[cumulative.len() - 1];
+    cumulative.partition_point(|&c| c <= u).min(cumulative.len() - 1)
 }

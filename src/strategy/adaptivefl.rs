@@ -46,6 +46,7 @@ use super::{ClientPlan, PlanContext, Strategy};
 use crate::config::{Method, PoolSelection};
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
+use crate::runtime::rng::draw_by_cumulative;
 use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
 use crate::tensor::host::HostTensor;
 use crate::tensor::params::{layer_numel, LayerParams};
@@ -189,18 +190,8 @@ impl AdaptiveFl {
 
 /// An index drawn in proportion to `weights`; `None` when they sum to 0.
 fn weighted_index(weights: &[f64], rng: &mut ChaCha8Rng) -> Option<usize> {
-    let total: f64 = weights.iter().sum();
-    if !(total > 0.0) {
-        return None;
-    }
-    let mut u = rng.random::<f64>() * total;
-    for (i, &w) in weights.iter().enumerate() {
-        if u < w {
-            return Some(i);
-        }
-        u -= w;
-    }
-    weights.iter().rposition(|&w| w > 0.0)
+    let cumulative: Vec<f64> = weights.iter().scan(0.0, |acc, &w| { *acc += w; Some(*acc) }).collect();
+    (cumulative.last().is_some_and(|&total| total > 0.0)).then(|| draw_by_cumulative(&cumulative, rng))
 }
 
 /// The kept-full depths of an `N`-layer model.
