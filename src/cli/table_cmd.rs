@@ -27,8 +27,12 @@ pub fn table(args: TableArgs, alloc: &'static CountingAllocator) -> anyhow::Resu
     let grid = Grid::read(&args.grid)?;
     if !args.report {
         // Every device the grid runs on answers before its folder is touched.
-        let mut devices: Vec<DeviceKind> = grid.rows.iter().map(|r| r.config.device).collect();
-        devices.dedup();
+        let mut devices: Vec<DeviceKind> = Vec::new();
+        for row in &grid.rows {
+            if !devices.contains(&row.config.device) {
+                devices.push(row.config.device);
+            }
+        }
         for device in devices {
             probe(device)?;
         }

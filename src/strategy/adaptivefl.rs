@@ -161,6 +161,7 @@ impl AdaptiveFl {
     fn fill_slots(&self, ctx: &PlanContext<'_>, candidates: &[usize], clusters: &[usize], per_round: usize, rng: &mut ChaCha8Rng) -> Result<Vec<ClientPlan>, LocalError> {
         let (pool, full) = self.pool()?;
         let budget = |k: usize| full as f64 * ctx.width_ratio(clusters[k]);
+        let fits = |m: usize, k: usize| pool[m].params as f64 <= budget(k);
         let mut left = candidates.to_vec();
         let mut plans = Vec::with_capacity(per_round);
         let mut feedback = Vec::with_capacity(per_round);
@@ -172,13 +173,13 @@ impl AdaptiveFl {
                     weighted_index(&weights, rng)
                 }
                 _ => {
-                    let able: Vec<usize> = (0..left.len()).filter(|&i| pool[drawn].params as f64 <= budget(left[i])).collect();
+                    let able: Vec<usize> = (0..left.len()).filter(|&i| fits(drawn, left[i])).collect();
                     (!able.is_empty()).then(|| able[rng.random_range(0..able.len())])
                 }
             };
             let client = left.remove(slot.unwrap_or_else(|| rng.random_range(0..left.len())));
             let trained = fitting_index(pool, drawn, budget(client));
-            feedback.push(Feedback { client, drawn, trained, fits: trained == drawn && pool[drawn].params as f64 <= budget(client) });
+            feedback.push(Feedback { client, drawn, trained, fits: fits(drawn, client) });
             plans.push(plan_for(ctx, client, clusters[client], &pool[trained]));
         }
         if self.selection == PoolSelection::Reward {
