@@ -390,9 +390,18 @@ fn upload(weight: f64, gamma: f32, w: f32) -> LayerUpload<Inner> {
 }
 
 fn level_plan(client: usize, bank: Option<usize>) -> ClientPlan {
-    let mut plan = ClientPlan::new(client, bank.unwrap_or(2), vec![LayerRole::Trained]);
-    plan.bn_bank = bank;
-    plan
+    ClientPlan::new(client, bank.unwrap_or(2), vec![LayerRole::Trained]).with_bn_bank(bank)
+}
+
+#[test]
+fn nefl_plans_train_their_own_levels_bank_and_the_full_level_the_global_bn() {
+    // ResNet20, c = 3: clusters 0 and 1 skip blocks and train their level's bank; cluster 2
+    // (nothing skipped) trains the global model's BatchNorm.
+    let layout = seeded::<Inner>(ModelKind::ResNet20, [3, 32, 32], 10, 12).channel_spaces();
+    let ctx = PlanContext { num_layers: 10, levels: 3, round: 1, rounds: 10, layout: &layout };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let banks: Vec<Option<usize>> = (0..3).map(|cluster| Strategy::<Train>::plan(&NeFl::default(), &ctx, cluster, cluster, &mut rng).unwrap().bn_bank).collect();
+    assert_eq!(banks, vec![Some(0), Some(1), None]);
 }
 
 fn start_value(strategy: &NeFl, plan: &ClientPlan, global: &[HostLayer], name: &str) -> f32 {
