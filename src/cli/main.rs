@@ -29,7 +29,9 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // CubeCL's device thread logs "Task failed" when a device cannot start, on its own time,
+    // after `backend::probe` has turned the panic into one error line; only its errors show.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,cubecl_common::device=error")).init();
     fedolf::runtime::heap_tuning::keep_freed_memory();
     let cli = args::Cli::parse();
     // A bare `fedolf` is `fedolf run`, parsed by clap so both paths share its defaults.
