@@ -16,7 +16,7 @@ use fedolf::local::objective::Objective;
 use fedolf::tensor::params::NamedTensor;
 use fedolf::local::exit_losses::{mutual_distillation_loss, scaled_exits_loss};
 use fedolf::config::PoolSelection;
-use fedolf::strategy::{depthfl_weight, nefl_skipped_blocks, strategy_for, AdaptiveFl, AdaptiveFlTables, ADAPTIVEFL_WIDTHS, ClientPlan, NeFl, PlanContext, PoolModel, Strategy, StrategyInputs, Download};
+use fedolf::strategy::{depthfl_weight, nefl_skipped_blocks, AdaptiveFl, AdaptiveFlTables, ADAPTIVEFL_WIDTHS, ClientPlan, NeFl, PlanContext, PoolModel, Strategy};
 use rand::SeedableRng;
 
 fn logits(rows: &[&[f32]]) -> Tensor<Inner, 2> {
@@ -127,7 +127,7 @@ fn scalefl_loss_weights_exits_by_depth_and_distills_from_the_deepest() {
 fn scalefl_turns_distillation_on_at_a_quarter_of_the_rounds() {
     let net = seeded::<Inner>(ModelKind::Cnn, [1, 28, 28], 10, 5);
     let layout = net.channel_spaces();
-    let scalefl = strategy_for::<Train>(Method::Scalefl, &StrategyInputs::new(Download::Full));
+    let scalefl = strategy(Method::Scalefl, &[]);
     let objective_at = |round| {
         let ctx = PlanContext { num_layers: 3, levels: 2, round, rounds: 100, layout: &layout };
         scalefl.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap().objective
@@ -455,6 +455,6 @@ fn nefl_state_round_trips_through_a_checkpoint() {
     }
     assert_eq!(Strategy::<Train>::state(&restored).len(), state.len());
     // A stateless method refuses a state it did not write.
-    let mut fedavg = strategy_for::<Train>(Method::Fedavg, &StrategyInputs::new(Download::Full));
+    let mut fedavg = strategy(Method::Fedavg, &[]);
     assert!(fedavg.restore_state(state).is_err());
 }

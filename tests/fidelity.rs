@@ -14,7 +14,7 @@ use fedolf::local::roles::{layer_roles, FreezeMode};
 use fedolf::models::{Features, Layer, LayeredNet, ModelKind, ModelOptions, PaddedSkip, Shortcut};
 use fedolf::tensor::params::read_model;
 use fedolf::compress::qsgd::{quantize_prefix, QsgdSettings};
-use fedolf::strategy::{strategy_for, Download, PlanContext, StrategyInputs};
+use fedolf::strategy::PlanContext;
 use fedolf::tensor::submodel::{extract, WidthSpec};
 use rand::SeedableRng;
 
@@ -36,7 +36,7 @@ fn heterofl_prunes_conv_channels_and_keeps_fc_layers_whole() {
     // channels' 4×4 columns and keeps all 512 neurons; the classifier is [512, 10].
     let g = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 1);
     let layout = g.channel_spaces();
-    let hetero = strategy_for::<Train>(Method::Heterofl, &StrategyInputs::new(Download::Full));
+    let hetero = strategy(Method::Heterofl, &[]);
     let ctx = PlanContext { num_layers: 7, levels: 2, round: 1, rounds: 1, layout: &layout };
     let plan = hetero.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
     let spec = plan.width.expect("HeteroFL plans a width");

@@ -5,7 +5,7 @@
 use burn::module::AutodiffModule;
 use fedolf::tensor::aggregate::{aggregate_layerwise, LayerUpload};
 use fedolf::engine::round_context::payload_to_device;
-use fedolf::config::Method;
+use fedolf::config::{Config, Method, DEFAULT_TOML};
 use fedolf::local::roles::ordered_roles;
 use fedolf::tensor::host::{layer_to_device, layer_to_host, model_to_host};
 use fedolf::tensor::params::{read_model, write_model};
@@ -26,7 +26,9 @@ fn init_model(model: &str, input_shape: [usize; 3], classes: usize, seed: u64, m
     let exits = match method {
         Some(m) => {
             let method: Method = serde_json::from_value(serde_json::Value::String(m.to_string())).map_err(|_| py_err(format!("unknown method `{m}` (see `fedolf list`)")))?;
-            exit_depths_for::<Train>(method, kind.num_layers(), clusters)
+            let mut cfg = Config::from_toml(DEFAULT_TOML, "experiments/default.toml (built in)", &[]).map_err(py_err)?;
+            cfg.method = method;
+            exit_depths_for::<Train>(&cfg, kind.num_layers(), clusters)
         }
         None => Vec::new(),
     };

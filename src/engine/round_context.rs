@@ -88,7 +88,7 @@ impl ClientSetup {
             model_params: read_model(&plain).iter().flatten().map(|t| t.numel()).sum(),
             layout: plain.channel_spaces(),
             levels,
-            exit_depths: exit_depths_for::<B>(cfg.method, num_layers, levels),
+            exit_depths: exit_depths_for::<B>(cfg, num_layers, levels),
             training: cfg.train.local_training(),
             device: cfg.device,
         };

@@ -42,7 +42,7 @@ use fedolf_models::{LayeredNet, SpaceLayout};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, PlanContext, Strategy};
+use super::{Build, ClientPlan, PlanContext, Strategy};
 use crate::config::{Method, PoolSelection};
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
@@ -136,10 +136,16 @@ impl AdaptiveFl {
         Self { pool, selection, tables: BTreeMap::new(), pending: Mutex::new(Vec::new()) }
     }
 
+    /// The pool measured on the initial model; unmeasured, none (planning then fails).
+    pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
+        let pool = build.model.as_ref().filter(|m| m.global.num_layers() > 0).map(|m| pool_with_params(m.global, m.layout, m.device));
+        Self::new(pool, build.cfg.adaptivefl.selection)
+    }
+
     fn pool(&self) -> Result<(&[PoolModel], usize), LocalError> {
         match &self.pool {
             Some((pool, full)) if !pool.is_empty() => Ok((pool, *full)),
-            _ => Err(LocalError::BadRoles("AdaptiveFL needs its model pool (StrategyInputs::for_run measures it)".into())),
+            _ => Err(LocalError::BadRoles("AdaptiveFL needs its model pool (AdaptiveFl::build measures it on the run's initial model)".into())),
         }
     }
 

@@ -19,7 +19,7 @@ use rand::Rng;
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, PlanContext, Strategy};
+use super::{Build, ClientPlan, PlanContext, Strategy};
 use crate::tensor::aggregate::{masked_weighted_average, AggregateError, LayerUpload, Upload};
 use crate::config::Method;
 use crate::local::error::LocalError;
@@ -28,6 +28,12 @@ use crate::tensor::params::{LayerParams, NamedTensor};
 
 pub struct CocoFl {
     pub fake_int8: bool,
+}
+
+impl CocoFl {
+    pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
+        Self { fake_int8: build.cfg.cocofl.fake_int8 }
+    }
 }
 
 impl<B: AutodiffBackend> Strategy<B> for CocoFl {

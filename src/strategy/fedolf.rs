@@ -6,10 +6,10 @@
 //! (`"blend"`, the rule of the paper's [17], CoCoFL). TOA (needs `l_k ≥ 2`) or QSGD compresses
 //! the frozen layers' download.
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand_chacha::ChaCha8Rng;
 
-use super::{cocofl_blend, ClientPlan, Download, PlanContext, Strategy};
+use super::{cocofl_blend, Build, ClientPlan, Download, PlanContext, Strategy};
 use crate::config::{LayerMerge, Method};
 use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
 use crate::tensor::params::LayerParams;
@@ -19,6 +19,12 @@ use crate::local::roles::ordered_roles;
 pub struct FedOlf {
     pub download: Download,
     pub merge: LayerMerge,
+}
+
+impl FedOlf {
+    pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
+        Self { download: build.download, merge: build.cfg.fedolf.merge }
+    }
 }
 
 impl<B: AutodiffBackend> Strategy<B> for FedOlf {

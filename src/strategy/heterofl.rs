@@ -18,7 +18,7 @@ use burn::tensor::backend::AutodiffBackend;
 use fedolf_models::LayeredNet;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, PlanContext, Strategy};
+use super::{Build, ClientPlan, PlanContext, Strategy};
 use crate::config::Method;
 use crate::local::evaluate::EVAL_BATCH;
 use crate::local::error::LocalError;
@@ -28,6 +28,12 @@ use crate::tensor::submodel::WidthSpec;
 pub struct HeteroFl {
     /// Recompute the global BN statistics before each evaluation.
     pub static_bn: bool,
+}
+
+impl HeteroFl {
+    pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
+        Self { static_bn: build.cfg.heterofl.static_bn }
+    }
 }
 
 impl<B: AutodiffBackend> Strategy<B> for HeteroFl {

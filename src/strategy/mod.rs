@@ -41,7 +41,7 @@ use burn::tensor::backend::AutodiffBackend;
 use fedolf_models::{LayeredNet, SpaceLayout};
 
 use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
-use crate::config::{Config, LayerMerge, Method, PoolSelection, StageLengths};
+use crate::config::{Config, Method};
 use crate::local::error::LocalError;
 use crate::tensor::host::{HostLayer, HostTensor};
 use crate::tensor::params::LayerParams;
@@ -129,87 +129,55 @@ pub trait Strategy<B: AutodiffBackend>: Send {
     }
 }
 
-/// What strategies need beyond the method name.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StrategyInputs {
+/// What a method is built from: the run's config (`federation.clusters` = the capacity levels
+/// it plans for), how the frozen prefix travels down, and, in a run, the initial global model
+/// on which SLT, ScaleFL and AdaptiveFL measure what they need. Each method reads its own
+/// options from the config in its own file (`X::build`); the registry below names each once.
+pub struct Build<'a, M: Backend> {
+    pub cfg: &'a Config,
     /// The frozen-prefix compressor (FedOLF only).
     pub download: Download,
-    /// FedOLF: the server's layer-wise rule.
-    pub fedolf_merge: LayerMerge,
-    /// CoCoFL: run frozen layers on fake-int8 weights.
-    pub cocofl_fake_int8: bool,
-    /// SLT: parameters trained per stage (stage lengths in proportion); `None` = equal stages.
-    pub slt_stage_params: Option<Vec<usize>>,
-    /// HeteroFL: recompute BN statistics before evaluation.
-    pub heterofl_static_bn: bool,
-    /// ScaleFL: each cluster's width (weakest first); `None` = `i/c`.
-    pub scalefl_widths: Option<Vec<f64>>,
-    /// ScaleFL: the KD weight γ.
-    pub scalefl_gamma: f64,
-    /// AdaptiveFL: the model pool with each model's parameter count, and the full model's.
-    pub adaptivefl_pool: Option<(Vec<PoolModel>, usize)>,
-    /// AdaptiveFL: how a round's slots get a model and a client.
-    pub adaptivefl_selection: PoolSelection,
+    /// `None` where no model is at hand (a node laying out the model it is sent, a check of
+    /// the config): the measuring methods fall back to their unmeasured defaults.
+    pub model: Option<Measure<'a, M>>,
 }
 
-impl StrategyInputs {
-    /// Every option at its default: `download` only.
-    pub fn new(download: Download) -> Self {
-        Self {
-            download,
-            fedolf_merge: LayerMerge::Weighted,
-            cocofl_fake_int8: false,
-            slt_stage_params: None,
-            heterofl_static_bn: true,
-            scalefl_widths: None,
-            scalefl_gamma: 1.0,
-            adaptivefl_pool: None,
-            adaptivefl_selection: PoolSelection::Available,
-        }
-    }
+/// The initial global model, its channel layout and its device.
+pub struct Measure<'a, M: Backend> {
+    pub global: &'a LayeredNet<M>,
+    pub layout: &'a SpaceLayout,
+    pub device: &'a M::Device,
+}
 
-    /// Everything the configured method needs, measured on the run's initial global model
-    /// (SLT's stage sizes, ScaleFL's widths, AdaptiveFL's pool).
-    pub fn for_run<B: Backend>(cfg: &Config, download: Download, global: &LayeredNet<B>, layout: &SpaceLayout, device: &B::Device) -> Self {
-        let n = global.num_layers();
-        let c = cfg.federation.clusters;
-        Self {
-            download,
-            fedolf_merge: cfg.fedolf.merge,
-            cocofl_fake_int8: cfg.cocofl.fake_int8,
-            slt_stage_params: (cfg.method == Method::Slt && cfg.slt.stage_lengths == StageLengths::Params)
-                .then(|| stage_trainable_params(global, layout, device)),
-            heterofl_static_bn: cfg.heterofl.static_bn,
-            scalefl_widths: (cfg.method == Method::Scalefl).then(|| scalefl::matched_widths(global, layout, c, device)),
-            scalefl_gamma: cfg.scalefl.gamma,
-            adaptivefl_pool: (cfg.method == Method::Adaptivefl && n > 0).then(|| adaptivefl::pool_with_params(global, layout, device)),
-            adaptivefl_selection: cfg.adaptivefl.selection,
-        }
+impl<'a, M: Backend> Build<'a, M> {
+    /// A build with no model to measure and no compressed download.
+    pub fn unmeasured(cfg: &'a Config) -> Self {
+        Self { cfg, download: Download::Full, model: None }
     }
 }
 
-/// Depths after which `method`'s models carry exit heads (what a node, which never builds
-/// the run's strategy, needs to lay out the model it is sent).
-pub fn exit_depths_for<B: AutodiffBackend>(method: Method, num_layers: usize, clusters: usize) -> Vec<usize> {
-    strategy_for::<B>(method, &StrategyInputs::new(Download::Full)).exit_depths(num_layers, clusters)
+/// Depths after which the configured method's models carry exit heads (what a node, which
+/// never builds the run's strategy, needs to lay out the model it is sent).
+pub fn exit_depths_for<B: AutodiffBackend>(cfg: &Config, num_layers: usize, clusters: usize) -> Vec<usize> {
+    strategy_for::<B>(&Build::unmeasured(cfg)).exit_depths(num_layers, clusters)
 }
 
-/// The strategy for a method.
-pub fn strategy_for<B: AutodiffBackend>(method: Method, inputs: &StrategyInputs) -> Box<dyn Strategy<B>> {
-    match method {
-        Method::Fedolf => Box::new(FedOlf { download: inputs.download, merge: inputs.fedolf_merge }),
+/// The strategy of the configured method: the registry, one line a method.
+pub fn strategy_for<B: AutodiffBackend>(build: &Build<'_, B::InnerBackend>) -> Box<dyn Strategy<B>> {
+    match build.cfg.method {
+        Method::Fedolf => Box::new(FedOlf::build(build)),
         Method::Fedavg => Box::new(FedAvg { drop_weak: false }),
         Method::FedavgDrop => Box::new(FedAvg { drop_weak: true }),
         Method::RandomFreeze => Box::new(RandomFreeze),
         Method::Tinyfel => Box::new(TinyFel),
-        Method::Cocofl => Box::new(CocoFl { fake_int8: inputs.cocofl_fake_int8 }),
-        Method::Heterofl => Box::new(HeteroFl { static_bn: inputs.heterofl_static_bn }),
+        Method::Cocofl => Box::new(CocoFl::build(build)),
+        Method::Heterofl => Box::new(HeteroFl::build(build)),
         Method::Feddrop => Box::new(Feddrop),
         Method::Fjord => Box::new(Fjord),
-        Method::Slt => Box::new(Slt { stage_params: inputs.slt_stage_params.clone() }),
+        Method::Slt => Box::new(Slt::build(build)),
         Method::Depthfl => Box::new(DepthFl),
-        Method::Scalefl => Box::new(ScaleFl { widths: inputs.scalefl_widths.clone(), gamma: inputs.scalefl_gamma as f32 }),
-        Method::Adaptivefl => Box::new(AdaptiveFl::new(inputs.adaptivefl_pool.clone(), inputs.adaptivefl_selection)),
+        Method::Scalefl => Box::new(ScaleFl::build(build)),
+        Method::Adaptivefl => Box::new(AdaptiveFl::build(build)),
         Method::Nefl => Box::new(NeFl::default()),
     }
 }

@@ -22,7 +22,7 @@ use fedolf_models::{LayeredNet, SpaceLayout};
 use rand_chacha::ChaCha8Rng;
 
 use super::depthfl::{depth_cut_plan, level_cut_depths};
-use super::{ClientPlan, EvalView, PlanContext, Strategy};
+use super::{Build, ClientPlan, EvalView, PlanContext, Strategy};
 use crate::config::Method;
 use crate::local::error::LocalError;
 use crate::local::objective::Objective;
@@ -76,6 +76,14 @@ pub fn matched_widths<B: Backend>(global: &LayeredNet<B>, layout: &SpaceLayout, 
             hi
         })
         .collect()
+}
+
+impl ScaleFl {
+    /// Widths matched to the clusters' budgets on the initial model; unmeasured, `i/c`.
+    pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
+        let widths = build.model.as_ref().map(|m| matched_widths(m.global, m.layout, build.cfg.federation.clusters, m.device));
+        Self { widths, gamma: build.cfg.scalefl.gamma as f32 }
+    }
 }
 
 impl<B: AutodiffBackend> Strategy<B> for ScaleFl {

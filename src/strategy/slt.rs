@@ -22,8 +22,8 @@ use fedolf_models::{LayeredNet, SpaceLayout};
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, EvalView, PlanContext, Strategy};
-use crate::config::Method;
+use super::{Build, ClientPlan, EvalView, PlanContext, Strategy};
+use crate::config::{Method, StageLengths};
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 use crate::tensor::params::layer_numel;
@@ -94,6 +94,16 @@ pub struct Slt {
 }
 
 impl Slt {
+    /// `slt.stage_lengths = "params"` measures each stage's trainable parameters on the
+    /// initial model; unmeasured, the stages are equal.
+    pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
+        let stage_params = match (&build.model, build.cfg.slt.stage_lengths) {
+            (Some(m), StageLengths::Params) => Some(stage_trainable_params(m.global, m.layout, m.device)),
+            _ => None,
+        };
+        Self { stage_params }
+    }
+
     fn ends(&self, ctx: &PlanContext<'_>) -> Vec<usize> {
         let stages = stage_count(ctx.num_layers);
         let weights: Vec<f64> = match &self.stage_params {
