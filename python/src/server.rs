@@ -11,10 +11,11 @@ use fedolf::config::Config;
 use fedolf::engine::federation::Federation;
 use fedolf::io::lock::FolderLock;
 use fedolf::io::report::{RunDir, Summary};
+use fedolf::io::run_writer::RunWriter;
 use fedolf::engine::data::load_dataset;
 use fedolf::engine::round_end::RoundEnd;
 use fedolf::accounting::budget::Calibration;
-use fedolf::records::{ClientRecord, RoundRecord};
+use fedolf::records::ClientRecord;
 use fedolf::strategy::ClientPlan;
 use fedolf_datasets::Dataset;
 use pyo3::prelude::*;
@@ -37,9 +38,9 @@ pub struct Server {
     in_flight: BTreeMap<usize, InFlight>,
     /// The round's replies so far (the simulator's bookkeeping: skips, merge, record).
     round_end: Option<RoundEnd>,
-    records: Vec<RoundRecord>,
-    dir: Option<RunDir>,
-    /// Held while the server writes `dir`.
+    /// The run's results files and checkpoints, as `fedolf run` writes them.
+    writer: RunWriter,
+    /// Held while the server writes its folder.
     _lock: Option<FolderLock>,
     /// The first round this server runs (after a resumed checkpoint's rounds).
     first_round: usize,
@@ -67,27 +68,23 @@ impl Server {
             None => py_err(e),
         })?;
         let mut lock = None;
-        let dir = match out_dir {
+        let mut writer = match out_dir {
             Some(path) => {
                 // One writer per run folder: a second server on it is refused here, before it
                 // writes anything (what it read to resume is left as it was).
                 std::fs::create_dir_all(path).map_err(|e| py_err(format!("{path}: {e}")))?;
-                lock = Some(FolderLock::acquire(Path::new(path)).map_err(py_err)?);
                 let dir = RunDir { path: Path::new(path).to_path_buf() };
-                let io = |e: std::io::Error| py_err(format!("{path}: {e}"));
-                dir.write_config(&cfg).map_err(io)?;
-                // A resumed run's results files hold exactly the checkpoint's rounds (a round
-                // that finished after it is run again).
-                if resume.is_some() {
-                    dir.write_rounds(&records).map_err(io)?;
-                    dir.write_clients(&records).map_err(io)?;
-                }
-                Some(dir)
+                lock = Some(dir.lock().map_err(py_err)?);
+                dir.write_config(&cfg).map_err(py_err)?;
+                RunWriter::new(dir)
             }
-            None => None,
+            None => RunWriter::nowhere(),
         };
+        if resume.is_some() {
+            writer.resume_from(&records).map_err(py_err)?;
+        }
         let first_round = records.len() + 1;
-        Ok(Self { fed, dataset, round: 0, in_flight: BTreeMap::new(), round_end: None, records, dir, _lock: lock, first_round })
+        Ok(Self { fed, dataset, round: 0, in_flight: BTreeMap::new(), round_end: None, writer, _lock: lock, first_round })
     }
 
     /// The first round to run: 1, or the one after a resumed checkpoint.
@@ -248,16 +245,11 @@ impl Server {
         let fed = &mut self.fed;
         let record = py.detach(move || round_end.finish(fed, wall_s)).map_err(py_err)?;
         let json = serde_json::to_string(&record).map_err(py_err)?;
-        self.records.push(record);
-        if let Some(dir) = &self.dir {
-            let io = |e: std::io::Error| py_err(format!("{}: {e}", dir.path.display()));
-            dir.write_rounds(&self.records).map_err(io)?;
-            dir.write_clients(&self.records).map_err(io)?;
-            // The checkpoint `fedolf run` writes, on the same rounds: a federation whose
-            // server stops resumes from here.
-            if self.fed.cfg.checkpoint_due(self.round) {
-                self.fed.checkpoint(self.round, self.records.clone()).write(&dir.path).map_err(py_err)?;
-            }
+        self.writer.push(record).map_err(py_err)?;
+        // The checkpoint `fedolf run` writes, on the same rounds: a federation whose server
+        // stops resumes from here.
+        if self.fed.cfg.checkpoint_due(self.round) {
+            self.writer.checkpoint(&self.fed.checkpoint(self.round, self.writer.records().to_vec())).map_err(py_err)?;
         }
         Ok(json)
     }
@@ -272,10 +264,8 @@ impl Server {
     /// Write `summary.json` (as `fedolf run` does) and return it as JSON.
     #[pyo3(signature = (wall_s, error=None))]
     fn write_summary(&self, wall_s: f64, error: Option<String>) -> PyResult<String> {
-        let summary = Summary::new(&self.fed.cfg, &self.dataset.source, &self.records, wall_s, error);
-        if let Some(dir) = &self.dir {
-            dir.write_summary(&summary).map_err(|e| py_err(format!("{}: {e}", dir.path.display())))?;
-        }
+        let summary = Summary::new(&self.fed.cfg, &self.dataset.source, self.writer.records(), wall_s, error);
+        self.writer.summary(&summary).map_err(py_err)?;
         serde_json::to_string(&summary).map_err(py_err)
     }
 }

@@ -13,6 +13,7 @@ use fedolf::runtime::backend::{probe, with_backend, BackendTask, DeviceKind};
 use fedolf::config::{Config, DEFAULT_TOML};
 use fedolf::runtime::memory::CountingAllocator;
 use fedolf::io::report::{RunDir, Summary};
+use fedolf::io::run_writer::RunWriter;
 use fedolf::io::checkpoint::{Checkpoint, CheckpointError};
 use fedolf::engine::error::SimError;
 use fedolf::engine::{self, RoundObserver, RunInfo, RunStart};
@@ -216,11 +217,11 @@ pub(crate) fn run_trial(
     let result = with_backend(cfg.device, task)?;
     progress.finish();
     let error = result.as_ref().err().map(|e| e.to_string());
-    let mut summary = Summary::new(cfg, &dataset.source, &progress.records, started.elapsed().as_secs_f64(), error);
+    let mut summary = Summary::new(cfg, &dataset.source, progress.writer.records(), started.elapsed().as_secs_f64(), error);
     if matches!(result, Err(SimError::Interrupted { .. })) {
         summary.status = "interrupted".into();
     }
-    dir.write_summary(&summary).context("writing summary.json")?;
+    progress.writer.summary(&summary).context("writing summary.json")?;
     Ok((summary, result))
 }
 
@@ -243,12 +244,13 @@ impl BackendTask for SimTask<'_> {
 /// line per round, and `rounds.csv` rewritten after every round.
 struct Progress<'a> {
     dir: &'a RunDir,
+    /// The run's results files and checkpoints.
+    writer: RunWriter,
     bar: ProgressBar,
     /// False when the bar is a grid's (it outlives the trial).
     own_bar: bool,
     quiet: bool,
     rounds: usize,
-    records: Vec<RoundRecord>,
     last_accuracy: Option<f64>,
     /// `trial i/n (seed s)` in multi-seed runs.
     label: Option<String>,
@@ -258,7 +260,7 @@ impl<'a> Progress<'a> {
     fn new(cfg: &Config, dir: &'a RunDir, quiet: bool, label: Option<String>, grid: Option<&ProgressBar>) -> Self {
         let rounds = cfg.federation.rounds;
         if let Some(bar) = grid {
-            return Self { dir, bar: bar.clone(), own_bar: false, quiet: true, rounds, records: Vec::new(), last_accuracy: None, label };
+            return Self { dir, writer: RunWriter::new(dir.clone()), bar: bar.clone(), own_bar: false, quiet: true, rounds, last_accuracy: None, label };
         }
         let bar = ProgressBar::with_draw_target(Some(rounds as u64), ProgressDrawTarget::stderr());
         if quiet || !std::io::stderr().is_terminal() {
@@ -272,7 +274,7 @@ impl<'a> Progress<'a> {
         if let Some(l) = &label {
             bar.set_prefix(format!("{l} "));
         }
-        Self { dir, bar, own_bar: true, quiet, rounds, records: Vec::new(), last_accuracy: None, label }
+        Self { dir, writer: RunWriter::new(dir.clone()), bar, own_bar: true, quiet, rounds, last_accuracy: None, label }
     }
 
     fn say(&self, line: String) {
@@ -332,12 +334,8 @@ impl RoundObserver for Progress<'_> {
     }
 
     fn on_resume(&mut self, records: &[RoundRecord]) -> std::io::Result<()> {
-        // Rounds run after the checkpoint (before the interruption) are dropped: they are
-        // about to run again, with the same results.
-        self.records = records.to_vec();
+        self.writer.resume_from(records)?;
         self.last_accuracy = records.iter().rev().find_map(|r| r.accuracy);
-        self.dir.write_rounds(&self.records)?;
-        self.dir.write_clients(&self.records)?;
         if self.own_bar {
             self.bar.set_position(records.len() as u64);
         } else {
@@ -348,13 +346,11 @@ impl RoundObserver for Progress<'_> {
     }
 
     fn on_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
-        checkpoint.write(&self.dir.path)
+        self.writer.checkpoint(checkpoint)
     }
 
     fn on_round(&mut self, r: &RoundRecord) -> std::io::Result<()> {
-        self.records.push(r.clone());
-        self.dir.write_rounds(&self.records)?;
-        self.dir.write_clients(&self.records)?;
+        self.writer.push(r.clone())?;
         if r.accuracy.is_some() {
             self.last_accuracy = r.accuracy;
         }

@@ -229,6 +229,7 @@ impl Summary {
 }
 
 /// A run's output folder.
+#[derive(Debug, Clone)]
 pub struct RunDir {
     pub path: PathBuf,
 }
