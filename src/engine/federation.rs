@@ -71,10 +71,8 @@ impl<B: AutodiffBackend> Federation<B> {
         check_levels::<B>(cfg, &setup)?;
         // Seeded on the host, layers before exits: one seed, bit-identical weights on every device.
         let global = redraw_on_host(plain.with_exits(&setup.exit_depths, device)?, &mut stream(cfg.seed, Purpose::Init, 0, 0))?;
-        let mut level_cfg = cfg.clone();
-        level_cfg.federation.clusters = setup.levels;
         let initial = global.valid();
-        let strategy = strategy_for::<B>(&Build { cfg: &level_cfg, download, model: Some(Measure { global: &initial, layout: &setup.layout, device }) });
+        let strategy = strategy_for::<B>(&Build { cfg, levels: setup.levels, download, model: Some(Measure { global: &initial, layout: &setup.layout, device }) });
         let eligible = eligible_clients(cfg, strategy.as_ref(), &clusters);
         Ok(Self {
             cfg: cfg.clone(),

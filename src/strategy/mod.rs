@@ -129,12 +129,14 @@ pub trait Strategy<B: AutodiffBackend>: Send {
     }
 }
 
-/// What a method is built from: the run's config (`federation.clusters` = the capacity levels
-/// it plans for), how the frozen prefix travels down, and, in a run, the initial global model
-/// on which SLT, ScaleFL and AdaptiveFL measure what they need. Each method reads its own
+/// What a method is built from: the run's config, the capacity levels it plans for
+/// (`federation.clusters`, or with memory budgets the model's own), how the frozen prefix
+/// travels down, and, in a run, the initial global model on which SLT, ScaleFL and AdaptiveFL
+/// measure what they need. Each method reads its own
 /// options from the config in its own file (`X::build`); the registry below names each once.
 pub struct Build<'a, M: Backend> {
     pub cfg: &'a Config,
+    pub levels: usize,
     /// The frozen-prefix compressor (FedOLF only).
     pub download: Download,
     /// `None` where no model is at hand (a node laying out the model it is sent, a check of
@@ -150,9 +152,9 @@ pub struct Measure<'a, M: Backend> {
 }
 
 impl<'a, M: Backend> Build<'a, M> {
-    /// A build with no model to measure and no compressed download.
+    /// A build with no model to measure and no compressed download, at the config's clusters.
     pub fn unmeasured(cfg: &'a Config) -> Self {
-        Self { cfg, download: Download::Full, model: None }
+        Self { cfg, levels: cfg.federation.clusters, download: Download::Full, model: None }
     }
 }
 

@@ -81,7 +81,7 @@ pub fn matched_widths<B: Backend>(global: &LayeredNet<B>, layout: &SpaceLayout, 
 impl ScaleFl {
     /// Widths matched to the clusters' budgets on the initial model; unmeasured, `i/c`.
     pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
-        let widths = build.model.as_ref().map(|m| matched_widths(m.global, m.layout, build.cfg.federation.clusters, m.device));
+        let widths = build.model.as_ref().map(|m| matched_widths(m.global, m.layout, build.levels, m.device));
         Self { widths, gamma: build.cfg.scalefl.gamma as f32 }
     }
 }

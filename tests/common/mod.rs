@@ -60,7 +60,7 @@ pub fn strategy_downloading(method: fedolf::config::Method, download: fedolf::st
     let mut overrides: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     overrides.push(format!("method=\"{}\"", method.name()));
     let cfg = fedolf::config::Config::from_toml(fedolf::config::DEFAULT_TOML, "experiments/default.toml", &overrides).unwrap();
-    fedolf::strategy::strategy_for::<Train>(&fedolf::strategy::Build { cfg: &cfg, download, model: None })
+    fedolf::strategy::strategy_for::<Train>(&fedolf::strategy::Build { cfg: &cfg, levels: cfg.federation.clusters, download, model: None })
 }
 
 /// [`strategy_downloading`] with the full download.
