@@ -16,6 +16,7 @@ mod flex;
 pub mod geometry;
 mod im2col;
 pub mod norm;
+pub mod peak;
 mod norm_extension;
 pub mod pool;
 mod pool_extension;

@@ -120,6 +120,8 @@ pub fn bench_conv(args: ConvArgs) -> anyhow::Result<()> {
         Ok(t) => eprintln!("bench conv on the CPU ({cores} cores); PyTorch {} with {cores} threads ({})", t.version, t.python.display()),
         Err(why) => eprintln!("bench conv on the CPU ({cores} cores); no PyTorch ratios: {why}"),
     }
+    // The limit every GFLOP/s below is read against: FMA chains on every core, measured now.
+    let peak = fedolf_kernels::peak::measure(cores, std::time::Duration::from_millis(200));
     let convs = paper_convs()?;
     let mut ours = Vec::new();
     let mut burn = Vec::new();
@@ -148,10 +150,21 @@ pub fn bench_conv(args: ConvArgs) -> anyhow::Result<()> {
         Err(_) => "PyTorch: not installed, no ratios".to_string(),
     };
     println!("convolution kernels on the CPU, {cores} threads, median of {} calls (against {against})", args.repeats);
+    match &peak {
+        Some(p) => println!(
+            "measured FP32 peak ({} FMA chains): {:.0} GFLOP/s on 1 thread, {:.0} on {} threads (% peak = fedolf's GFLOP/s ÷ the latter; pytorch's share beside it)",
+            p.vectors.name(),
+            p.one_thread,
+            p.all_threads,
+            p.threads
+        ),
+        None => println!("no FP32 peak probe on this CPU (it needs x86-64 with AVX2 + FMA or AVX-512): no % of peak"),
+    }
     println!(
-        "{:<34} {:<18} {:<7} {:>10} {:>8} {:>10} {:>8} {:>10} {:>8}",
-        "convolution", "models", "op", "fedolf s", "GFLOP/s", "burn s", "÷ burn", "pytorch s", "ratio"
+        "{:<34} {:<18} {:<7} {:>10} {:>8} {:>7} {:>10} {:>8} {:>10} {:>7} {:>8}",
+        "convolution", "models", "op", "fedolf s", "GFLOP/s", "% peak", "burn s", "÷ burn", "pytorch s", "% peak", "ratio"
     );
+    let share = |gflops: f64| peak.map_or("-".to_string(), |p| format!("{:.0}%", 100.0 * gflops / p.all_threads));
     let mut totals = [[0.0f64; 3]; 3];
     for (i, conv) in convs.iter().enumerate() {
         let gflop = 2.0 * conv.geometry.macs() as f64 / 1e9;
@@ -163,15 +176,17 @@ pub fn bench_conv(args: ConvArgs) -> anyhow::Result<()> {
             totals[1][op] += burn.unwrap_or(0.0);
             totals[2][op] += torch.unwrap_or(0.0);
             println!(
-                "{:<34} {:<18} {:<7} {:>10.5} {:>8.1} {:>10} {:>8} {:>10} {:>8}",
+                "{:<34} {:<18} {:<7} {:>10.5} {:>8.1} {:>7} {:>10} {:>8} {:>10} {:>7} {:>8}",
                 conv.label(),
                 conv.models.join(","),
                 name,
                 ours,
                 gflop / ours,
+                share(gflop / ours),
                 burn.map_or("-".into(), |b| format!("{b:.5}")),
                 burn.map_or("-".into(), |b| format!("{:.1}×", b / ours)),
                 torch.map_or("-".into(), |t| format!("{t:.5}")),
+                torch.map_or("-".into(), |t| share(gflop / t)),
                 torch.map_or("-".into(), |t| format!("{:.2}×", ours / t)),
             );
         }
@@ -179,15 +194,17 @@ pub fn bench_conv(args: ConvArgs) -> anyhow::Result<()> {
     for (op, name) in OPS.iter().enumerate() {
         let [ours, burn, torch] = [totals[0][op], totals[1][op], totals[2][op]];
         println!(
-            "{:<34} {:<18} {:<7} {:>10.5} {:>8} {:>10} {:>8} {:>10} {:>8}",
+            "{:<34} {:<18} {:<7} {:>10.5} {:>8} {:>7} {:>10} {:>8} {:>10} {:>7} {:>8}",
             "all shapes, summed",
             "",
             name,
             ours,
             "",
+            "",
             if args.no_burn { "-".into() } else { format!("{burn:.5}") },
             if args.no_burn { "-".into() } else { format!("{:.1}×", burn / ours) },
             if theirs.is_some() { format!("{torch:.5}") } else { "-".into() },
+            "",
             if theirs.is_some() { format!("{:.2}×", ours / torch) } else { "-".into() },
         );
     }
