@@ -7,70 +7,12 @@
 
 use std::path::Path;
 
+pub use crate::cifar_kind::CifarKind;
 use crate::cifar_python::read_cifar_pickle_file;
 use crate::dataset::ImageSet;
 use crate::error::DataError;
 
 const PIXELS: usize = 3 * 32 * 32;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CifarKind {
-    Cifar10,
-    Cifar100,
-}
-
-impl CifarKind {
-    fn label_bytes(self) -> usize {
-        match self {
-            Self::Cifar10 => 1,
-            Self::Cifar100 => 2,
-        }
-    }
-
-    pub fn num_classes(self) -> usize {
-        match self {
-            Self::Cifar10 => 10,
-            Self::Cifar100 => 100,
-        }
-    }
-
-    pub fn folder(self) -> &'static str {
-        match self {
-            Self::Cifar10 => "cifar-10-batches-bin",
-            Self::Cifar100 => "cifar-100-binary",
-        }
-    }
-
-    /// The python version's folder (torchvision's download).
-    pub fn python_folder(self) -> &'static str {
-        match self {
-            Self::Cifar10 => "cifar-10-batches-py",
-            Self::Cifar100 => "cifar-100-python",
-        }
-    }
-
-    /// The python version's files: the training batches and the test batch (no extension).
-    pub fn python_files(self) -> (Vec<String>, &'static str) {
-        match self {
-            Self::Cifar10 => ((1..=5).map(|i| format!("data_batch_{i}")).collect(), "test_batch"),
-            Self::Cifar100 => (vec!["train".into()], "test"),
-        }
-    }
-
-    pub fn train_files(self) -> Vec<String> {
-        match self {
-            Self::Cifar10 => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
-            Self::Cifar100 => vec!["train.bin".into()],
-        }
-    }
-
-    pub fn test_file(self) -> &'static str {
-        match self {
-            Self::Cifar10 => "test_batch.bin",
-            Self::Cifar100 => "test.bin",
-        }
-    }
-}
 
 /// Parse one CIFAR binary file and append its records to `out`.
 pub fn read_cifar_file(path: &Path, kind: CifarKind, out: &mut ImageSet) -> Result<(), DataError> {

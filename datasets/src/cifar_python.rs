@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde_pickle::{DeOptions, HashableValue, Value};
 
-use crate::cifar::CifarKind;
+use crate::cifar_kind::CifarKind;
 use crate::dataset::ImageSet;
 use crate::error::DataError;
 
@@ -33,10 +33,7 @@ pub fn parse_cifar_pickle(path: &Path, bytes: &[u8], kind: CifarKind, out: &mut 
         return Err(bad("the pickle holds no dict; not a CIFAR python batch".into()));
     };
     let get = |key: &str| dict.get(&HashableValue::Bytes(key.as_bytes().to_vec())).or_else(|| dict.get(&HashableValue::String(key.to_string())));
-    let label_key = match kind {
-        CifarKind::Cifar10 => "labels",
-        CifarKind::Cifar100 => "fine_labels",
-    };
+    let label_key = kind.pickle_label_key();
     let data = get("data").ok_or_else(|| bad("no `data` entry".into()))?;
     let labels = get(label_key).ok_or_else(|| bad(format!("no `{label_key}` entry (is this a {kind:?} file?)")))?;
     let pixels = array_bytes(data).map_err(|p| bad(format!("`data`: {p}")))?;

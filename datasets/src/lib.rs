@@ -2,6 +2,7 @@
 //! No Burn dependency: images come out as bytes, labels as `u16`.
 
 pub mod cifar;
+mod cifar_kind;
 pub mod cifar_python;
 pub mod cinic;
 mod dataset;
