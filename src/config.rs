@@ -27,83 +27,48 @@ pub enum ConfigError {
     Io { path: String, error: std::io::Error },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// Ordered layer freezing (the paper's method), optionally with TOA or QSGD.
-    Fedolf,
-    /// Every client trains the whole model.
-    Fedavg,
-    /// FedAvg with only the strongest cluster taking part.
-    FedavgDrop,
-    RandomFreeze,
-    Tinyfel,
-    Cocofl,
-    Heterofl,
-    Feddrop,
-    Fjord,
-    Slt,
-    Depthfl,
-    Scalefl,
-    Adaptivefl,
-    Nefl,
+/// Declares [`Method`], one line a method: its variant, its config name and its description
+/// (what `fedolf list` prints). A method's rule, options and facts are its file in `strategy/`.
+macro_rules! methods {
+    ($($variant:ident => $name:literal: $description:literal,)+) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum Method {
+            $(#[serde(rename = $name)] $variant,)+
+        }
+
+        impl Method {
+            pub const ALL: &'static [Method] = &[$(Method::$variant,)+];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)+
+                }
+            }
+
+            pub fn description(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $description,)+
+                }
+            }
+        }
+    };
 }
 
-impl Method {
-    pub const ALL: [Method; 14] = [
-        Method::Fedolf,
-        Method::Fedavg,
-        Method::FedavgDrop,
-        Method::RandomFreeze,
-        Method::Tinyfel,
-        Method::Cocofl,
-        Method::Heterofl,
-        Method::Feddrop,
-        Method::Fjord,
-        Method::Slt,
-        Method::Depthfl,
-        Method::Scalefl,
-        Method::Adaptivefl,
-        Method::Nefl,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Fedolf => "fedolf",
-            Self::Fedavg => "fedavg",
-            Self::FedavgDrop => "fedavg-drop",
-            Self::RandomFreeze => "random-freeze",
-            Self::Tinyfel => "tinyfel",
-            Self::Cocofl => "cocofl",
-            Self::Heterofl => "heterofl",
-            Self::Feddrop => "feddrop",
-            Self::Fjord => "fjord",
-            Self::Slt => "slt",
-            Self::Depthfl => "depthfl",
-            Self::Scalefl => "scalefl",
-            Self::Adaptivefl => "adaptivefl",
-            Self::Nefl => "nefl",
-        }
-    }
-
-    pub fn description(self) -> &'static str {
-        match self {
-            Self::Fedolf => "FedOLF: cluster i freezes the first c−i layers (no graph), trains and uploads the rest; TOA or QSGD on download",
-            Self::Fedavg => "FedAvg: every client trains and uploads the full model (the unconstrained upper bound)",
-            Self::FedavgDrop => "FedAvg, drop variant: only the strongest cluster takes part",
-            Self::RandomFreeze => "Random freezing (paper Fig. 2): c−i layers drawn at random; frozen layers above a trained one pass gradients",
-            Self::Tinyfel => "TinyFEL: first c−i layers frozen only in backprop (whole forward recorded, their gradients dropped)",
-            Self::Cocofl => "CoCoFL: a random window of N−(c−i) layers trains; server blends r·mean + (1−r)·old",
-            Self::Heterofl => "HeteroFL: width r = i/c prefix of every conv channel space (FC layers full), Scaler 1/r; masked MWA; static BN",
-            Self::Feddrop => "Feddrop: random ⌈r·C⌉ channels per space each round (r = i/c); masked MWA; full model evaluated",
-            Self::Fjord => "FjORD: r = i/c prefix sub-model; each batch trains a random p-prefix, p ∈ {1/c..r}; masked MWA",
-            Self::Slt => "SLT: stage j freezes layers < j, trains layer j (+i−1 more) at full width and the rest at width 0.5→1.0",
-            Self::Depthfl => "DepthFL: cluster i trains the first N−(c−i) layers with an exit head at each depth it reaches; mutual self-distillation between exits",
-            Self::Scalefl => "ScaleFL: cluster i trains a width- and depth-scaled sub-model (≈ i/c of the parameters) with early exits; exit-weighted CE + KD (T = 3) from 25 % of the rounds",
-            Self::Adaptivefl => "AdaptiveFL: a pool of sub-models (widths 0.4, 0.66, 1 × full-width input-side depths); each slot of a round draws a model and a client whose budget (i/c of the parameters) holds it (adaptivefl.selection)",
-            Self::Nefl => "NeFL: ResNets skip c−i non-first blocks (identity), CNN/AlexNet nest widths i/c; per-level BatchNorm banks",
-        }
-    }
+methods! {
+    Fedolf => "fedolf": "FedOLF: cluster i freezes the first c−i layers (no graph), trains and uploads the rest; TOA or QSGD on download",
+    Fedavg => "fedavg": "FedAvg: every client trains and uploads the full model (the unconstrained upper bound)",
+    FedavgDrop => "fedavg-drop": "FedAvg, drop variant: only the strongest cluster takes part",
+    RandomFreeze => "random-freeze": "Random freezing (paper Fig. 2): c−i layers drawn at random; frozen layers above a trained one pass gradients",
+    Tinyfel => "tinyfel": "TinyFEL: first c−i layers frozen only in backprop (whole forward recorded, their gradients dropped)",
+    Cocofl => "cocofl": "CoCoFL: a random window of N−(c−i) layers trains; server blends r·mean + (1−r)·old",
+    Heterofl => "heterofl": "HeteroFL: width r = i/c prefix of every conv channel space (FC layers full), Scaler 1/r; masked MWA; static BN",
+    Feddrop => "feddrop": "Feddrop: random ⌈r·C⌉ channels per space each round (r = i/c); masked MWA; full model evaluated",
+    Fjord => "fjord": "FjORD: r = i/c prefix sub-model; each batch trains a random p-prefix, p ∈ {1/c..r}; masked MWA",
+    Slt => "slt": "SLT: stage j freezes layers < j, trains layer j (+i−1 more) at full width and the rest at width 0.5→1.0",
+    Depthfl => "depthfl": "DepthFL: cluster i trains the first N−(c−i) layers with an exit head at each depth it reaches; mutual self-distillation between exits",
+    Scalefl => "scalefl": "ScaleFL: cluster i trains a width- and depth-scaled sub-model (≈ i/c of the parameters) with early exits; exit-weighted CE + KD (T = 3) from 25 % of the rounds",
+    Adaptivefl => "adaptivefl": "AdaptiveFL: a pool of sub-models (widths 0.4, 0.66, 1 × full-width input-side depths); each slot of a round draws a model and a client whose budget (i/c of the parameters) holds it (adaptivefl.selection)",
+    Nefl => "nefl": "NeFL: ResNets skip c−i non-first blocks (identity), CNN/AlexNet nest widths i/c; per-level BatchNorm banks",
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
