@@ -28,7 +28,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::runtime::rng::draw_by_cumulative;
+use crate::runtime::rng::{draw_by_cumulative, running_sums};
 use crate::tensor::params::layer_numel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +125,7 @@ pub fn select<R: Rng>(norms: &[f32], k: usize, mode: ToaMode, rng: &mut R) -> Se
             order.into_iter().take(k).map(|j| (j, 1.0)).collect()
         }
         ToaMode::Crs => {
-            let cumulative: Vec<f64> = p.iter().scan(0.0, |acc, &x| { *acc += x; Some(*acc) }).collect();
+            let cumulative = running_sums(&p);
             let mut counts = vec![0usize; h];
             for _ in 0..k {
                 counts[draw_by_cumulative(&cumulative, rng)] += 1;

@@ -178,7 +178,7 @@ impl<B: AutodiffBackend> Federation<B> {
     /// instead of probing again.
     pub fn use_calibration(&mut self, calibration: Calibration) {
         if self.cfg.federation.capacity == Capacity::Memory {
-            self.budgets.calibrate(calibration, self.setup.training.caches_prefix());
+            self.budgets.use_calibration(calibration, self.setup.training.caches_prefix());
         }
     }
 

@@ -40,7 +40,7 @@ impl Budgets {
     }
 
     /// Predict with `calibration` from now on.
-    pub fn calibrate(&mut self, calibration: Calibration, caches_prefix: bool) {
+    pub fn use_calibration(&mut self, calibration: Calibration, caches_prefix: bool) {
         self.server = Some(Mutex::new(PeakPredictor::new(calibration, caches_prefix)));
     }
 

@@ -43,6 +43,14 @@ pub fn stream(seed: u64, purpose: Purpose, a: u64, b: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(s)
 }
 
+/// The running sums of `weights`, in order (what [`draw_by_cumulative`] draws from).
+pub fn running_sums(weights: &[f64]) -> Vec<f64> {
+    weights.iter().scan(0.0, |acc, &w| {
+        *acc += w;
+        Some(*acc)
+    }).collect()
+}
+
 /// An index drawn with probability proportional to its weight, from the weights' running sums
 /// (`cumulative`, its last entry positive): the first whose running sum exceeds a uniform draw
 /// on `[0, total)`.

@@ -46,7 +46,7 @@ use super::{Build, ClientPlan, PlanContext, Strategy};
 use crate::config::{Method, PoolSelection};
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
-use crate::runtime::rng::draw_by_cumulative;
+use crate::runtime::rng::{draw_by_cumulative, running_sums};
 use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
 use crate::tensor::host::HostTensor;
 use crate::tensor::params::{layer_numel, LayerParams};
@@ -197,7 +197,7 @@ impl AdaptiveFl {
 
 /// An index drawn in proportion to `weights`; `None` when they sum to 0.
 fn weighted_index(weights: &[f64], rng: &mut ChaCha8Rng) -> Option<usize> {
-    let cumulative: Vec<f64> = weights.iter().scan(0.0, |acc, &w| { *acc += w; Some(*acc) }).collect();
+    let cumulative = running_sums(weights);
     (cumulative.last().is_some_and(|&total| total > 0.0)).then(|| draw_by_cumulative(&cumulative, rng))
 }
 
