@@ -2,6 +2,9 @@
 //! path named), `--set key=value` overrides applied to the TOML tree before parsing, and
 //! range checks that name the field.
 
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -27,50 +30,6 @@ pub enum ConfigError {
     Io { path: String, error: std::io::Error },
 }
 
-/// Declares [`Method`], one line a method: its variant, its config name and its description
-/// (what `fedolf list` prints). A method's rule, options and facts are its file in `strategy/`.
-macro_rules! methods {
-    ($($variant:ident => $name:literal: $description:literal,)+) => {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-        pub enum Method {
-            $(#[serde(rename = $name)] $variant,)+
-        }
-
-        impl Method {
-            pub const ALL: &'static [Method] = &[$(Method::$variant,)+];
-
-            pub fn name(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $name,)+
-                }
-            }
-
-            pub fn description(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $description,)+
-                }
-            }
-        }
-    };
-}
-
-methods! {
-    Fedolf => "fedolf": "FedOLF: cluster i freezes the first c−i layers (no graph), trains and uploads the rest; TOA or QSGD on download",
-    Fedavg => "fedavg": "FedAvg: every client trains and uploads the full model (the unconstrained upper bound)",
-    FedavgDrop => "fedavg-drop": "FedAvg, drop variant: only the strongest cluster takes part",
-    RandomFreeze => "random-freeze": "Random freezing (paper Fig. 2): c−i layers drawn at random; frozen layers above a trained one pass gradients",
-    Tinyfel => "tinyfel": "TinyFEL: first c−i layers frozen only in backprop (whole forward recorded, their gradients dropped)",
-    Cocofl => "cocofl": "CoCoFL: a random window of N−(c−i) layers trains; server blends r·mean + (1−r)·old",
-    Heterofl => "heterofl": "HeteroFL: width r = i/c prefix of every conv channel space (FC layers full), Scaler 1/r; masked MWA; static BN",
-    Feddrop => "feddrop": "Feddrop: random ⌈r·C⌉ channels per space each round (r = i/c); masked MWA; full model evaluated",
-    Fjord => "fjord": "FjORD: r = i/c prefix sub-model; each batch trains a random p-prefix, p ∈ {1/c..r}; masked MWA",
-    Slt => "slt": "SLT: stage j freezes layers < j, trains layer j (+i−1 more) at full width and the rest at width 0.5→1.0",
-    Depthfl => "depthfl": "DepthFL: cluster i trains the first N−(c−i) layers with an exit head at each depth it reaches; mutual self-distillation between exits",
-    Scalefl => "scalefl": "ScaleFL: cluster i trains a width- and depth-scaled sub-model (≈ i/c of the parameters) with early exits; exit-weighted CE + KD (T = 3) from 25 % of the rounds",
-    Adaptivefl => "adaptivefl": "AdaptiveFL: a pool of sub-models (widths 0.4, 0.66, 1 × full-width input-side depths); each slot of a round draws a model and a client whose budget (i/c of the parameters) holds it (adaptivefl.selection)",
-    Nefl => "nefl": "NeFL: ResNets skip c−i non-first blocks (identity), CNN/AlexNet nest widths i/c; per-level BatchNorm banks",
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PartitionKind {
@@ -89,7 +48,8 @@ pub struct Config {
     /// with `seed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seeds: Vec<u64>,
-    pub method: Method,
+    /// The method's name (`fedolf list`; the methods are `strategy/`'s registry).
+    pub method: String,
     pub device: DeviceKind,
     /// Write `checkpoint/` every this many rounds (and always after the last); 0 = only at
     /// the end.
@@ -102,19 +62,11 @@ pub struct Config {
     pub toa: ToaConfig,
     #[serde(default)]
     pub qsgd: QsgdConfig,
-    #[serde(default)]
-    pub fedolf: FedOlfConfig,
-    #[serde(default)]
-    pub heterofl: HeteroFlConfig,
-    #[serde(default)]
-    pub cocofl: CocoFlConfig,
-    #[serde(default)]
-    pub slt: SltConfig,
-    #[serde(default)]
-    pub scalefl: ScaleFlConfig,
-    #[serde(default)]
-    pub adaptivefl: AdaptiveFlConfig,
     pub energy: EnergyConfig,
+    /// Each method's own section (`[cocofl]`, `[slt]`, …) as written: the method's file
+    /// declares and checks its options (`strategy/`), this file only carries them.
+    #[serde(skip)]
+    pub options: BTreeMap<String, toml::Table>,
 }
 
 fn default_checkpoint_every() -> usize {
@@ -142,118 +94,6 @@ pub enum Capacity {
     /// Each client declares a memory budget (`budgets_mb`); each round it trains the largest
     /// plan of its method whose predicted training peak fits (`crate::accounting::budget`).
     Memory,
-}
-
-/// CoCoFL options.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct CocoFlConfig {
-    /// Run frozen layers on fake-int8 weights (per-tensor symmetric).
-    pub fake_int8: bool,
-}
-
-/// SLT options.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct SltConfig {
-    /// `params`: stage lengths in proportion to the parameters each stage trains; `equal`.
-    pub stage_lengths: StageLengths,
-}
-
-/// SLT: how the `T` rounds are shared among the stages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum StageLengths {
-    /// In proportion to the parameters each stage trains (SLT's rule).
-    #[default]
-    Params,
-    /// The same number of rounds per stage.
-    Equal,
-}
-
-/// ScaleFL options.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScaleFlConfig {
-    /// γ, the weight of the exits' KD term (the reference code's default of 0 disables KD).
-    pub gamma: f64,
-}
-
-impl Default for ScaleFlConfig {
-    fn default() -> Self {
-        Self { gamma: 1.0 }
-    }
-}
-
-/// AdaptiveFL options.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdaptiveFlConfig {
-    /// How a round's clients and their pool models are chosen (`strategy/adaptivefl.rs`).
-    pub selection: PoolSelection,
-}
-
-/// AdaptiveFL: how each round's slots get a pool model and a client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolSelection {
-    /// Per slot a pool model drawn uniformly, then a client drawn uniformly among those whose
-    /// budget holds it (the official code's default, `--client_chosen_mode available`).
-    #[default]
-    Available,
-    /// Per slot a pool model drawn uniformly, then a client drawn in proportion to its reward
-    /// for the model's width, learnt from which models each client could train (the official
-    /// code's `RL` mode).
-    Reward,
-    /// Clients sampled uniformly; each draws a pool model and falls back to the largest that
-    /// fits its budget.
-    Uniform,
-}
-
-impl PoolSelection {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Available => "available",
-            Self::Reward => "reward",
-            Self::Uniform => "uniform",
-        }
-    }
-}
-
-/// FedOLF options.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct FedOlfConfig {
-    /// The server's layer-wise rule (ARCHITECTURE.md, "FedOLF's server rule").
-    pub merge: LayerMerge,
-}
-
-/// How a layer's uploads replace it on the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LayerMerge {
-    /// `θ_l ← Σ_{k∈S_l} n_k θ_{k,l} / Σ_{k∈S_l} n_k`: the uploaders' n_k-weighted mean
-    /// replaces the layer (the FedOLF authors' public code).
-    #[default]
-    Weighted,
-    /// `θ_l ← r·mean_{k∈S_l} θ_{k,l} + (1 − r)·θ_l`, `r = |S_l| / |C_t|`: the layer moves by
-    /// the share of the round's clients that trained it (CoCoFL's rule, the paper's [17]).
-    Blend,
-}
-
-/// HeteroFL options.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HeteroFlConfig {
-    /// Static BN: before each evaluation, recompute the global model's BatchNorm statistics
-    /// with a no-grad pass over the training data (HeteroFL's sBN).
-    pub static_bn: bool,
-}
-
-impl Default for HeteroFlConfig {
-    fn default() -> Self {
-        Self { static_bn: true }
-    }
 }
 
 /// QSGD on the frozen layers' download (the paper's comparison for TOA); `bits = 0` = off.
@@ -440,13 +280,18 @@ pub struct EnergyConfig {
     pub bandwidth_mbps: f64,
 }
 
+/// The top-level tables `Config` itself declares; any other table is a method's section.
+const OWN_SECTIONS: &[&str] = &["data", "model", "federation", "train", "toa", "qsgd", "energy"];
+
 /// The built-in default experiment (`experiments/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../experiments/default.toml");
 
 impl Config {
-    /// Parse TOML text, apply `key=value` overrides, check ranges. `origin` names the source
-    /// in error messages.
-    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+    /// Parse TOML text, apply `key=value` overrides, check ranges, then check the method and
+    /// its sections with `methods`, which may fill them in (the registry above this file passes its own:
+    /// `Config::from_toml` is `strategy/`'s, so every config read is checked whole).
+    /// `origin` names the source in error messages.
+    pub fn parse_with(text: &str, origin: &str, overrides: &[String], methods: &dyn Fn(&mut Config) -> Result<(), ConfigError>) -> Result<Self, ConfigError> {
         let mut tree: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse {
@@ -456,19 +301,25 @@ impl Config {
         for o in overrides {
             apply_override(&mut tree, o)?;
         }
+        // Top-level tables that are not this file's sections are methods' sections.
+        let options: BTreeMap<String, toml::Table> = tree
+            .iter()
+            .filter(|(key, value)| value.is_table() && !OWN_SECTIONS.contains(&key.as_str()))
+            .map(|(key, value)| (key.clone(), value.as_table().cloned().unwrap_or_default()))
+            .collect();
+        tree.retain(|key, _| !options.contains_key(key));
         let value = toml::Value::Table(tree);
-        let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             // Flatten serde's multi-line messages: errors print as one line.
             let message = e.into_inner().to_string().split_whitespace().collect::<Vec<_>>().join(" ");
             ConfigError::Parse { path: format!("{}: field `{path}`", blamed(origin, overrides, &path)), message }
         })?;
-        cfg.validate().map_err(|e| {
-            let origin = match &e {
-                ConfigError::Invalid { field, .. } => blamed(origin, overrides, field),
-                _ => origin.to_string(),
-            };
-            ConfigError::InConfig { origin, error: Box::new(e) }
+        cfg.options = options;
+        cfg.validate().and_then(|()| methods(&mut cfg)).map_err(|e| match e {
+            ConfigError::Parse { path, message } => ConfigError::Parse { path: format!("{}: field `{path}`", blamed(origin, overrides, &path)), message },
+            ConfigError::Invalid { field, .. } => ConfigError::InConfig { origin: blamed(origin, overrides, field), error: Box::new(e) },
+            e => ConfigError::InConfig { origin: origin.to_string(), error: Box::new(e) },
         })?;
         Ok(cfg)
     }
@@ -493,7 +344,19 @@ impl Config {
     }
 
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a Config always serialises")
+        let sections: toml::Table = self.options.iter().map(|(name, table)| (name.clone(), toml::Value::Table(table.clone()))).collect();
+        toml::to_string_pretty(self).expect("a Config always serialises") + &toml::to_string_pretty(&sections).expect("TOML tables serialise")
+    }
+
+    /// Method `method`'s options: its section parsed as `T` (absent = `T::default()`); the
+    /// error's path is the dotted field inside the section.
+    pub fn options_of<T: DeserializeOwned + Default>(&self, method: &str) -> Result<T, ConfigError> {
+        let Some(section) = self.options.get(method) else { return Ok(T::default()) };
+        serde_path_to_error::deserialize(toml::Value::Table(section.clone())).map_err(|e| {
+            let inner = e.path().to_string();
+            let path = if inner == "." || inner.is_empty() { method.to_string() } else { format!("{method}.{inner}") };
+            ConfigError::Parse { path, message: e.into_inner().to_string().split_whitespace().collect::<Vec<_>>().join(" ") }
+        })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -565,9 +428,6 @@ impl Config {
         }
         if self.data.partition == PartitionKind::Dirichlet && !(self.data.alpha.is_finite() && self.data.alpha > 0.0) {
             return Err(bad("data.alpha", self.data.alpha, "must be finite and > 0"));
-        }
-        if !(self.scalefl.gamma.is_finite() && self.scalefl.gamma >= 0.0) {
-            return Err(bad("scalefl.gamma", self.scalefl.gamma, "must be finite and ≥ 0"));
         }
         let e = &self.energy;
         for (field, v) in [("energy.device_power_w", e.device_power_w), ("energy.link_power_w", e.link_power_w)] {

@@ -1,7 +1,7 @@
 //! Every config in experiments/ parses, validates, and means what its file name says (the
 //! grid files beside them, with `[[row]]`s, are `fedolf table`'s, checked in tests/table.rs).
 
-use fedolf::config::{Config, Method, PartitionKind};
+use fedolf::config::{Config, PartitionKind};
 
 #[test]
 fn every_experiment_config_is_valid() {
@@ -44,7 +44,13 @@ fn every_experiment_config_is_valid() {
 #[test]
 fn the_default_is_fedolf_cnn_fashion_mnist_noniid_two_clusters() {
     let cfg = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &[]).unwrap();
-    assert_eq!(cfg.method, Method::Fedolf);
+    assert_eq!(cfg.method, "fedolf");
+    // Every table a config holds is one of `Config`'s own sections or a method's.
+    let own: Vec<String> = toml::from_str::<toml::Table>(&cfg.to_toml()).unwrap().into_iter().filter(|(_, v)| v.is_table()).map(|(k, _)| k).collect();
+    for section in &own {
+        let reparsed = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &[format!("{section}.nosuch=1")]).unwrap_err().to_string();
+        assert!(reparsed.contains("nosuch"), "[{section}]: {reparsed}");
+    }
     assert_eq!((cfg.model.name.as_str(), cfg.data.dataset.as_str()), ("cnn", "fashion-mnist"));
     assert_eq!((cfg.data.partition, cfg.data.alpha, cfg.federation.clusters), (PartitionKind::Dirichlet, 0.1, 2));
     assert!(cfg.seeds.is_empty(), "the default experiment is one seed");
@@ -56,7 +62,7 @@ fn the_default_is_fedolf_cnn_fashion_mnist_noniid_two_clusters() {
 #[test]
 fn overrides_apply_and_bad_ones_are_named() {
     let cfg = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["train.lr=0.5".into(), "method=fedavg".into()]).unwrap();
-    assert_eq!((cfg.train.lr, cfg.method), (0.5, Method::Fedavg));
+    assert_eq!((cfg.train.lr, cfg.method.as_str()), (0.5, "fedavg"));
     let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["nonsense".into()]).unwrap_err();
     assert!(e.to_string().contains("key=value"), "{e}");
     let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["seed.x=1".into()]).unwrap_err();
@@ -67,11 +73,24 @@ fn overrides_apply_and_bad_ones_are_named() {
 
 #[test]
 fn method_options_parse_and_bad_ones_name_their_field() {
-    use fedolf::config::StageLengths;
+    use fedolf::strategy::StageLengths;
+    #[derive(serde::Deserialize, Default, Debug, PartialEq)]
+    #[serde(default)]
+    struct Slt {
+        stage_lengths: Option<StageLengths>,
+    }
     let cfg = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &[]).unwrap();
-    assert_eq!((cfg.slt.stage_lengths, cfg.cocofl.fake_int8, cfg.heterofl.static_bn), (StageLengths::Params, false, true));
+    assert_eq!(cfg.options_of::<Slt>("slt").unwrap().stage_lengths, Some(StageLengths::Params), "experiments/default.toml spells SLT's default out");
     let cfg = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["slt.stage_lengths=\"equal\"".into(), "cocofl.fake_int8=true".into(), "method=slt".into()]).unwrap();
-    assert_eq!((cfg.slt.stage_lengths, cfg.cocofl.fake_int8, cfg.method), (StageLengths::Equal, true, Method::Slt));
+    assert_eq!((cfg.options_of::<Slt>("slt").unwrap().stage_lengths, cfg.method.as_str()), (Some(StageLengths::Equal), "slt"));
+    // A method's section survives the run folder's config.toml.
+    assert_eq!(Config::from_toml(&cfg.to_toml(), "config.toml", &[]).unwrap(), cfg);
+    let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["scalefl.gamma=-1".into()]).unwrap_err();
+    assert!(e.to_string().contains("scalefl.gamma") && e.to_string().contains("--set scalefl.gamma=-1"), "{e}");
+    let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["fedavg.x=1".into()]).unwrap_err();
+    assert!(e.to_string().contains("fedavg.x"), "{e}");
+    let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["method=sparta".into()]).unwrap_err();
+    assert!(e.to_string().contains("`method`") && e.to_string().contains("unknown method"), "{e}");
     let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["slt.stage_lengths=\"longest\"".into()]).unwrap_err();
     assert!(e.to_string().contains("slt.stage_lengths"), "{e}");
     let e = Config::from_toml(fedolf::config::DEFAULT_TOML, "default", &["cocofl.int4=true".into()]).unwrap_err();

@@ -7,7 +7,6 @@ mod common;
 use burn::prelude::*;
 use common::*;
 use fedolf::tensor::aggregate::LayerUpload;
-use fedolf::config::Method;
 use fedolf::local::roles::LayerRole;
 use fedolf::local::training::LocalModel;
 use fedolf::tensor::host::HostLayer;
@@ -15,7 +14,7 @@ use fedolf::models::{ExitKind, Features, ModelKind};
 use fedolf::local::objective::Objective;
 use fedolf::tensor::params::NamedTensor;
 use fedolf::local::exit_losses::{mutual_distillation_loss, scaled_exits_loss};
-use fedolf::config::PoolSelection;
+use fedolf::strategy::PoolSelection;
 use fedolf::strategy::{depthfl_weight, nefl_skipped_blocks, AdaptiveFl, AdaptiveFlTables, ADAPTIVEFL_WIDTHS, ClientPlan, NeFl, PlanContext, PoolModel, Strategy};
 use rand::SeedableRng;
 
@@ -127,7 +126,7 @@ fn scalefl_loss_weights_exits_by_depth_and_distills_from_the_deepest() {
 fn scalefl_turns_distillation_on_at_a_quarter_of_the_rounds() {
     let net = seeded::<Inner>(ModelKind::Cnn, [1, 28, 28], 10, 5);
     let layout = net.channel_spaces();
-    let scalefl = strategy(Method::Scalefl, &[]);
+    let scalefl = strategy("scalefl", &[]);
     let objective_at = |round| {
         let ctx = PlanContext { num_layers: 3, levels: 2, round, rounds: 100, layout: &layout };
         scalefl.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap().objective
@@ -455,6 +454,6 @@ fn nefl_state_round_trips_through_a_checkpoint() {
     }
     assert_eq!(Strategy::<Train>::state(&restored).len(), state.len());
     // A stateless method refuses a state it did not write.
-    let mut fedavg = strategy(Method::Fedavg, &[]);
+    let mut fedavg = strategy("fedavg", &[]);
     assert!(fedavg.restore_state(state).is_err());
 }

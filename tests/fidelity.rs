@@ -7,7 +7,6 @@ mod common;
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use common::*;
-use fedolf::config::Method;
 use fedolf::local::roles::LayerRole;
 use fedolf::local::training::{train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
 use fedolf::local::roles::{layer_roles, FreezeMode};
@@ -36,7 +35,7 @@ fn heterofl_prunes_conv_channels_and_keeps_fc_layers_whole() {
     // channels' 4×4 columns and keeps all 512 neurons; the classifier is [512, 10].
     let g = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 1);
     let layout = g.channel_spaces();
-    let hetero = strategy(Method::Heterofl, &[]);
+    let hetero = strategy("heterofl", &[]);
     let ctx = PlanContext { num_layers: 7, levels: 2, round: 1, rounds: 1, layout: &layout };
     let plan = hetero.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
     let spec = plan.width.expect("HeteroFL plans a width");

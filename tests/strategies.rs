@@ -6,7 +6,6 @@ mod common;
 use burn::prelude::*;
 use common::*;
 use fedolf::tensor::aggregate::LayerUpload;
-use fedolf::config::Method;
 use fedolf::local::roles::LayerRole;
 use fedolf::tensor::params::NamedTensor;
 use fedolf::compress::qsgd::{quantize_dequantize, QsgdSettings};
@@ -62,7 +61,7 @@ fn qsgd_is_unbiased_and_coarser_with_fewer_bits() {
 
 #[test]
 fn cocofl_windows_are_contiguous_and_start_anywhere_in_0_to_l() {
-    let s = strategy(Method::Cocofl, &[]);
+    let s = strategy("cocofl", &[]);
     let l = layout(7);
     let ctx = PlanContext { num_layers: 7, levels: 5, round: 1, rounds: 10, layout: &l };
     let mut starts = std::collections::BTreeSet::new();
@@ -110,13 +109,13 @@ fn random_freezing_and_tinyfel_freeze_l_layers() {
     let mut r = rng(3);
     for cluster in 0..5 {
         let l = 4 - cluster;
-        let plan = strategy(Method::RandomFreeze, &[]).plan(&ctx, 0, cluster, &mut r).unwrap();
+        let plan = strategy("random-freeze", &[]).plan(&ctx, 0, cluster, &mut r).unwrap();
         assert_eq!(plan.frozen(), l);
-        let plan = strategy(Method::Tinyfel, &[]).plan(&ctx, 0, cluster, &mut r).unwrap();
+        let plan = strategy("tinyfel", &[]).plan(&ctx, 0, cluster, &mut r).unwrap();
         assert_eq!(plan.roles[..l], vec![LayerRole::FrozenGradDiscarded; l][..]);
         assert_eq!(plan.frozen(), l);
     }
-    let drop = strategy(Method::FedavgDrop, &[]);
+    let drop = strategy("fedavg-drop", &[]);
     assert!(drop.eligible(4, 5) && !drop.eligible(3, 5));
 }
 
@@ -126,15 +125,15 @@ fn heterofl_takes_prefixes_and_feddrop_random_subsets_of_width_i_over_c() {
     let ctx = PlanContext { num_layers: 3, levels: 5, round: 1, rounds: 10, layout: &lay };
     let mut r = rng(4);
     // Cluster 1 of 5 (i = 2): r = 0.4 → ⌈4⌉ of 10 and ⌈8⌉ of 20.
-    let plan = strategy(Method::Heterofl, &[]).plan(&ctx, 0, 1, &mut r).unwrap();
+    let plan = strategy("heterofl", &[]).plan(&ctx, 0, 1, &mut r).unwrap();
     let w = plan.width.unwrap();
     assert_eq!(w.kept, vec![(0..4).collect::<Vec<_>>(), (0..8).collect()]);
-    let a = strategy(Method::Feddrop, &[]).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
-    let b = strategy(Method::Feddrop, &[]).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
+    let a = strategy("feddrop", &[]).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
+    let b = strategy("feddrop", &[]).plan(&ctx, 0, 1, &mut r).unwrap().width.unwrap();
     assert_eq!((a.kept[0].len(), a.kept[1].len()), (4, 8));
     assert_ne!(a, b, "a fresh draw per plan");
     // The strongest cluster trains the full width.
-    let full = strategy(Method::Heterofl, &[]).plan(&ctx, 0, 4, &mut r).unwrap().width.unwrap();
+    let full = strategy("heterofl", &[]).plan(&ctx, 0, 4, &mut r).unwrap().width.unwrap();
     assert!(full.is_full(&lay));
 }
 
@@ -172,7 +171,7 @@ fn resnet_like_layout() -> fedolf::models::SpaceLayout {
 fn slt_plans_freeze_earlier_stages_and_narrow_what_no_full_layer_produces() {
     let lay = resnet_like_layout();
     // Equal stages over 6 rounds: rounds 1–2 stage 0 (s = 0.5), 3–4 stage 1 (0.75), 5–6 stage 2 (1.0).
-    let slt = strategy(Method::Slt, &[]);
+    let slt = strategy("slt", &[]);
     let ctx = |round| PlanContext { num_layers: 4, levels: 2, round, rounds: 6, layout: &lay };
     let mut r = rng(5);
     let (f, t) = (LayerRole::FrozenNoGraph, LayerRole::Trained);
@@ -209,8 +208,8 @@ fn slt_plans_freeze_earlier_stages_and_narrow_what_no_full_layer_produces() {
 fn cocofl_fake_int8_flag_reaches_the_plan() {
     let lay = layout(5);
     let ctx = PlanContext { num_layers: 5, levels: 3, round: 1, rounds: 10, layout: &lay };
-    assert!(strategy(Method::Cocofl, &["cocofl.fake_int8=true"]).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
-    assert!(!strategy(Method::Cocofl, &[]).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
+    assert!(strategy("cocofl", &["cocofl.fake_int8=true"]).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
+    assert!(!strategy("cocofl", &[]).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
 }
 
 #[test]
@@ -281,7 +280,7 @@ fn fedolf_plans_c5_levels_and_toa_only_from_two_frozen_layers() {
     let layout = layout(7);
     let ctx = PlanContext { num_layers: 7, levels: 5, round: 1, rounds: 10, layout: &layout };
     let toa = Download::Toa(ToaSettings::new(0.5, ToaMode::Paper).unwrap());
-    let fedolf = strategy_downloading(Method::Fedolf, toa, &[]);
+    let fedolf = strategy_downloading("fedolf", toa, &[]);
     let mut levels = Vec::new();
     for cluster in 0..5 {
         let plan = fedolf.plan(&ctx, 3, cluster, &mut rng(1)).unwrap();
@@ -294,7 +293,7 @@ fn fedolf_plans_c5_levels_and_toa_only_from_two_frozen_layers() {
     }
     assert_eq!(levels, vec![4, 3, 2, 1, 0]);
     let qsgd = Download::Qsgd(QsgdSettings::new(8, 128).unwrap());
-    let fedolf = strategy_downloading(Method::Fedolf, qsgd, &[]);
+    let fedolf = strategy_downloading("fedolf", qsgd, &[]);
     let downloads: Vec<Download> = (0..5).map(|c| fedolf.plan(&ctx, 3, c, &mut rng(1)).unwrap().download).collect();
     assert_eq!(downloads, vec![qsgd, qsgd, qsgd, qsgd, Download::Full]);
 }
@@ -326,11 +325,11 @@ fn fedolf_merges_each_layer_over_its_own_uploaders_under_both_rules() {
     let plans = |n: usize| -> Vec<fedolf::strategy::ClientPlan> {
         let layout = layout(4);
         let ctx = PlanContext { num_layers: 4, levels: 1, round: 1, rounds: 1, layout: &layout };
-        let s = strategy(Method::Fedavg, &[]);
+        let s = strategy("fedavg", &[]);
         (0..n).map(|k| s.plan(&ctx, k, 0, &mut rng(1)).unwrap()).collect()
     };
     // Weighted (the default): L0 = C's; L1 = (1·[0, 4] + 4·[8, 0]) / 5; L2 = (10 + 3·2 + 4·6) / 8.
-    let mut weighted = strategy(Method::Fedolf, &[]);
+    let mut weighted = strategy("fedolf", &[]);
     let got = merged_values(weighted.merge(&global, &uploads, &plans(3)).unwrap());
     let want = vec![Some(vec![8.0]), Some(vec![6.4, 0.8]), Some(vec![5.0]), None];
     for (g, w) in got.iter().zip(&want) {
@@ -341,7 +340,7 @@ fn fedolf_merges_each_layer_over_its_own_uploaders_under_both_rules() {
     }
     // Blend ([17]): r = uploaders / participants, the uploaders' plain mean.
     // L0: r = 1/3, 8/3 + 200/3; L1: r = 2/3, mean [4, 2]; L2: r = 1, mean 6.
-    let mut blend = strategy(Method::Fedolf, &["fedolf.merge=\"blend\""]);
+    let mut blend = strategy("fedolf", &["fedolf.merge=\"blend\""]);
     let got = merged_values(blend.merge(&global, &uploads, &plans(3)).unwrap());
     let want = vec![Some(vec![(8.0 + 200.0) / 3.0]), Some(vec![(8.0 + 100.0) / 3.0, (4.0 + 100.0) / 3.0]), Some(vec![6.0]), None];
     for (g, w) in got.iter().zip(&want) {
@@ -366,6 +365,6 @@ fn fedolf_refuses_more_clusters_than_layers_and_reports_its_levels() {
     let dataset = fedolf_datasets::Dataset::random_pixels(fedolf_datasets::DatasetKind::FashionMnist, 64, 20, 1);
     let err = fedolf::engine::federation::Federation::<Train>::new(&cfg, &dataset, &device()).err().expect("4 clusters on the 3-layer CNN");
     assert!(err.to_string().contains("federation.clusters"), "{err}");
-    let fedolf = strategy(Method::Fedolf, &[]);
-    assert_eq!(fedolf.frozen_per_cluster(5), Some(vec![4, 3, 2, 1, 0]));
+    let fedolf = fedolf::strategy::facts("fedolf").unwrap();
+    assert_eq!((fedolf.frozen_per_cluster)(5), Some(vec![4, 3, 2, 1, 0]));
 }

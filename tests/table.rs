@@ -224,8 +224,8 @@ fn the_shipped_grids_resolve() {
         }
         let grid = fedolf::io::grid::Grid::read(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(grid.seeds, vec![1, 2, 3], "{name}: the paper's three trials");
-        assert!(grid.rows.iter().any(|r| r.config.method == fedolf::config::Method::Fedavg), "{name}: FedAvg, the upper bound, has a row");
-        assert!(grid.rows.iter().filter(|r| r.config.method == fedolf::config::Method::Fedolf).all(|r| r.config.federation.clusters == 5), "{name}: FedOLF at c = 5");
+        assert!(grid.rows.iter().any(|r| r.config.method == "fedavg"), "{name}: FedAvg, the upper bound, has a row");
+        assert!(grid.rows.iter().filter(|r| r.config.method == "fedolf").all(|r| r.config.federation.clusters == 5), "{name}: FedOLF at c = 5");
         found += 1;
     }
     assert!(found >= 3, "the AlexNet and ResNet20 grids, and the momentum check");

@@ -58,7 +58,7 @@ fn both_ways_agree(cfg: &Config) {
         let layers = payload_to_device(&uploaded, &dev);
         let wire = clients.upload(plan, layers, indices.len() as f64, &prepared.start, &dev).unwrap();
 
-        let what = format!("{} client {}", cfg.method.name(), plan.client);
+        let what = format!("{} client {}", cfg.method, plan.client);
         assert_eq!(sim.upload, wire, "{what}: upload");
         assert_eq!(sim.frozen_bytes, prepared.frozen_bytes, "{what}: frozen bytes");
         let mut record = trained.record.clone();
@@ -69,7 +69,7 @@ fn both_ways_agree(cfg: &Config) {
     }
     one_piece.merge(&sim_uploads, &plans).unwrap();
     split.merge(&wire_uploads, &plans).unwrap();
-    assert_eq!(one_piece.host_global(), split.host_global(), "{}: merged model", cfg.method.name());
+    assert_eq!(one_piece.host_global(), split.host_global(), "{}: merged model", cfg.method);
 }
 
 #[test]

@@ -5,12 +5,11 @@
 use burn::module::AutodiffModule;
 use fedolf::tensor::aggregate::{aggregate_layerwise, LayerUpload};
 use fedolf::engine::round_context::payload_to_device;
-use fedolf::config::{Config, Method, DEFAULT_TOML};
 use fedolf::local::roles::ordered_roles;
 use fedolf::tensor::host::{layer_to_device, layer_to_host, model_to_host};
 use fedolf::tensor::params::{read_model, write_model};
 use fedolf::runtime::rng::{stream, Purpose};
-use fedolf::strategy::{exit_depths_for, ClientPlan};
+use fedolf::strategy::{facts, ClientPlan};
 use fedolf::compress::toa::{sparsify_prefix, ToaMode, ToaSettings};
 use fedolf_models::{LayeredNet, ModelKind, ModelOptions};
 use pyo3::prelude::*;
@@ -24,12 +23,7 @@ fn init_model(model: &str, input_shape: [usize; 3], classes: usize, seed: u64, m
     let device = Default::default();
     let kind = ModelKind::parse(model).map_err(py_err)?;
     let exits = match method {
-        Some(m) => {
-            let method: Method = serde_json::from_value(serde_json::Value::String(m.to_string())).map_err(|_| py_err(format!("unknown method `{m}` (see `fedolf list`)")))?;
-            let mut cfg = Config::from_toml(DEFAULT_TOML, "experiments/default.toml (built in)", &[]).map_err(py_err)?;
-            cfg.method = method;
-            exit_depths_for::<Train>(&cfg, kind.num_layers(), clusters)
-        }
+        Some(m) => (facts(m).map_err(py_err)?.exit_depths)(kind.num_layers(), clusters),
         None => Vec::new(),
     };
     // As the simulator seeds its global model (engine/federation.rs): on the host, layers before exits.

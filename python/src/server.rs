@@ -114,8 +114,8 @@ impl Server {
     }
 
     #[getter]
-    fn method(&self) -> &'static str {
-        self.fed.cfg.method.name()
+    fn method(&self) -> String {
+        self.fed.cfg.method.clone()
     }
 
     /// How clients' capacity is set: `clusters` (the cluster table) or `memory` (budgets).

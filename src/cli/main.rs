@@ -65,12 +65,11 @@ fn main() {
 
 fn list() {
     use fedolf::runtime::backend::DeviceKind;
-    use fedolf::config::Method;
     use fedolf_datasets::DatasetKind;
     use fedolf_models::ModelKind;
     println!("methods:");
-    for m in Method::ALL {
-        println!("  {:<14} {}", m.name(), m.description());
+    for m in fedolf::strategy::METHODS {
+        println!("  {:<14} {}", m.name, m.about);
     }
     println!("models:");
     for m in ModelKind::ALL {

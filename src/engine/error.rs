@@ -37,6 +37,9 @@ pub enum SimError {
     OrderedDropout { round: usize, client: usize, error: OrderedDropoutError },
     #[error("config field `{field}`: {problem}")]
     Config { field: &'static str, problem: String },
+    /// The method or its options (a config built by hand, not read with `Config::from_toml`).
+    #[error(transparent)]
+    Method(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Workers(#[from] WorkerError),
     #[error("round {round}: the global model's test loss is {loss} (diverged; lower train.lr)")]

@@ -68,11 +68,11 @@ impl<B: AutodiffBackend> Federation<B> {
         let (stats, host_train, train, test) = normalised_splits(dataset, device);
         let (parts, clusters) = partition_clients(cfg, dataset)?;
         let (setup, plain) = ClientSetup::new::<B>(cfg, dataset.train.shape, dataset.num_classes, device)?;
-        check_levels::<B>(cfg, &setup)?;
+        check_levels(cfg, &setup)?;
         // Seeded on the host, layers before exits: one seed, bit-identical weights on every device.
         let global = redraw_on_host(plain.with_exits(&setup.exit_depths, device)?, &mut stream(cfg.seed, Purpose::Init, 0, 0))?;
         let initial = global.valid();
-        let strategy = strategy_for::<B>(&Build { cfg, levels: setup.levels, download, model: Some(Measure { global: &initial, layout: &setup.layout, device }) });
+        let strategy = strategy_for::<B>(&Build { cfg, levels: setup.levels, download, model: Some(Measure { global: &initial, layout: &setup.layout, device }) })?;
         let eligible = eligible_clients(cfg, strategy.as_ref(), &clusters);
         Ok(Self {
             cfg: cfg.clone(),
@@ -102,7 +102,7 @@ impl<B: AutodiffBackend> Federation<B> {
             num_layers: self.setup.num_layers,
             model_params: self.setup.model_params,
             cluster_frozen: match self.cfg.federation.capacity {
-                Capacity::Clusters => self.strategy.frozen_per_cluster(self.cfg.federation.clusters),
+                Capacity::Clusters => (self.setup.method.frozen_per_cluster)(self.cfg.federation.clusters),
                 Capacity::Memory => None,
             },
             calibration: self.calibration(),
@@ -186,7 +186,7 @@ impl<B: AutodiffBackend> Federation<B> {
             return Err(SimError::Resume(format!("the checkpoint holds {} rounds, the run has {}", ckpt.round, self.cfg.federation.rounds)));
         }
         self.set_global(&ckpt.model)?;
-        self.strategy.restore_state(ckpt.strategy_state).map_err(SimError::Resume)?;
+        self.strategy.restore_state(ckpt.strategy_state).map_err(|e| SimError::Resume(format!("{}: {e}", self.cfg.method)))?;
         if let Some(calibration) = ckpt.calibration {
             self.use_calibration(calibration);
         }
@@ -357,11 +357,10 @@ fn normalised_splits<B: Backend>(dataset: &Dataset, device: &B::Device) -> (Vec<
 
 /// Methods whose cluster levels freeze or cut layers need at least one layer left to train
 /// in the weakest cluster. (With memory budgets the levels are the model's own.)
-fn check_levels<B: AutodiffBackend>(cfg: &Config, setup: &ClientSetup) -> Result<(), SimError> {
+fn check_levels(cfg: &Config, setup: &ClientSetup) -> Result<(), SimError> {
     let fed = &cfg.federation;
     let num_layers = setup.num_layers;
-    let uses_levels = strategy_for::<B>(&Build::unmeasured(cfg)).uses_levels();
-    if fed.capacity == Capacity::Clusters && uses_levels && fed.clusters > num_layers {
+    if fed.capacity == Capacity::Clusters && setup.method.uses_levels && fed.clusters > num_layers {
         return Err(SimError::Config {
             field: "federation.clusters",
             problem: format!(

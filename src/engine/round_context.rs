@@ -32,7 +32,7 @@ use crate::local::ordered_dropout::train_ordered_dropout;
 use crate::tensor::params::{layer_numel, mark_trainable, read_model, write_layer, write_layer_resized, write_model, LayerParams, ParamError};
 use crate::compress::qsgd::quantize_prefix;
 use crate::runtime::rng::{stream, Purpose};
-use crate::strategy::{exit_depths_for, ClientPlan, Download};
+use crate::strategy::{facts, ClientPlan, Download, Facts};
 use crate::tensor::submodel::{embed_layer, embedding_indices, extract, WidthSpec};
 use crate::compress::toa::sparsify_prefix;
 
@@ -57,6 +57,8 @@ pub struct ClientSetup {
     pub levels: usize,
     /// Depths after which the model carries exit heads (multi-exit methods).
     pub exit_depths: Vec<usize>,
+    /// The method's facts (`strategy/`'s registry).
+    pub method: &'static Facts,
     pub training: LocalTraining,
     /// The device client rounds train on (recorded with each one): the run's `device`, or a
     /// Flower node's own.
@@ -69,6 +71,7 @@ impl ClientSetup {
     /// them on the host).
     pub fn new<B: AutodiffBackend>(cfg: &Config, input: [usize; 3], classes: usize, device: &B::Device) -> Result<(Self, LayeredNet<B>), SimError> {
         let model = ModelKind::parse(&cfg.model.name)?;
+        let method = facts(&cfg.method)?;
         let options = cfg.model.options();
         let plain: LayeredNet<B> = model.init_with(input, classes, &options, device)?;
         let num_layers = plain.num_layers();
@@ -88,7 +91,8 @@ impl ClientSetup {
             model_params: read_model(&plain).iter().flatten().map(|t| t.numel()).sum(),
             layout: plain.channel_spaces(),
             levels,
-            exit_depths: exit_depths_for::<B>(cfg, num_layers, levels),
+            exit_depths: (method.exit_depths)(num_layers, levels),
+            method,
             training: cfg.train.local_training(),
             device: cfg.device,
         };

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{Config, ConfigError, Method, DEFAULT_TOML};
+use crate::config::{Config, ConfigError, DEFAULT_TOML};
 use crate::io::lock::{FolderLock, LockError};
 use crate::io::report::{write_atomic, ResultsError, RoundsCsv, Summary};
 use crate::io::trials::Spread;
@@ -135,10 +135,6 @@ impl Grid {
             }
             if rows.iter().any(|o| o.name == r.name) {
                 return Err(row_err("field `name`: two rows have this name".into()));
-            }
-            if !Method::ALL.iter().any(|m| m.name() == r.method) {
-                let known: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
-                return Err(row_err(format!("field `method`: unknown method `{}` (one of {})", r.method, known.join(", "))));
             }
             if let Some(p) = r.paper {
                 if !(0.0..=100.0).contains(&p) {
@@ -301,7 +297,7 @@ pub fn collect(grid: &Grid, dir: &GridDir) -> Result<Vec<TableRow>, GridError> {
             let spread = |f: &dyn Fn(&Summary) -> Option<f64>| Spread::of(done.iter().filter_map(f).collect());
             Ok(TableRow {
                 name: row.name.clone(),
-                method: row.config.method.name().into(),
+                method: row.config.method.clone(),
                 paper: row.paper,
                 completed: done.len(),
                 planned: grid.seeds.len(),

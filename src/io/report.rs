@@ -192,7 +192,7 @@ impl Summary {
         let ensemble: Vec<f64> = records.iter().filter_map(|r| r.accuracy_ensemble).collect();
         Self {
             name: cfg.name.clone(),
-            method: cfg.method.name().into(),
+            method: cfg.method.clone(),
             model: cfg.model.name.clone(),
             dataset: cfg.data.dataset.clone(),
             dataset_source: source.into(),

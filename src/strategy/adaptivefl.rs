@@ -42,8 +42,9 @@ use fedolf_models::{LayeredNet, SpaceLayout};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{Build, ClientPlan, PlanContext, Strategy};
-use crate::config::{Method, PoolSelection};
+use serde::{Deserialize, Serialize};
+
+use super::{Build, ClientPlan, Method, PlanContext, Strategy};
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 use crate::runtime::rng::{draw_by_cumulative, running_sums};
@@ -120,6 +121,41 @@ impl ClientTables {
     }
 }
 
+/// `[adaptivefl]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// How a round's clients and their pool models are chosen.
+    pub selection: PoolSelection,
+}
+
+/// How each round's slots get a pool model and a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolSelection {
+    /// Per slot a pool model drawn uniformly, then a client drawn uniformly among those whose
+    /// budget holds it (the official code's default, `--client_chosen_mode available`).
+    #[default]
+    Available,
+    /// Per slot a pool model drawn uniformly, then a client drawn in proportion to its reward
+    /// for the model's width, learnt from which models each client could train (the official
+    /// code's `RL` mode).
+    Reward,
+    /// Clients sampled uniformly; each draws a pool model and falls back to the largest that
+    /// fits its budget.
+    Uniform,
+}
+
+impl PoolSelection {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Available => "available",
+            Self::Reward => "reward",
+            Self::Uniform => "uniform",
+        }
+    }
+}
+
 pub struct AdaptiveFl {
     /// The pool (ascending parameter count) and the full model's parameter count.
     pool: Option<(Vec<PoolModel>, usize)>,
@@ -134,12 +170,6 @@ pub struct AdaptiveFl {
 impl AdaptiveFl {
     pub fn new(pool: Option<(Vec<PoolModel>, usize)>, selection: PoolSelection) -> Self {
         Self { pool, selection, tables: BTreeMap::new(), pending: Mutex::new(Vec::new()) }
-    }
-
-    /// The pool measured on the initial model; unmeasured, none (planning then fails).
-    pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
-        let pool = build.model.as_ref().filter(|m| m.global.num_layers() > 0).map(|m| pool_with_params(m.global, m.layout, m.device));
-        Self::new(pool, build.cfg.adaptivefl.selection)
     }
 
     fn pool(&self) -> Result<(&[PoolModel], usize), LocalError> {
@@ -248,11 +278,19 @@ fn plan_for(ctx: &PlanContext<'_>, client: usize, cluster: usize, model: &PoolMo
     ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]).with_width(WidthSpec::prefix_after(ctx.layout, model.split, model.width).unless_full(ctx.layout))
 }
 
-impl<B: AutodiffBackend> Strategy<B> for AdaptiveFl {
-    fn method(&self) -> Method {
-        Method::Adaptivefl
-    }
+impl Method for AdaptiveFl {
+    const NAME: &'static str = "adaptivefl";
+    const ABOUT: &'static str = "AdaptiveFL: a pool of sub-models (widths 0.4, 0.66, 1 × full-width input-side depths); each slot of a round draws a model and a client whose budget (i/c of the parameters) holds it (adaptivefl.selection)";
+    type Options = Options;
 
+    /// The pool measured on the initial model; unmeasured, none (planning then fails).
+    fn build<M: Backend>(build: &Build<'_, M>, options: Options) -> Self {
+        let pool = build.model.as_ref().filter(|m| m.global.num_layers() > 0).map(|m| pool_with_params(m.global, m.layout, m.device));
+        Self::new(pool, options.selection)
+    }
+}
+
+impl<B: AutodiffBackend> Strategy<B> for AdaptiveFl {
     /// `uniform`, and memory budgets (where the engine picks the clients): the client's own draw.
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let (pool, full) = self.pool()?;

@@ -19,9 +19,10 @@ use rand::Rng;
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{Build, ClientPlan, PlanContext, Strategy};
+use serde::{Deserialize, Serialize};
+
+use super::{Build, ClientPlan, Method, PlanContext, Strategy};
 use crate::tensor::aggregate::{masked_weighted_average, AggregateError, LayerUpload, Upload};
-use crate::config::Method;
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 use crate::tensor::params::{LayerParams, NamedTensor};
@@ -30,21 +31,26 @@ pub struct CocoFl {
     pub fake_int8: bool,
 }
 
-impl CocoFl {
-    pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
-        Self { fake_int8: build.cfg.cocofl.fake_int8 }
+/// `[cocofl]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// Run frozen layers on fake-int8 weights (per-tensor symmetric).
+    pub fake_int8: bool,
+}
+
+impl Method for CocoFl {
+    const NAME: &'static str = "cocofl";
+    const ABOUT: &'static str = "CoCoFL: a random window of N−(c−i) layers trains; server blends r·mean + (1−r)·old";
+    type Options = Options;
+    const USES_LEVELS: bool = true;
+
+    fn build<M: Backend>(_build: &Build<'_, M>, options: Options) -> Self {
+        Self { fake_int8: options.fake_int8 }
     }
 }
 
 impl<B: AutodiffBackend> Strategy<B> for CocoFl {
-    fn method(&self) -> Method {
-        Method::Cocofl
-    }
-
-    fn uses_levels(&self) -> bool {
-        true
-    }
-
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let l = ctx.level(cluster)?;
         let width = ctx.num_layers - l;

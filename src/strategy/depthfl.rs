@@ -18,8 +18,9 @@
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, EvalView, PlanContext, Strategy};
-use crate::config::Method;
+use burn::tensor::backend::Backend;
+
+use super::{Build, ClientPlan, EvalView, Method, NoOptions, PlanContext, Strategy};
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 use crate::local::objective::Objective;
@@ -45,23 +46,23 @@ pub(super) fn depth_cut_plan(ctx: &PlanContext<'_>, client: usize, cluster: usiz
     Ok(ClientPlan::new(client, cluster, roles))
 }
 
+impl Method for DepthFl {
+    const NAME: &'static str = "depthfl";
+    const ABOUT: &'static str = "DepthFL: cluster i trains the first N−(c−i) layers with an exit head at each depth it reaches; mutual self-distillation between exits";
+    type Options = NoOptions;
+    const USES_LEVELS: bool = true;
+    const FREEZES_LEVELS: bool = false; // levels drop or skip layers
+
+    fn exit_depths(num_layers: usize, c: usize) -> Vec<usize> {
+        level_cut_depths(num_layers, c)
+    }
+
+    fn build<M: Backend>(_build: &Build<'_, M>, _options: NoOptions) -> Self {
+        Self
+    }
+}
+
 impl<B: AutodiffBackend> Strategy<B> for DepthFl {
-    fn method(&self) -> Method {
-        Method::Depthfl
-    }
-
-    fn uses_levels(&self) -> bool {
-        true
-    }
-
-    fn freezes_levels(&self) -> bool {
-        false // levels drop or skip layers
-    }
-
-    fn exit_depths(&self, num_layers: usize, clusters: usize) -> Vec<usize> {
-        level_cut_depths(num_layers, clusters)
-    }
-
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         Ok(depth_cut_plan(ctx, client, cluster)?.with_objective(Objective::MutualDistillation { weight: depthfl_weight(ctx.round) }))
     }

@@ -8,9 +8,9 @@
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
-use super::{cocofl_blend, Build, ClientPlan, Download, PlanContext, Strategy};
-use crate::config::{LayerMerge, Method};
+use super::{cocofl_blend, Build, ClientPlan, Download, Method, PlanContext, Strategy};
 use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
 use crate::tensor::params::LayerParams;
 use crate::local::error::LocalError;
@@ -21,21 +21,39 @@ pub struct FedOlf {
     pub merge: LayerMerge,
 }
 
-impl FedOlf {
-    pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
-        Self { download: build.download, merge: build.cfg.fedolf.merge }
+/// `[fedolf]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// The server's layer-wise rule (ARCHITECTURE.md, "FedOLF's server rule").
+    pub merge: LayerMerge,
+}
+
+/// How a layer's uploads replace it on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerMerge {
+    /// `θ_l ← Σ_{k∈S_l} n_k θ_{k,l} / Σ_{k∈S_l} n_k`: the uploaders' n_k-weighted mean
+    /// replaces the layer (the FedOLF authors' public code).
+    #[default]
+    Weighted,
+    /// `θ_l ← r·mean_{k∈S_l} θ_{k,l} + (1 − r)·θ_l`, `r = |S_l| / |C_t|`: the layer moves by
+    /// the share of the round's clients that trained it (CoCoFL's rule, the paper's [17]).
+    Blend,
+}
+
+impl Method for FedOlf {
+    const NAME: &'static str = "fedolf";
+    const ABOUT: &'static str = "FedOLF: cluster i freezes the first c−i layers (no graph), trains and uploads the rest; TOA or QSGD on download";
+    type Options = Options;
+    const USES_LEVELS: bool = true;
+
+    fn build<M: Backend>(build: &Build<'_, M>, options: Options) -> Self {
+        Self { download: build.download, merge: options.merge }
     }
 }
 
 impl<B: AutodiffBackend> Strategy<B> for FedOlf {
-    fn method(&self) -> Method {
-        Method::Fedolf
-    }
-
-    fn uses_levels(&self) -> bool {
-        true
-    }
-
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let l = ctx.level(cluster)?;
         let download = match self.download {

@@ -7,22 +7,27 @@
 //! Choices: self-distillation off (the paper's optional extra). Each mini-batch trains a fresh `p`-prefix
 //! copy, so SGD momentum does not carry across batches (plain SGD steps).
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, PlanContext, Strategy};
-use crate::config::Method;
+use super::{Build, ClientPlan, Method, NoOptions, PlanContext, Strategy};
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 use crate::tensor::submodel::WidthSpec;
 
 pub struct Fjord;
 
-impl<B: AutodiffBackend> Strategy<B> for Fjord {
-    fn method(&self) -> Method {
-        Method::Fjord
-    }
+impl Method for Fjord {
+    const NAME: &'static str = "fjord";
+    const ABOUT: &'static str = "FjORD: r = i/c prefix sub-model; each batch trains a random p-prefix, p ∈ {1/c..r}; masked MWA";
+    type Options = NoOptions;
 
+    fn build<M: Backend>(_build: &Build<'_, M>, _options: NoOptions) -> Self {
+        Self
+    }
+}
+
+impl<B: AutodiffBackend> Strategy<B> for Fjord {
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let mut width = WidthSpec::prefix(ctx.layout, ctx.width_ratio(cluster));
         width.per_batch_ratios = (1..=cluster + 1).map(|i| i as f64 / ctx.levels as f64).collect();

@@ -18,8 +18,9 @@ use burn::tensor::backend::AutodiffBackend;
 use fedolf_models::LayeredNet;
 use rand_chacha::ChaCha8Rng;
 
-use super::{Build, ClientPlan, PlanContext, Strategy};
-use crate::config::Method;
+use serde::{Deserialize, Serialize};
+
+use super::{Build, ClientPlan, Method, PlanContext, Strategy};
 use crate::local::evaluate::EVAL_BATCH;
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
@@ -30,17 +31,32 @@ pub struct HeteroFl {
     pub static_bn: bool,
 }
 
-impl HeteroFl {
-    pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
-        Self { static_bn: build.cfg.heterofl.static_bn }
+/// `[heterofl]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// Static BN: before each evaluation, recompute the global model's BatchNorm statistics
+    /// with a no-grad pass over the training data (HeteroFL's sBN).
+    pub static_bn: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { static_bn: true }
+    }
+}
+
+impl Method for HeteroFl {
+    const NAME: &'static str = "heterofl";
+    const ABOUT: &'static str = "HeteroFL: width r = i/c prefix of every conv channel space (FC layers full), Scaler 1/r; masked MWA; static BN";
+    type Options = Options;
+
+    fn build<M: Backend>(_build: &Build<'_, M>, options: Options) -> Self {
+        Self { static_bn: options.static_bn }
     }
 }
 
 impl<B: AutodiffBackend> Strategy<B> for HeteroFl {
-    fn method(&self) -> Method {
-        Method::Heterofl
-    }
-
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let r = ctx.width_ratio(cluster);
         let width = WidthSpec::prefix_conv(ctx.layout, r).with_scaler(r);

@@ -4,35 +4,23 @@
 //! what a client downloads, the server merge, the step before evaluation and what is
 //! evaluated — so the round loop (`engine/round_loop.rs`) names no method.
 
-mod adaptivefl;
-mod cocofl;
-mod depthfl;
-mod feddrop;
-mod fedavg;
-mod fedolf;
-mod fjord;
-mod heterofl;
-mod nefl;
-mod random_freeze;
-mod scalefl;
-mod slt;
-mod tinyfel;
 pub mod plan;
 
 use rand_chacha::ChaCha8Rng;
 
-pub use adaptivefl::{fitting_model as adaptivefl_fitting_model, kept_full_depths as adaptivefl_depths, ClientTables as AdaptiveFlTables, WIDTHS as ADAPTIVEFL_WIDTHS, pool_with_params as adaptivefl_pool, AdaptiveFl, PoolModel};
+pub use adaptivefl::{PoolSelection, fitting_model as adaptivefl_fitting_model, kept_full_depths as adaptivefl_depths, ClientTables as AdaptiveFlTables, WIDTHS as ADAPTIVEFL_WIDTHS, pool_with_params as adaptivefl_pool, AdaptiveFl, PoolModel};
 pub use cocofl::{cocofl_blend, CocoFl};
 pub use depthfl::{depthfl_weight, DepthFl};
 pub use feddrop::Feddrop;
 pub use fedavg::FedAvg;
-pub use fedolf::FedOlf;
+pub use fedavg_drop::FedAvgDrop;
+pub use fedolf::{FedOlf, LayerMerge};
 pub use fjord::Fjord;
 pub use heterofl::{recompute_bn_statistics, HeteroFl};
 pub use nefl::{is_batch_norm, nefl_skipped_blocks, NeFl};
 pub use random_freeze::RandomFreeze;
 pub use scalefl::{distills as scalefl_distills, matched_widths as scalefl_matched_widths, ScaleFl};
-pub use slt::{stage_count, stage_ends, stage_of, stage_plan, stage_trainable_params, stage_width, Slt};
+pub use slt::{StageLengths, stage_count, stage_ends, stage_of, stage_plan, stage_trainable_params, stage_width, Slt};
 pub use tinyfel::TinyFel;
 pub use plan::{ClientPlan, Download, EvalView, MemoryFit, PlanContext};
 
@@ -40,41 +28,20 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use fedolf_models::{LayeredNet, SpaceLayout};
 
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
 use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
-use crate::config::{Config, Method};
+use crate::config::{Config, ConfigError};
 use crate::local::error::LocalError;
 use crate::tensor::host::{HostLayer, HostTensor};
 use crate::tensor::params::LayerParams;
 
 /// One method. `B` is the clients' training backend; the server merges on its inner backend.
 pub trait Strategy<B: AutodiffBackend>: Send {
-    fn method(&self) -> Method;
-
     /// Whether clients of this cluster take part at all (FedAvg's drop variant).
     fn eligible(&self, _cluster: usize, _clusters: usize) -> bool {
         true
-    }
-
-    /// Whether cluster levels `l = c − i` freeze or cut layers, so `c ≤ N` is required.
-    fn uses_levels(&self) -> bool {
-        false
-    }
-
-    /// Whether a level's layers are frozen (else they are dropped or skipped: DepthFL,
-    /// ScaleFL, NeFL).
-    fn freezes_levels(&self) -> bool {
-        self.uses_levels()
-    }
-
-    /// Layers each cluster freezes, weakest first, for the run header; `None` = it changes
-    /// per round.
-    fn frozen_per_cluster(&self, clusters: usize) -> Option<Vec<usize>> {
-        Some((0..clusters).rev().map(|i| if self.freezes_levels() { i } else { 0 }).collect())
-    }
-
-    /// Depths after which the global model carries an exit head (multi-exit methods).
-    fn exit_depths(&self, _num_layers: usize, _clusters: usize) -> Vec<usize> {
-        Vec::new()
     }
 
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError>;
@@ -124,7 +91,7 @@ pub trait Strategy<B: AutodiffBackend>: Send {
     fn restore_state(&mut self, state: Vec<HostTensor>) -> Result<(), String> {
         match state.first() {
             None => Ok(()),
-            Some(t) => Err(format!("{} keeps no state, but the checkpoint holds `{}`", self.method().name(), t.name)),
+            Some(t) => Err(format!("the method keeps no state, but the checkpoint holds `{}`", t.name)),
         }
     }
 }
@@ -132,15 +99,15 @@ pub trait Strategy<B: AutodiffBackend>: Send {
 /// What a method is built from: the run's config, the capacity levels it plans for
 /// (`federation.clusters`, or with memory budgets the model's own), how the frozen prefix
 /// travels down, and, in a run, the initial global model on which SLT, ScaleFL and AdaptiveFL
-/// measure what they need. Each method reads its own
-/// options from the config in its own file (`X::build`); the registry below names each once.
+/// measure what they need. The registry hands each method its own options beside it
+/// ([`Method::build`]).
 pub struct Build<'a, M: Backend> {
     pub cfg: &'a Config,
     pub levels: usize,
     /// The frozen-prefix compressor (FedOLF only).
     pub download: Download,
-    /// `None` where no model is at hand (a node laying out the model it is sent, a check of
-    /// the config): the measuring methods fall back to their unmeasured defaults.
+    /// `None` where no model is at hand (a test of a method's plans): the measuring methods
+    /// fall back to their unmeasured defaults.
     pub model: Option<Measure<'a, M>>,
 }
 
@@ -151,35 +118,150 @@ pub struct Measure<'a, M: Backend> {
     pub device: &'a M::Device,
 }
 
-impl<'a, M: Backend> Build<'a, M> {
-    /// A build with no model to measure and no compressed download, at the config's clusters.
-    pub fn unmeasured(cfg: &'a Config) -> Self {
-        Self { cfg, levels: cfg.federation.clusters, download: Download::Full, model: None }
+/// One method's static side, implemented by its file: its name and description, its config
+/// section, the facts the engine asks before any model exists, and its constructor.
+pub trait Method: Sized {
+    /// Its config name (`method = "…"`), which also names its section (`[NAME]`).
+    const NAME: &'static str;
+    /// One line for `fedolf list`.
+    const ABOUT: &'static str;
+    /// Its config section ([`NoOptions`] where it has none); absent = `Default`.
+    type Options: DeserializeOwned + Serialize + Default;
+    /// Whether cluster levels `l = c − i` freeze or cut layers, so `c ≤ N` is required.
+    const USES_LEVELS: bool = false;
+    /// Whether a level's layers are frozen (else they are dropped or skipped: DepthFL,
+    /// ScaleFL, NeFL).
+    const FREEZES_LEVELS: bool = Self::USES_LEVELS;
+
+    /// Layers each of `c` clusters freezes, weakest first, for the run header; `None` = it
+    /// changes per round.
+    fn frozen_per_cluster(c: usize) -> Option<Vec<usize>> {
+        Some((0..c).rev().map(|i| if Self::FREEZES_LEVELS { i } else { 0 }).collect())
+    }
+
+    /// Depths after which the global model carries an exit head (multi-exit methods).
+    fn exit_depths(_num_layers: usize, _c: usize) -> Vec<usize> {
+        Vec::new()
+    }
+
+    /// Range checks of its options, beyond their types.
+    fn check(_options: &Self::Options) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    fn build<M: Backend>(build: &Build<'_, M>, options: Self::Options) -> Self;
+}
+
+/// The options of a method that has none: its section, if written, must be empty.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoOptions {}
+
+/// What the engine and the command line ask of a method without building it.
+#[derive(Debug)]
+pub struct Facts {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub uses_levels: bool,
+    pub freezes_levels: bool,
+    pub frozen_per_cluster: fn(usize) -> Option<Vec<usize>>,
+    pub exit_depths: fn(usize, usize) -> Vec<usize>,
+    /// Parse and check its section, and write it back whole (defaults filled in).
+    settle: fn(&mut Config) -> Result<(), ConfigError>,
+}
+
+impl Facts {
+    const fn of<T: Method>() -> Self {
+        Self {
+            name: T::NAME,
+            about: T::ABOUT,
+            uses_levels: T::USES_LEVELS,
+            freezes_levels: T::FREEZES_LEVELS,
+            frozen_per_cluster: T::frozen_per_cluster,
+            exit_depths: T::exit_depths,
+            settle: |cfg| {
+                let options = cfg.options_of::<T::Options>(T::NAME)?;
+                T::check(&options)?;
+                let table = toml::Table::try_from(&options).map_err(|e| ConfigError::Parse { path: T::NAME.into(), message: e.to_string() })?;
+                if table.is_empty() {
+                    cfg.options.remove(T::NAME);
+                } else {
+                    cfg.options.insert(T::NAME.into(), table);
+                }
+                Ok(())
+            },
+        }
     }
 }
 
-/// Depths after which the configured method's models carry exit heads (what a node, which
-/// never builds the run's strategy, needs to lay out the model it is sent).
-pub fn exit_depths_for<B: AutodiffBackend>(cfg: &Config, num_layers: usize, clusters: usize) -> Vec<usize> {
-    strategy_for::<B>(&Build::unmeasured(cfg)).exit_depths(num_layers, clusters)
+/// The registry: one line a method (`file::Type`), in `fedolf list`'s order. It declares the
+/// files, lists their [`Facts`] and builds the configured one.
+macro_rules! registry {
+    ($($file:ident::$method:ident,)+) => {
+        $(mod $file;)+
+
+        /// Every method.
+        pub const METHODS: &[Facts] = &[$(Facts::of::<$file::$method>(),)+];
+
+        /// The strategy of the configured method, with its options.
+        pub fn strategy_for<B: AutodiffBackend>(build: &Build<'_, B::InnerBackend>) -> Result<Box<dyn Strategy<B>>, ConfigError> {
+            let name = build.cfg.method.as_str();
+            $(if name == <$file::$method as Method>::NAME {
+                let options = build.cfg.options_of(name)?;
+                return Ok(Box::new(<$file::$method as Method>::build(build, options)));
+            })+
+            Err(unknown_method(name))
+        }
+    };
 }
 
-/// The strategy of the configured method: the registry, one line a method.
-pub fn strategy_for<B: AutodiffBackend>(build: &Build<'_, B::InnerBackend>) -> Box<dyn Strategy<B>> {
-    match build.cfg.method {
-        Method::Fedolf => Box::new(FedOlf::build(build)),
-        Method::Fedavg => Box::new(FedAvg { drop_weak: false }),
-        Method::FedavgDrop => Box::new(FedAvg { drop_weak: true }),
-        Method::RandomFreeze => Box::new(RandomFreeze),
-        Method::Tinyfel => Box::new(TinyFel),
-        Method::Cocofl => Box::new(CocoFl::build(build)),
-        Method::Heterofl => Box::new(HeteroFl::build(build)),
-        Method::Feddrop => Box::new(Feddrop),
-        Method::Fjord => Box::new(Fjord),
-        Method::Slt => Box::new(Slt::build(build)),
-        Method::Depthfl => Box::new(DepthFl),
-        Method::Scalefl => Box::new(ScaleFl::build(build)),
-        Method::Adaptivefl => Box::new(AdaptiveFl::build(build)),
-        Method::Nefl => Box::new(NeFl::default()),
+registry! {
+    fedolf::FedOlf,
+    fedavg::FedAvg,
+    fedavg_drop::FedAvgDrop,
+    random_freeze::RandomFreeze,
+    tinyfel::TinyFel,
+    cocofl::CocoFl,
+    heterofl::HeteroFl,
+    feddrop::Feddrop,
+    fjord::Fjord,
+    slt::Slt,
+    depthfl::DepthFl,
+    scalefl::ScaleFl,
+    adaptivefl::AdaptiveFl,
+    nefl::NeFl,
+}
+
+fn unknown_method(name: &str) -> ConfigError {
+    let known: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
+    ConfigError::Invalid { field: "method", value: format!("{name:?}"), problem: format!("unknown method (one of {})", known.join(", ")) }
+}
+
+/// The facts of method `name`.
+pub fn facts(name: &str) -> Result<&'static Facts, ConfigError> {
+    METHODS.iter().find(|m| m.name == name).ok_or_else(|| unknown_method(name))
+}
+
+/// The registry's half of a config's checks: a known method, every method section naming a
+/// method and holding valid options for it. Every method's section is then held whole,
+/// defaults filled in, so two configs that mean the same compare equal and the run folder's
+/// `config.toml` spells every option out.
+fn settle_methods(cfg: &mut Config) -> Result<(), ConfigError> {
+    facts(&cfg.method)?;
+    if let Some(section) = cfg.options.keys().find(|s| facts(s).is_err()) {
+        return Err(ConfigError::Parse {
+            path: section.clone(),
+            message: format!("unknown field `{section}`: not a config section (data, model, federation, train, toa, qsgd, energy) or a method's"),
+        });
+    }
+    METHODS.iter().try_for_each(|method| (method.settle)(cfg))
+}
+
+impl Config {
+    /// Parse TOML text, apply `key=value` overrides and check the whole config, the method
+    /// and its options included (`origin` names the source in error messages). Defined here
+    /// so that the methods' checks, which live above `config.rs`, are never skipped.
+    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+        Self::parse_with(text, origin, overrides, &settle_methods)
     }
 }

@@ -20,9 +20,8 @@ use fedolf_models::SpaceLayout;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
-use super::{ClientPlan, PlanContext, Strategy};
+use super::{Build, ClientPlan, Method, NoOptions, PlanContext, Strategy};
 use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
-use crate::config::Method;
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 use crate::tensor::host::{layer_to_device, layer_to_host, HostLayer, HostTensor};
@@ -101,19 +100,19 @@ fn without_batch_norm<B: Backend>(upload: &LayerUpload<B>) -> LayerUpload<B> {
     LayerUpload::masked(upload.weight, upload.layers.clone(), masks)
 }
 
+impl Method for NeFl {
+    const NAME: &'static str = "nefl";
+    const ABOUT: &'static str = "NeFL: ResNets skip c−i non-first blocks (identity), CNN/AlexNet nest widths i/c; per-level BatchNorm banks";
+    type Options = NoOptions;
+    const USES_LEVELS: bool = true;
+    const FREEZES_LEVELS: bool = false; // levels drop or skip layers
+
+    fn build<M: Backend>(_build: &Build<'_, M>, _options: NoOptions) -> Self {
+        Self::default()
+    }
+}
+
 impl<B: AutodiffBackend> Strategy<B> for NeFl {
-    fn method(&self) -> Method {
-        Method::Nefl
-    }
-
-    fn uses_levels(&self) -> bool {
-        true
-    }
-
-    fn freezes_levels(&self) -> bool {
-        false // levels drop or skip layers
-    }
-
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let l = ctx.level(cluster)?;
         let depthwise = !identity_blocks(ctx.layout).is_empty();

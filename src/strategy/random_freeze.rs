@@ -5,25 +5,27 @@
 //! saves little memory. Server: layer-wise MWA over the layers each client trained.
 
 use rand::seq::index::sample;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand_chacha::ChaCha8Rng;
 
-use super::{ClientPlan, PlanContext, Strategy};
-use crate::config::Method;
+use super::{Build, ClientPlan, Method, NoOptions, PlanContext, Strategy};
 use crate::local::error::LocalError;
 use crate::local::roles::roles_with_pass_grad;
 
 pub struct RandomFreeze;
 
+impl Method for RandomFreeze {
+    const NAME: &'static str = "random-freeze";
+    const ABOUT: &'static str = "Random freezing (paper Fig. 2): c−i layers drawn at random; frozen layers above a trained one pass gradients";
+    type Options = NoOptions;
+    const USES_LEVELS: bool = true;
+
+    fn build<M: Backend>(_build: &Build<'_, M>, _options: NoOptions) -> Self {
+        Self
+    }
+}
+
 impl<B: AutodiffBackend> Strategy<B> for RandomFreeze {
-    fn method(&self) -> Method {
-        Method::RandomFreeze
-    }
-
-    fn uses_levels(&self) -> bool {
-        true
-    }
-
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let l = ctx.level(cluster)?;
         let mut frozen = vec![false; ctx.num_layers];

@@ -22,8 +22,10 @@ use fedolf_models::{LayeredNet, SpaceLayout};
 use rand_chacha::ChaCha8Rng;
 
 use super::depthfl::{depth_cut_plan, level_cut_depths};
-use super::{Build, ClientPlan, EvalView, PlanContext, Strategy};
-use crate::config::Method;
+use serde::{Deserialize, Serialize};
+
+use super::{Build, ClientPlan, EvalView, Method, PlanContext, Strategy};
+use crate::config::ConfigError;
 use crate::local::error::LocalError;
 use crate::local::objective::Objective;
 use crate::tensor::params::layer_numel;
@@ -78,31 +80,47 @@ pub fn matched_widths<B: Backend>(global: &LayeredNet<B>, layout: &SpaceLayout, 
         .collect()
 }
 
-impl ScaleFl {
+/// `[scalefl]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// γ, the weight of the exits' KD term (the reference code's default of 0 disables KD).
+    pub gamma: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { gamma: 1.0 }
+    }
+}
+
+impl Method for ScaleFl {
+    const NAME: &'static str = "scalefl";
+    const ABOUT: &'static str = "ScaleFL: cluster i trains a width- and depth-scaled sub-model (≈ i/c of the parameters) with early exits; exit-weighted CE + KD (T = 3) from 25 % of the rounds";
+    type Options = Options;
+    const USES_LEVELS: bool = true;
+    const FREEZES_LEVELS: bool = false; // levels drop or skip layers
+
+    fn exit_depths(num_layers: usize, c: usize) -> Vec<usize> {
+        level_cut_depths(num_layers, c)
+    }
+
+    fn check(options: &Options) -> Result<(), ConfigError> {
+        if options.gamma.is_finite() && options.gamma >= 0.0 {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { field: "scalefl.gamma", value: options.gamma.to_string(), problem: "must be finite and ≥ 0".into() })
+        }
+    }
+
     /// Widths matched to the clusters' budgets on the initial model; unmeasured, `i/c`.
-    pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
+    fn build<M: Backend>(build: &Build<'_, M>, options: Options) -> Self {
         let widths = build.model.as_ref().map(|m| matched_widths(m.global, m.layout, build.levels, m.device));
-        Self { widths, gamma: build.cfg.scalefl.gamma as f32 }
+        Self { widths, gamma: options.gamma as f32 }
     }
 }
 
 impl<B: AutodiffBackend> Strategy<B> for ScaleFl {
-    fn method(&self) -> Method {
-        Method::Scalefl
-    }
-
-    fn uses_levels(&self) -> bool {
-        true
-    }
-
-    fn freezes_levels(&self) -> bool {
-        false // levels drop or skip layers
-    }
-
-    fn exit_depths(&self, num_layers: usize, clusters: usize) -> Vec<usize> {
-        level_cut_depths(num_layers, clusters)
-    }
-
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let r = self.widths.as_ref().and_then(|w| w.get(cluster).copied()).unwrap_or_else(|| ctx.width_ratio(cluster));
         let gamma = if distills(ctx.round, ctx.rounds) { self.gamma } else { 0.0 };

@@ -22,8 +22,9 @@ use fedolf_models::{LayeredNet, SpaceLayout};
 use burn::tensor::backend::AutodiffBackend;
 use rand_chacha::ChaCha8Rng;
 
-use super::{Build, ClientPlan, EvalView, PlanContext, Strategy};
-use crate::config::{Method, StageLengths};
+use serde::{Deserialize, Serialize};
+
+use super::{Build, ClientPlan, EvalView, Method, PlanContext, Strategy};
 use crate::local::error::LocalError;
 use crate::local::roles::LayerRole;
 use crate::tensor::params::layer_numel;
@@ -93,17 +94,46 @@ pub struct Slt {
     pub stage_params: Option<Vec<usize>>,
 }
 
-impl Slt {
+/// `[slt]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// `params`: stage lengths in proportion to the parameters each stage trains; `equal`.
+    pub stage_lengths: StageLengths,
+}
+
+/// How the `T` rounds are shared among the stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StageLengths {
+    /// In proportion to the parameters each stage trains (SLT's rule).
+    #[default]
+    Params,
+    /// The same number of rounds per stage.
+    Equal,
+}
+
+impl Method for Slt {
+    const NAME: &'static str = "slt";
+    const ABOUT: &'static str = "SLT: stage j freezes layers < j, trains layer j (+i−1 more) at full width and the rest at width 0.5→1.0";
+    type Options = Options;
+
+    fn frozen_per_cluster(_c: usize) -> Option<Vec<usize>> {
+        None // by stage
+    }
+
     /// `slt.stage_lengths = "params"` measures each stage's trainable parameters on the
     /// initial model; unmeasured, the stages are equal.
-    pub fn build<M: Backend>(build: &Build<'_, M>) -> Self {
-        let stage_params = match (&build.model, build.cfg.slt.stage_lengths) {
+    fn build<M: Backend>(build: &Build<'_, M>, options: Options) -> Self {
+        let stage_params = match (&build.model, options.stage_lengths) {
             (Some(m), StageLengths::Params) => Some(stage_trainable_params(m.global, m.layout, m.device)),
             _ => None,
         };
         Self { stage_params }
     }
+}
 
+impl Slt {
     fn ends(&self, ctx: &PlanContext<'_>) -> Vec<usize> {
         let stages = stage_count(ctx.num_layers);
         let weights: Vec<f64> = match &self.stage_params {
@@ -115,19 +145,11 @@ impl Slt {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for Slt {
-    fn method(&self) -> Method {
-        Method::Slt
-    }
-
     fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let j = stage_of(&self.ends(ctx), ctx.round);
         let (roles, width) = stage_plan(ctx.layout, ctx.num_layers, j, cluster + 1);
         let width = width.unless_full(ctx.layout);
         Ok(ClientPlan::new(client, cluster, roles).with_width(width))
-    }
-
-    fn frozen_per_cluster(&self, _clusters: usize) -> Option<Vec<usize>> {
-        None // by stage
     }
 
     fn eval_view(&self, ctx: &PlanContext<'_>) -> EvalView {

@@ -56,14 +56,14 @@ pub fn seeded<B: Backend>(kind: fedolf::models::ModelKind, shape: [usize; 3], cl
 
 /// `method`'s strategy as a run builds it from the built-in default experiment with `sets`
 /// applied (e.g. `fedolf.merge="blend"`), without a model to measure and with `download`.
-pub fn strategy_downloading(method: fedolf::config::Method, download: fedolf::strategy::Download, sets: &[&str]) -> Box<dyn fedolf::strategy::Strategy<Train>> {
+pub fn strategy_downloading(method: &str, download: fedolf::strategy::Download, sets: &[&str]) -> Box<dyn fedolf::strategy::Strategy<Train>> {
     let mut overrides: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    overrides.push(format!("method=\"{}\"", method.name()));
+    overrides.push(format!("method=\"{method}\""));
     let cfg = fedolf::config::Config::from_toml(fedolf::config::DEFAULT_TOML, "experiments/default.toml", &overrides).unwrap();
-    fedolf::strategy::strategy_for::<Train>(&fedolf::strategy::Build { cfg: &cfg, levels: cfg.federation.clusters, download, model: None })
+    fedolf::strategy::strategy_for::<Train>(&fedolf::strategy::Build { cfg: &cfg, levels: cfg.federation.clusters, download, model: None }).unwrap()
 }
 
 /// [`strategy_downloading`] with the full download.
-pub fn strategy(method: fedolf::config::Method, sets: &[&str]) -> Box<dyn fedolf::strategy::Strategy<Train>> {
+pub fn strategy(method: &str, sets: &[&str]) -> Box<dyn fedolf::strategy::Strategy<Train>> {
     strategy_downloading(method, fedolf::strategy::Download::Full, sets)
 }
