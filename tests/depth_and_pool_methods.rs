@@ -128,14 +128,14 @@ fn scalefl_turns_distillation_on_at_a_quarter_of_the_rounds() {
     let layout = net.channel_spaces();
     let scalefl = strategy("scalefl", &[]);
     let objective_at = |round| {
-        let ctx = PlanContext { num_layers: 3, levels: 2, round, rounds: 100, layout: &layout };
+        let ctx = PlanContext { num_layers: 3, capacities: 2, round, rounds: 100, layout: &layout };
         scalefl.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap().objective
     };
     // Rounds 1..=25 (the first quarter) train without KD; from round 26 on γ = 1.
     assert_eq!(objective_at(25), Objective::ScaledExits { gamma: 0.0, temperature: 3.0 });
     assert_eq!(objective_at(26), Objective::ScaledExits { gamma: 1.0, temperature: 3.0 });
     // The weak cluster keeps 2 of 3 layers (its exit after conv block 2).
-    let ctx = PlanContext { num_layers: 3, levels: 2, round: 1, rounds: 100, layout: &layout };
+    let ctx = PlanContext { num_layers: 3, capacities: 2, round: 1, rounds: 100, layout: &layout };
     let plan = scalefl.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
     assert_eq!(plan.roles, vec![LayerRole::Trained, LayerRole::Trained, LayerRole::Skipped]);
 }
@@ -193,7 +193,7 @@ fn adaptivefl_falls_back_to_the_largest_pool_model_that_fits() {
     let layout = net.channel_spaces();
     let (pool, full) = fedolf::strategy::adaptivefl_pool(&net, &layout, &device());
     let strategy = AdaptiveFl::new(Some((pool.clone(), full)), PoolSelection::Uniform);
-    let ctx = PlanContext { num_layers: 3, levels: 4, round: 1, rounds: 10, layout: &layout };
+    let ctx = PlanContext { num_layers: 3, capacities: 4, round: 1, rounds: 10, layout: &layout };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     assert!(Strategy::<Train>::select(&strategy, &ctx, &[0, 1], &[0, 3], 2, &mut rng).is_none(), "uniform: the engine samples");
     let mut narrowed = 0;
@@ -250,7 +250,7 @@ fn adaptivefl_rounds(strategy: &mut AdaptiveFl, pool: &[PoolModel], layout: &fed
         .collect();
     (1..=rounds)
         .map(|round| {
-            let ctx = PlanContext { num_layers, levels: 5, round, rounds, layout };
+            let ctx = PlanContext { num_layers, capacities: 5, round, rounds, layout };
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(round as u64);
             let plans = Strategy::<Train>::select(strategy, &ctx, &candidates, &clusters, 10, &mut rng).expect("the strategy selects").unwrap();
             let mut clients: Vec<usize> = plans.iter().map(|p| p.client).collect();
@@ -397,7 +397,7 @@ fn nefl_plans_train_their_own_levels_bank_and_the_full_level_the_global_bn() {
     // ResNet20, c = 3: clusters 0 and 1 skip blocks and train their level's bank; cluster 2
     // (nothing skipped) trains the global model's BatchNorm.
     let layout = seeded::<Inner>(ModelKind::ResNet20, [3, 32, 32], 10, 12).channel_spaces();
-    let ctx = PlanContext { num_layers: 10, levels: 3, round: 1, rounds: 10, layout: &layout };
+    let ctx = PlanContext { num_layers: 10, capacities: 3, round: 1, rounds: 10, layout: &layout };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let banks: Vec<Option<usize>> = (0..3).map(|cluster| Strategy::<Train>::plan(&NeFl::default(), &ctx, cluster, cluster, &mut rng).unwrap().bn_bank).collect();
     assert_eq!(banks, vec![Some(0), Some(1), None]);

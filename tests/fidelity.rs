@@ -36,7 +36,7 @@ fn heterofl_prunes_conv_channels_and_keeps_fc_layers_whole() {
     let g = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 1);
     let layout = g.channel_spaces();
     let hetero = strategy("heterofl", &[]);
-    let ctx = PlanContext { num_layers: 7, levels: 2, round: 1, rounds: 1, layout: &layout };
+    let ctx = PlanContext { num_layers: 7, capacities: 2, round: 1, rounds: 1, layout: &layout };
     let plan = hetero.plan(&ctx, 0, 0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
     let spec = plan.width.expect("HeteroFL plans a width");
     assert_eq!(spec.scaler, 2.0);

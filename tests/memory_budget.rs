@@ -75,7 +75,7 @@ fn the_calibrated_predictor_is_monotone_in_l_and_within_10_percent_of_the_measur
         fed.calibrate(Some(&ALLOC), &mut |row| eprintln!("{name} probe {row:?} rho {:.3}", row.ratio())).unwrap();
         let n = fed.setup.num_layers;
         // Level n − 1 − l freezes l layers.
-        let predicted: Vec<u64> = (0..n).map(|l| fed.level_plan(1, 0, n - 1 - l).unwrap().1).collect();
+        let predicted: Vec<u64> = (0..n).map(|l| fed.capacity_plan(1, 0, n - 1 - l).unwrap().1).collect();
         // Monotone up to 0.5 %: where the peak of two neighbouring levels is the same no-graph
         // forward op (ResNet20 at l = 8 and 9 here: the same bytes to the byte), which rayon
         // thread holds which im2col tile can move one level's measurement by a tile.
@@ -121,7 +121,7 @@ fn the_calibrated_predictor_is_monotone_in_l_and_within_10_percent_of_the_measur
             Some(held) => vec![0, held, n - 1],
         };
         for l in checked {
-            let (plan, predicted) = fed.level_plan(1, 0, n - 1 - l).unwrap();
+            let (plan, predicted) = fed.capacity_plan(1, 0, n - 1 - l).unwrap();
             assert_eq!(plan.frozen(), l);
             let result = clients.run::<Train>(&plan, &host_global, &fed.parts[0], &dev).unwrap();
             let measured = result.record.peak_mem_mb.unwrap();

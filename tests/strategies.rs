@@ -63,7 +63,7 @@ fn qsgd_is_unbiased_and_coarser_with_fewer_bits() {
 fn cocofl_windows_are_contiguous_and_start_anywhere_in_0_to_l() {
     let s = strategy("cocofl", &[]);
     let l = layout(7);
-    let ctx = PlanContext { num_layers: 7, levels: 5, round: 1, rounds: 10, layout: &l };
+    let ctx = PlanContext { num_layers: 7, capacities: 5, round: 1, rounds: 10, layout: &l };
     let mut starts = std::collections::BTreeSet::new();
     let mut r = rng(2);
     for _ in 0..400 {
@@ -105,7 +105,7 @@ fn cocofl_server_rule_by_hand() {
 #[test]
 fn random_freezing_and_tinyfel_freeze_l_layers() {
     let lay = layout(10);
-    let ctx = PlanContext { num_layers: 10, levels: 5, round: 1, rounds: 10, layout: &lay };
+    let ctx = PlanContext { num_layers: 10, capacities: 5, round: 1, rounds: 10, layout: &lay };
     let mut r = rng(3);
     for cluster in 0..5 {
         let l = 4 - cluster;
@@ -122,7 +122,7 @@ fn random_freezing_and_tinyfel_freeze_l_layers() {
 #[test]
 fn heterofl_takes_prefixes_and_feddrop_random_subsets_of_width_i_over_c() {
     let lay = layout(3);
-    let ctx = PlanContext { num_layers: 3, levels: 5, round: 1, rounds: 10, layout: &lay };
+    let ctx = PlanContext { num_layers: 3, capacities: 5, round: 1, rounds: 10, layout: &lay };
     let mut r = rng(4);
     // Cluster 1 of 5 (i = 2): r = 0.4 → ⌈4⌉ of 10 and ⌈8⌉ of 20.
     let plan = strategy("heterofl", &[]).plan(&ctx, 0, 1, &mut r).unwrap();
@@ -172,7 +172,7 @@ fn slt_plans_freeze_earlier_stages_and_narrow_what_no_full_layer_produces() {
     let lay = resnet_like_layout();
     // Equal stages over 6 rounds: rounds 1–2 stage 0 (s = 0.5), 3–4 stage 1 (0.75), 5–6 stage 2 (1.0).
     let slt = strategy("slt", &[]);
-    let ctx = |round| PlanContext { num_layers: 4, levels: 2, round, rounds: 6, layout: &lay };
+    let ctx = |round| PlanContext { num_layers: 4, capacities: 2, round, rounds: 6, layout: &lay };
     let mut r = rng(5);
     let (f, t) = (LayerRole::FrozenNoGraph, LayerRole::Trained);
 
@@ -207,7 +207,7 @@ fn slt_plans_freeze_earlier_stages_and_narrow_what_no_full_layer_produces() {
 #[test]
 fn cocofl_fake_int8_flag_reaches_the_plan() {
     let lay = layout(5);
-    let ctx = PlanContext { num_layers: 5, levels: 3, round: 1, rounds: 10, layout: &lay };
+    let ctx = PlanContext { num_layers: 5, capacities: 3, round: 1, rounds: 10, layout: &lay };
     assert!(strategy("cocofl", &["cocofl.fake_int8=true"]).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
     assert!(!strategy("cocofl", &[]).plan(&ctx, 0, 0, &mut rng(6)).unwrap().fake_int8_frozen);
 }
@@ -278,7 +278,7 @@ fn fake_int8_touches_only_frozen_weights_and_training_still_runs() {
 fn fedolf_plans_c5_levels_and_toa_only_from_two_frozen_layers() {
     use fedolf::compress::toa::{ToaMode, ToaSettings};
     let layout = layout(7);
-    let ctx = PlanContext { num_layers: 7, levels: 5, round: 1, rounds: 10, layout: &layout };
+    let ctx = PlanContext { num_layers: 7, capacities: 5, round: 1, rounds: 10, layout: &layout };
     let toa = Download::Toa(ToaSettings::new(0.5, ToaMode::Paper).unwrap());
     let fedolf = strategy_downloading("fedolf", toa, &[]);
     let mut levels = Vec::new();
@@ -324,7 +324,7 @@ fn fedolf_merges_each_layer_over_its_own_uploaders_under_both_rules() {
     let (global, uploads) = three_uploaders();
     let plans = |n: usize| -> Vec<fedolf::strategy::ClientPlan> {
         let layout = layout(4);
-        let ctx = PlanContext { num_layers: 4, levels: 1, round: 1, rounds: 1, layout: &layout };
+        let ctx = PlanContext { num_layers: 4, capacities: 1, round: 1, rounds: 1, layout: &layout };
         let s = strategy("fedavg", &[]);
         (0..n).map(|k| s.plan(&ctx, k, 0, &mut rng(1)).unwrap()).collect()
     };

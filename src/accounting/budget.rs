@@ -75,10 +75,12 @@ pub fn facts_key(plan: &ClientPlan) -> String {
     format!("{:?}|{:?}|{:?}|{}|{:?}", plan.roles, kept, plan.download, plan.fake_int8_frozen, plan.objective)
 }
 
-/// One probe measurement: the method's plan at capacity `level`.
+/// One probe measurement: the method's plan at capacity `capacity`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProbeRow {
-    pub level: usize,
+    /// (Written as `level` in checkpoints and nodes' calibrations, as before the rename.)
+    #[serde(rename = "level")]
+    pub capacity: usize,
     /// Layers the plan does not train.
     pub frozen: usize,
     /// Measured peak above the resident model, bytes.
@@ -94,7 +96,7 @@ impl ProbeRow {
     }
 }
 
-/// `ρ` for every capacity level, measured on the run's backend (`rows[level]`).
+/// `ρ` at every capacity, measured on the run's backend (`rows[capacity]`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Calibration {
     pub batch: usize,
@@ -102,9 +104,9 @@ pub struct Calibration {
 }
 
 impl Calibration {
-    /// `ρ` at `level` (the last measured one beyond the probe).
-    pub fn ratio(&self, level: usize) -> f64 {
-        self.rows.get(level.min(self.rows.len().saturating_sub(1))).map_or(1.0, ProbeRow::ratio)
+    /// `ρ` at `capacity` (the last measured one beyond the probe).
+    pub fn ratio(&self, capacity: usize) -> f64 {
+        self.rows.get(capacity.min(self.rows.len().saturating_sub(1))).map_or(1.0, ProbeRow::ratio)
     }
 }
 
@@ -130,10 +132,10 @@ impl PeakPredictor {
         self.facts.insert(facts_key(plan), facts);
     }
 
-    /// Predicted peak in bytes of a plan at capacity `level` whose facts are `facts`, on a
-    /// client with `samples`.
-    pub fn predict(&self, facts: &PlanFacts, level: usize, samples: usize) -> u64 {
-        let transient = self.calibration.ratio(level) * facts.transient_bytes_at(samples, self.calibration.batch);
+    /// Predicted peak in bytes of a plan at capacity `capacity` whose facts are `facts`, on
+    /// a client with `samples`.
+    pub fn predict(&self, facts: &PlanFacts, capacity: usize, samples: usize) -> u64 {
+        let transient = self.calibration.ratio(capacity) * facts.transient_bytes_at(samples, self.calibration.batch);
         let cache = if self.caches_prefix { (samples * facts.prefix_output_elems * 4) as u64 } else { 0 };
         facts.resident_bytes + transient.round() as u64 + cache
     }

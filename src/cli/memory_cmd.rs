@@ -37,7 +37,7 @@ impl BackendTask for FitTask<'_> {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let mut fed = Federation::<B>::new(self.cfg, self.dataset, &device)?;
         fed.calibrate(Some(self.alloc), &mut |_| {})?;
-        (0..fed.setup.levels).rev().map(|level| fed.level_plan(1, 0, level).map(|(plan, bytes)| (plan.frozen(), bytes))).collect()
+        (0..fed.setup.capacities).rev().map(|level| fed.capacity_plan(1, 0, level).map(|(plan, bytes)| (plan.frozen(), bytes))).collect()
     }
 }
 

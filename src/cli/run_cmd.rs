@@ -242,8 +242,7 @@ impl BackendTask for SimTask<'_> {
 
 /// Progress bar over rounds (hidden when stderr is not a terminal or with --quiet), one log
 /// line per round, and `rounds.csv` rewritten after every round.
-struct Progress<'a> {
-    dir: &'a RunDir,
+struct Progress {
     /// The run's results files and checkpoints.
     writer: RunWriter,
     bar: ProgressBar,
@@ -256,11 +255,11 @@ struct Progress<'a> {
     label: Option<String>,
 }
 
-impl<'a> Progress<'a> {
-    fn new(cfg: &Config, dir: &'a RunDir, quiet: bool, label: Option<String>, grid: Option<&ProgressBar>) -> Self {
+impl Progress {
+    fn new(cfg: &Config, dir: &RunDir, quiet: bool, label: Option<String>, grid: Option<&ProgressBar>) -> Self {
         let rounds = cfg.federation.rounds;
         if let Some(bar) = grid {
-            return Self { dir, writer: RunWriter::new(dir.clone()), bar: bar.clone(), own_bar: false, quiet: true, rounds, last_accuracy: None, label };
+            return Self { writer: RunWriter::new(dir.clone()), bar: bar.clone(), own_bar: false, quiet: true, rounds, last_accuracy: None, label };
         }
         let bar = ProgressBar::with_draw_target(Some(rounds as u64), ProgressDrawTarget::stderr());
         if quiet || !std::io::stderr().is_terminal() {
@@ -274,7 +273,7 @@ impl<'a> Progress<'a> {
         if let Some(l) = &label {
             bar.set_prefix(format!("{l} "));
         }
-        Self { dir, writer: RunWriter::new(dir.clone()), bar, own_bar: true, quiet, rounds, last_accuracy: None, label }
+        Self { writer: RunWriter::new(dir.clone()), bar, own_bar: true, quiet, rounds, last_accuracy: None, label }
     }
 
     fn say(&self, line: String) {
@@ -295,14 +294,14 @@ impl<'a> Progress<'a> {
     }
 }
 
-impl RoundObserver for Progress<'_> {
+impl RoundObserver for Progress {
     fn on_calibration(&mut self, row: &fedolf::accounting::budget::ProbeRow, of: usize) {
-        if row.level + 1 == of {
-            self.say(format!("memory budgets: calibrating the peak predictor (2 SGD steps of the method's plan at each of {of} capacity levels)"));
+        if row.capacity + 1 == of {
+            self.say(format!("memory budgets: calibrating the peak predictor (2 SGD steps of the method's plan at each of {of} capacities)"));
         }
         self.say(format!(
-            "  level {:>2} (l = {:>2} not trained): resident {:.1} MB + measured {:.1} MB ÷ Eq. 23 {:.1} MB = ρ {:.3}",
-            row.level,
+            "  capacity {:>2} (l = {:>2} not trained): resident {:.1} MB + measured {:.1} MB ÷ Eq. 23 {:.1} MB = ρ {:.3}",
+            row.capacity,
             row.frozen,
             row.resident as f64 / 1e6,
             row.measured_transient as f64 / 1e6,
@@ -329,7 +328,7 @@ impl RoundObserver for Progress<'_> {
             },
             info.workers.workers,
             info.workers.threads_per_worker,
-            self.dir.path.display()
+            self.writer.place()
         ));
     }
 
@@ -341,7 +340,7 @@ impl RoundObserver for Progress<'_> {
         } else {
             self.bar.inc(records.len() as u64);
         }
-        self.say(format!("resumed after round {} from {}", records.len(), self.dir.path.join(fedolf::io::checkpoint::FOLDER).display()));
+        self.say(format!("resumed after round {} from {}", records.len(), self.writer.place_of(fedolf::io::checkpoint::FOLDER)));
         Ok(())
     }
 

@@ -1,57 +1,37 @@
-//! The federation's steps under memory budgets (`federation.capacity = "memory"`): calibrating
-//! the peak predictor on this backend, taking the budgets Flower nodes declare for themselves,
-//! and planning each sampled client at the least constrained level whose predicted peak fits
-//! its budget. Their state is `budgets.rs`; the rest of the server's steps `federation.rs`.
-
-use std::sync::Mutex;
+//! The federation's steps under memory budgets (`federation.capacity = "memory"`): what they
+//! measure on this backend (calibrating the peak predictor, the workers' warm-up, a plan's
+//! shape facts) and what they hand the budget planner (`budgets.rs`, which chooses the plans
+//! and never sees the federation). The rest of the server's steps are `federation.rs`.
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
+use super::budgets::{Budgets, RunFacts};
 use super::federation::{Federation, RoundPlans};
 use super::round_context::RoundContext;
-use crate::accounting::budget::{mb, round_budget_mb, Calibration, PeakPredictor, PlanFacts, ProbeRow};
+use crate::accounting::budget::{round_budget_mb, Calibration, PlanFacts, ProbeRow};
 use crate::config::Capacity;
 use crate::engine::error::SimError;
 use crate::local::training::{LocalModel, LocalTraining};
 use crate::runtime::memory::CountingAllocator;
 use crate::runtime::workers::Workers;
-use crate::strategy::{ClientPlan, MemoryFit};
+use crate::strategy::ClientPlan;
 use crate::tensor::host::HostLayer;
 use crate::tensor::submodel::extract;
 
 impl<B: AutodiffBackend> Federation<B> {
-    /// Memory budgets, step 1: each sampled client's plan is the least constrained one whose
-    /// predicted peak fits its budget; a client that fits none sits the round out.
+    /// Memory budgets, step 1: the budget planner chooses each sampled client's plan.
     pub(super) fn plan_within_budgets(&self, round: usize, picked: &[usize]) -> Result<RoundPlans, SimError> {
-        let seed = self.cfg.seed;
-        let fed = &self.cfg.federation;
-        let mut out = RoundPlans { plans: Vec::with_capacity(picked.len()), sat_out: Vec::new() };
-        for &k in picked {
-            // A node that declared its memory is planned from its own budget and its own
-            // device's calibration; every other client from its budget profile.
-            let (budget_mb, predictor) = match self.budgets.declared(k) {
-                Some(declared) => declared,
-                None => (round_budget_mb(fed.budgets_mb[self.clusters[k]], fed.budget_jitter, seed, round, k), self.budgets.server()?),
-            };
-            // The least constrained level first (level c − 1: nothing frozen, full width);
-            // the first whose predicted peak fits is the client's plan.
-            let mut chosen = None;
-            for level in (0..self.setup.levels).rev() {
-                let mut candidate = self.plan_at(round, k, level)?;
-                let predicted_mb = mb(self.predict_with(predictor, &candidate, level, self.parts[k].len())?);
-                if predicted_mb <= budget_mb {
-                    candidate.memory = Some(MemoryFit { budget_mb, predicted_mb });
-                    chosen = Some(candidate);
-                    break;
-                }
-            }
-            match chosen {
-                Some(p) => out.plans.push(p),
-                None => out.sat_out.push(k),
-            }
-        }
-        Ok(out)
+        let (seed, fed) = (self.cfg.seed, &self.cfg.federation);
+        let run = RunFacts {
+            capacities: self.setup.capacities,
+            profile_budget_mb: &|k| round_budget_mb(fed.budgets_mb[self.clusters[k]], fed.budget_jitter, seed, round, k),
+            samples: &|k| self.parts[k].len(),
+            plan_at: &|k, capacity| Ok(self.plan_at(round, k, capacity)?),
+            plan_facts: &|plan| self.plan_facts(plan),
+        };
+        let (plans, sat_out) = self.budgets.plan_round(picked, &run)?;
+        Ok(RoundPlans { plans, sat_out })
     }
 
     /// Memory budgets: client `client` (a Flower node) declares its own budget and the
@@ -64,53 +44,23 @@ impl<B: AutodiffBackend> Federation<B> {
                 problem: format!("client {client} declares {budget_mb} MB of memory, but the run plans by clusters; set federation.capacity = \"memory\" to plan from budgets"),
             });
         }
-        if client >= self.parts.len() {
-            return Err(SimError::Config { field: "federation.clients", problem: format!("client {client} declares its memory, but the run has {} clients", self.parts.len()) });
-        }
-        if !(budget_mb.is_finite() && budget_mb > 0.0) {
-            return Err(SimError::Config { field: "memory-mb", problem: format!("client {client} declares {budget_mb} MB: a budget is a positive number of MB") });
-        }
-        if calibration.rows.len() != self.setup.levels || calibration.batch != self.setup.training.batch_size {
-            return Err(SimError::Config {
-                field: "memory-mb",
-                problem: format!(
-                    "client {client}'s calibration has {} levels at batch {}, the run has {} levels at batch {}",
-                    calibration.rows.len(),
-                    calibration.batch,
-                    self.setup.levels,
-                    self.setup.training.batch_size
-                ),
-            });
-        }
-        self.budgets.declare(client, budget_mb, calibration, self.setup.training.caches_prefix());
-        Ok(())
+        let run = (self.setup.capacities, self.setup.training.batch_size);
+        self.budgets.declare(client, self.parts.len(), budget_mb, calibration, run, self.setup.training.caches_prefix())
     }
 
-    /// Memory budgets: the plan client `client` trains at capacity level `level` (of
-    /// `setup.levels`; the last is the least constrained) in round `round`, and its
+    /// Memory budgets: the plan client `client` trains at capacity capacity `capacity` (of
+    /// `setup.capacities`; the last is the least constrained) in round `round`, and its
     /// predicted training peak in bytes (from the server's calibration).
-    pub fn level_plan(&self, round: usize, client: usize, level: usize) -> Result<(ClientPlan, u64), SimError> {
-        let plan = self.plan_at(round, client, level)?;
-        let predicted = self.predicted_peak(&plan, level, self.parts[client].len())?;
+    pub fn capacity_plan(&self, round: usize, client: usize, capacity: usize) -> Result<(ClientPlan, u64), SimError> {
+        let plan = self.plan_at(round, client, capacity)?;
+        let predicted = self.predicted_peak(&plan, capacity, self.parts[client].len())?;
         Ok((plan, predicted))
     }
 
-    /// The predicted training peak (bytes) of `plan`, a plan at capacity `level`, on a client
+    /// The predicted training peak (bytes) of `plan`, a plan at capacity `capacity`, on a client
     /// with `samples`, from the server's calibration.
-    pub fn predicted_peak(&self, plan: &ClientPlan, level: usize, samples: usize) -> Result<u64, SimError> {
-        self.predict_with(self.budgets.server()?, plan, level, samples)
-    }
-
-    /// [`Self::predicted_peak`] with `predictor`; the plan's shape facts are worked out once
-    /// (by building the client's model as the server would) and cached.
-    fn predict_with(&self, predictor: &Mutex<PeakPredictor>, plan: &ClientPlan, level: usize, samples: usize) -> Result<u64, SimError> {
-        let mut predictor = predictor.lock().expect("predictor lock");
-        if let Some(facts) = predictor.facts(plan) {
-            return Ok(predictor.predict(facts, level, samples));
-        }
-        let facts = self.plan_facts(plan)?;
-        predictor.remember(plan, facts);
-        Ok(predictor.predict(&facts, level, samples))
+    pub fn predicted_peak(&self, plan: &ClientPlan, capacity: usize, samples: usize) -> Result<u64, SimError> {
+        Budgets::predict(self.budgets.server()?, plan, capacity, samples, &|plan| self.plan_facts(plan))
     }
 
     /// What a plan's memory depends on: the model the server builds for it (width
@@ -129,19 +79,19 @@ impl<B: AutodiffBackend> Federation<B> {
         PlanFacts::new(plan, &infos, local.resident_bytes(), self.setup.training.batch_size, self.setup.training.sgd.momentum > 0.0)
     }
 
-    /// Memory budgets only: measure `ρ` at every capacity level (two SGD steps of the
-    /// method's own plan at that level, on the first training samples, on this backend) and
-    /// keep the predictor for the run. For FedOLF level `N − 1 − l` is the ordered plan with
+    /// Memory budgets only: measure `ρ` at every capacity capacity (two SGD steps of the
+    /// method's own plan at that capacity, on the first training samples, on this backend) and
+    /// keep the predictor for the run. For FedOLF capacity `N − 1 − l` is the ordered plan with
     /// `l` frozen. `memory` is the CPU's counting allocator; a GPU reports its own
-    /// statistics. `on_level` sees each measurement as it is made.
-    pub fn calibrate(&mut self, memory: Option<&CountingAllocator>, on_level: &mut dyn FnMut(&ProbeRow)) -> Result<(), SimError> {
+    /// statistics. `on_capacity` sees each measurement as it is made.
+    pub fn calibrate(&mut self, memory: Option<&CountingAllocator>, on_capacity: &mut dyn FnMut(&ProbeRow)) -> Result<(), SimError> {
         if self.cfg.federation.capacity != Capacity::Memory {
             return Ok(());
         }
         let batch = self.setup.training.batch_size;
         let rows = self.with_probe(memory, |clients, host_global, indices| {
-            let measure = |level: usize| -> Result<ProbeRow, SimError> {
-                let plan = self.probe_plan(level)?;
+            let measure = |capacity: usize| -> Result<ProbeRow, SimError> {
+                let plan = self.probe_plan(capacity)?;
                 let start = self.client_start(&plan, host_global);
                 let prepared = clients.prepare::<B>(&plan, start.as_deref().unwrap_or(host_global), &self.device)?;
                 let facts = self.facts_of(&plan, &prepared.local);
@@ -152,14 +102,14 @@ impl<B: AutodiffBackend> Federation<B> {
                 })?;
                 let resident = facts.resident_bytes;
                 let measured = ((peak_mb * 1e6).round() as u64).saturating_sub(resident);
-                Ok(ProbeRow { level, frozen: plan.frozen(), measured_transient: measured, theoretical_transient: facts.transient_bytes(), resident })
+                Ok(ProbeRow { capacity, frozen: plan.frozen(), measured_transient: measured, theoretical_transient: facts.transient_bytes(), resident })
             };
             // Warm-up: thread pools and one-time buffers are no client's cost.
-            measure(self.setup.levels - 1)?;
-            let mut rows = Vec::with_capacity(self.setup.levels);
-            for level in (0..self.setup.levels).rev() {
-                let row = measure(level)?;
-                on_level(&row);
+            measure(self.setup.capacities - 1)?;
+            let mut rows = Vec::with_capacity(self.setup.capacities);
+            for capacity in (0..self.setup.capacities).rev() {
+                let row = measure(capacity)?;
+                on_capacity(&row);
                 rows.push(row);
             }
             rows.reverse();
@@ -193,10 +143,10 @@ impl<B: AutodiffBackend> Federation<B> {
         probe(&clients, &self.host_global(), &indices)
     }
 
-    /// The method's plan at `level` for client 0 in round 1, at its widest: FjORD's
+    /// The method's plan at `capacity` for client 0 in round 1, at its widest: FjORD's
     /// per-batch widths are dropped, so the probe measures the largest sub-model it may train.
-    fn probe_plan(&self, level: usize) -> Result<ClientPlan, SimError> {
-        let mut plan = self.plan_at(1, 0, level)?;
+    fn probe_plan(&self, capacity: usize) -> Result<ClientPlan, SimError> {
+        let mut plan = self.plan_at(1, 0, capacity)?;
         if let Some(width) = &mut plan.width {
             width.per_batch_ratios.clear();
         }
@@ -211,7 +161,7 @@ impl<B: AutodiffBackend> Federation<B> {
         if !self.budgets.is_calibrated() {
             return Ok(());
         }
-        let plan = self.probe_plan(self.setup.levels - 1)?;
+        let plan = self.probe_plan(self.setup.capacities - 1)?;
         self.with_probe(memory, |clients, host_global, indices| {
             let start = self.client_start(&plan, host_global);
             let start = start.as_deref().unwrap_or(host_global);

@@ -72,7 +72,7 @@ impl<B: AutodiffBackend> Federation<B> {
         // Seeded on the host, layers before exits: one seed, bit-identical weights on every device.
         let global = redraw_on_host(plain.with_exits(&setup.exit_depths, device)?, &mut stream(cfg.seed, Purpose::Init, 0, 0))?;
         let initial = global.valid();
-        let strategy = strategy_for::<B>(&Build { cfg, levels: setup.levels, download, model: Some(Measure { global: &initial, layout: &setup.layout, device }) })?;
+        let strategy = strategy_for::<B>(&Build { cfg, capacities: setup.capacities, download, model: Some(Measure { global: &initial, layout: &setup.layout, device }) })?;
         let eligible = eligible_clients(cfg, strategy.as_ref(), &clusters);
         Ok(Self {
             cfg: cfg.clone(),
@@ -112,7 +112,7 @@ impl<B: AutodiffBackend> Federation<B> {
 
     pub fn plan_context(&self, round: usize) -> PlanContext<'_> {
         let fed = &self.cfg.federation;
-        PlanContext { num_layers: self.setup.num_layers, levels: self.setup.levels, round, rounds: fed.rounds, layout: &self.setup.layout }
+        PlanContext { num_layers: self.setup.num_layers, capacities: self.setup.capacities, round, rounds: fed.rounds, layout: &self.setup.layout }
     }
 
     /// Step 1: `C_t` clients sampled uniformly without replacement among the eligible ones,
@@ -157,23 +157,23 @@ impl<B: AutodiffBackend> Federation<B> {
         self.plan_within_budgets(round, &picked)
     }
 
-    /// The strategy's plan for `client` at capacity level `level` (its cluster, or the level
-    /// its budget allows) in `round`.
-    pub(super) fn plan_at(&self, round: usize, client: usize, level: usize) -> Result<ClientPlan, LocalError> {
-        self.strategy.plan(&self.plan_context(round), client, level, &mut stream(self.cfg.seed, Purpose::Plan, round as u64, client as u64))
+    /// The strategy's plan for `client` at capacity `capacity` (its cluster, or the one its
+    /// budget is tried at) in `round`.
+    pub(super) fn plan_at(&self, round: usize, client: usize, capacity: usize) -> Result<ClientPlan, LocalError> {
+        self.strategy.plan(&self.plan_context(round), client, capacity, &mut stream(self.cfg.seed, Purpose::Plan, round as u64, client as u64))
     }
 
     /// The start of every run, simulated or federated: continue after the checkpoint in
     /// `resume` (if any), then, with memory budgets, calibrate the peak predictor unless the
-    /// checkpoint held it (`on_level`: each level as it is measured). Returns the rounds the
+    /// checkpoint held it (`on_capacity`: each capacity as it is measured). Returns the rounds the
     /// checkpoint holds.
-    pub fn start(&mut self, resume: Option<&Path>, memory: Option<&CountingAllocator>, on_level: &mut dyn FnMut(&ProbeRow)) -> Result<Vec<RoundRecord>, SimError> {
+    pub fn start(&mut self, resume: Option<&Path>, memory: Option<&CountingAllocator>, on_capacity: &mut dyn FnMut(&ProbeRow)) -> Result<Vec<RoundRecord>, SimError> {
         let mut records = Vec::with_capacity(self.cfg.federation.rounds);
         if let Some(run_dir) = resume {
             records = self.resume(Checkpoint::read(run_dir, &self.host_global(), self.setup.num_layers)?)?;
         }
         if self.calibration().is_none() {
-            self.calibrate(memory, on_level)?;
+            self.calibrate(memory, on_capacity)?;
         }
         Ok(records)
     }

@@ -37,7 +37,7 @@ use crate::tensor::submodel::{embed_layer, embedding_indices, extract, WidthSpec
 use crate::compress::toa::sparsify_prefix;
 
 /// What every client round of a run shares, fixed by its config: the architecture and its
-/// exit heads, the channel layout, the capacity levels and the local training settings. The
+/// exit heads, the channel layout, how many capacities and the local training settings. The
 /// server ([`Federation`](crate::engine::federation::Federation)) and every Flower node build
 /// it with [`ClientSetup::new`], so both lay out and train a client's model alike.
 #[derive(Debug, Clone)]
@@ -52,9 +52,9 @@ pub struct ClientSetup {
     /// Parameters of the model without exit heads.
     pub model_params: usize,
     pub layout: SpaceLayout,
-    /// The capacity levels plans are drawn from: `federation.clusters`, or with memory
-    /// budgets every level the model allows (N: l = 0..N−1 frozen, or N widths).
-    pub levels: usize,
+    /// `c`, how many capacities plans are made at (0 = the weakest): `federation.clusters`,
+    /// or with memory budgets every one the model allows (N: l = 0..N−1 frozen, or N widths).
+    pub capacities: usize,
     /// Depths after which the model carries exit heads (multi-exit methods).
     pub exit_depths: Vec<usize>,
     /// The method's facts (`strategy/`'s registry).
@@ -75,9 +75,9 @@ impl ClientSetup {
         let options = cfg.model.options();
         let plain: LayeredNet<B> = model.init_with(input, classes, &options, device)?;
         let num_layers = plain.num_layers();
-        // With memory budgets a client may land on any level the model allows, so the
-        // strategy sees N levels (its `c`) and the budget picks one per round.
-        let levels = match cfg.federation.capacity {
+        // With memory budgets a client may land on any capacity the model allows, so the
+        // strategy sees N capacities (its `c`) and the budget picks one per round.
+        let capacities = match cfg.federation.capacity {
             Capacity::Clusters => cfg.federation.clusters,
             Capacity::Memory => num_layers,
         };
@@ -90,8 +90,8 @@ impl ClientSetup {
             num_layers,
             model_params: read_model(&plain).iter().flatten().map(|t| t.numel()).sum(),
             layout: plain.channel_spaces(),
-            levels,
-            exit_depths: (method.exit_depths)(num_layers, levels),
+            capacities,
+            exit_depths: (method.exit_depths)(num_layers, capacities),
             method,
             training: cfg.train.local_training(),
             device: cfg.device,
@@ -283,7 +283,7 @@ impl RoundContext<'_> {
         let record = ClientRecord {
             round,
             client,
-            cluster: plan.cluster,
+            cluster: plan.capacity,
             frozen: plan.frozen(),
             samples: indices.len(),
             bytes_down,

@@ -77,8 +77,8 @@ pub fn run_from<B: AutodiffBackend>(
     // Resume after the run folder's checkpoint; with memory budgets calibrate the peak
     // predictor (unless the checkpoint held it), then let every worker make its one-time
     // allocations.
-    let levels = fed.setup.levels;
-    let mut records = fed.start(start.resume, memory, &mut |row| observer.on_calibration(row, levels))?;
+    let capacities = fed.setup.capacities;
+    let mut records = fed.start(start.resume, memory, &mut |row| observer.on_calibration(row, capacities))?;
     let first_round = records.len() + 1;
     fed.warm_up(&workers, memory)?;
     observer.on_start(&fed.info(&dataset.source, worker_layout));

@@ -26,6 +26,16 @@ impl RunWriter {
         Self { dir: None, records: Vec::new() }
     }
     /// The rounds written so far.
+    /// Where it writes, for messages.
+    pub fn place(&self) -> String {
+        self.dir.as_ref().map_or_else(|| "not written".into(), |d| d.path.display().to_string())
+    }
+
+    /// Where `name` inside the run folder is, for messages.
+    pub fn place_of(&self, name: &str) -> String {
+        self.dir.as_ref().map_or_else(|| "not written".into(), |d| d.path.join(name).display().to_string())
+    }
+
     pub fn records(&self) -> &[RoundRecord] {
         &self.records
     }

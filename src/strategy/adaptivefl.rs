@@ -274,8 +274,8 @@ pub fn fitting_model(pool: &[PoolModel], drawn: usize, budget: f64) -> &PoolMode
     &pool[fitting_index(pool, drawn, budget)]
 }
 
-fn plan_for(ctx: &PlanContext<'_>, client: usize, cluster: usize, model: &PoolModel) -> ClientPlan {
-    ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]).with_width(WidthSpec::prefix_after(ctx.layout, model.split, model.width).unless_full(ctx.layout))
+fn plan_for(ctx: &PlanContext<'_>, client: usize, capacity: usize, model: &PoolModel) -> ClientPlan {
+    ClientPlan::new(client, capacity, vec![LayerRole::Trained; ctx.num_layers]).with_width(WidthSpec::prefix_after(ctx.layout, model.split, model.width).unless_full(ctx.layout))
 }
 
 impl Method for AdaptiveFl {
@@ -292,10 +292,10 @@ impl Method for AdaptiveFl {
 
 impl<B: AutodiffBackend> Strategy<B> for AdaptiveFl {
     /// `uniform`, and memory budgets (where the engine picks the clients): the client's own draw.
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let (pool, full) = self.pool()?;
-        let model = fitting_model(pool, rng.random_range(0..pool.len()), full as f64 * ctx.width_ratio(cluster));
-        Ok(plan_for(ctx, client, cluster, model))
+        let model = fitting_model(pool, rng.random_range(0..pool.len()), full as f64 * ctx.width_ratio(capacity));
+        Ok(plan_for(ctx, client, capacity, model))
     }
 
     fn select(&self, ctx: &PlanContext<'_>, candidates: &[usize], clusters: &[usize], per_round: usize, rng: &mut ChaCha8Rng) -> Option<Result<Vec<ClientPlan>, LocalError>> {

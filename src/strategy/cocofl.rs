@@ -51,8 +51,8 @@ impl Method for CocoFl {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for CocoFl {
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        let l = ctx.level(cluster)?;
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+        let l = ctx.level(capacity)?;
         let width = ctx.num_layers - l;
         let start = rng.random_range(0..=l);
         let roles = (0..ctx.num_layers)
@@ -66,7 +66,7 @@ impl<B: AutodiffBackend> Strategy<B> for CocoFl {
                 }
             })
             .collect();
-        Ok(ClientPlan::new(client, cluster, roles).with_fake_int8_frozen(self.fake_int8))
+        Ok(ClientPlan::new(client, capacity, roles).with_fake_int8_frozen(self.fake_int8))
     }
 
     fn merge(

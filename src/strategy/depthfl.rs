@@ -40,10 +40,10 @@ pub(super) fn level_cut_depths(num_layers: usize, clusters: usize) -> Vec<usize>
 
 /// The plan of a client whose level `l = c − i` drops the last `l` layers (DepthFL's cut,
 /// ScaleFL's too): the first `N − l` train, the rest are skipped.
-pub(super) fn depth_cut_plan(ctx: &PlanContext<'_>, client: usize, cluster: usize) -> Result<ClientPlan, LocalError> {
-    let depth = ctx.num_layers - ctx.level(cluster)?;
+pub(super) fn depth_cut_plan(ctx: &PlanContext<'_>, client: usize, capacity: usize) -> Result<ClientPlan, LocalError> {
+    let depth = ctx.num_layers - ctx.level(capacity)?;
     let roles = (0..ctx.num_layers).map(|i| if i < depth { LayerRole::Trained } else { LayerRole::Skipped }).collect();
-    Ok(ClientPlan::new(client, cluster, roles))
+    Ok(ClientPlan::new(client, capacity, roles))
 }
 
 impl Method for DepthFl {
@@ -63,8 +63,8 @@ impl Method for DepthFl {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for DepthFl {
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        Ok(depth_cut_plan(ctx, client, cluster)?.with_objective(Objective::MutualDistillation { weight: depthfl_weight(ctx.round) }))
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+        Ok(depth_cut_plan(ctx, client, capacity)?.with_objective(Objective::MutualDistillation { weight: depthfl_weight(ctx.round) }))
     }
 
     fn eval_view(&self, _ctx: &PlanContext<'_>) -> EvalView {

@@ -21,7 +21,7 @@ impl Method for FedAvg {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for FedAvg {
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        Ok(ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]))
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+        Ok(ClientPlan::new(client, capacity, vec![LayerRole::Trained; ctx.num_layers]))
     }
 }

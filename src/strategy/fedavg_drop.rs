@@ -22,11 +22,11 @@ impl Method for FedAvgDrop {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for FedAvgDrop {
-    fn eligible(&self, cluster: usize, clusters: usize) -> bool {
-        cluster + 1 == clusters
+    fn eligible(&self, cluster: usize, capacities: usize) -> bool {
+        cluster + 1 == capacities
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        <FedAvg as Strategy<B>>::plan(&FedAvg, ctx, client, cluster, rng)
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+        <FedAvg as Strategy<B>>::plan(&FedAvg, ctx, client, capacity, rng)
     }
 }

@@ -25,8 +25,8 @@ impl Method for Feddrop {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for Feddrop {
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        let width = WidthSpec::random(ctx.layout, ctx.width_ratio(cluster), rng);
-        Ok(ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]).with_width(Some(width)))
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+        let width = WidthSpec::random(ctx.layout, ctx.width_ratio(capacity), rng);
+        Ok(ClientPlan::new(client, capacity, vec![LayerRole::Trained; ctx.num_layers]).with_width(Some(width)))
     }
 }

@@ -54,14 +54,14 @@ impl Method for FedOlf {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for FedOlf {
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        let l = ctx.level(cluster)?;
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+        let l = ctx.level(capacity)?;
         let download = match self.download {
             Download::Toa(s) if s.is_active() && l >= 2 => Download::Toa(s),
             Download::Qsgd(q) if l >= 1 => Download::Qsgd(q),
             _ => Download::Full,
         };
-        Ok(ClientPlan::new(client, cluster, ordered_roles(ctx.num_layers, l)?).with_download(download))
+        Ok(ClientPlan::new(client, capacity, ordered_roles(ctx.num_layers, l)?).with_download(download))
     }
 
     fn merge(

@@ -28,9 +28,9 @@ impl Method for Fjord {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for Fjord {
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        let mut width = WidthSpec::prefix(ctx.layout, ctx.width_ratio(cluster));
-        width.per_batch_ratios = (1..=cluster + 1).map(|i| i as f64 / ctx.levels as f64).collect();
-        Ok(ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]).with_width(Some(width)))
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+        let mut width = WidthSpec::prefix(ctx.layout, ctx.width_ratio(capacity));
+        width.per_batch_ratios = (1..=capacity + 1).map(|i| i as f64 / ctx.capacities as f64).collect();
+        Ok(ClientPlan::new(client, capacity, vec![LayerRole::Trained; ctx.num_layers]).with_width(Some(width)))
     }
 }

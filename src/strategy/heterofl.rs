@@ -57,10 +57,10 @@ impl Method for HeteroFl {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for HeteroFl {
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        let r = ctx.width_ratio(cluster);
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+        let r = ctx.width_ratio(capacity);
         let width = WidthSpec::prefix_conv(ctx.layout, r).with_scaler(r);
-        Ok(ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]).with_width(Some(width)))
+        Ok(ClientPlan::new(client, capacity, vec![LayerRole::Trained; ctx.num_layers]).with_width(Some(width)))
     }
 
     fn before_eval(&self, global: LayeredNet<B>, train: &Tensor<B::InnerBackend, 4>) -> LayeredNet<B> {

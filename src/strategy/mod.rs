@@ -40,11 +40,13 @@ use crate::tensor::params::LayerParams;
 /// One method. `B` is the clients' training backend; the server merges on its inner backend.
 pub trait Strategy<B: AutodiffBackend>: Send {
     /// Whether clients of this cluster take part at all (FedAvg's drop variant).
-    fn eligible(&self, _cluster: usize, _clusters: usize) -> bool {
+    fn eligible(&self, _cluster: usize, _capacities: usize) -> bool {
         true
     }
 
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError>;
+    /// Client `client`'s plan at capacity `capacity` (0 = the weakest of `ctx.capacities`):
+    /// its cluster, or with memory budgets the capacity its budget is tried at.
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError>;
 
     /// Step 1 for a method that picks its own clients (AdaptiveFL): `per_round` of the
     /// `candidates` (clients by index; `clusters[k]` is client k's cluster) and each one's
@@ -96,14 +98,14 @@ pub trait Strategy<B: AutodiffBackend>: Send {
     }
 }
 
-/// What a method is built from: the run's config, the capacity levels it plans for
+/// What a method is built from: the run's config, how many capacities it plans for
 /// (`federation.clusters`, or with memory budgets the model's own), how the frozen prefix
 /// travels down, and, in a run, the initial global model on which SLT, ScaleFL and AdaptiveFL
 /// measure what they need. The registry hands each method its own options beside it
 /// ([`Method::build`]).
 pub struct Build<'a, M: Backend> {
     pub cfg: &'a Config,
-    pub levels: usize,
+    pub capacities: usize,
     /// The frozen-prefix compressor (FedOLF only).
     pub download: Download,
     /// `None` where no model is at hand (a test of a method's plans): the measuring methods

@@ -113,18 +113,18 @@ impl Method for NeFl {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for NeFl {
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        let l = ctx.level(cluster)?;
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+        let l = ctx.level(capacity)?;
         let depthwise = !identity_blocks(ctx.layout).is_empty();
-        let mut plan = ClientPlan::new(client, cluster, vec![LayerRole::Trained; ctx.num_layers]);
+        let mut plan = ClientPlan::new(client, capacity, vec![LayerRole::Trained; ctx.num_layers]);
         if depthwise {
             for i in nefl_skipped_blocks(ctx.layout, l)? {
                 plan.roles[i] = LayerRole::Skipped;
             }
         } else {
-            plan = plan.with_width(WidthSpec::prefix(ctx.layout, ctx.width_ratio(cluster)).unless_full(ctx.layout));
+            plan = plan.with_width(WidthSpec::prefix(ctx.layout, ctx.width_ratio(capacity)).unless_full(ctx.layout));
         }
-        Ok(plan.with_bn_bank((l > 0).then_some(cluster)))
+        Ok(plan.with_bn_bank((l > 0).then_some(capacity)))
     }
 
     /// Banks as `bank/<level>/<layer>/<name>`, the initial model as `initial/<layer>/<name>`.

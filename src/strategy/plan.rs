@@ -24,8 +24,9 @@ pub enum Download {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClientPlan {
     pub client: usize,
-    /// Capacity cluster, 0-based (`i_k − 1`).
-    pub cluster: usize,
+    /// The capacity the plan is made at, 0-based (`i_k − 1`): the client's cluster, or with
+    /// memory budgets the one its budget holds.
+    pub capacity: usize,
     pub roles: Vec<LayerRole>,
     pub download: Download,
     /// Width methods: the channels this client keeps (`None` = the full width).
@@ -45,8 +46,8 @@ pub struct ClientPlan {
 
 impl ClientPlan {
     /// A plan with these roles, the full width, a full download and cross-entropy.
-    pub fn new(client: usize, cluster: usize, roles: Vec<LayerRole>) -> Self {
-        Self { client, cluster, roles, download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None }
+    pub fn new(client: usize, capacity: usize, roles: Vec<LayerRole>) -> Self {
+        Self { client, capacity, roles, download: Download::Full, width: None, fake_int8_frozen: false, objective: Objective::CrossEntropy, bn_bank: None, memory: None }
     }
 
     /// The frozen prefix travels down through this compressor.
@@ -101,9 +102,9 @@ pub enum EvalView {
 #[derive(Debug, Clone, Copy)]
 pub struct PlanContext<'a> {
     pub num_layers: usize,
-    /// The capacity levels `c` plans are drawn from: `federation.clusters`, or with memory
-    /// budgets every level the model allows.
-    pub levels: usize,
+    /// `c`, how many capacities plans are made at: `federation.clusters`, or with memory
+    /// budgets every one the model allows.
+    pub capacities: usize,
     /// The current round (1-based) and the run's total `T`.
     pub round: usize,
     pub rounds: usize,
@@ -111,15 +112,15 @@ pub struct PlanContext<'a> {
 }
 
 impl PlanContext<'_> {
-    /// Width ratio `r_k = i_k / c` of a 0-based cluster.
-    pub fn width_ratio(&self, cluster: usize) -> f64 {
-        (cluster + 1) as f64 / self.levels as f64
+    /// Width ratio `r_k = i_k / c` at a 0-based capacity.
+    pub fn width_ratio(&self, capacity: usize) -> f64 {
+        (capacity + 1) as f64 / self.capacities as f64
     }
 
-    /// Level `l_k = c − i_k` of a 0-based cluster (frozen / pruned layer count); at least
+    /// Level `l_k = c − i_k` (frozen / pruned layer count) at a 0-based capacity; at least
     /// one layer must stay trainable.
-    pub fn level(&self, cluster: usize) -> Result<usize, LocalError> {
-        let l = self.levels - 1 - cluster;
+    pub fn level(&self, capacity: usize) -> Result<usize, LocalError> {
+        let l = self.capacities - 1 - capacity;
         if l >= self.num_layers {
             return Err(LocalError::TooManyFrozen { frozen: l, num_layers: self.num_layers });
         }

@@ -26,12 +26,12 @@ impl Method for RandomFreeze {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for RandomFreeze {
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        let l = ctx.level(cluster)?;
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+        let l = ctx.level(capacity)?;
         let mut frozen = vec![false; ctx.num_layers];
         for i in sample(rng, ctx.num_layers, l).into_iter() {
             frozen[i] = true;
         }
-        Ok(ClientPlan::new(client, cluster, roles_with_pass_grad(&frozen)))
+        Ok(ClientPlan::new(client, capacity, roles_with_pass_grad(&frozen)))
     }
 }

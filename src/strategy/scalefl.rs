@@ -115,16 +115,16 @@ impl Method for ScaleFl {
 
     /// Widths matched to the clusters' budgets on the initial model; unmeasured, `i/c`.
     fn build<M: Backend>(build: &Build<'_, M>, options: Options) -> Self {
-        let widths = build.model.as_ref().map(|m| matched_widths(m.global, m.layout, build.levels, m.device));
+        let widths = build.model.as_ref().map(|m| matched_widths(m.global, m.layout, build.capacities, m.device));
         Self { widths, gamma: options.gamma as f32 }
     }
 }
 
 impl<B: AutodiffBackend> Strategy<B> for ScaleFl {
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        let r = self.widths.as_ref().and_then(|w| w.get(cluster).copied()).unwrap_or_else(|| ctx.width_ratio(cluster));
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+        let r = self.widths.as_ref().and_then(|w| w.get(capacity).copied()).unwrap_or_else(|| ctx.width_ratio(capacity));
         let gamma = if distills(ctx.round, ctx.rounds) { self.gamma } else { 0.0 };
-        Ok(depth_cut_plan(ctx, client, cluster)?
+        Ok(depth_cut_plan(ctx, client, capacity)?
             .with_width(WidthSpec::prefix(ctx.layout, r).unless_full(ctx.layout))
             .with_objective(Objective::ScaledExits { gamma, temperature: TEMPERATURE }))
     }

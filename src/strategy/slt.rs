@@ -145,11 +145,11 @@ impl Slt {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for Slt {
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
         let j = stage_of(&self.ends(ctx), ctx.round);
-        let (roles, width) = stage_plan(ctx.layout, ctx.num_layers, j, cluster + 1);
+        let (roles, width) = stage_plan(ctx.layout, ctx.num_layers, j, capacity + 1);
         let width = width.unless_full(ctx.layout);
-        Ok(ClientPlan::new(client, cluster, roles).with_width(width))
+        Ok(ClientPlan::new(client, capacity, roles).with_width(width))
     }
 
     fn eval_view(&self, ctx: &PlanContext<'_>) -> EvalView {

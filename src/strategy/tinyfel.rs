@@ -25,9 +25,9 @@ impl Method for TinyFel {
 }
 
 impl<B: AutodiffBackend> Strategy<B> for TinyFel {
-    fn plan(&self, ctx: &PlanContext<'_>, client: usize, cluster: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
-        let l = ctx.level(cluster)?;
+    fn plan(&self, ctx: &PlanContext<'_>, client: usize, capacity: usize, _rng: &mut ChaCha8Rng) -> Result<ClientPlan, LocalError> {
+        let l = ctx.level(capacity)?;
         let roles = (0..ctx.num_layers).map(|i| if i < l { LayerRole::FrozenGradDiscarded } else { LayerRole::Trained }).collect();
-        Ok(ClientPlan::new(client, cluster, roles))
+        Ok(ClientPlan::new(client, capacity, roles))
     }
 }

@@ -60,7 +60,7 @@ pub fn strategy_downloading(method: &str, download: fedolf::strategy::Download, 
     let mut overrides: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     overrides.push(format!("method=\"{method}\""));
     let cfg = fedolf::config::Config::from_toml(fedolf::config::DEFAULT_TOML, "experiments/default.toml", &overrides).unwrap();
-    fedolf::strategy::strategy_for::<Train>(&fedolf::strategy::Build { cfg: &cfg, levels: cfg.federation.clusters, download, model: None }).unwrap()
+    fedolf::strategy::strategy_for::<Train>(&fedolf::strategy::Build { cfg: &cfg, capacities: cfg.federation.clusters, download, model: None }).unwrap()
 }
 
 /// [`strategy_downloading`] with the full download.
