@@ -14,7 +14,7 @@ pub use depthfl::{depthfl_weight, DepthFl};
 pub use feddrop::Feddrop;
 pub use fedavg::FedAvg;
 pub use fedavg_drop::FedAvgDrop;
-pub use fedolf::{FedOlf, LayerMerge};
+pub use self::fedolf::{FedOlf, LayerMerge};
 pub use fjord::Fjord;
 pub use heterofl::{recompute_bn_statistics, HeteroFl};
 pub use nefl::{is_batch_norm, nefl_skipped_blocks, NeFl};
@@ -203,14 +203,14 @@ macro_rules! registry {
         $(mod $file;)+
 
         /// Every method.
-        pub const METHODS: &[Facts] = &[$(Facts::of::<$file::$method>(),)+];
+        pub const METHODS: &[Facts] = &[$(Facts::of::<self::$file::$method>(),)+];
 
         /// The strategy of the configured method, with its options.
         pub fn strategy_for<B: AutodiffBackend>(build: &Build<'_, B::InnerBackend>) -> Result<Box<dyn Strategy<B>>, ConfigError> {
             let name = build.cfg.method.as_str();
-            $(if name == <$file::$method as Method>::NAME {
+            $(if name == <self::$file::$method as Method>::NAME {
                 let options = build.cfg.options_of(name)?;
-                return Ok(Box::new(<$file::$method as Method>::build(build, options)));
+                return Ok(Box::new(<self::$file::$method as Method>::build(build, options)));
             })+
             Err(unknown_method(name))
         }
