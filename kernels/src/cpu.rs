@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::direct;
 use crate::geometry::ConvGeometry;
 use crate::im2col::{col2im_add, im2col, im2row};
 
@@ -126,6 +127,9 @@ fn check_lengths(g: &ConvGeometry, x: &[f32], w: &[f32]) {
 /// `y[b] = W · im2col(x[b]) + bias`, `[batch, c_out, ho, wo]` row-major.
 pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     check_lengths(g, x, w);
+    if direct::applies(g) {
+        return direct::forward(g, x, w, bias);
+    }
     let (k, pixels, wo) = (g.col_rows(), g.out_pixels(), g.out_width);
     let mut y = vec![0.0f32; g.batch * g.out_sample()];
     y.par_chunks_mut(g.out_sample()).zip(x.par_chunks(g.in_sample())).for_each_init(Vec::new, |col, (y_b, x_b)| {

@@ -9,6 +9,7 @@
 //! BatchNorm.
 
 pub mod cpu;
+mod direct;
 mod dispatch;
 mod extension;
 #[cfg(feature = "flex")]
