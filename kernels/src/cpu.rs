@@ -256,6 +256,9 @@ fn weight_grad_reads_im2col(g: &ConvGeometry) -> bool {
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, pixels, len, wo) = (g.col_rows(), g.out_pixels(), g.weight_len(), g.out_width);
     let chunks = g.batch.min(WEIGHT_GRAD_CHUNKS);
+    if direct::applies(g) {
+        return direct::weight_grad(g, x, dy, chunks);
+    }
     let transposed = weight_grad_reads_im2col(g);
     // Chunk `i` sums samples [i·batch/chunks, (i+1)·batch/chunks), in sample and tile order.
     let partials: Vec<Vec<f32>> = (0..chunks)

@@ -94,6 +94,56 @@ pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
     y
 }
 
+/// `dW = Σ_b Σ_p dy[b, :, p] ⊗ xp[b, taps at p]`, `[c_out, c_in, kh, kw]`; only where
+/// [`applies`] holds. The samples are summed in `chunks` fixed ranges (each its own partial,
+/// in sample and pixel order, the partials then added in order), as `cpu::weight_grad` does,
+/// so the result does not depend on the thread count. Per sample the output gradient is
+/// transposed to `[pixel][c_out]` (16 channels a vector) and the input padded; a register
+/// block of 8 taps × 2 channel blocks then accumulates over every pixel.
+pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32], chunks: usize) -> Vec<f32> {
+    assert!(applies(g) && chunks >= 1, "the direct weight gradient does not apply to {g:?}");
+    let (taps, pixels) = (g.col_rows(), g.out_pixels());
+    let partials: Vec<Vec<f32>> = (0..chunks)
+        .into_par_iter()
+        .map_init(|| (Vec::new(), Vec::new()), |(xp, dyt), i| {
+            let mut dw = vec![0.0f32; g.weight_len()];
+            for b in i * g.batch / chunks..(i + 1) * g.batch / chunks {
+                pad_sample(g, &x[b * g.in_sample()..][..g.in_sample()], xp);
+                let dy_b = &dy[b * g.out_sample()..][..g.out_sample()];
+                dyt.clear();
+                dyt.resize(g.out_sample(), 0.0);
+                for (co, row) in dy_b.chunks_exact(pixels).enumerate() {
+                    for (p, v) in row.iter().enumerate() {
+                        dyt[p * g.c_out + co] = *v;
+                    }
+                }
+                // SAFETY: `applies` checked AVX-512F; `weight_sample` asserts the lengths.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::weight_sample(g, xp, dyt, &mut dw)
+                }
+            }
+            dw
+        })
+        .collect();
+    let mut parts = partials.into_iter();
+    let mut packed = parts.next().unwrap_or_else(|| vec![0.0; g.weight_len()]);
+    for part in parts {
+        for (d, p) in packed.iter_mut().zip(&part) {
+            *d += *p;
+        }
+    }
+    // [c_out/16][taps][16] -> [c_out][taps]
+    let mut dw = vec![0.0f32; g.weight_len()];
+    for co in 0..g.c_out {
+        let (block, lane) = (co / LANES, co % LANES);
+        for t in 0..taps {
+            dw[co * taps + t] = packed[(block * taps + t) * LANES + lane];
+        }
+    }
+    dw
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -101,8 +151,6 @@ mod avx512 {
     use super::{padded, LANES, STRIP};
     use crate::geometry::ConvGeometry;
 
-    /// Where one register block reads and writes: output row `oh`, the strip from column
-    /// `ow`, channel blocks from `block`.
     /// `strip_kernel::<strip, N>` for a strip width known only at run time.
     macro_rules! strips {
         ($strip:expr, $n:literal, $args:tt; $($u:literal)+) => {
@@ -113,6 +161,8 @@ mod avx512 {
         };
     }
 
+    /// Where one register block reads and writes: output row `oh`, the strip from column
+    /// `ow`, channel blocks from `block`.
     #[derive(Clone, Copy)]
     struct At {
         oh: usize,
@@ -196,6 +246,98 @@ mod avx512 {
         }
         // SAFETY: the strip and blocks lie inside the output.
         unsafe { store(g, y_b, at, &acc) };
+    }
+
+    /// Taps per register block of the weight gradient (× 2 channel blocks: 16 accumulators).
+    const TAPS: usize = 8;
+
+    /// `tap_kernel::<taps, N>` for a tap count known only at run time.
+    macro_rules! tap_blocks {
+        ($taps:expr, $n:literal, $args:tt; $($t:literal)+) => {
+            match $taps {
+                $($t => tap_kernel::<$t, $n> $args,)+
+                other => unreachable!("a block of {other} taps"),
+            }
+        };
+    }
+
+    /// One sample's contribution to the packed weight gradient `dw` (`[c_out/16][taps][16]`),
+    /// from its transposed output gradient `dyt` (`[pixel][c_out]`) and padded input `xp`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weight_sample(g: &ConvGeometry, xp: &[f32], dyt: &[f32], dw: &mut [f32]) {
+        let (hp, wp) = padded(g);
+        assert!(xp.len() == g.c_in * hp * wp && dyt.len() == g.out_sample() && dw.len() == g.weight_len());
+        let (blocks, taps) = (g.c_out / LANES, g.col_rows());
+        let mut block = 0;
+        while block < blocks {
+            let pair = blocks - block >= 2;
+            let mut tap = 0;
+            while tap < taps {
+                let count = (taps - tap).min(TAPS);
+                // SAFETY: the taps and blocks lie inside `dw`, and every pixel they read
+                // inside `xp` and `dyt`.
+                unsafe {
+                    if pair {
+                        tap_blocks!(count, 2, (g, xp, dyt, dw, tap, block); 1 2 3 4 5 6 7 8);
+                    } else {
+                        tap_blocks!(count, 1, (g, xp, dyt, dw, tap, block); 1 2 3 4 5 6 7 8);
+                    }
+                }
+                tap += count;
+            }
+            block += if pair { 2 } else { 1 };
+        }
+    }
+
+    /// `T` taps from `tap` × `N` channel blocks from `block`: their partial sums loaded from
+    /// `dw`, every output pixel's `dy` (N vectors) times the tap's input value (a broadcast)
+    /// added in pixel order, stored back.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tap_kernel<const T: usize, const N: usize>(g: &ConvGeometry, xp: &[f32], dyt: &[f32], dw: &mut [f32], tap: usize, block: usize) {
+        let (hp, wp) = padded(g);
+        let [kh, kw] = g.kernel;
+        let [sh, sw] = g.stride;
+        let taps = g.col_rows();
+        // Where each tap reads, relative to the output pixel's top-left input.
+        let mut from = [xp.as_ptr(); T];
+        for (t, f) in from.iter_mut().enumerate() {
+            let (ci, k) = ((tap + t) / (kh * kw), (tap + t) % (kh * kw));
+            // SAFETY: inside `xp`: channel `ci`, row `ky`, column `kx` of the padded sample.
+            *f = unsafe { xp.as_ptr().add((ci * hp + k / kw) * wp + k % kw) };
+        }
+        let mut acc = [[_mm512_setzero_ps(); T]; N];
+        for (n, row) in acc.iter_mut().enumerate() {
+            for (t, v) in row.iter_mut().enumerate() {
+                // SAFETY: tap `tap + t` of block `block + n`, inside `dw`.
+                *v = unsafe { _mm512_loadu_ps(dw.as_ptr().add(((block + n) * taps + tap + t) * LANES)) };
+            }
+        }
+        let d = dyt.as_ptr();
+        for oh in 0..g.out_height {
+            for ow in 0..g.out_width {
+                let p = oh * g.out_width + ow;
+                let at = oh * sh * wp + ow * sw;
+                let mut dv = [_mm512_setzero_ps(); N];
+                for (n, v) in dv.iter_mut().enumerate() {
+                    // SAFETY: pixel `p`, block `block + n`, inside `dyt`.
+                    *v = unsafe { _mm512_loadu_ps(d.add(p * g.c_out + (block + n) * LANES)) };
+                }
+                for t in 0..T {
+                    // SAFETY: the tap's input at this pixel: row `oh·sh + ky < hp`, column
+                    // `ow·sw + kx < wp`.
+                    let xv = unsafe { _mm512_set1_ps(*from[t].add(at)) };
+                    for n in 0..N {
+                        acc[n][t] = _mm512_fmadd_ps(dv[n], xv, acc[n][t]);
+                    }
+                }
+            }
+        }
+        for (n, row) in acc.iter().enumerate() {
+            for (t, v) in row.iter().enumerate() {
+                // SAFETY: as for the loads above.
+                unsafe { _mm512_storeu_ps(dw.as_mut_ptr().add(((block + n) * taps + tap + t) * LANES), *v) };
+            }
+        }
     }
 
     /// `acc[n][u]`, the 16 channels of block `at.block + n` at pixel `at.ow + u` of row
@@ -291,6 +433,60 @@ mod tests {
                 let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
                 assert!(worst <= 1e-4, "{g:?}, bias {}: max |diff| {worst}", bias.is_some());
             }
+        }
+    }
+
+    /// `dW` by its definition.
+    fn naive_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let [kh, kw] = g.kernel;
+        let mut dw = vec![0.0f32; g.weight_len()];
+        for co in 0..g.c_out {
+            for ci in 0..g.c_in {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let mut s = 0.0f32;
+                        for b in 0..g.batch {
+                            for oh in 0..g.out_height {
+                                for ow in 0..g.out_width {
+                                    let r = (oh * g.stride[0] + ky) as isize - g.padding[0] as isize;
+                                    let c = (ow * g.stride[1] + kx) as isize - g.padding[1] as isize;
+                                    if r < 0 || c < 0 || r >= g.height as isize || c >= g.width as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * g.c_in + ci) * g.height + r as usize) * g.width + c as usize];
+                                    s += dy[((b * g.c_out + co) * g.out_height + oh) * g.out_width + ow] * xv;
+                                }
+                            }
+                        }
+                        dw[((co * g.c_in + ci) * kh + ky) * kw + kx] = s;
+                    }
+                }
+            }
+        }
+        dw
+    }
+
+    #[test]
+    fn the_direct_weight_gradient_is_the_definition() {
+        if !available() {
+            return;
+        }
+        // Tap blocks of 8 and a shorter remainder (16·9 = 144 = 18·8; 24·25 = 600 = 75·8;
+        // 20·9 = 180 = 22·8 + 4), pairs and an odd block, strides 1 and 2, several chunks.
+        let shapes = [
+            ([5, 16, 12, 12], [32, 16, 3, 3], [1, 1], [1, 1], 3),
+            ([4, 20, 9, 7], [48, 20, 3, 3], [2, 2], [1, 1], 4),
+            ([3, 24, 10, 9], [64, 24, 5, 5], [1, 2], [2, 0], 1),
+        ];
+        for (i, (x_shape, w_shape, stride, padding, chunks)) in shapes.into_iter().enumerate() {
+            let g = ConvGeometry::new(x_shape, w_shape, stride, padding).unwrap();
+            assert!(applies(&g), "{g:?}");
+            let x = values(g.batch * g.in_sample(), 300 + i as u32);
+            let dy = values(g.batch * g.out_sample(), 400 + i as u32);
+            let (ours, reference) = (weight_grad(&g, &x, &dy, chunks), naive_weight_grad(&g, &x, &dy));
+            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 1e-4 * scale, "{g:?}: max |diff| {worst} against {scale}");
         }
     }
 
