@@ -2,7 +2,8 @@
 //!
 //! `cpu` holds the kernels on NCHW `f32` slices (im2col straight from NCHW into a reused
 //! per-thread buffer, GEMM from the `gemm` crate, a thread-count-independent reduction for the
-//! weight gradient). `extension` is the backend extension that carries them into Burn —
+//! weight gradient); on AVX-512 it hands the layers of 32–64 output channels to `direct`
+//! (forward and weight gradient without a column matrix, 16 channels a register). `extension` is the backend extension that carries them into Burn —
 //! forward on the backend, backward registered on `Autodiff` — and `dispatch::conv2d` is the
 //! call the models make for every backend. `pool` and `pool_extension` do the same for max
 //! pooling over non-overlapping windows, `norm` and `norm_extension` for training-mode
