@@ -9,6 +9,9 @@
 #   experiments/mutants.sh                          every file below
 #   experiments/mutants.sh src/strategy/fedolf.rs   one file
 # Results: mutants.out/<file>/mutants.out/{caught,missed,unviable,timeout}.txt
+# --iterate: a run that was stopped (a session ending, Ctrl-C) continues where it stopped when
+# started again — the mutants already caught or unviable in that folder are skipped and their
+# lists carried on (previously_caught.txt). Start a file over by deleting its folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Not target/: a mutant's build would overwrite target/release/fedolf with mutated code.
@@ -35,9 +38,9 @@ for f in "${FILES[@]}"; do
   echo "== $f against: $tests"
   # The models crate's file is exercised by the root package's tests.
   cargo mutants --file "$f" --package fedolf --package fedolf-models --test-package fedolf \
-    --copy-target=false --profile release --baseline skip --timeout 600 --build-timeout 3600 \
+    --copy-target=false --profile release --baseline skip --timeout 600 --build-timeout 3600 --iterate \
     "${args[@]}" --output "$out" || true
-  for kind in caught missed unviable timeout; do
+  for kind in previously_caught caught missed unviable timeout; do
     printf '  %-9s %s\n' "$kind" "$(wc -l < "$out/mutants.out/$kind.txt" 2>/dev/null || echo 0)"
   done
 done

@@ -188,6 +188,10 @@ fn list_shows_models_datasets_and_methods() {
     for name in ["fedolf", "fedavg", "slt", "cocofl", "heterofl", "feddrop", "fjord", "tinyfel", "random-freeze", "depthfl", "scalefl", "adaptivefl", "nefl", "cnn", "alexnet", "resnet20", "resnet44", "fashion-mnist", "emnist", "cifar10", "cifar100", "cinic10"] {
         assert!(text.contains(name), "missing {name}:\n{text}");
     }
+    // Each method's options, as its own file declares them, with their defaults.
+    for option in ["fedolf.merge = \"weighted\"", "heterofl.static_bn = true", "scalefl.gamma = 1.0", "adaptivefl.selection = \"available\"", "slt.stage_lengths = \"params\"", "cocofl.fake_int8 = false"] {
+        assert!(text.contains(option), "missing option {option}:\n{text}");
+    }
 }
 
 /// Every method learns: 3 rounds of a small iid experiment end above 20 % (chance 10 %).

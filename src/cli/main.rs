@@ -70,6 +70,10 @@ fn list() {
     println!("methods:");
     for m in fedolf::strategy::METHODS {
         println!("  {:<14} {}", m.name, m.about);
+        let options = (m.options)();
+        if !options.is_empty() {
+            println!("  {:<14} options (defaults): {}", "", options.join(", "));
+        }
     }
     println!("models:");
     for m in ModelKind::ALL {

@@ -168,6 +168,8 @@ pub struct Facts {
     pub freezes_levels: bool,
     pub frozen_per_cluster: fn(usize) -> Option<Vec<usize>>,
     pub exit_depths: fn(usize, usize) -> Vec<usize>,
+    /// Its options with their defaults, dotted as in `--set` (`cocofl.fake_int8 = false`).
+    pub options: fn() -> Vec<String>,
     /// Parse and check its section, and write it back whole (defaults filled in).
     settle: fn(&mut Config) -> Result<(), ConfigError>,
 }
@@ -181,6 +183,10 @@ impl Facts {
             freezes_levels: T::FREEZES_LEVELS,
             frozen_per_cluster: T::frozen_per_cluster,
             exit_depths: T::exit_depths,
+            options: || {
+                let table = toml::Table::try_from(T::Options::default()).unwrap_or_default();
+                table.iter().map(|(key, value)| format!("{}.{key} = {value}", T::NAME)).collect()
+            },
             settle: |cfg| {
                 let options = cfg.options_of::<T::Options>(T::NAME)?;
                 T::check(&options)?;
