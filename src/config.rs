@@ -280,8 +280,13 @@ pub struct EnergyConfig {
     pub bandwidth_mbps: f64,
 }
 
+/// serde's and toml's messages flattened to one line: errors print as one line.
+pub(crate) fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// The top-level tables `Config` itself declares; any other table is a method's section.
-const OWN_SECTIONS: &[&str] = &["data", "model", "federation", "train", "toa", "qsgd", "energy"];
+pub(crate) const OWN_SECTIONS: &[&str] = &["data", "model", "federation", "train", "toa", "qsgd", "energy"];
 
 /// The built-in default experiment (`experiments/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../experiments/default.toml");
@@ -296,7 +301,7 @@ impl Config {
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Parse {
                 path: origin.into(),
-                message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+                message: one_line(&e.to_string()),
             })?;
         for o in overrides {
             apply_override(&mut tree, o)?;
@@ -311,8 +316,7 @@ impl Config {
         let value = toml::Value::Table(tree);
         let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            // Flatten serde's multi-line messages: errors print as one line.
-            let message = e.into_inner().to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            let message = one_line(&e.into_inner().to_string());
             ConfigError::Parse { path: format!("{}: field `{path}`", blamed(origin, overrides, &path)), message }
         })?;
         cfg.options = options;
@@ -355,7 +359,7 @@ impl Config {
         serde_path_to_error::deserialize(toml::Value::Table(section.clone())).map_err(|e| {
             let inner = e.path().to_string();
             let path = if inner == "." || inner.is_empty() { method.to_string() } else { format!("{method}.{inner}") };
-            ConfigError::Parse { path, message: e.into_inner().to_string().split_whitespace().collect::<Vec<_>>().join(" ") }
+            ConfigError::Parse { path, message: one_line(&e.into_inner().to_string()) }
         })
     }
 

@@ -17,13 +17,11 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use crate::chunks::sum_over_sample_chunks;
 use crate::direct;
 use crate::geometry::ConvGeometry;
 use crate::im2col::{col2im_add, im2col, im2row};
 
-/// The weight gradient's sum over samples is split into at most this many chunks, each with
-/// its own `[c_out, c_in·kh·kw]` partial: more chunks, more parallelism and more memory.
-const WEIGHT_GRAD_CHUNKS: usize = 8;
 
 /// A row-major view of a matrix inside a slice: element `(i, j)` is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
@@ -255,44 +253,31 @@ fn weight_grad_reads_im2col(g: &ConvGeometry) -> bool {
 /// `dW = Σ_b dy[b] · im2col(x[b])ᵀ`, `[c_out, c_in, kh, kw]`.
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, pixels, len, wo) = (g.col_rows(), g.out_pixels(), g.weight_len(), g.out_width);
-    let chunks = g.batch.min(WEIGHT_GRAD_CHUNKS);
     if direct::applies(g) {
-        return direct::weight_grad(g, x, dy, chunks);
+        return direct::weight_grad(g, x, dy);
     }
     let transposed = weight_grad_reads_im2col(g);
-    // Chunk `i` sums samples [i·batch/chunks, (i+1)·batch/chunks), in sample and tile order.
-    let partials: Vec<Vec<f32>> = (0..chunks)
-        .into_par_iter()
-        .map_init(Vec::new, |buf, i| {
-            let mut dw = vec![0.0f32; len];
-            for b in i * g.batch / chunks..(i + 1) * g.batch / chunks {
-                let x_b = &x[b * g.in_sample()..(b + 1) * g.in_sample()];
-                let dy_b = &dy[b * g.out_sample()..(b + 1) * g.out_sample()];
-                for rows in tiles(g) {
-                    let n = rows.len() * wo;
-                    buf.resize(k * n, 0.0);
-                    let dy_tile = View { data: &dy_b[rows.start * wo..], rs: pixels, cs: 1 };
-                    if transposed {
-                        // dWᵀ [k × c_out] += (dY_b[:, tile] · col_tileᵀ)ᵀ
-                        im2col(g, x_b, rows.clone(), buf);
-                        matmul_strided(g.c_out, k, n, &mut dw, [1, g.c_out], true, dy_tile, View::transposed(buf, n));
-                    } else {
-                        // dW += dY_b[:, tile] · rows_tile
-                        im2row(g, x_b, rows.clone(), buf);
-                        matmul(g.c_out, k, n, &mut dw, k, true, dy_tile, View::rows(buf, k));
-                    }
+    // Each chunk sums its samples in sample and tile order.
+    let dw = sum_over_sample_chunks(g.batch, len, Vec::new, |buf, samples, dw| {
+        for b in samples {
+            let x_b = &x[b * g.in_sample()..(b + 1) * g.in_sample()];
+            let dy_b = &dy[b * g.out_sample()..(b + 1) * g.out_sample()];
+            for rows in tiles(g) {
+                let n = rows.len() * wo;
+                buf.resize(k * n, 0.0);
+                let dy_tile = View { data: &dy_b[rows.start * wo..], rs: pixels, cs: 1 };
+                if transposed {
+                    // dWᵀ [k × c_out] += (dY_b[:, tile] · col_tileᵀ)ᵀ
+                    im2col(g, x_b, rows.clone(), buf);
+                    matmul_strided(g.c_out, k, n, dw, [1, g.c_out], true, dy_tile, View::transposed(buf, n));
+                } else {
+                    // dW += dY_b[:, tile] · rows_tile
+                    im2row(g, x_b, rows.clone(), buf);
+                    matmul(g.c_out, k, n, dw, k, true, dy_tile, View::rows(buf, k));
                 }
             }
-            dw
-        })
-        .collect();
-    let mut parts = partials.into_iter();
-    let mut dw = parts.next().unwrap_or_else(|| vec![0.0; len]);
-    for part in parts {
-        for (d, p) in dw.iter_mut().zip(&part) {
-            *d += *p;
         }
-    }
+    });
     if !transposed {
         return dw;
     }

@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use crate::chunks::sum_over_sample_chunks;
 use crate::geometry::ConvGeometry;
 
 /// Output channels per register.
@@ -45,14 +46,19 @@ fn available() -> bool {
     }
 }
 
+/// Where element `(co, t)` of a `[c_out][taps]` bank lies in its packed form
+/// `[c_out / 16][taps][16]` (the weights going in, the weight gradient coming out).
+fn packed_at(co: usize, t: usize, taps: usize) -> usize {
+    ((co / LANES) * taps + t) * LANES + co % LANES
+}
+
 /// `[c_out, c_in, kh, kw]` → `[c_out / 16][c_in][kh][kw][16]`.
 fn pack_weights(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
     let taps = g.col_rows();
     let mut packed = vec![0.0f32; w.len()];
     for co in 0..g.c_out {
-        let (block, lane) = (co / LANES, co % LANES);
         for t in 0..taps {
-            packed[(block * taps + t) * LANES + lane] = w[co * taps + t];
+            packed[packed_at(co, t, taps)] = w[co * taps + t];
         }
     }
     packed
@@ -95,50 +101,36 @@ pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
 }
 
 /// `dW = Σ_b Σ_p dy[b, :, p] ⊗ xp[b, taps at p]`, `[c_out, c_in, kh, kw]`; only where
-/// [`applies`] holds. The samples are summed in `chunks` fixed ranges (each its own partial,
-/// in sample and pixel order, the partials then added in order), as `cpu::weight_grad` does,
-/// so the result does not depend on the thread count. Per sample the output gradient is
-/// transposed to `[pixel][c_out]` (16 channels a vector) and the input padded; a register
-/// block of 8 taps × 2 channel blocks then accumulates over every pixel.
-pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32], chunks: usize) -> Vec<f32> {
-    assert!(applies(g) && chunks >= 1, "the direct weight gradient does not apply to {g:?}");
+/// [`applies`] holds. The samples are summed as `cpu::weight_grad` sums them
+/// ([`sum_over_sample_chunks`]: fixed ranges, each in sample and pixel order), so the result
+/// does not depend on the thread count. Per sample the output gradient is transposed to
+/// `[pixel][c_out]` (16 channels a vector) and the input padded; a register block of 8 taps ×
+/// 2 channel blocks then accumulates over every pixel.
+pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert!(applies(g), "the direct weight gradient does not apply to {g:?}");
     let (taps, pixels) = (g.col_rows(), g.out_pixels());
-    let partials: Vec<Vec<f32>> = (0..chunks)
-        .into_par_iter()
-        .map_init(|| (Vec::new(), Vec::new()), |(xp, dyt), i| {
-            let mut dw = vec![0.0f32; g.weight_len()];
-            for b in i * g.batch / chunks..(i + 1) * g.batch / chunks {
-                pad_sample(g, &x[b * g.in_sample()..][..g.in_sample()], xp);
-                let dy_b = &dy[b * g.out_sample()..][..g.out_sample()];
-                dyt.clear();
-                dyt.resize(g.out_sample(), 0.0);
-                for (co, row) in dy_b.chunks_exact(pixels).enumerate() {
-                    for (p, v) in row.iter().enumerate() {
-                        dyt[p * g.c_out + co] = *v;
-                    }
-                }
-                // SAFETY: `applies` checked AVX-512F; `weight_sample` asserts the lengths.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    avx512::weight_sample(g, xp, dyt, &mut dw)
+    let packed = sum_over_sample_chunks(g.batch, g.weight_len(), || (Vec::new(), Vec::new()), |(xp, dyt), samples, dw| {
+        for b in samples {
+            pad_sample(g, &x[b * g.in_sample()..][..g.in_sample()], xp);
+            let dy_b = &dy[b * g.out_sample()..][..g.out_sample()];
+            dyt.clear();
+            dyt.resize(g.out_sample(), 0.0);
+            for (co, row) in dy_b.chunks_exact(pixels).enumerate() {
+                for (p, v) in row.iter().enumerate() {
+                    dyt[p * g.c_out + co] = *v;
                 }
             }
-            dw
-        })
-        .collect();
-    let mut parts = partials.into_iter();
-    let mut packed = parts.next().unwrap_or_else(|| vec![0.0; g.weight_len()]);
-    for part in parts {
-        for (d, p) in packed.iter_mut().zip(&part) {
-            *d += *p;
+            // SAFETY: `applies` checked AVX-512F; `weight_sample` asserts the lengths.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::weight_sample(g, xp, dyt, dw)
+            }
         }
-    }
-    // [c_out/16][taps][16] -> [c_out][taps]
+    });
     let mut dw = vec![0.0f32; g.weight_len()];
     for co in 0..g.c_out {
-        let (block, lane) = (co / LANES, co % LANES);
         for t in 0..taps {
-            dw[co * taps + t] = packed[(block * taps + t) * LANES + lane];
+            dw[co * taps + t] = packed[packed_at(co, t, taps)];
         }
     }
     dw
@@ -472,18 +464,19 @@ mod tests {
             return;
         }
         // Tap blocks of 8 and a shorter remainder (16·9 = 144 = 18·8; 24·25 = 600 = 75·8;
-        // 20·9 = 180 = 22·8 + 4), pairs and an odd block, strides 1 and 2, several chunks.
+        // 20·9 = 180 = 22·8 + 4), pairs and an odd block, strides 1 and 2, 3–5 sample chunks
+        // (one a sample, below 8).
         let shapes = [
-            ([5, 16, 12, 12], [32, 16, 3, 3], [1, 1], [1, 1], 3),
-            ([4, 20, 9, 7], [48, 20, 3, 3], [2, 2], [1, 1], 4),
-            ([3, 24, 10, 9], [64, 24, 5, 5], [1, 2], [2, 0], 1),
+            ([5, 16, 12, 12], [32, 16, 3, 3], [1, 1], [1, 1]),
+            ([4, 20, 9, 7], [48, 20, 3, 3], [2, 2], [1, 1]),
+            ([3, 24, 10, 9], [64, 24, 5, 5], [1, 2], [2, 0]),
         ];
-        for (i, (x_shape, w_shape, stride, padding, chunks)) in shapes.into_iter().enumerate() {
+        for (i, (x_shape, w_shape, stride, padding)) in shapes.into_iter().enumerate() {
             let g = ConvGeometry::new(x_shape, w_shape, stride, padding).unwrap();
             assert!(applies(&g), "{g:?}");
             let x = values(g.batch * g.in_sample(), 300 + i as u32);
             let dy = values(g.batch * g.out_sample(), 400 + i as u32);
-            let (ours, reference) = (weight_grad(&g, &x, &dy, chunks), naive_weight_grad(&g, &x, &dy));
+            let (ours, reference) = (weight_grad(&g, &x, &dy), naive_weight_grad(&g, &x, &dy));
             let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
             let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst <= 1e-4 * scale, "{g:?}: max |diff| {worst} against {scale}");

@@ -9,6 +9,7 @@
 //! pooling over non-overlapping windows, `norm` and `norm_extension` for training-mode
 //! BatchNorm.
 
+mod chunks;
 pub mod cpu;
 mod direct;
 mod dispatch;

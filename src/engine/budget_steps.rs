@@ -48,7 +48,7 @@ impl<B: AutodiffBackend> Federation<B> {
         self.budgets.declare(client, self.parts.len(), budget_mb, calibration, run, self.setup.training.caches_prefix())
     }
 
-    /// Memory budgets: the plan client `client` trains at capacity capacity `capacity` (of
+    /// Memory budgets: the plan client `client` trains at capacity `capacity` (of
     /// `setup.capacities`; the last is the least constrained) in round `round`, and its
     /// predicted training peak in bytes (from the server's calibration).
     pub fn capacity_plan(&self, round: usize, client: usize, capacity: usize) -> Result<(ClientPlan, u64), SimError> {
@@ -79,7 +79,7 @@ impl<B: AutodiffBackend> Federation<B> {
         PlanFacts::new(plan, &infos, local.resident_bytes(), self.setup.training.batch_size, self.setup.training.sgd.momentum > 0.0)
     }
 
-    /// Memory budgets only: measure `ρ` at every capacity capacity (two SGD steps of the
+    /// Memory budgets only: measure `ρ` at every capacity (two SGD steps of the
     /// method's own plan at that capacity, on the first training samples, on this backend) and
     /// keep the predictor for the run. For FedOLF capacity `N − 1 − l` is the ordered plan with
     /// `l` frozen. `memory` is the CPU's counting allocator; a GPU reports its own

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{Config, ConfigError, DEFAULT_TOML};
+use crate::config::{one_line, Config, ConfigError, DEFAULT_TOML};
 use crate::io::lock::{FolderLock, LockError};
 use crate::io::report::{write_atomic, ResultsError, RoundsCsv, Summary};
 use crate::io::trials::Spread;
@@ -103,7 +103,7 @@ impl Grid {
         let bad = |message: String| GridError::File { file: file.clone(), message };
         let parsed: GridFile = serde_path_to_error::deserialize(toml::de::Deserializer::new(&text)).map_err(|e| {
             let field = e.path().to_string();
-            let message = e.into_inner().to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            let message = one_line(&e.into_inner().to_string());
             bad(if field == "." { message } else { format!("field `{field}`: {message}") })
         })?;
         if !safe_name(&parsed.name) {

@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::tensor::aggregate::{aggregate_layerwise, AggregateError, LayerUpload};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, OWN_SECTIONS};
 use crate::local::error::LocalError;
 use crate::tensor::host::{HostLayer, HostTensor};
 use crate::tensor::params::LayerParams;
@@ -165,7 +165,6 @@ pub struct Facts {
     pub name: &'static str,
     pub about: &'static str,
     pub uses_levels: bool,
-    pub freezes_levels: bool,
     pub frozen_per_cluster: fn(usize) -> Option<Vec<usize>>,
     pub exit_depths: fn(usize, usize) -> Vec<usize>,
     /// Its options with their defaults, dotted as in `--set` (`cocofl.fake_int8 = false`).
@@ -180,7 +179,6 @@ impl Facts {
             name: T::NAME,
             about: T::ABOUT,
             uses_levels: T::USES_LEVELS,
-            freezes_levels: T::FREEZES_LEVELS,
             frozen_per_cluster: T::frozen_per_cluster,
             exit_depths: T::exit_depths,
             options: || {
@@ -259,7 +257,7 @@ fn settle_methods(cfg: &mut Config) -> Result<(), ConfigError> {
     if let Some(section) = cfg.options.keys().find(|s| facts(s).is_err()) {
         return Err(ConfigError::Parse {
             path: section.clone(),
-            message: format!("unknown field `{section}`: not a config section (data, model, federation, train, toa, qsgd, energy) or a method's"),
+            message: format!("unknown field `{section}`: not a config section ({}) or a method's", OWN_SECTIONS.join(", ")),
         });
     }
     METHODS.iter().try_for_each(|method| (method.settle)(cfg))
