@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Mutation testing of the files that carry the paper's mechanics, with cargo-mutants from the
 # crate registry (`cargo install cargo-mutants`). Each file's mutants run against the test
-# binaries that exercise it, in the release profile (the tests train real models), in a copy of
-# the tree building into one target folder of its own (MUTANTS_TARGET, default
-# ../mutants-target): the registry crates are built once, for every later run, and a mutant
-# rebuilds only the crates it touches. Not part of CI:
+# binaries that exercise it, in the `mutants` profile (Cargo.toml: this project's crates
+# incremental at opt-level 1, every dependency and the kernels at release speed, so a mutant's
+# rebuild takes seconds and the tests that train real models stay fast), in a copy of the tree
+# building into one target folder of its own (MUTANTS_TARGET, default ../mutants-target): the
+# registry crates are built once, for every later run. Not part of CI:
 # run it when these files change; experiments/results/mutants.md records the last run.
 #   experiments/mutants.sh                          every file below
 #   experiments/mutants.sh src/strategy/fedolf.rs   one file
@@ -38,7 +39,7 @@ for f in "${FILES[@]}"; do
   echo "== $f against: $tests"
   # The models crate's file is exercised by the root package's tests.
   cargo mutants --file "$f" --package fedolf --package fedolf-models --test-package fedolf \
-    --copy-target=false --profile release --baseline skip --timeout 600 --build-timeout 3600 --iterate \
+    --copy-target=false --profile mutants --baseline skip --timeout 600 --build-timeout 3600 --iterate \
     "${args[@]}" --output "$out" || true
   for kind in previously_caught caught missed unviable timeout; do
     printf '  %-9s %s\n' "$kind" "$(wc -l < "$out/mutants.out/$kind.txt" 2>/dev/null || echo 0)"
