@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use crate::chunks::sum_over_sample_chunks;
 use crate::direct;
+use crate::rows;
 use crate::geometry::ConvGeometry;
 use crate::im2col::{col2im_add, im2col, im2row};
 
@@ -127,6 +128,9 @@ pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> 
     check_lengths(g, x, w);
     if direct::applies(g) {
         return direct::forward(g, x, w, bias);
+    }
+    if rows::applies(g) {
+        return rows::forward(g, x, w, bias);
     }
     let (k, pixels, wo) = (g.col_rows(), g.out_pixels(), g.out_width);
     let mut y = vec![0.0f32; g.batch * g.out_sample()];

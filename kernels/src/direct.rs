@@ -35,7 +35,7 @@ pub(crate) fn applies(g: &ConvGeometry) -> bool {
     available() && g.c_out % LANES == 0 && (2 * LANES..=64).contains(&g.c_out) && g.c_in >= 16 && g.kernel[0] * g.kernel[1] > 1
 }
 
-fn available() -> bool {
+pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx512f")
@@ -65,12 +65,12 @@ fn pack_weights(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
 }
 
 /// The padded height and width.
-fn padded(g: &ConvGeometry) -> (usize, usize) {
+pub(crate) fn padded(g: &ConvGeometry) -> (usize, usize) {
     (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1])
 }
 
 /// Copy one sample into `xp`, `[c_in][hp][wp]` with zero borders.
-fn pad_sample(g: &ConvGeometry, x_b: &[f32], xp: &mut Vec<f32>) {
+pub(crate) fn pad_sample(g: &ConvGeometry, x_b: &[f32], xp: &mut Vec<f32>) {
     let (hp, wp) = padded(g);
     let [ph, pw] = g.padding;
     xp.clear();
@@ -355,49 +355,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The convolution by its definition, one output at a time (bias, then the taps in order).
-    fn naive(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-        let [kh, kw] = g.kernel;
-        let mut y = vec![0.0f32; g.batch * g.out_sample()];
-        for b in 0..g.batch {
-            for co in 0..g.c_out {
-                for oh in 0..g.out_height {
-                    for ow in 0..g.out_width {
-                        let mut s = bias.map_or(0.0, |bias| bias[co]);
-                        for ci in 0..g.c_in {
-                            for ky in 0..kh {
-                                for kx in 0..kw {
-                                    let r = (oh * g.stride[0] + ky) as isize - g.padding[0] as isize;
-                                    let c = (ow * g.stride[1] + kx) as isize - g.padding[1] as isize;
-                                    if r < 0 || c < 0 || r >= g.height as isize || c >= g.width as isize {
-                                        continue;
-                                    }
-                                    let xv = x[((b * g.c_in + ci) * g.height + r as usize) * g.width + c as usize];
-                                    s += w[((co * g.c_in + ci) * kh + ky) * kw + kx] * xv;
-                                }
-                            }
-                        }
-                        y[((b * g.c_out + co) * g.out_height + oh) * g.out_width + ow] = s;
-                    }
-                }
-            }
-        }
-        y
-    }
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        // A fixed pseudo-random sequence in [−1, 1).
-        let mut state = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::reference::{naive, naive_weight_grad, values};
 
     #[test]
     fn the_direct_convolution_is_the_definition() {
@@ -426,36 +384,6 @@ mod tests {
                 assert!(worst <= 1e-4, "{g:?}, bias {}: max |diff| {worst}", bias.is_some());
             }
         }
-    }
-
-    /// `dW` by its definition.
-    fn naive_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
-        let [kh, kw] = g.kernel;
-        let mut dw = vec![0.0f32; g.weight_len()];
-        for co in 0..g.c_out {
-            for ci in 0..g.c_in {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let mut s = 0.0f32;
-                        for b in 0..g.batch {
-                            for oh in 0..g.out_height {
-                                for ow in 0..g.out_width {
-                                    let r = (oh * g.stride[0] + ky) as isize - g.padding[0] as isize;
-                                    let c = (ow * g.stride[1] + kx) as isize - g.padding[1] as isize;
-                                    if r < 0 || c < 0 || r >= g.height as isize || c >= g.width as isize {
-                                        continue;
-                                    }
-                                    let xv = x[((b * g.c_in + ci) * g.height + r as usize) * g.width + c as usize];
-                                    s += dy[((b * g.c_out + co) * g.out_height + oh) * g.out_width + ow] * xv;
-                                }
-                            }
-                        }
-                        dw[((co * g.c_in + ci) * kh + ky) * kw + kx] = s;
-                    }
-                }
-            }
-        }
-        dw
     }
 
     #[test]

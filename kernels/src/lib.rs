@@ -3,7 +3,8 @@
 //! `cpu` holds the kernels on NCHW `f32` slices (im2col straight from NCHW into a reused
 //! per-thread buffer, GEMM from the `gemm` crate, a thread-count-independent reduction for the
 //! weight gradient); on AVX-512 it hands the layers of 32–64 output channels to `direct`
-//! (forward and weight gradient without a column matrix, 16 channels a register). `extension` is the backend extension that carries them into Burn —
+//! (forward and weight gradient without a column matrix, 16 channels a register) and the
+//! stride-1 forward of narrow layers and stems to `rows` (16 pixels of a row a register). `extension` is the backend extension that carries them into Burn —
 //! forward on the backend, backward registered on `Autodiff` — and `dispatch::conv2d` is the
 //! call the models make for every backend. `pool` and `pool_extension` do the same for max
 //! pooling over non-overlapping windows, `norm` and `norm_extension` for training-mode
@@ -23,6 +24,9 @@ pub mod peak;
 mod norm_extension;
 pub mod pool;
 mod pool_extension;
+#[cfg(test)]
+mod reference;
+mod rows;
 
 pub use cpu::{Grads, Wanted};
 pub use dispatch::{batch_norm_train, conv2d, forward, has_own_kernels, max_pool2d, pool_forward};

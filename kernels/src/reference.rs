@@ -1,0 +1,77 @@
+//! The convolution and its weight gradient by their definitions, one output at a time: what
+//! the kernels' tests compare against.
+
+use crate::geometry::ConvGeometry;
+
+/// The convolution by its definition, one output at a time (bias, then the taps in order).
+pub(crate) fn naive(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let [kh, kw] = g.kernel;
+    let mut y = vec![0.0f32; g.batch * g.out_sample()];
+    for b in 0..g.batch {
+        for co in 0..g.c_out {
+            for oh in 0..g.out_height {
+                for ow in 0..g.out_width {
+                    let mut s = bias.map_or(0.0, |bias| bias[co]);
+                    for ci in 0..g.c_in {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let r = (oh * g.stride[0] + ky) as isize - g.padding[0] as isize;
+                                let c = (ow * g.stride[1] + kx) as isize - g.padding[1] as isize;
+                                if r < 0 || c < 0 || r >= g.height as isize || c >= g.width as isize {
+                                    continue;
+                                }
+                                let xv = x[((b * g.c_in + ci) * g.height + r as usize) * g.width + c as usize];
+                                s += w[((co * g.c_in + ci) * kh + ky) * kw + kx] * xv;
+                            }
+                        }
+                    }
+                    y[((b * g.c_out + co) * g.out_height + oh) * g.out_width + ow] = s;
+                }
+            }
+        }
+    }
+    y
+}
+
+pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
+    // A fixed pseudo-random sequence in [−1, 1).
+    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// `dW` by its definition.
+pub(crate) fn naive_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let [kh, kw] = g.kernel;
+    let mut dw = vec![0.0f32; g.weight_len()];
+    for co in 0..g.c_out {
+        for ci in 0..g.c_in {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let mut s = 0.0f32;
+                    for b in 0..g.batch {
+                        for oh in 0..g.out_height {
+                            for ow in 0..g.out_width {
+                                let r = (oh * g.stride[0] + ky) as isize - g.padding[0] as isize;
+                                let c = (ow * g.stride[1] + kx) as isize - g.padding[1] as isize;
+                                if r < 0 || c < 0 || r >= g.height as isize || c >= g.width as isize {
+                                    continue;
+                                }
+                                let xv = x[((b * g.c_in + ci) * g.height + r as usize) * g.width + c as usize];
+                                s += dy[((b * g.c_out + co) * g.out_height + oh) * g.out_width + ow] * xv;
+                            }
+                        }
+                    }
+                    dw[((co * g.c_in + ci) * kh + ky) * kw + kx] = s;
+                }
+            }
+        }
+    }
+    dw
+}

@@ -1,0 +1,228 @@
+//! The stride-1 forward convolution computed directly on AVX-512 with the output row in the
+//! register: sixteen neighbouring output pixels of one channel per vector, for the layers the
+//! channel-blocked kernel (`direct`) leaves to GEMM — few output channels (ResNet's 16-channel
+//! stage and its input gradient) or few input channels (the stems).
+//!
+//! `y[b, co, oh, ow] = bias[co] + Σ_ci Σ_ky Σ_kx w[co, ci, ky, kx] · xp[b, ci, oh + ky, ow + kx]`
+//! with `xp` the zero-padded input. A register block is 8 output channels × 32 output pixels
+//! (one row of up to 32, or two rows of up to 16): per tap the input row is two contiguous
+//! vector loads, shared by the 8 channels, and each channel's weight one broadcast — 10 loads
+//! for 16 FMAs, where `direct` with a single 16-channel block needs one broadcast per FMA.
+//! Row tails are masked, so any width runs. The weights are repacked once per call into
+//! `[co / 8][ci][ky][kx][8]`. Each output is its bias followed by its taps in (ci, ky, kx)
+//! order — one fixed sequence whatever the thread count, as everywhere in this crate — and the
+//! output is written straight into NCHW, with no transposition.
+
+use rayon::prelude::*;
+
+use crate::direct::{available, pad_sample};
+use crate::geometry::ConvGeometry;
+
+/// Output channels per register block (one broadcast weight each).
+const CHANNELS: usize = 8;
+/// Lanes of one vector: neighbouring output pixels of one row.
+const LANES: usize = 16;
+
+/// Whether this machine runs the row kernel and `g` is a shape it is for: stride 1, whole
+/// blocks of 8 output channels, a real spatial kernel, and at most 16 output channels or fewer
+/// than 16 input channels (shapes `direct` does not take). Measured with `fedolf bench conv`
+/// against the column matrix (experiments/results/speed-cpu.md): 1.35–1.45× on ResNet's
+/// 16 → 16 forward and input gradient; about even, within this VM's noise, on the stems.
+pub(crate) fn applies(g: &ConvGeometry) -> bool {
+    available() && g.stride == [1, 1] && g.c_out % CHANNELS == 0 && (g.c_out <= 16 || g.c_in < 16) && g.kernel[0] * g.kernel[1] > 1
+}
+
+/// `[c_out, c_in, kh, kw]` → `[c_out / 8][c_in][kh][kw][8]`.
+fn pack_weights(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
+    let taps = g.col_rows();
+    let mut packed = vec![0.0f32; w.len()];
+    for co in 0..g.c_out {
+        for t in 0..taps {
+            packed[((co / CHANNELS) * taps + t) * CHANNELS + co % CHANNELS] = w[co * taps + t];
+        }
+    }
+    packed
+}
+
+/// `y[b] = conv(x[b], w) + bias`, `[batch, c_out, ho, wo]`; only where [`applies`] holds.
+pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    assert!(applies(g), "the row convolution does not apply to {g:?}");
+    let packed = pack_weights(g, w);
+    let mut y = vec![0.0f32; g.batch * g.out_sample()];
+    y.par_chunks_mut(g.out_sample()).zip(x.par_chunks(g.in_sample())).for_each_init(Vec::new, |xp, (y_b, x_b)| {
+        pad_sample(g, x_b, xp);
+        // SAFETY: `applies` checked that the CPU has AVX-512F; the slices have the lengths
+        // `sample` indexes (asserted there).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            avx512::sample(g, xp, &packed, bias, y_b)
+        }
+    });
+    y
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{CHANNELS, LANES};
+    use crate::direct::padded;
+    use crate::geometry::ConvGeometry;
+
+    /// Where one register block reads and writes: output channels from `co`, output rows from
+    /// `oh`, columns from `ow`, and which lanes of each vector are inside the row.
+    #[derive(Clone, Copy)]
+    struct At<const V: usize> {
+        co: usize,
+        oh: usize,
+        ow: usize,
+        masks: [__mmask16; V],
+    }
+
+    /// The lanes of the vector starting at column `from` that lie inside a row of `width`.
+    fn mask(from: usize, width: usize) -> __mmask16 {
+        match width.saturating_sub(from) {
+            0 => 0,
+            n if n >= LANES => 0xffff,
+            n => ((1u32 << n) - 1) as __mmask16,
+        }
+    }
+
+    /// One sample, 8 channels at a time: rows of more than 16 pixels as one row of 32 columns a
+    /// block, narrower rows two at a time (a last odd row alone).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn sample(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [f32]) {
+        let (hp, wp) = padded(g);
+        assert!(xp.len() == g.c_in * hp * wp && packed.len() == g.weight_len() && y_b.len() == g.out_sample());
+        assert!(bias.is_none_or(|b| b.len() == g.c_out));
+        let wo = g.out_width;
+        for co in (0..g.c_out).step_by(CHANNELS) {
+            // SAFETY (every call below): the block's channels, rows and unmasked columns lie
+            // inside the output, and every tap they read inside the padded sample.
+            if wo > LANES {
+                for oh in 0..g.out_height {
+                    for ow in (0..wo).step_by(2 * LANES) {
+                        let at = At { co, oh, ow, masks: [mask(ow, wo), mask(ow + LANES, wo)] };
+                        unsafe { block::<1, 2>(g, xp, packed, bias, y_b, at) };
+                    }
+                }
+            } else {
+                let masks = [mask(0, wo)];
+                let mut oh = 0;
+                while oh + 2 <= g.out_height {
+                    unsafe { block::<2, 1>(g, xp, packed, bias, y_b, At { co, oh, ow: 0, masks }) };
+                    oh += 2;
+                }
+                if oh < g.out_height {
+                    unsafe { block::<1, 1>(g, xp, packed, bias, y_b, At { co, oh, ow: 0, masks }) };
+                }
+            }
+        }
+    }
+
+    /// 8 channels × `R` rows × `V` vectors of 16 columns, accumulated in `8·R·V` registers
+    /// over every (ci, ky, kx), then stored (masked) into the sample's NCHW output.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block<const R: usize, const V: usize>(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [f32], at: At<V>) {
+        let (hp, wp) = padded(g);
+        let [kh, kw] = g.kernel;
+        let taps = g.col_rows();
+        let mut acc = [[[_mm512_setzero_ps(); V]; R]; CHANNELS];
+        if let Some(bias) = bias {
+            for (c, rows) in acc.iter_mut().enumerate() {
+                *rows = [[_mm512_set1_ps(bias[at.co + c]); V]; R];
+            }
+        }
+        let x = xp.as_ptr();
+        // SAFETY: this block's 8 channels of packed weights start here.
+        let w = unsafe { packed.as_ptr().add((at.co / CHANNELS) * taps * CHANNELS) };
+        for ci in 0..g.c_in {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let tap = (ci * kh + ky) * kw + kx;
+                    let mut xv = [[_mm512_setzero_ps(); V]; R];
+                    for (r, row) in xv.iter_mut().enumerate() {
+                        for (v, lanes) in row.iter_mut().enumerate() {
+                            // SAFETY: row `oh + r + ky < hp` of channel `ci`; the unmasked
+                            // lanes' columns `ow + 16v + lane + kx ≤ wo − 1 + kw − 1 < wp`.
+                            *lanes = unsafe { _mm512_maskz_loadu_ps(at.masks[v], x.add((ci * hp + at.oh + r + ky) * wp + at.ow + v * LANES + kx)) };
+                        }
+                    }
+                    for (c, rows) in acc.iter_mut().enumerate() {
+                        // SAFETY: tap `tap` of channel `c` of the block, inside `packed`.
+                        let wv = unsafe { _mm512_set1_ps(*w.add(tap * CHANNELS + c)) };
+                        for (r, row) in rows.iter_mut().enumerate() {
+                            for (v, sum) in row.iter_mut().enumerate() {
+                                *sum = _mm512_fmadd_ps(wv, xv[r][v], *sum);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let y = y_b.as_mut_ptr();
+        for (c, rows) in acc.iter().enumerate() {
+            for (r, row) in rows.iter().enumerate() {
+                for (v, sum) in row.iter().enumerate() {
+                    let at_y = ((at.co + c) * g.out_height + at.oh + r) * g.out_width + at.ow + v * LANES;
+                    // SAFETY: the unmasked lanes are columns of row `oh + r` of channel `co + c`.
+                    unsafe { _mm512_mask_storeu_ps(y.add(at_y), at.masks[v], *sum) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::{naive, values};
+
+    #[test]
+    fn the_row_convolution_is_the_definition() {
+        if !available() {
+            eprintln!("no AVX-512 on this CPU: the row convolution is not used here");
+            return;
+        }
+        // Rows wider than 16 (one or two column blocks, masked tails of 16, 12, 8, 1 and 15
+        // columns: widths 32, 28, 40, 17, 31) and up to 16 (pairs of rows and an odd last row:
+        // 16, 8, 5, 15), 8 to 64 outputs, 1–16 inputs, paddings 0–2, 3×3, 5×5 and 1×3, with
+        // and without a bias.
+        let shapes = [
+            ([2, 16, 32, 32], [16, 16, 3, 3], [1, 1]),
+            ([2, 3, 32, 32], [16, 3, 3, 3], [1, 1]),
+            ([3, 1, 28, 28], [8, 1, 5, 5], [2, 2]),
+            ([1, 5, 9, 40], [16, 5, 3, 3], [0, 0]),
+            ([2, 4, 7, 17], [8, 4, 1, 3], [0, 1]),
+            ([2, 16, 16, 16], [16, 16, 3, 3], [1, 1]),
+            ([1, 6, 9, 8], [8, 6, 3, 3], [1, 1]),
+            ([2, 2, 5, 5], [16, 2, 5, 5], [2, 2]),
+            ([1, 3, 6, 31], [64, 3, 3, 3], [1, 1]),
+            ([2, 8, 7, 15], [16, 8, 3, 3], [1, 1]),
+        ];
+        for (i, (x_shape, w_shape, padding)) in shapes.into_iter().enumerate() {
+            let g = ConvGeometry::new(x_shape, w_shape, [1, 1], padding).unwrap();
+            assert!(applies(&g), "{g:?}");
+            let x = values(g.batch * g.in_sample(), 1 + i as u32);
+            let w = values(g.weight_len(), 100 + i as u32);
+            let bias = values(g.c_out, 200 + i as u32);
+            for bias in [None, Some(bias.as_slice())] {
+                let (ours, reference) = (forward(&g, &x, &w, bias), naive(&g, &x, &w, bias));
+                let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(worst <= 1e-4, "{g:?}, bias {}: max |diff| {worst}", bias.is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_outside_its_range_go_elsewhere() {
+        let g = |c_in, c_out, k, s| ConvGeometry::new([1, c_in, 8, 8], [c_out, c_in, k, k], [s, s], [1, 1]).unwrap();
+        if available() {
+            assert!(applies(&g(16, 16, 3, 1)), "ResNet's 16-channel stage");
+        }
+        assert!(!applies(&g(16, 16, 3, 2)), "stride 2");
+        assert!(!applies(&g(16, 32, 3, 1)), "32 outputs: the channel-blocked kernel");
+        assert!(!applies(&g(16, 12, 3, 1)), "channels not in whole blocks of 8");
+        assert!(!applies(&g(16, 16, 1, 1)), "1×1");
+    }
+}
