@@ -112,8 +112,11 @@ fn mismatched_uploads_are_typed_errors() {
     let renamed = vec![tensor("v", &[1.0, 2.0])];
     let err = masked_weighted_average(&old, &[Upload { weight: 1.0, tensors: &renamed, masks: None }]).unwrap_err();
     assert!(matches!(err, AggregateError::NameMismatch { .. }));
-    let err = masked_weighted_average(&old, &[Upload { weight: f64::NAN, tensors: &old, masks: None }]).unwrap_err();
-    assert!(matches!(err, AggregateError::BadWeight { .. }));
+    // A weight must be a positive finite number: NaN, infinity, zero and negatives are refused.
+    for weight in [f64::NAN, f64::INFINITY, 0.0, -1.0] {
+        let err = masked_weighted_average(&old, &[Upload { weight, tensors: &old, masks: None }]).unwrap_err();
+        assert!(matches!(err, AggregateError::BadWeight { .. }), "weight {weight}: {err:?}");
+    }
     // Writing a wrongly shaped layer into a model fails with the tensor named.
     let net = seeded::<Inner>(ModelKind::Cnn, [1, 28, 28], 10, 4);
     let mut params: Vec<_> = read_model(&net).into_iter().map(Some).collect();
