@@ -260,6 +260,9 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if direct::applies(g) {
         return direct::weight_grad(g, x, dy);
     }
+    if rows::weight_grad_applies(g) {
+        return rows::weight_grad(g, x, dy);
+    }
     let transposed = weight_grad_reads_im2col(g);
     // Each chunk sums its samples in sample and tile order.
     let dw = sum_over_sample_chunks(g.batch, len, Vec::new, |buf, samples, dw| {

@@ -4,7 +4,8 @@
 //! per-thread buffer, GEMM from the `gemm` crate, a thread-count-independent reduction for the
 //! weight gradient); on AVX-512 it hands the layers of 32–64 output channels to `direct`
 //! (forward and weight gradient without a column matrix, 16 channels a register) and the
-//! stride-1 forward of narrow layers and stems to `rows` (16 pixels of a row a register). `extension` is the backend extension that carries them into Burn —
+//! stride-1 forward and weight gradient of narrow layers and stems to `rows` (16 pixels of a
+//! row a register). `extension` is the backend extension that carries them into Burn —
 //! forward on the backend, backward registered on `Autodiff` — and `dispatch::conv2d` is the
 //! call the models make for every backend. `pool` and `pool_extension` do the same for max
 //! pooling over non-overlapping windows, `norm` and `norm_extension` for training-mode

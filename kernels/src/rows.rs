@@ -3,6 +3,10 @@
 //! channel-blocked kernel (`direct`) leaves to GEMM — few output channels (ResNet's 16-channel
 //! stage and its input gradient) or few input channels (the stems).
 //!
+//! The weight gradient of the same shapes (kernels 3 or 5 wide) is vectorised the same way:
+//! `C` output channels × one kernel row's taps accumulate 16 columns a vector over the sample,
+//! then each accumulator's lanes are summed.
+//!
 //! `y[b, co, oh, ow] = bias[co] + Σ_ci Σ_ky Σ_kx w[co, ci, ky, kx] · xp[b, ci, oh + ky, ow + kx]`
 //! with `xp` the zero-padded input. A register block is 8 output channels × 32 output pixels
 //! (one row of up to 32, or two rows of up to 16): per tap the input row is two contiguous
@@ -15,6 +19,7 @@
 
 use rayon::prelude::*;
 
+use crate::chunks::sum_over_sample_chunks;
 use crate::direct::{available, pad_sample};
 use crate::geometry::ConvGeometry;
 
@@ -59,6 +64,32 @@ pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
         }
     });
     y
+}
+
+/// Whether the row kernel computes `g`'s weight gradient: the shapes [`applies`] takes, with
+/// kernels 3 or 5 wide (8 or 4 output channels × the kernel's columns in registers).
+pub(crate) fn weight_grad_applies(g: &ConvGeometry) -> bool {
+    applies(g) && matches!(g.kernel[1], 3 | 5)
+}
+
+/// `dW[co, ci, ky, kx] = Σ_b Σ_oh Σ_ow dy[b, co, oh, ow] · xp[b, ci, oh + ky, ow + kx]`; only
+/// where [`weight_grad_applies`] holds. Per sample, a block of output channels × one kernel
+/// row's taps accumulates 16 columns a vector over every output pixel, and each accumulator's
+/// 16 lanes are then added into `dw`. The samples are summed as `cpu::weight_grad` sums them
+/// ([`sum_over_sample_chunks`]), so the result does not depend on the thread count.
+pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert!(weight_grad_applies(g), "the row weight gradient does not apply to {g:?}");
+    sum_over_sample_chunks(g.batch, g.weight_len(), Vec::new, |xp, samples, dw| {
+        for b in samples {
+            pad_sample(g, &x[b * g.in_sample()..][..g.in_sample()], xp);
+            let dy_b = &dy[b * g.out_sample()..][..g.out_sample()];
+            // SAFETY: `weight_grad_applies` checked AVX-512F; `weight_sample` asserts the lengths.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::weight_sample(g, xp, dy_b, dw)
+            }
+        }
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -171,12 +202,72 @@ mod avx512 {
             }
         }
     }
+
+    /// One sample's `dW` terms added into `dw` (`[c_out, c_in, kh, kw]`): for every block of
+    /// output channels, input channel and kernel row, [`tap_row`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weight_sample(g: &ConvGeometry, xp: &[f32], dy_b: &[f32], dw: &mut [f32]) {
+        let (hp, wp) = padded(g);
+        assert!(xp.len() == g.c_in * hp * wp && dy_b.len() == g.out_sample() && dw.len() == g.weight_len());
+        let channels = if g.kernel[1] == 3 { CHANNELS } else { CHANNELS / 2 };
+        for co in (0..g.c_out).step_by(channels) {
+            for ci in 0..g.c_in {
+                for ky in 0..g.kernel[0] {
+                    // SAFETY: the block's channels and taps lie inside `dw`, and every pixel
+                    // they read inside `xp` and `dy_b`.
+                    unsafe {
+                        match g.kernel[1] {
+                            3 => tap_row::<CHANNELS, 3>(g, xp, dy_b, dw, [co, ci, ky]),
+                            5 => tap_row::<{ CHANNELS / 2 }, 5>(g, xp, dy_b, dw, [co, ci, ky]),
+                            other => unreachable!("a kernel {other} wide"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `C` output channels from `co` × the `K` taps of kernel row `ky` of input channel `ci`:
+    /// `C·K` accumulators of 16 columns, over every output row and column block (masked at the
+    /// row's end), then each one's lanes summed into its `dw` element.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tap_row<const C: usize, const K: usize>(g: &ConvGeometry, xp: &[f32], dy_b: &[f32], dw: &mut [f32], [co, ci, ky]: [usize; 3]) {
+        let (hp, wp) = padded(g);
+        let (wo, pixels) = (g.out_width, g.out_pixels());
+        let mut acc = [[_mm512_setzero_ps(); K]; C];
+        let (x, d) = (xp.as_ptr(), dy_b.as_ptr());
+        for oh in 0..g.out_height {
+            // SAFETY: row `oh + ky < hp` of channel `ci`.
+            let row = unsafe { x.add((ci * hp + oh + ky) * wp) };
+            for ow in (0..wo).step_by(LANES) {
+                let m = mask(ow, wo);
+                let mut xv = [_mm512_setzero_ps(); K];
+                for (k, v) in xv.iter_mut().enumerate() {
+                    // SAFETY: the unmasked lanes' columns `ow + lane + k ≤ wo − 1 + kw − 1 < wp`.
+                    *v = unsafe { _mm512_maskz_loadu_ps(m, row.add(ow + k)) };
+                }
+                for (c, sums) in acc.iter_mut().enumerate() {
+                    // SAFETY: the unmasked lanes are pixels of row `oh` of channel `co + c`.
+                    let dv = unsafe { _mm512_maskz_loadu_ps(m, d.add((co + c) * pixels + oh * wo + ow)) };
+                    for (k, sum) in sums.iter_mut().enumerate() {
+                        *sum = _mm512_fmadd_ps(dv, xv[k], *sum);
+                    }
+                }
+            }
+        }
+        let [kh, kw] = g.kernel;
+        for (c, sums) in acc.iter().enumerate() {
+            for (k, sum) in sums.iter().enumerate() {
+                dw[(((co + c) * g.c_in + ci) * kh + ky) * kw + k] += _mm512_reduce_add_ps(*sum);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::{naive, values};
+    use crate::reference::{naive, naive_weight_grad, values};
 
     #[test]
     fn the_row_convolution_is_the_definition() {
@@ -215,6 +306,33 @@ mod tests {
     }
 
     #[test]
+    fn the_row_weight_gradient_is_the_definition() {
+        if !available() {
+            return;
+        }
+        // 3- and 5-wide kernels (8 and 4 channels a block), masked column tails (widths 32, 28,
+        // 17, 31, 5), several sample chunks (batches 3–9), 8 to 64 outputs, 1–16 inputs.
+        let shapes = [
+            ([5, 16, 32, 32], [16, 16, 3, 3], [1, 1]),
+            ([9, 3, 12, 28], [16, 3, 3, 3], [1, 1]),
+            ([3, 1, 28, 28], [32, 1, 5, 5], [2, 2]),
+            ([4, 5, 9, 17], [8, 5, 3, 3], [0, 0]),
+            ([3, 3, 6, 31], [64, 3, 5, 3], [2, 1]),
+            ([4, 2, 5, 5], [8, 2, 3, 5], [1, 2]),
+        ];
+        for (i, (x_shape, w_shape, padding)) in shapes.into_iter().enumerate() {
+            let g = ConvGeometry::new(x_shape, w_shape, [1, 1], padding).unwrap();
+            assert!(weight_grad_applies(&g), "{g:?}");
+            let x = values(g.batch * g.in_sample(), 300 + i as u32);
+            let dy = values(g.batch * g.out_sample(), 400 + i as u32);
+            let (ours, reference) = (weight_grad(&g, &x, &dy), naive_weight_grad(&g, &x, &dy));
+            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 1e-4 * scale, "{g:?}: max |diff| {worst} against {scale}");
+        }
+    }
+
+    #[test]
     fn shapes_outside_its_range_go_elsewhere() {
         let g = |c_in, c_out, k, s| ConvGeometry::new([1, c_in, 8, 8], [c_out, c_in, k, k], [s, s], [1, 1]).unwrap();
         if available() {
@@ -224,5 +342,7 @@ mod tests {
         assert!(!applies(&g(16, 32, 3, 1)), "32 outputs: the channel-blocked kernel");
         assert!(!applies(&g(16, 12, 3, 1)), "channels not in whole blocks of 8");
         assert!(!applies(&g(16, 16, 1, 1)), "1×1");
+        let seven = ConvGeometry::new([1, 16, 8, 8], [16, 16, 7, 7], [1, 1], [3, 3]).unwrap();
+        assert!(!weight_grad_applies(&seven), "a kernel 7 wide: more accumulators than registers");
     }
 }
