@@ -69,12 +69,16 @@ pub(crate) fn padded(g: &ConvGeometry) -> (usize, usize) {
     (g.height + 2 * g.padding[0], g.width + 2 * g.padding[1])
 }
 
-/// Copy one sample into `xp`, `[c_in][hp][wp]` with zero borders.
+/// Copy one sample into `xp`, `[c_in][hp][wp]` with zero borders. `xp` is one thread's scratch
+/// for one call, so it only ever holds samples of `g`: the borders are zeroed when it is first
+/// sized, and every later sample overwrites the interior alone.
 pub(crate) fn pad_sample(g: &ConvGeometry, x_b: &[f32], xp: &mut Vec<f32>) {
     let (hp, wp) = padded(g);
     let [ph, pw] = g.padding;
-    xp.clear();
-    xp.resize(g.c_in * hp * wp, 0.0);
+    if xp.len() != g.c_in * hp * wp {
+        xp.clear();
+        xp.resize(g.c_in * hp * wp, 0.0);
+    }
     for ci in 0..g.c_in {
         for r in 0..g.height {
             let from = &x_b[(ci * g.height + r) * g.width..][..g.width];
