@@ -63,10 +63,6 @@ impl ToaSettings {
         Ok(Self { s, mode })
     }
 
-    pub fn s(&self) -> f64 {
-        self.s
-    }
-
     pub fn mode(&self) -> ToaMode {
         self.mode
     }
