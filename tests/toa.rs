@@ -124,7 +124,7 @@ fn alexnet_s_quarter_sends_about_sixteen_percent_of_frozen_parameters() {
 #[test]
 fn toa_needs_two_frozen_layers_and_a_valid_scale() {
     let net = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 4);
-    let (prefix, _) = net.split_at(1).unwrap();
+    let (prefix, _) = net.clone().split_at(1).unwrap();
     let (_, report) = sparsify_prefix(prefix, ToaSettings::new(0.25, ToaMode::Paper).unwrap(), &mut rng(5)).unwrap();
     assert_eq!(report.frozen_sent_elems, report.frozen_full_elems, "one frozen layer: nothing to sparsify");
     for s in [0.0, -0.5, 1.5, f64::NAN] {
@@ -132,6 +132,22 @@ fn toa_needs_two_frozen_layers_and_a_valid_scale() {
         assert!(matches!(err, ToaError::BadScale(_)));
         assert!(err.to_string().contains("outside (0, 1]"), "{err}");
     }
+    // s = 1 is "no TOA": the whole frozen prefix goes down, however many layers it has.
+    let full = ToaSettings::new(1.0, ToaMode::Paper).unwrap();
+    assert!(!full.is_active() && ToaSettings::new(0.999, ToaMode::Paper).unwrap().is_active());
+    let (prefix, _) = net.split_at(3).unwrap();
+    let (_, report) = sparsify_prefix(prefix, full, &mut rng(5)).unwrap();
+    assert_eq!(report.frozen_sent_elems, report.frozen_full_elems, "s = 1 sparsifies nothing");
+}
+
+#[test]
+fn norm_probabilities_are_proportional_and_uniform_when_the_norms_say_nothing() {
+    assert_eq!(norm_probabilities(&[1.0, 3.0]), vec![0.25, 0.75]);
+    // All zero (a layer of dead filters) or not finite: every tensor equally likely, never NaN.
+    assert_eq!(norm_probabilities(&[0.0, 0.0, 0.0, 0.0]), vec![0.25; 4]);
+    assert_eq!(norm_probabilities(&[f32::INFINITY, 1.0]), vec![0.5; 2]);
+    // A NaN norm counts as zero (`max(0)`): that tensor is never drawn.
+    assert_eq!(norm_probabilities(&[f32::NAN, 1.0]), vec![0.0, 1.0]);
 }
 
 
