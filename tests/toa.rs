@@ -141,6 +141,19 @@ fn toa_needs_two_frozen_layers_and_a_valid_scale() {
 }
 
 #[test]
+fn bernoulli_scales_each_kept_tensor_by_its_inclusion_probability() {
+    // π_j = min(1, k·p_j) and a kept tensor is scaled by 1/π_j — also when no draw succeeded
+    // and the most likely tensor is kept alone. Equal norms, k = 1: π = 0.25 each, so about a
+    // third of the 200 selections (0.75⁴ = 32 %) take that fallback.
+    let norms = [1.0f32; 4];
+    let mut r = rng(3);
+    for _ in 0..200 {
+        let sel = select(&norms, 1, ToaMode::Bernoulli, &mut r);
+        assert!(!sel.indices.is_empty() && sel.alpha.iter().all(|&a| a == 4.0), "{sel:?}");
+    }
+}
+
+#[test]
 fn norm_probabilities_are_proportional_and_uniform_when_the_norms_say_nothing() {
     assert_eq!(norm_probabilities(&[1.0, 3.0]), vec![0.25, 0.75]);
     // All zero (a layer of dead filters) or not finite: every tensor equally likely, never NaN.
