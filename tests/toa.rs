@@ -132,12 +132,17 @@ fn toa_needs_two_frozen_layers_and_a_valid_scale() {
         assert!(matches!(err, ToaError::BadScale(_)));
         assert!(err.to_string().contains("outside (0, 1]"), "{err}");
     }
-    // s = 1 is "no TOA": the whole frozen prefix goes down, however many layers it has.
-    let full = ToaSettings::new(1.0, ToaMode::Paper).unwrap();
-    assert!(!full.is_active() && ToaSettings::new(0.999, ToaMode::Paper).unwrap().is_active());
-    let (prefix, _) = net.split_at(3).unwrap();
-    let (_, report) = sparsify_prefix(prefix, full, &mut rng(5)).unwrap();
-    assert_eq!(report.frozen_sent_elems, report.frozen_full_elems, "s = 1 sparsifies nothing");
+    // s = 1 is "no TOA": the whole frozen prefix goes down, however many layers it has, in
+    // every mode (sampling with replacement or by Bernoulli draws would drop tensors even at
+    // k = H).
+    assert!(ToaSettings::new(0.999, ToaMode::Paper).unwrap().is_active());
+    for mode in [ToaMode::Paper, ToaMode::Topk, ToaMode::Crs, ToaMode::Bernoulli] {
+        let full = ToaSettings::new(1.0, mode).unwrap();
+        assert!(!full.is_active(), "{mode:?}");
+        let (prefix, _) = net.clone().split_at(3).unwrap();
+        let (_, report) = sparsify_prefix(prefix, full, &mut rng(5)).unwrap();
+        assert_eq!(report.frozen_sent_elems, report.frozen_full_elems, "{mode:?}: s = 1 sparsifies nothing");
+    }
 }
 
 #[test]
