@@ -87,17 +87,22 @@ pub fn bench_speed(args: SpeedArgs, alloc: &'static CountingAllocator) -> anyhow
     }
 
     // 1. Per-step time, every model at its paper batch, l = 0 and the cluster's largest l.
+    // Ours and the twin's take turns pass by pass, so that a drift of the machine's speed
+    // (this project's VM moves by up to 20 % from one minute to the next) falls on both.
     let specs = step_specs(args.repeats);
     probe(device)?;
-    eprintln!("fedolf steps:");
-    let ours = with_backend(device, StepTask(&specs))??;
-    let theirs = match &twin {
-        Ok(t) => {
-            eprintln!("pytorch steps ...");
-            Some(t.steps(&specs)?)
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for pass in 1..=args.passes {
+        let of = if args.passes > 1 { format!(" (pass {pass} of {})", args.passes) } else { String::new() };
+        eprintln!("fedolf steps{of}:");
+        ours.push(with_backend(device, StepTask(&specs))??);
+        if let Ok(t) = &twin {
+            eprintln!("pytorch steps{of} ...");
+            theirs.push(t.steps(&specs)?);
         }
-        Err(_) => None,
-    };
+    }
+    let passes = StepPasses { ours, theirs };
 
     // 2. Whole rounds of the default experiment: one worker, the default, and the default
     // with the frozen-prefix cache.
@@ -136,8 +141,29 @@ pub fn bench_speed(args: SpeedArgs, alloc: &'static CountingAllocator) -> anyhow
         _ => None,
     };
 
-    print_tables(&specs, &ours, theirs.as_deref(), &rows, twin_round, args.rounds, &twin);
+    print_tables(&specs, &passes, &rows, twin_round, args.rounds, &twin);
     Ok(())
+}
+
+/// Each pass's seconds per step, in `step_specs` order: fedolf's, and PyTorch's when it ran.
+struct StepPasses {
+    ours: Vec<Vec<f64>>,
+    theirs: Vec<Vec<f64>>,
+}
+
+impl StepPasses {
+    /// Spec `i`'s median over the passes of `side`.
+    fn median(side: &[Vec<f64>], i: usize) -> f64 {
+        let mut v: Vec<f64> = side.iter().map(|pass| pass[i]).collect();
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 }
+    }
+
+    /// Spec `i`'s ratio in each pass (fedolf ÷ PyTorch): its lowest and highest.
+    fn ratio_range(&self, i: usize) -> (f64, f64) {
+        self.ours.iter().zip(&self.theirs).map(|(o, t)| o[i] / t[i]).fold((f64::INFINITY, 0.0), |(lo, hi), r| (lo.min(r), hi.max(r)))
+    }
 }
 
 /// The exact work of the measured rounds, for the twin to replay: each round's clients with
@@ -163,8 +189,7 @@ fn round_workload(cfg: &Config, dataset: &fedolf_datasets::Dataset, records: &[R
 
 fn print_tables(
     specs: &[StepSpec],
-    ours: &[f64],
-    theirs: Option<&[f64]>,
+    passes: &StepPasses,
     rows: &[RoundRow],
     twin_round: Option<[f64; 2]>,
     rounds: usize,
@@ -174,14 +199,20 @@ fn print_tables(
         Ok(t) => format!("PyTorch {} ({} threads)", t.version, t.threads),
         Err(_) => "PyTorch: not installed, no ratios".to_string(),
     };
-    println!("local SGD step, median seconds (against {against})");
-    println!("{:<10} {:>5} {:>3} {:>12} {:>12} {:>8}", "model", "batch", "l", "fedolf s", "pytorch s", "ratio");
+    let n = passes.ours.len();
+    let over = if n > 1 { format!(", the median of {n} passes") } else { String::new() };
+    println!("local SGD step, median seconds{over} (against {against})");
+    println!("{:<10} {:>5} {:>3} {:>12} {:>12} {:>8} {:>14}", "model", "batch", "l", "fedolf s", "pytorch s", "ratio", "ratio per pass");
     for (i, spec) in specs.iter().enumerate() {
-        let (t, ratio) = match theirs {
-            Some(t) => (format!("{:.4}", t[i]), format!("{:.2}×", ours[i] / t[i])),
-            None => ("-".into(), "-".into()),
+        let ours = StepPasses::median(&passes.ours, i);
+        let (t, ratio, range) = if passes.theirs.is_empty() {
+            ("-".into(), "-".into(), "-".into())
+        } else {
+            let t = StepPasses::median(&passes.theirs, i);
+            let (lo, hi) = passes.ratio_range(i);
+            (format!("{t:.4}"), format!("{:.2}×", ours / t), if n > 1 { format!("{lo:.2}–{hi:.2}×") } else { "-".into() })
         };
-        println!("{:<10} {:>5} {:>3} {:>12.4} {:>12} {:>8}", spec.model.name(), spec.batch, spec.frozen, ours[i], t, ratio);
+        println!("{:<10} {:>5} {:>3} {:>12.4} {:>12} {:>8} {:>14}", spec.model.name(), spec.batch, spec.frozen, ours, t, ratio, range);
     }
     println!();
     println!("default experiment (cnn, fashion-mnist, 10 clients/round, E = 2, batch 32), mean of {rounds} rounds incl. evaluation");
