@@ -359,7 +359,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::{naive, naive_weight_grad, values};
+    use crate::reference::{assert_forward_is_the_definition, assert_weight_grad_is_the_definition};
 
     #[test]
     fn the_direct_convolution_is_the_definition() {
@@ -376,18 +376,9 @@ mod tests {
             ([1, 24, 12, 15], [64, 24, 5, 5], [2, 1], [2, 2]),
             ([2, 64, 8, 8], [64, 64, 3, 3], [1, 1], [1, 1]),
         ];
-        for (i, (x_shape, w_shape, stride, padding)) in shapes.into_iter().enumerate() {
-            let g = ConvGeometry::new(x_shape, w_shape, stride, padding).unwrap();
-            assert!(applies(&g), "{g:?}");
-            let x = values(g.batch * g.in_sample(), 1 + i as u32);
-            let w = values(g.weight_len(), 100 + i as u32);
-            let bias = values(g.c_out, 200 + i as u32);
-            for bias in [None, Some(bias.as_slice())] {
-                let (ours, reference) = (forward(&g, &x, &w, bias), naive(&g, &x, &w, bias));
-                let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(worst <= 1e-4, "{g:?}, bias {}: max |diff| {worst}", bias.is_some());
-            }
-        }
+        let geometries: Vec<_> = shapes.map(|(x, w, stride, padding)| ConvGeometry::new(x, w, stride, padding).unwrap()).into();
+        assert!(geometries.iter().all(applies));
+        assert_forward_is_the_definition(&geometries, forward);
     }
 
     #[test]
@@ -403,16 +394,9 @@ mod tests {
             ([4, 20, 9, 7], [48, 20, 3, 3], [2, 2], [1, 1]),
             ([3, 24, 10, 9], [64, 24, 5, 5], [1, 2], [2, 0]),
         ];
-        for (i, (x_shape, w_shape, stride, padding)) in shapes.into_iter().enumerate() {
-            let g = ConvGeometry::new(x_shape, w_shape, stride, padding).unwrap();
-            assert!(applies(&g), "{g:?}");
-            let x = values(g.batch * g.in_sample(), 300 + i as u32);
-            let dy = values(g.batch * g.out_sample(), 400 + i as u32);
-            let (ours, reference) = (weight_grad(&g, &x, &dy), naive_weight_grad(&g, &x, &dy));
-            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(worst <= 1e-4 * scale, "{g:?}: max |diff| {worst} against {scale}");
-        }
+        let geometries: Vec<_> = shapes.map(|(x, w, stride, padding)| ConvGeometry::new(x, w, stride, padding).unwrap()).into();
+        assert!(geometries.iter().all(applies));
+        assert_weight_grad_is_the_definition(&geometries, weight_grad);
     }
 
     #[test]

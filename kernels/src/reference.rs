@@ -75,3 +75,31 @@ pub(crate) fn naive_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<
     }
     dw
 }
+
+/// Asserts that `forward` is the convolution's definition on every geometry, with and without
+/// a bias (to 1e-4; inputs, weights and biases drawn by [`values`]).
+pub(crate) fn assert_forward_is_the_definition(geometries: &[ConvGeometry], forward: impl Fn(&ConvGeometry, &[f32], &[f32], Option<&[f32]>) -> Vec<f32>) {
+    for (i, g) in geometries.iter().enumerate() {
+        let x = values(g.batch * g.in_sample(), 1 + i as u32);
+        let w = values(g.weight_len(), 100 + i as u32);
+        let bias = values(g.c_out, 200 + i as u32);
+        for bias in [None, Some(bias.as_slice())] {
+            let (ours, reference) = (forward(g, &x, &w, bias), naive(g, &x, &w, bias));
+            let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 1e-4, "{g:?}, bias {}: max |diff| {worst}", bias.is_some());
+        }
+    }
+}
+
+/// Asserts that `weight_grad` is the weight gradient's definition on every geometry (to 1e-4
+/// of the largest element).
+pub(crate) fn assert_weight_grad_is_the_definition(geometries: &[ConvGeometry], weight_grad: impl Fn(&ConvGeometry, &[f32], &[f32]) -> Vec<f32>) {
+    for (i, g) in geometries.iter().enumerate() {
+        let x = values(g.batch * g.in_sample(), 300 + i as u32);
+        let dy = values(g.batch * g.out_sample(), 400 + i as u32);
+        let (ours, reference) = (weight_grad(g, &x, &dy), naive_weight_grad(g, &x, &dy));
+        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 1e-4 * scale, "{g:?}: max |diff| {worst} against {scale}");
+    }
+}

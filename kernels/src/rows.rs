@@ -267,7 +267,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::{naive, naive_weight_grad, values};
+    use crate::reference::{assert_forward_is_the_definition, assert_weight_grad_is_the_definition};
 
     #[test]
     fn the_row_convolution_is_the_definition() {
@@ -291,18 +291,9 @@ mod tests {
             ([1, 3, 6, 31], [64, 3, 3, 3], [1, 1]),
             ([2, 8, 7, 15], [16, 8, 3, 3], [1, 1]),
         ];
-        for (i, (x_shape, w_shape, padding)) in shapes.into_iter().enumerate() {
-            let g = ConvGeometry::new(x_shape, w_shape, [1, 1], padding).unwrap();
-            assert!(applies(&g), "{g:?}");
-            let x = values(g.batch * g.in_sample(), 1 + i as u32);
-            let w = values(g.weight_len(), 100 + i as u32);
-            let bias = values(g.c_out, 200 + i as u32);
-            for bias in [None, Some(bias.as_slice())] {
-                let (ours, reference) = (forward(&g, &x, &w, bias), naive(&g, &x, &w, bias));
-                let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(worst <= 1e-4, "{g:?}, bias {}: max |diff| {worst}", bias.is_some());
-            }
-        }
+        let geometries: Vec<_> = shapes.map(|(x, w, padding)| ConvGeometry::new(x, w, [1, 1], padding).unwrap()).into();
+        assert!(geometries.iter().all(applies));
+        assert_forward_is_the_definition(&geometries, forward);
     }
 
     #[test]
@@ -320,16 +311,9 @@ mod tests {
             ([3, 3, 6, 31], [64, 3, 5, 3], [2, 1]),
             ([4, 2, 5, 5], [8, 2, 3, 5], [1, 2]),
         ];
-        for (i, (x_shape, w_shape, padding)) in shapes.into_iter().enumerate() {
-            let g = ConvGeometry::new(x_shape, w_shape, [1, 1], padding).unwrap();
-            assert!(weight_grad_applies(&g), "{g:?}");
-            let x = values(g.batch * g.in_sample(), 300 + i as u32);
-            let dy = values(g.batch * g.out_sample(), 400 + i as u32);
-            let (ours, reference) = (weight_grad(&g, &x, &dy), naive_weight_grad(&g, &x, &dy));
-            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(worst <= 1e-4 * scale, "{g:?}: max |diff| {worst} against {scale}");
-        }
+        let geometries: Vec<_> = shapes.map(|(x, w, padding)| ConvGeometry::new(x, w, [1, 1], padding).unwrap()).into();
+        assert!(geometries.iter().all(weight_grad_applies));
+        assert_weight_grad_is_the_definition(&geometries, weight_grad);
     }
 
     #[test]
