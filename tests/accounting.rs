@@ -8,7 +8,7 @@ use fedolf::local::roles::LayerRole;
 use fedolf::local::roles::{layer_roles, FreezeMode};
 use fedolf::models::{FeatureShape, ModelKind};
 use fedolf::tensor::params::layer_numel;
-use fedolf::accounting::theory::theoretical_memory;
+use fedolf::accounting::theory::{theoretical_memory, TheoreticalMemory};
 use rand::SeedableRng;
 
 /// CNN on 1×8×8, 10 classes. By hand (5×5 'same' convs, 2×2 pools):
@@ -93,6 +93,24 @@ fn eq23_activation_terms_of_alexnet_and_resnet20_by_hand() {
     assert_eq!(infos[3].activation_elems, 7 * 32 * 16 * 16, "the stride-2 block into stage 2");
     assert_eq!(infos[3].trainable_params, 32 * 16 * 9 + 32 * 32 * 9 + 2 * 2 * 32);
     assert_eq!(infos[9].activation_elems, 64 + 10);
+}
+
+/// The weights term counts BatchNorm's running statistics too; a step adds the activations,
+/// gradients and momentum on top of them; the mean over random-freezing draws is taken term by
+/// term.
+#[test]
+fn eq23_weights_hold_batchnorm_buffers_and_a_step_adds_activations_gradients_and_momentum() {
+    let resnet = ModelKind::ResNet20.init::<Inner>([3, 32, 32], 10, &device()).unwrap();
+    let infos = resnet.layer_infos();
+    let m = theoretical_memory(&infos, &fedolf::local::roles::ordered_roles(10, 4).unwrap(), 2, true);
+    let all: u64 = infos.iter().map(|i| (i.trainable_params + i.buffer_elems) as u64 * 4).sum();
+    assert!(infos.iter().any(|i| i.buffer_elems > 0));
+    assert_eq!(m.weights, all, "every layer's parameters and running statistics");
+    assert!(m.optimizer > 0 && m.gradients > 0);
+    assert_eq!(m.transient(), m.activations + m.gradients + m.optimizer);
+    let a = TheoreticalMemory { activations: 10, weights: 20, gradients: 30, optimizer: 40 };
+    let b = TheoreticalMemory { activations: 13, weights: 20, gradients: 31, optimizer: 0 };
+    assert_eq!(TheoreticalMemory::mean(&[a, b]), TheoreticalMemory { activations: 11, weights: 20, gradients: 30, optimizer: 20 });
 }
 
 #[test]
