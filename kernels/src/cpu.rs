@@ -23,7 +23,6 @@ use crate::rows;
 use crate::geometry::ConvGeometry;
 use crate::im2col::{col2im_add, im2col, im2row};
 
-
 /// A row-major view of a matrix inside a slice: element `(i, j)` is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
 struct View<'a> {

@@ -47,18 +47,19 @@ pub(crate) fn available() -> bool {
 }
 
 /// Where element `(co, t)` of a `[c_out][taps]` bank lies in its packed form
-/// `[c_out / 16][taps][16]` (the weights going in, the weight gradient coming out).
-fn packed_at(co: usize, t: usize, taps: usize) -> usize {
-    ((co / LANES) * taps + t) * LANES + co % LANES
+/// `[c_out / block][taps][block]` (the weights going in, this kernel's weight gradient coming
+/// out; `block` is 16 here, 8 in `rows`).
+fn packed_at(co: usize, t: usize, taps: usize, block: usize) -> usize {
+    ((co / block) * taps + t) * block + co % block
 }
 
-/// `[c_out, c_in, kh, kw]` → `[c_out / 16][c_in][kh][kw][16]`.
-fn pack_weights(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
+/// `[c_out, c_in, kh, kw]` → `[c_out / block][c_in][kh][kw][block]`.
+pub(crate) fn pack_weights(g: &ConvGeometry, w: &[f32], block: usize) -> Vec<f32> {
     let taps = g.col_rows();
     let mut packed = vec![0.0f32; w.len()];
     for co in 0..g.c_out {
         for t in 0..taps {
-            packed[packed_at(co, t, taps)] = w[co * taps + t];
+            packed[packed_at(co, t, taps, block)] = w[co * taps + t];
         }
     }
     packed
@@ -87,21 +88,29 @@ pub(crate) fn pad_sample(g: &ConvGeometry, x_b: &[f32], xp: &mut Vec<f32>) {
     }
 }
 
-/// `y[b] = conv(x[b], w) + bias`, `[batch, c_out, ho, wo]`; only where [`applies`] holds.
-pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    assert!(applies(g), "the direct convolution does not apply to {g:?}");
-    let packed = pack_weights(g, w);
+/// The `[batch, c_out, ho, wo]` output of a direct forward kernel: samples in parallel, each
+/// padded into its thread's scratch, then `sample(xp, y_b)` (this file's and `rows`' kernels).
+pub(crate) fn per_padded_sample(g: &ConvGeometry, x: &[f32], sample: impl Fn(&[f32], &mut [f32]) + Send + Sync) -> Vec<f32> {
     let mut y = vec![0.0f32; g.batch * g.out_sample()];
     y.par_chunks_mut(g.out_sample()).zip(x.par_chunks(g.in_sample())).for_each_init(Vec::new, |xp, (y_b, x_b)| {
         pad_sample(g, x_b, xp);
+        sample(xp, y_b);
+    });
+    y
+}
+
+/// `y[b] = conv(x[b], w) + bias`, `[batch, c_out, ho, wo]`; only where [`applies`] holds.
+pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    assert!(applies(g), "the direct convolution does not apply to {g:?}");
+    let packed = pack_weights(g, w, LANES);
+    per_padded_sample(g, x, |xp, y_b| {
         // SAFETY: `applies` checked that the CPU has AVX-512F; the slices have the lengths
         // `sample` indexes (asserted there).
         #[cfg(target_arch = "x86_64")]
         unsafe {
             avx512::sample(g, xp, &packed, bias, y_b)
         }
-    });
-    y
+    })
 }
 
 /// `dW = Σ_b Σ_p dy[b, :, p] ⊗ xp[b, taps at p]`, `[c_out, c_in, kh, kw]`; only where
@@ -134,7 +143,7 @@ pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let mut dw = vec![0.0f32; g.weight_len()];
     for co in 0..g.c_out {
         for t in 0..taps {
-            dw[co * taps + t] = packed[packed_at(co, t, taps)];
+            dw[co * taps + t] = packed[packed_at(co, t, taps, LANES)];
         }
     }
     dw

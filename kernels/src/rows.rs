@@ -17,10 +17,8 @@
 //! order — one fixed sequence whatever the thread count, as everywhere in this crate — and the
 //! output is written straight into NCHW, with no transposition.
 
-use rayon::prelude::*;
-
 use crate::chunks::sum_over_sample_chunks;
-use crate::direct::{available, pad_sample};
+use crate::direct::{available, pack_weights, pad_sample, per_padded_sample};
 use crate::geometry::ConvGeometry;
 
 /// Output channels per register block (one broadcast weight each).
@@ -37,33 +35,19 @@ pub(crate) fn applies(g: &ConvGeometry) -> bool {
     available() && g.stride == [1, 1] && g.c_out % CHANNELS == 0 && (g.c_out <= 16 || g.c_in < 16) && g.kernel[0] * g.kernel[1] > 1
 }
 
-/// `[c_out, c_in, kh, kw]` → `[c_out / 8][c_in][kh][kw][8]`.
-fn pack_weights(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
-    let taps = g.col_rows();
-    let mut packed = vec![0.0f32; w.len()];
-    for co in 0..g.c_out {
-        for t in 0..taps {
-            packed[((co / CHANNELS) * taps + t) * CHANNELS + co % CHANNELS] = w[co * taps + t];
-        }
-    }
-    packed
-}
-
 /// `y[b] = conv(x[b], w) + bias`, `[batch, c_out, ho, wo]`; only where [`applies`] holds.
 pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     assert!(applies(g), "the row convolution does not apply to {g:?}");
-    let packed = pack_weights(g, w);
-    let mut y = vec![0.0f32; g.batch * g.out_sample()];
-    y.par_chunks_mut(g.out_sample()).zip(x.par_chunks(g.in_sample())).for_each_init(Vec::new, |xp, (y_b, x_b)| {
-        pad_sample(g, x_b, xp);
+    // `[c_out / 8][c_in][kh][kw][8]`: a block's 8 weights of one tap side by side.
+    let packed = pack_weights(g, w, CHANNELS);
+    per_padded_sample(g, x, |xp, y_b| {
         // SAFETY: `applies` checked that the CPU has AVX-512F; the slices have the lengths
         // `sample` indexes (asserted there).
         #[cfg(target_arch = "x86_64")]
         unsafe {
             avx512::sample(g, xp, &packed, bias, y_b)
         }
-    });
-    y
+    })
 }
 
 /// Whether the row kernel computes `g`'s weight gradient: the shapes [`applies`] takes, with
