@@ -279,3 +279,48 @@ fn toa_in_a_resnet_samples_inner_channels_only() {
         }
     }
 }
+
+/// The layer after a sampled one, its inputs kept and scaled (`toa_scale_inputs`), against the
+/// definition: the full layer on an input whose kept channels are scaled by α_j and whose other
+/// channels are zero.
+fn scaled_inputs_match_the_masked_input(net: &LayeredNet<Inner>, q: usize, h: Features<Inner>, keep: &[usize], alpha: &[f32]) {
+    let dev = device();
+    let channels = match &h {
+        Features::Map(x) => x.dims()[1],
+        Features::Flat(x) => x.dims()[1],
+    };
+    let mut mask = vec![0.0f32; channels];
+    for (&j, &a) in keep.iter().zip(alpha) {
+        mask[j] = a;
+    }
+    let idx = Tensor::<Inner, 1, Int>::from_data(TensorData::new(keep.iter().map(|&j| j as i64).collect::<Vec<_>>(), [keep.len()]), &dev);
+    let alpha_t = Tensor::<Inner, 1>::from_data(TensorData::new(alpha.to_vec(), [alpha.len()]), &dev);
+    let mask = Tensor::<Inner, 1>::from_data(TensorData::new(mask, [channels]), &dev);
+    let (masked, kept) = match h {
+        Features::Map(x) => (Features::Map(x.clone() * mask.reshape([1, channels, 1, 1])), Features::Map(x.select(1, idx.clone()))),
+        Features::Flat(x) => (Features::Flat(x.clone() * mask.reshape([1, channels])), Features::Flat(x.select(1, idx.clone()))),
+    };
+    let expected = to_vec(&net.layers[q].forward(masked).into_flat());
+    let scaled = net.layers[q].clone().toa_scale_inputs(&idx, &alpha_t, channels).unwrap();
+    let got = to_vec(&scaled.forward(kept).into_flat());
+    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "layer {q}: the check needs a non-zero output");
+    let err = max_abs_diff(&got, &expected);
+    assert!(err <= 1e-5 * scale, "layer {q}: kept and scaled inputs differ from the masked input by {err} (scale {scale})");
+}
+
+#[test]
+fn scaling_a_dense_layers_inputs_keeps_each_channels_flattened_rows() {
+    // AlexNet's first dense layer reads the last convolution's map flattened (NCHW: channel j
+    // owns hw consecutive rows, hw > 1 here); its second reads flat neurons (hw = 1).
+    let net = seeded::<Inner>(ModelKind::AlexNet, [3, 32, 32], 10, 23);
+    let (x, _) = random_batch::<Inner>(3, [3, 32, 32], 10, 4);
+    let conv_out = net.forward_range(Features::Map(x.clone()), 0, 5).unwrap();
+    let Features::Map(map) = &conv_out else { panic!("AlexNet's fifth layer outputs a map") };
+    let [_, c, hh, ww] = map.dims();
+    assert!(hh * ww > 1, "the check needs a map wider than one pixel");
+    assert!(matches!(net.layers[5], Layer::Dense(_)) && matches!(net.layers[6], Layer::Dense(_)));
+    scaled_inputs_match_the_masked_input(&net, 5, conv_out, &[0, 3, 7, c - 1], &[0.5, 2.0, 1.25, 3.0]);
+    let hidden = net.forward_range(Features::Map(x), 0, 6).unwrap();
+    scaled_inputs_match_the_masked_input(&net, 6, hidden, &[1, 2, 40], &[4.0, 0.25, 1.5]);
+}
