@@ -171,3 +171,43 @@ fn frozen_batchnorm_uses_running_or_batch_statistics_as_configured() {
         assert_eq!(before[..l], after[..l], "{frozen_norm:?}: a frozen tensor moved");
     }
 }
+
+#[test]
+fn roles_are_checked_and_a_client_holds_the_exits_up_to_its_depth() {
+    use fedolf::local::roles::LayerRole::{FrozenInGraph, FrozenNoGraph, Skipped, Trained};
+    // AlexNet (N = 7) with exit heads after layers 2 and 4; their global indices are 7 and 8.
+    let global = seeded::<Train>(ModelKind::AlexNet, [3, 32, 32], 10, 5).with_exits(&[2, 4], &device()).unwrap();
+    let bad = |roles: &[fedolf::local::roles::LayerRole], why: &str| match LocalModel::from_roles(&global, roles) {
+        Err(LocalError::BadRoles(msg)) => assert!(msg.contains(why), "{roles:?}: `{msg}` does not say `{why}`"),
+        other => panic!("{roles:?}: {:?}, not the refusal `{why}`", other.map(|_| "accepted")),
+    };
+    bad(&[Trained; 6], "6 roles for a model of 7 layers");
+    bad(&[Trained, FrozenNoGraph, Trained, Trained, Trained, Trained, Trained], "before every layer in it");
+    // An exit at or below the prefix would read a tensor outside the graph.
+    bad(&[FrozenNoGraph, FrozenNoGraph, Trained, Trained, Trained, Trained, Trained], "exit heads need");
+    bad(&[FrozenNoGraph, FrozenNoGraph, FrozenNoGraph, FrozenNoGraph, Trained, Trained, Trained], "exit heads need");
+    // A skipped layer below an exit held.
+    bad(&[Trained, Trained, Skipped, Trained, Trained, Trained, Trained], "exit heads need");
+    // Cut where no exit head is.
+    bad(&[Trained, Trained, Trained, Skipped, Skipped, Skipped, Skipped], "cut after layer 3 of 7");
+    assert_eq!(
+        LocalModel::from_roles(&global, &[FrozenInGraph; 7]).unwrap_err(),
+        LocalError::TooManyFrozen { frozen: 7, num_layers: 7 }
+    );
+
+    let held = |roles: &[fedolf::local::roles::LayerRole]| {
+        let model = LocalModel::from_roles(&global, roles).unwrap();
+        let trained: Vec<usize> = model.trained_layers().iter().map(|(i, _)| *i).collect();
+        let payload: Vec<usize> = model.payload().iter().map(|(i, _)| *i).collect();
+        (model.graph.exits.len(), trained, payload)
+    };
+    // Cut after the first exit: that exit gives the logits, the deeper one is not held.
+    assert_eq!(held(&[Trained, Trained, Skipped, Skipped, Skipped, Skipped, Skipped]), (1, vec![0, 1, 7], vec![0, 1, 7]));
+    // Cut after the second exit, one layer frozen outside the graph and one inside it.
+    assert_eq!(
+        held(&[FrozenNoGraph, FrozenInGraph, Trained, Trained, Skipped, Skipped, Skipped]),
+        (2, vec![2, 3, 7, 8], vec![0, 1, 2, 3, 7, 8])
+    );
+    // The whole model: both exits and the classifier.
+    assert_eq!(held(&[Trained; 7]), (2, vec![0, 1, 2, 3, 4, 5, 6, 7, 8], vec![0, 1, 2, 3, 4, 5, 6, 7, 8]));
+}
