@@ -416,6 +416,9 @@ impl Config {
         if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
             return Err(bad("train.weight_decay", t.weight_decay, "must be finite and ≥ 0"));
         }
+        if t.cache_frozen && t.frozen_norm == crate::local::training::FrozenNorm::Batch {
+            return Err(bad("train.cache_frozen", t.cache_frozen, "needs train.frozen_norm = \"running\": with each batch's statistics the frozen prefix's output depends on its batch, so it cannot be computed once for the round"));
+        }
         if !(self.toa.s.is_finite() && self.toa.s > 0.0 && self.toa.s <= 1.0) {
             return Err(bad("toa.s", self.toa.s, "must be in (0, 1] (1 = TOA off)"));
         }

@@ -149,6 +149,11 @@ fn bad_config_values_fail_with_the_field_named() {
         let err = one_line_error(&fedolf(&args));
         assert!(err.contains(needle), "--set {set}: {err}");
     }
+    // Two fields that are each valid but not together.
+    let mut args = tiny_args(out.path(), 1);
+    args.extend(["--set", "train.frozen_norm=\"batch\"", "--set", "train.cache_frozen=true"].map(String::from));
+    let err = one_line_error(&fedolf(&args));
+    assert!(err.contains("train.cache_frozen") && err.contains("frozen_norm"), "{err}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::sync::Barrier;
 
 use common::*;
 use fedolf::config::{Config, DEFAULT_TOML};
-use fedolf::local::training::{train_local, ClientData, LocalModel, LocalTraining, SgdSettings};
+use fedolf::local::training::{train_local, ClientData, FrozenNorm, LocalModel, LocalTraining, SgdSettings};
 use fedolf::runtime::memory::CountingAllocator;
 use fedolf::models::{LayeredNet, ModelKind};
 use fedolf::engine::{self, RoundObserver};
@@ -94,10 +94,14 @@ fn a_client_measured_on_a_worker_sees_only_its_own_allocations() {
 
 /// Train `net` with the first `frozen` layers outside the graph, cached or not.
 fn train(net: &LayeredNet<Train>, frozen: usize, cache: bool, n: usize, shape: [usize; 3]) -> (Vec<Vec<(String, Vec<f32>)>>, f64) {
+    train_with(net, frozen, cache, FrozenNorm::Running, n, shape)
+}
+
+fn train_with(net: &LayeredNet<Train>, frozen: usize, cache: bool, frozen_norm: FrozenNorm, n: usize, shape: [usize; 3]) -> (Vec<Vec<(String, Vec<f32>)>>, f64) {
     let (images, labels) = random_batch::<Inner>(n, shape, 10, 7);
     let indices: Vec<usize> = (0..n).rev().collect();
     let data = ClientData { images: &images, labels: &labels, indices: &indices };
-    let settings = LocalTraining { epochs: 3, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }, cache_frozen: cache, frozen_norm: Default::default() };
+    let settings = LocalTraining { epochs: 3, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }, cache_frozen: cache, frozen_norm };
     let local = LocalModel::ordered(net, frozen).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let (trained, outcome) = train_local(local, &data, &settings, &mut rng).unwrap();
@@ -124,6 +128,27 @@ fn the_frozen_prefix_cache_trains_like_the_uncached_run() {
         // The frozen prefix itself never changes.
         assert_eq!(plain[..frozen], cached[..frozen]);
     }
+}
+
+/// The cache serves only where the prefix is one fixed function computed more than once: with
+/// E > 1 and running statistics. With each batch's statistics a cache would normalise every
+/// sample with the samples of its cache chunk instead of its training batch's.
+#[test]
+fn the_frozen_prefix_is_cached_only_where_it_is_one_fixed_function_run_more_than_once() {
+    let caches = |cache_frozen, epochs, frozen_norm| {
+        LocalTraining { epochs, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.0, weight_decay: 0.0 }, cache_frozen, frozen_norm }.caches_prefix()
+    };
+    assert!(caches(true, 2, FrozenNorm::Running));
+    assert!(!caches(true, 1, FrozenNorm::Running), "E = 1 runs the prefix once anyway");
+    assert!(!caches(false, 3, FrozenNorm::Running));
+    assert!(!caches(true, 3, FrozenNorm::Batch));
+    // Asked for a cache with batch statistics, a client trains exactly as without one.
+    let shape = [3, 8, 8];
+    let net = seeded::<Train>(ModelKind::ResNet20, shape, 10, 2);
+    let (plain, plain_loss) = train_with(&net, 4, false, FrozenNorm::Batch, 37, shape);
+    let (asked, asked_loss) = train_with(&net, 4, true, FrozenNorm::Batch, 37, shape);
+    assert_eq!(plain_loss, asked_loss);
+    assert!(plain == asked, "batch statistics: the run asked for a cache trained differently");
 }
 
 /// The engine weights each upload by its client's sample count n_k: checked on the uploads

@@ -68,6 +68,28 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
     }
 
     absolute_peak_holds_the_model_and_falls_with_toa();
+    the_prefix_cache_counts_in_the_peak(&global);
+}
+
+/// With `train.cache_frozen` and E > 1 the frozen prefix's outputs for all the client's samples
+/// are held through the round, inside the measured region as on a device: the peak rises by
+/// about the cache's own bytes, n × the prefix's output × 4.
+fn the_prefix_cache_counts_in_the_peak(global: &fedolf::models::LayeredNet<Train>) {
+    let (shape, n, l) = ([3, 32, 32], 128, 4);
+    let (x, y) = random_batch::<Inner>(n, shape, 100, 6);
+    let indices: Vec<usize> = (0..n).collect();
+    let data = ClientData { images: &x, labels: &y, indices: &indices };
+    let peak = |cache_frozen: bool| {
+        let settings = LocalTraining { epochs: 2, batch_size: 32, sgd: SgdSettings { lr: 0.01, momentum: 0.9, weight_decay: 0.0 }, cache_frozen, frozen_norm: Default::default() };
+        let local = LocalModel::ordered(global, l).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        ALLOC.measure(|| train_local(local, &data, &settings, &mut rng).unwrap()).1
+    };
+    let cache_bytes = (n * global.layer_infos()[l - 1].output.elems() * 4) as f64;
+    let (plain, cached) = (peak(false), peak(true));
+    let share = (cached as f64 - plain as f64) / cache_bytes;
+    eprintln!("prefix cache of {cache_bytes} B: peak {plain} B → {cached} B ({share:.3} × the cache)");
+    assert!((0.8..=1.3).contains(&share), "the cache raised the peak by {share:.2} × its {cache_bytes} B ({plain} → {cached})");
 }
 
 /// The memory probe's absolute peak = resident (model copy + batch) + the step's extra peak.

@@ -68,9 +68,11 @@ pub enum FrozenNorm {
 }
 
 impl LocalTraining {
-    /// Whether a client with a frozen prefix caches its outputs (only worth it with E > 1).
+    /// Whether a client with a frozen prefix caches its outputs: only worth it with E > 1, and
+    /// only sound with running statistics (with each batch's own, the prefix's output depends
+    /// on which samples share its batch, so it is not one fixed function to compute once).
     pub fn caches_prefix(&self) -> bool {
-        self.cache_frozen && self.epochs > 1
+        self.cache_frozen && self.epochs > 1 && self.frozen_norm == FrozenNorm::Running
     }
 }
 
