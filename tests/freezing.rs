@@ -16,27 +16,37 @@ fn settings() -> LocalTraining {
     LocalTraining { epochs: 2, batch_size: 8, sgd: SgdSettings { lr: 0.05, momentum: 0.9, weight_decay: 5e-4 }, cache_frozen: false, frozen_norm: Default::default() }
 }
 
+/// In every freezing mode (FedOLF's prefix outside the graph, frozen layers inside it, TinyFEL's
+/// discarded gradients; as a prefix and scattered), frozen layers keep every tensor, BatchNorm's
+/// running statistics included, and every tensor of a trained layer moves.
 #[test]
 fn frozen_layers_are_bit_identical_and_active_layers_change() {
+    use fedolf::local::roles::LayerRole::{self, FrozenGradDiscarded, FrozenInGraph, FrozenNoGraph, Trained};
     for (kind, l) in [(ModelKind::ResNet20, 4), (ModelKind::AlexNet, 3), (ModelKind::Cnn, 1)] {
         let shape = [3, 32, 32];
         let global = seeded::<Train>(kind, shape, 10, 1);
+        let n = global.num_layers();
         let before = host_params(&global);
         let (x, y) = random_batch::<Inner>(24, shape, 10, 7);
         let indices: Vec<usize> = (0..24).collect();
         let data = ClientData { images: &x, labels: &y, indices: &indices };
-        let split = LocalModel::ordered(&global, l).unwrap();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let (trained, outcome) = train_local(split, &data, &settings(), &mut rng).unwrap();
-        assert_eq!(outcome.steps, 2 * 3);
-        let after = host_params(&trained.join());
-        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-            let changed = b.iter().zip(a).filter(|((_, vb), (_, va))| vb != va).count();
-            if i < l {
-                assert_eq!(changed, 0, "{}: frozen layer {i} moved", kind.name());
-            } else {
-                // Every trainable tensor of an active layer moves (BN running stats too).
-                assert_eq!(changed, b.len(), "{}: active layer {i}: only {changed}/{} tensors changed", kind.name(), b.len());
+        let prefix = |mode: LayerRole| (0..n).map(|i| if i < l { mode } else { Trained }).collect::<Vec<_>>();
+        let scattered = |mode: LayerRole| (0..n).map(|i| if i % 2 == 1 { mode } else { Trained }).collect::<Vec<_>>();
+        let layouts = [prefix(FrozenNoGraph), prefix(FrozenInGraph), prefix(FrozenGradDiscarded), scattered(FrozenInGraph), scattered(FrozenGradDiscarded)];
+        for roles in layouts {
+            let split = LocalModel::from_roles(&global, &roles).unwrap();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+            let (trained, outcome) = train_local(split, &data, &settings(), &mut rng).unwrap();
+            assert_eq!(outcome.steps, 2 * 3);
+            let after = host_params(&trained.join());
+            for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+                let changed: Vec<&str> = b.iter().zip(a).filter(|((_, vb), (_, va))| vb != va).map(|((name, _), _)| name.as_str()).collect();
+                if roles[i] == Trained {
+                    // Every trainable tensor of an active layer moves (BN running stats too).
+                    assert_eq!(changed.len(), b.len(), "{} {roles:?}: active layer {i}: only {changed:?} of {} tensors changed", kind.name(), b.len());
+                } else {
+                    assert!(changed.is_empty(), "{} {roles:?}: frozen layer {i} moved: {changed:?}", kind.name());
+                }
             }
         }
         // The server's model is untouched by a client's training (no shared BN cells).
@@ -210,4 +220,31 @@ fn roles_are_checked_and_a_client_holds_the_exits_up_to_its_depth() {
     );
     // The whole model: both exits and the classifier.
     assert_eq!(held(&[Trained; 7]), (2, vec![0, 1, 2, 3, 4, 5, 6, 7, 8], vec![0, 1, 2, 3, 4, 5, 6, 7, 8]));
+
+    // A client cut after an exit answers with that exit's logits, computed after its layer.
+    let (x, _) = random_batch::<Inner>(2, [3, 32, 32], 10, 6);
+    let all = global.forward_all_exits(Tensor::from_inner(x.clone()));
+    for (roles, exit) in [(vec![Trained, Trained, Skipped, Skipped, Skipped, Skipped, Skipped], 0), (vec![FrozenNoGraph, Trained, Trained, Trained, Skipped, Skipped, Skipped], 1)] {
+        let client = LocalModel::from_roles(&global, &roles).unwrap();
+        let err = max_abs_diff(&to_vec(&client.forward(x.clone()).inner()), &to_vec(&all[exit].clone().inner()));
+        assert!(err <= 1e-5, "{roles:?}: logits differ from exit {exit}'s by {err}");
+    }
+}
+
+/// The loss a single step reports (the memory probe's unit) is the loss before its update.
+#[test]
+fn a_single_step_reports_the_loss_of_the_model_it_starts_from() {
+    let shape = [1, 28, 28];
+    let global = seeded::<Train>(ModelKind::Cnn, shape, 10, 4);
+    let (x, y) = random_batch::<Inner>(8, shape, 10, 2);
+    let logits = global.forward(Tensor::from_inner(x.clone()));
+    let expected: f64 = burn::nn::loss::CrossEntropyLossConfig::new().init::<Train>(&device()).forward(logits, Tensor::from_inner(y.clone())).into_scalar().elem();
+    let sgd = settings().sgd;
+    for l in [0, 2] {
+        let loss = LocalModel::ordered(&global, l).unwrap().single_step(x.clone(), y.clone(), &sgd);
+        assert!((loss - expected).abs() <= 1e-5 * expected, "l = {l}: single_step reports {loss}, the loss is {expected}");
+        let (loss, peak) = LocalModel::ordered(&global, l).unwrap().single_step_device_peak(x.clone(), y.clone(), &sgd);
+        assert!((loss - expected).abs() <= 1e-5 * expected, "l = {l}: single_step_device_peak reports {loss}, the loss is {expected}");
+        assert_eq!(peak, None, "the CPU has no device memory statistics");
+    }
 }
