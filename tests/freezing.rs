@@ -248,3 +248,34 @@ fn a_single_step_reports_the_loss_of_the_model_it_starts_from() {
         assert_eq!(peak, None, "the CPU has no device memory statistics");
     }
 }
+
+/// A client holds every tensor it was sent, at 4 bytes an element: the frozen prefix as
+/// compressed for it, the layers in the graph and the exit heads up to its depth, nothing of a
+/// skipped layer. Counted here from the server's model, entry by entry.
+#[test]
+fn a_client_holds_four_bytes_for_each_element_it_was_sent() {
+    use fedolf::compress::toa::{sparsify_prefix, ToaMode, ToaSettings};
+    use fedolf::local::roles::LayerRole::{FrozenInGraph, FrozenNoGraph, Skipped, Trained};
+    // Exit heads after layers 2 and 4 are entries 7 and 8 (with exits, nothing below layer 2
+    // may leave the graph, so the four-layer prefix runs on the model without them).
+    let plain = seeded::<Train>(ModelKind::AlexNet, [3, 32, 32], 10, 7);
+    let global = plain.clone().with_exits(&[2, 4], &device()).unwrap();
+    let sizes: Vec<usize> = fedolf::tensor::params::read_model(&global).iter().map(|layer| layer.iter().map(|t| t.numel()).sum()).collect();
+    let held = |entries: &[usize]| entries.iter().map(|&i| sizes[i]).sum::<usize>();
+    for (net, roles, prefix, graph) in [
+        (&plain, vec![FrozenNoGraph, FrozenNoGraph, FrozenNoGraph, FrozenNoGraph, Trained, Trained, Trained], vec![0, 1, 2, 3], vec![4, 5, 6]),
+        (&global, vec![FrozenNoGraph, FrozenInGraph, Trained, Trained, Skipped, Skipped, Skipped], vec![0], vec![1, 2, 3, 7, 8]),
+        (&global, vec![Trained, Trained, Skipped, Skipped, Skipped, Skipped, Skipped], vec![], vec![0, 1, 7]),
+    ] {
+        let mut client = LocalModel::from_roles(net, &roles).unwrap();
+        assert_eq!(client.graph_numel(), held(&graph), "{roles:?}: elements in the graph");
+        assert_eq!(client.resident_bytes(), 4 * (held(&prefix) + held(&graph)) as u64, "{roles:?}");
+        if prefix.len() >= 2 {
+            // TOA's prefix: the client holds what it was sent.
+            let (sparse, report) = sparsify_prefix(client.no_graph, ToaSettings::new(0.5, ToaMode::Paper).unwrap(), &mut rand_chacha::ChaCha8Rng::seed_from_u64(2)).unwrap();
+            assert!(report.frozen_sent_elems < held(&prefix));
+            client.no_graph = sparse;
+            assert_eq!(client.resident_bytes(), 4 * (report.frozen_sent_elems + held(&graph)) as u64, "{roles:?} with TOA");
+        }
+    }
+}
