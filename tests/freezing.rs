@@ -279,3 +279,24 @@ fn a_client_holds_four_bytes_for_each_element_it_was_sent() {
         }
     }
 }
+
+/// The mean training loss a client reports is the mean of its steps' losses: with lr 0 the
+/// model never moves, so over equal batches and every epoch it is the model's mean
+/// cross-entropy over the client's samples.
+#[test]
+fn the_reported_loss_is_the_mean_of_every_steps_loss() {
+    let shape = [1, 28, 28];
+    let global = seeded::<Train>(ModelKind::Cnn, shape, 10, 8);
+    let (x, y) = random_batch::<Inner>(24, shape, 10, 3);
+    let logits = global.forward(Tensor::from_inner(x.clone()));
+    let expected: f64 = burn::nn::loss::CrossEntropyLossConfig::new().init::<Train>(&device()).forward(logits, Tensor::from_inner(y.clone())).into_scalar().elem();
+    let indices: Vec<usize> = (0..24).collect();
+    let data = ClientData { images: &x, labels: &y, indices: &indices };
+    let still = LocalTraining { epochs: 3, batch_size: 8, sgd: SgdSettings { lr: 0.0, momentum: 0.0, weight_decay: 0.0 }, cache_frozen: false, frozen_norm: Default::default() };
+    for l in [0, 1] {
+        let split = LocalModel::ordered(&global, l).unwrap();
+        let (_, outcome) = train_local(split, &data, &still, &mut rand_chacha::ChaCha8Rng::seed_from_u64(4)).unwrap();
+        assert_eq!((outcome.steps, outcome.samples), (9, 72), "l = {l}");
+        assert!((outcome.mean_loss - expected).abs() <= 1e-5 * expected, "l = {l}: reported {}, the mean loss is {expected}", outcome.mean_loss);
+    }
+}
