@@ -23,7 +23,7 @@ declare -A TESTS=(
   [src/strategy/fedolf.rs]="strategies"
   [src/strategy/plan.rs]="strategies depth_and_pool_methods"
   [src/local/roles.rs]="freezing accounting strategies memory_peak"
-  [src/local/training.rs]="freezing engine"
+  [src/local/training.rs]="freezing engine memory_peak"
   [src/accounting/theory.rs]="accounting memory_peak"
   [models/src/slicing.rs]="toa submodel"
 )

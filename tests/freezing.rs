@@ -300,3 +300,22 @@ fn the_reported_loss_is_the_mean_of_every_steps_loss() {
         assert!((outcome.mean_loss - expected).abs() <= 1e-5 * expected, "l = {l}: reported {}, the mean loss is {expected}", outcome.mean_loss);
     }
 }
+
+/// The tally's own arithmetic: steps count as they are added, the mean covers closed epochs
+/// only, and reads 0 (not 0/0) before any step.
+#[test]
+fn the_loss_tally_counts_open_steps_and_means_closed_epochs() {
+    use fedolf::local::training::LossTally;
+    let loss = |v: f32| Tensor::<Inner, 1>::from_floats([v], &device());
+    let mut tally = LossTally::<Inner>::default();
+    assert_eq!((tally.steps(), tally.mean()), (0, 0.0));
+    tally.end_epoch(0).unwrap();
+    assert_eq!((tally.steps(), tally.mean()), (0, 0.0), "an epoch without a step");
+    tally.add(loss(2.0));
+    tally.add(loss(4.0));
+    assert_eq!((tally.steps(), tally.mean()), (2, 0.0), "the open epoch's steps count, its losses not yet");
+    tally.end_epoch(1).unwrap();
+    tally.add(loss(0.5));
+    tally.end_epoch(2).unwrap();
+    assert_eq!((tally.steps(), tally.mean()), (3, 6.5 / 3.0));
+}

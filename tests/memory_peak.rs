@@ -79,17 +79,22 @@ fn the_prefix_cache_counts_in_the_peak(global: &fedolf::models::LayeredNet<Train
     let (x, y) = random_batch::<Inner>(n, shape, 100, 6);
     let indices: Vec<usize> = (0..n).collect();
     let data = ClientData { images: &x, labels: &y, indices: &indices };
-    let peak = |cache_frozen: bool| {
+    let peak = |l: usize, cache_frozen: bool| {
         let settings = LocalTraining { epochs: 2, batch_size: 32, sgd: SgdSettings { lr: 0.01, momentum: 0.9, weight_decay: 0.0 }, cache_frozen, frozen_norm: Default::default() };
         let local = LocalModel::ordered(global, l).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         ALLOC.measure(|| train_local(local, &data, &settings, &mut rng).unwrap()).1
     };
     let cache_bytes = (n * global.layer_infos()[l - 1].output.elems() * 4) as f64;
-    let (plain, cached) = (peak(false), peak(true));
+    let (plain, cached) = (peak(l, false), peak(l, true));
     let share = (cached as f64 - plain as f64) / cache_bytes;
     eprintln!("prefix cache of {cache_bytes} B: peak {plain} B → {cached} B ({share:.3} × the cache)");
     assert!((0.8..=1.3).contains(&share), "the cache raised the peak by {share:.2} × its {cache_bytes} B ({plain} → {cached})");
+    // Without a frozen prefix there is nothing to cache: asking for it changes nothing (a
+    // cache of the inputs would add n × 3 × 32 × 32 × 4 bytes).
+    let (plain, asked) = (peak(0, false), peak(0, true));
+    let inputs = (n * 3 * 32 * 32 * 4) as f64;
+    assert!((asked as f64 - plain as f64).abs() < 0.2 * inputs, "l = 0: asking for the cache moved the peak from {plain} B to {asked} B");
 }
 
 /// The memory probe's absolute peak = resident (model copy + batch) + the step's extra peak.
