@@ -319,3 +319,35 @@ fn the_loss_tally_counts_open_steps_and_means_closed_epochs() {
     tally.end_epoch(2).unwrap();
     assert_eq!((tally.steps(), tally.mean()), (3, 6.5 / 3.0));
 }
+
+/// Local SGD is PyTorch's: momentum without dampening or Nesterov, L2 weight decay. On one
+/// full batch the first step is `w1 = w0 − lr·(g(w0) + λ·w0)` whatever the momentum, and the
+/// second adds exactly `μ` times the first step's update on top of plain SGD's second step:
+/// `w2(μ) − w2(0) = μ·(w1 − w0)`.
+#[test]
+fn local_sgd_is_pytorchs_momentum_and_weight_decay() {
+    let shape = [1, 28, 28];
+    let global = seeded::<Train>(ModelKind::Cnn, shape, 10, 9);
+    let (x, y) = random_batch::<Inner>(16, shape, 10, 5);
+    let indices: Vec<usize> = (0..16).collect();
+    let data = ClientData { images: &x, labels: &y, indices: &indices };
+    let run = |epochs: usize, momentum: f64, weight_decay: f64| -> Vec<f32> {
+        let settings = LocalTraining { epochs, batch_size: 16, sgd: SgdSettings { lr: 0.05, momentum, weight_decay }, cache_frozen: false, frozen_norm: Default::default() };
+        let local = LocalModel::ordered(&global, 0).unwrap();
+        let (trained, _) = train_local(local, &data, &settings, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
+        host_params(&trained.join()).into_iter().flatten().flat_map(|(_, v)| v).collect()
+    };
+    let w0: Vec<f32> = host_params(&global).into_iter().flatten().flat_map(|(_, v)| v).collect();
+    let (w1, w1_momentum, w1_decay) = (run(1, 0.0, 0.0), run(1, 0.9, 0.0), run(1, 0.0, 0.01));
+    let step: Vec<f32> = w1.iter().zip(&w0).map(|(a, b)| a - b).collect();
+    let scale = step.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0);
+    assert!(max_abs_diff(&w1_momentum, &w1) <= 1e-6 * scale, "momentum changed the first step");
+    // Weight decay adds −lr·λ·w0 to the first step.
+    let decayed: Vec<f32> = w1.iter().zip(&w0).map(|(a, b)| a - 0.05 * 0.01 * b).collect();
+    assert!(max_abs_diff(&w1_decay, &decayed) <= 1e-4 * scale, "weight decay is not L2 with the lr: off by {}", max_abs_diff(&w1_decay, &decayed));
+    let (plain, momentum) = (run(2, 0.0, 0.0), run(2, 0.9, 0.0));
+    let expected: Vec<f32> = plain.iter().zip(&step).map(|(p, s)| p + 0.9 * s).collect();
+    let err = max_abs_diff(&momentum, &expected);
+    assert!(err <= 1e-3 * scale, "second step with momentum 0.9 is off PyTorch's by {err} (first step's largest move {scale})");
+}
