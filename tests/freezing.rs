@@ -231,14 +231,19 @@ fn roles_are_checked_and_a_client_holds_the_exits_up_to_its_depth() {
     }
 }
 
+/// The model's mean cross-entropy on a batch, computed outside the client's code.
+fn mean_cross_entropy(net: &fedolf::models::LayeredNet<Train>, x: &Tensor<Inner, 4>, y: &Tensor<Inner, 1, Int>) -> f64 {
+    let logits = net.forward(Tensor::from_inner(x.clone()));
+    burn::nn::loss::CrossEntropyLossConfig::new().init::<Train>(&device()).forward(logits, Tensor::from_inner(y.clone())).into_scalar().elem()
+}
+
 /// The loss a single step reports (the memory probe's unit) is the loss before its update.
 #[test]
 fn a_single_step_reports_the_loss_of_the_model_it_starts_from() {
     let shape = [1, 28, 28];
     let global = seeded::<Train>(ModelKind::Cnn, shape, 10, 4);
     let (x, y) = random_batch::<Inner>(8, shape, 10, 2);
-    let logits = global.forward(Tensor::from_inner(x.clone()));
-    let expected: f64 = burn::nn::loss::CrossEntropyLossConfig::new().init::<Train>(&device()).forward(logits, Tensor::from_inner(y.clone())).into_scalar().elem();
+    let expected = mean_cross_entropy(&global, &x, &y);
     let sgd = settings().sgd;
     for l in [0, 2] {
         let loss = LocalModel::ordered(&global, l).unwrap().single_step(x.clone(), y.clone(), &sgd);
@@ -288,8 +293,7 @@ fn the_reported_loss_is_the_mean_of_every_steps_loss() {
     let shape = [1, 28, 28];
     let global = seeded::<Train>(ModelKind::Cnn, shape, 10, 8);
     let (x, y) = random_batch::<Inner>(24, shape, 10, 3);
-    let logits = global.forward(Tensor::from_inner(x.clone()));
-    let expected: f64 = burn::nn::loss::CrossEntropyLossConfig::new().init::<Train>(&device()).forward(logits, Tensor::from_inner(y.clone())).into_scalar().elem();
+    let expected = mean_cross_entropy(&global, &x, &y);
     let indices: Vec<usize> = (0..24).collect();
     let data = ClientData { images: &x, labels: &y, indices: &indices };
     let still = LocalTraining { epochs: 3, batch_size: 8, sgd: SgdSettings { lr: 0.0, momentum: 0.0, weight_decay: 0.0 }, cache_frozen: false, frozen_norm: Default::default() };
