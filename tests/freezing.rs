@@ -324,6 +324,11 @@ fn the_loss_tally_counts_open_steps_and_means_closed_epochs() {
     assert_eq!((tally.steps(), tally.mean()), (3, 6.5 / 3.0));
 }
 
+/// Every tensor's values of `net`, layer after layer, in one vector.
+fn every_value(net: &fedolf::models::LayeredNet<Train>) -> Vec<f32> {
+    host_params(net).into_iter().flatten().flat_map(|(_, v)| v).collect()
+}
+
 /// Local SGD is PyTorch's: momentum without dampening or Nesterov, L2 weight decay. On one
 /// full batch the first step is `w1 = w0 − lr·(g(w0) + λ·w0)` whatever the momentum, and the
 /// second adds exactly `μ` times the first step's update on top of plain SGD's second step:
@@ -339,9 +344,9 @@ fn local_sgd_is_pytorchs_momentum_and_weight_decay() {
         let settings = LocalTraining { epochs, batch_size: 16, sgd: SgdSettings { lr: 0.05, momentum, weight_decay }, cache_frozen: false, frozen_norm: Default::default() };
         let local = LocalModel::ordered(&global, 0).unwrap();
         let (trained, _) = train_local(local, &data, &settings, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
-        host_params(&trained.join()).into_iter().flatten().flat_map(|(_, v)| v).collect()
+        every_value(&trained.join())
     };
-    let w0: Vec<f32> = host_params(&global).into_iter().flatten().flat_map(|(_, v)| v).collect();
+    let w0 = every_value(&global);
     let (w1, w1_momentum, w1_decay) = (run(1, 0.0, 0.0), run(1, 0.9, 0.0), run(1, 0.0, 0.01));
     let step: Vec<f32> = w1.iter().zip(&w0).map(|(a, b)| a - b).collect();
     let scale = step.iter().fold(0.0f32, |m, v| m.max(v.abs()));
