@@ -45,25 +45,27 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
     let eq23 = |l: usize| theoretical_memory(&infos, &ordered_roles(infos.len(), l).unwrap(), batch, true).transient();
     // Each step of freezing saves what Eq. 23 says the newly frozen layers' activations,
     // gradients and momentum take, within a band on both sides: measured ÷ Eq. 23 of the
-    // whole step is steady across l (0.85–0.87 for ResNet20 at batch 128, `fedolf bench
-    // memory`), since the kernels keep fewer maps than Eq. 23 counts (ARCHITECTURE.md, "What
-    // Eq. 23 counts"). A saving far below Eq. 23's means frozen layers still keep activations;
-    // far above, the accounting lost track of something trained layers keep.
-    // Up to l = 6 (measured here: 0.86–0.88 of Eq. 23 at every l, 0.84–0.88 of each step's
-    // saving) the band is [0.7, 1.05]. At l = 8 the step's peak is the frozen prefix's
-    // no-graph forward (its kernel working set, which Eq. 23 does not count), so only the
-    // one-sided check holds there: the saving is at least half of Eq. 23's.
+    // whole step is steady across l, since the kernels keep fewer maps than Eq. 23 counts
+    // (ARCHITECTURE.md, "What Eq. 23 counts": BatchNorm keeps only its input, its fused ReLU
+    // and a residual block's fused add keep nothing). A saving far below Eq. 23's means frozen
+    // layers still keep activations; far above, the accounting lost track of something
+    // trained layers keep.
+    // Up to l = 6 (measured here: 0.61–0.71 of Eq. 23 at every l, 0.57–0.64 of each step's
+    // saving; 0.86–0.88 and 0.84–0.88 before the fused ReLU and add) the band is [0.5, 1.05].
+    // At l = 8 the step's peak is the frozen prefix's no-graph forward (its kernel working
+    // set, which Eq. 23 does not count), so only the one-sided check holds there: the saving
+    // is at least 0.3 of Eq. 23's (0.37 measured).
     let ratios: Vec<f64> = peaks.iter().map(|&(l, p)| p as f64 / eq23(l) as f64).collect();
     eprintln!("measured ÷ Eq. 23 per frozen count: {ratios:.3?}");
     for (&(l, _), r) in peaks.iter().zip(&ratios).filter(|(p, _)| p.0 <= 6) {
-        assert!((0.7..=1.05).contains(r), "l = {l}: measured ÷ Eq. 23 = {r:.3} ({peaks:?})");
+        assert!((0.5..=1.05).contains(r), "l = {l}: measured ÷ Eq. 23 = {r:.3} ({peaks:?})");
     }
     for w in peaks.windows(2) {
         let ((l0, p0), (l1, p1)) = (w[0], w[1]);
         let (saved, eq23_saved) = (p0 as f64 - p1 as f64, eq23(l0) as f64 - eq23(l1) as f64);
         let share = saved / eq23_saved;
         eprintln!("l = {l0} → {l1}: saves {saved} B, Eq. 23 {eq23_saved} B ({share:.3})");
-        let band = if l1 <= 6 { 0.7..=1.05 } else { 0.5..=1.05 };
+        let band = if l1 <= 6 { 0.5..=1.05 } else { 0.3..=1.05 };
         assert!(band.contains(&share), "l = {l0} → {l1}: the peak fell by {saved} B, {share:.2} × Eq. 23's {eq23_saved} B ({peaks:?})");
     }
 

@@ -304,31 +304,8 @@ pub fn bias_grad(g: &ConvGeometry, dy: &[f32]) -> Vec<f32> {
         .into_par_iter()
         .map(|c| {
             (0..g.batch)
-                .map(|b| lane_sum(&dy[(b * g.c_out + c) * pixels..][..pixels]))
+                .map(|b| crate::lanes::sum(&dy[(b * g.c_out + c) * pixels..][..pixels]))
                 .sum()
         })
         .collect()
-}
-
-/// The sum of `values` in 16 interleaved partial sums, added pairwise at the end: a fixed
-/// order (so the same bits on every machine and thread count) that the compiler can keep in
-/// one AVX-512 register, where one running sum waits on each previous add.
-pub(crate) fn lane_sum(values: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut lanes = [0.0f32; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane += *v;
-        }
-    }
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            lanes[i] += lanes[i + width];
-        }
-    }
-    lanes[0] + tail
 }

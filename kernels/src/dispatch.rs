@@ -14,6 +14,7 @@ use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::TensorPrimitive;
 
 use crate::extension::ConvKernels;
+use crate::norm::Then;
 use crate::norm_extension::{BatchStatistics, NormKernels};
 use crate::pool_extension::PoolKernels;
 
@@ -111,7 +112,8 @@ pub fn pool_forward<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 
 }
 
 /// Training-mode BatchNorm through the kernels: `x: [b, c, n]` normalised with its batch
-/// statistics, scaled by `gamma` and shifted by `beta` (`[c]`), and those statistics. `None`
+/// statistics, scaled by `gamma` and shifted by `beta` (`[c]`), then `then` (a ReLU, or the
+/// skip added and a ReLU), and those statistics. `None`
 /// where `B` has no kernels for it (only the CPU backend with autodiff has: without autodiff
 /// BatchNorm never uses batch statistics) or they do not take these tensors.
 pub fn batch_norm_train<B: Backend>(
@@ -119,14 +121,16 @@ pub fn batch_norm_train<B: Backend>(
     gamma: Tensor<B, 1>,
     beta: Tensor<B, 1>,
     epsilon: f64,
+    then: Then<Tensor<B, 3>>,
 ) -> Option<(Tensor<B, 3>, BatchStatistics)> {
     #[cfg(feature = "flex")]
     if is::<B, Training>() {
         let (x, gamma, beta) = (into_kernel::<B, Training, 3>(x), into_kernel::<B, Training, 1>(gamma), into_kernel::<B, Training, 1>(beta));
-        let (y, statistics) = Training::batch_norm_train(x, gamma, beta, epsilon)?;
+        let then = then.map(into_kernel::<B, Training, 3>);
+        let (y, statistics) = Training::batch_norm_train(x, gamma, beta, epsilon, then)?;
         return Some((from_kernel::<Training, B, 3>(y), statistics));
     }
-    let _ = (x, gamma, beta, epsilon);
+    let _ = (x, gamma, beta, epsilon, then);
     None
 }
 

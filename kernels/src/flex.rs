@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::cpu::{self, Wanted};
 use crate::extension::{ConvGradientKernels, ConvGradients, ConvKernels};
 use crate::geometry::ConvGeometry;
-use crate::norm::{self, NormShape};
+use crate::norm::{self, NormShape, Then};
 use crate::norm_extension::{BatchStatistics, NormGradientKernels};
 use crate::pool::{self, PoolGeometry};
 use crate::pool_extension::{PoolArgmax, PoolGradientKernels, PoolKernels};
@@ -150,35 +150,44 @@ fn vector(values: Vec<f32>) -> FlexTensor {
 }
 
 impl NormGradientKernels for Flex {
-    fn batch_norm_supported(x: &FloatTensor<Self>, gamma: &FloatTensor<Self>, beta: &FloatTensor<Self>) -> bool {
-        norm_shape(x, gamma, beta).is_some()
+    fn batch_norm_supported(x: &FloatTensor<Self>, gamma: &FloatTensor<Self>, beta: &FloatTensor<Self>, then: Then<&FloatTensor<Self>>) -> bool {
+        let skip_fits = match then {
+            Then::AddRelu(skip) => skip.dtype() == DType::F32 && skip.shape() == x.shape(),
+            _ => true,
+        };
+        skip_fits && norm_shape(x, gamma, beta).is_some()
     }
 
-    fn batch_norm_forward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> (FloatTensor<Self>, BatchStatistics) {
+    fn batch_norm_forward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64, then: Then<FloatTensor<Self>>) -> (FloatTensor<Self>, BatchStatistics) {
         let s = norm_shape(&x, &gamma, &beta).expect("callers check batch_norm_supported first");
-        let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
+        let (x, gamma, beta, then) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous(), then.map(|t| t.to_contiguous()));
         let (mean, var) = norm::statistics(&s, values(&x));
-        let y = norm::forward(&s, values(&x), &mean, &var, values(&gamma), values(&beta), epsilon as f32);
+        let y = norm::forward(&s, values(&x), &mean, &var, values(&gamma), values(&beta), epsilon as f32, then.as_ref().map(values));
         (FlexTensor::from_data(TensorData::new(y, [s.batch, s.channels, s.pixels])), (mean, var))
     }
 
     fn batch_norm_gradients(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         dy: FloatTensor<Self>,
         statistics: &BatchStatistics,
         epsilon: f64,
-        wanted: [bool; 3],
-    ) -> [Option<FloatTensor<Self>>; 3] {
-        let s = norm_shape(&x, &gamma, &gamma).expect("the forward's shapes");
-        let (x, gamma, dy) = (x.to_contiguous(), gamma.to_contiguous(), dy.to_contiguous());
+        then: Then<FloatTensor<Self>>,
+        wanted: [bool; 4],
+    ) -> [Option<FloatTensor<Self>>; 4] {
+        let s = norm_shape(&x, &gamma, &beta).expect("the forward's shapes");
+        let (x, gamma, beta, dy) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous(), dy.to_contiguous());
+        let then = then.map(|t| t.to_contiguous());
         let (mean, var) = statistics;
-        let (dx, dgamma, dbeta) = norm::backward(&s, values(&x), values(&dy), mean, var, values(&gamma), epsilon as f32);
-        let [want_x, want_gamma, want_beta] = wanted;
+        let grads = norm::gradients(&s, values(&x), values(&dy), (mean, var), (values(&gamma), values(&beta)), epsilon as f32, then.as_ref().map(values));
+        let map = |v: Vec<f32>| FlexTensor::from_data(TensorData::new(v, [s.batch, s.channels, s.pixels]));
+        let [want_x, want_gamma, want_beta, want_skip] = wanted;
         [
-            want_x.then(|| FlexTensor::from_data(TensorData::new(dx, [s.batch, s.channels, s.pixels]))),
-            want_gamma.then(|| vector(dgamma)),
-            want_beta.then(|| vector(dbeta)),
+            want_x.then(|| map(grads.x)),
+            want_gamma.then(|| vector(grads.gamma)),
+            want_beta.then(|| vector(grads.beta)),
+            grads.skip.filter(|_| want_skip).map(map),
         ]
     }
 }

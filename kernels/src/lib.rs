@@ -9,7 +9,8 @@
 //! forward on the backend, backward registered on `Autodiff` — and `dispatch::conv2d` is the
 //! call the models make for every backend. `pool` and `pool_extension` do the same for max
 //! pooling over non-overlapping windows, `norm` and `norm_extension` for training-mode
-//! BatchNorm.
+//! BatchNorm (with the ReLU after it, or a residual block's add and ReLU, fused in), its row
+//! work in `norm_rows` and the fixed-order sums in `lanes`.
 
 mod chunks;
 pub mod cpu;
@@ -20,9 +21,11 @@ mod extension;
 mod flex;
 pub mod geometry;
 mod im2col;
+mod lanes;
 pub mod norm;
 pub mod peak;
 mod norm_extension;
+mod norm_rows;
 pub mod pool;
 mod pool_extension;
 #[cfg(test)]
@@ -31,6 +34,7 @@ mod rows;
 
 pub use cpu::{Grads, Wanted};
 pub use dispatch::{batch_norm_train, conv2d, forward, has_own_kernels, max_pool2d, pool_forward};
+pub use norm::Then;
 pub use norm_extension::{BatchStatistics, NormGradientKernels, NormKernels};
 pub use extension::{ConvGradientKernels, ConvGradients, ConvKernels};
 pub use geometry::ConvGeometry;

@@ -1,6 +1,6 @@
 //! The backend extension for training-mode BatchNorm, the pattern of `extension.rs`: on
-//! `Autodiff<B>` one graph node with the input, γ and β as parents, whose backward step
-//! calls `B`'s gradient kernel.
+//! `Autodiff<B>` one graph node with the input, γ and β (and a residual block's skip, when the
+//! kernel adds it) as parents, whose backward step calls `B`'s gradient kernel.
 
 use std::sync::Arc;
 
@@ -13,69 +13,99 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 
+use crate::norm::Then;
+
 /// Per-channel batch statistics, on the host: the mean and the biased variance.
 pub type BatchStatistics = (Vec<f32>, Vec<f32>);
 
 /// A backend with its own training-mode BatchNorm.
 pub trait NormKernels: Backend {
     /// `x: [b, c, n]`, `gamma`, `beta`: `[c]` → `y: [b, c, n]` normalised with the batch's
-    /// statistics, and those statistics (for the running averages). `None` where the kernels
-    /// do not take these tensors: the caller uses Burn's ops.
+    /// statistics, then `then` (a skip shaped like `x`), and those statistics (for the running
+    /// averages). `None` where the kernels do not take these tensors: the caller uses Burn's ops.
     fn batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        then: Then<FloatTensor<Self>>,
     ) -> Option<(FloatTensor<Self>, BatchStatistics)>;
 }
 
 /// The inner backend's part: the forward and the gradients on its own tensors.
 pub trait NormGradientKernels: Backend {
-    fn batch_norm_supported(x: &FloatTensor<Self>, gamma: &FloatTensor<Self>, beta: &FloatTensor<Self>) -> bool;
+    fn batch_norm_supported(x: &FloatTensor<Self>, gamma: &FloatTensor<Self>, beta: &FloatTensor<Self>, then: Then<&FloatTensor<Self>>) -> bool;
     fn batch_norm_forward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        then: Then<FloatTensor<Self>>,
     ) -> (FloatTensor<Self>, BatchStatistics);
-    /// `dy: [b, c, n]` → `[dx, dγ, dβ]`, each only where `wanted`.
+    /// `dy: [b, c, n]` → `[dx, dγ, dβ, d skip]` of the forward with the same `then`, each only
+    /// where `wanted` (the skip's only with [`Then::AddRelu`]).
+    #[allow(clippy::too_many_arguments)]
     fn batch_norm_gradients(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         dy: FloatTensor<Self>,
         statistics: &BatchStatistics,
         epsilon: f64,
-        wanted: [bool; 3],
-    ) -> [Option<FloatTensor<Self>>; 3];
+        then: Then<FloatTensor<Self>>,
+        wanted: [bool; 4],
+    ) -> [Option<FloatTensor<Self>>; 4];
 }
 
+/// The node without a skip (x, γ, β) and with one (x, γ, β, skip).
 #[derive(Debug)]
 struct NormBackward;
+#[derive(Debug)]
+struct NormAddBackward;
 
-/// The checkpointed input and γ, the batch statistics, ε.
+/// The checkpointed input, γ, β and skip, the batch statistics, ε, and what followed.
 #[derive(Debug, Clone)]
 struct NormState {
     x: NodeId,
     gamma: NodeId,
+    beta: NodeId,
     statistics: Arc<BatchStatistics>,
     epsilon: f64,
+    then: Then<NodeId>,
+}
+
+/// The backward step of either node: the gradients its parents want, registered.
+fn step<B: NormGradientKernels, const N: usize>(ops: Ops<NormState, N>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+    let dy = grads.consume::<B>(&ops.node);
+    let state = ops.state;
+    let mut retrieve = |id: NodeId| checkpointer.retrieve_node_output::<FloatTensor<B>>(id);
+    let (x, gamma, beta) = (retrieve(state.x), retrieve(state.gamma), retrieve(state.beta));
+    let then = state.then.map(&mut retrieve);
+    let mut wanted = [false; 4];
+    for (want, parent) in wanted.iter_mut().zip(&ops.parents) {
+        *want = parent.is_some();
+    }
+    let computed = B::batch_norm_gradients(x, gamma, beta, dy, &state.statistics, state.epsilon, then, wanted);
+    for (parent, grad) in ops.parents.iter().zip(computed) {
+        if let (Some(node), Some(grad)) = (parent, grad) {
+            grads.register::<B>(node.id, grad);
+        }
+    }
 }
 
 impl<B: NormGradientKernels> Backward<B, 3> for NormBackward {
     type State = NormState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-        let dy = grads.consume::<B>(&ops.node);
-        let state = ops.state;
-        let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(state.x);
-        let gamma = checkpointer.retrieve_node_output::<FloatTensor<B>>(state.gamma);
-        let wanted = ops.parents.each_ref().map(Option::is_some);
-        let computed = B::batch_norm_gradients(x, gamma, dy, &state.statistics, state.epsilon, wanted);
-        for (parent, grad) in ops.parents.iter().zip(computed) {
-            if let (Some(node), Some(grad)) = (parent, grad) {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        step::<B, 3>(ops, grads, checkpointer);
+    }
+}
+
+impl<B: NormGradientKernels> Backward<B, 4> for NormAddBackward {
+    type State = NormState;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        step::<B, 4>(ops, grads, checkpointer);
     }
 }
 
@@ -85,21 +115,48 @@ impl<B: NormGradientKernels, C: CheckpointStrategy> NormKernels for Autodiff<B, 
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        then: Then<FloatTensor<Self>>,
     ) -> Option<(FloatTensor<Self>, BatchStatistics)> {
-        if !B::batch_norm_supported(&x.primitive, &gamma.primitive, &beta.primitive) {
+        if !B::batch_norm_supported(&x.primitive, &gamma.primitive, &beta.primitive, then.as_ref().map(|s| &s.primitive)) {
             return None;
         }
-        let parents = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
-        Some(match NormBackward.prepare::<C>(parents).compute_bound().stateful() {
-            OpsKind::Tracked(mut prep) => {
-                let (x_state, gamma_state) = (prep.checkpoint(&x), prep.checkpoint(&gamma));
-                let (y, statistics) = B::batch_norm_forward(x.primitive, gamma.primitive, beta.primitive, epsilon);
-                let state = NormState { x: x_state, gamma: gamma_state, statistics: Arc::new(statistics.clone()), epsilon };
-                (prep.finish(state, y), statistics)
+        let forward = |then: Then<FloatTensor<Self>>| B::batch_norm_forward(x.primitive.clone(), gamma.primitive.clone(), beta.primitive.clone(), epsilon, then.map(|s| s.primitive));
+        let state = |checkpoint: &mut dyn FnMut(&FloatTensor<Self>) -> NodeId, then: &Then<FloatTensor<Self>>, statistics: &BatchStatistics| NormState {
+            x: checkpoint(&x),
+            gamma: checkpoint(&gamma),
+            beta: checkpoint(&beta),
+            statistics: Arc::new(statistics.clone()),
+            epsilon,
+            then: then.as_ref().map(|s| checkpoint(s)),
+        };
+        Some(match then {
+            Then::AddRelu(ref skip) => {
+                let parents = [x.node.clone(), gamma.node.clone(), beta.node.clone(), skip.node.clone()];
+                match NormAddBackward.prepare::<C>(parents).compute_bound().stateful() {
+                    OpsKind::Tracked(mut prep) => {
+                        let (y, statistics) = forward(then.clone());
+                        let state = state(&mut |t| prep.checkpoint(t), &then, &statistics);
+                        (prep.finish(state, y), statistics)
+                    }
+                    OpsKind::UnTracked(prep) => {
+                        let (y, statistics) = forward(then);
+                        (prep.finish(y), statistics)
+                    }
+                }
             }
-            OpsKind::UnTracked(prep) => {
-                let (y, statistics) = B::batch_norm_forward(x.primitive, gamma.primitive, beta.primitive, epsilon);
-                (prep.finish(y), statistics)
+            _ => {
+                let parents = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+                match NormBackward.prepare::<C>(parents).compute_bound().stateful() {
+                    OpsKind::Tracked(mut prep) => {
+                        let (y, statistics) = forward(then.clone());
+                        let state = state(&mut |t| prep.checkpoint(t), &then, &statistics);
+                        (prep.finish(state, y), statistics)
+                    }
+                    OpsKind::UnTracked(prep) => {
+                        let (y, statistics) = forward(then);
+                        (prep.finish(y), statistics)
+                    }
+                }
             }
         })
     }

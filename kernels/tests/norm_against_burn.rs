@@ -1,10 +1,11 @@
 //! Training-mode BatchNorm through the kernel against the same formula in Burn's tensor ops
-//! (forward, batch statistics, and the gradients Burn's autodiff derives for x, γ and β), and
-//! bit-identical results for any number of threads.
+//! (forward, batch statistics, and the gradients Burn's autodiff derives for x, γ and β), with
+//! and without the ReLU fused in, and bit-identical results for any number of threads.
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn_flex::Flex;
+use fedolf_kernels::Then;
 
 mod common;
 use common::{tensor, values};
@@ -17,16 +18,30 @@ fn spread(n: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
     values(n, seed).into_iter().map(|v| v * scale + offset).collect()
 }
 
-/// y, dx, dγ, dβ, mean, var of `Σ bn(x) ⊙ r`.
-fn run(shape: [usize; 3], own: bool) -> [Vec<f32>; 6] {
+/// How `y` is computed from `x`.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// Burn's tensor ops.
+    Burn,
+    /// The kernel, then Burn's ReLU when `relu`.
+    Kernel { relu: bool },
+    /// The kernel with the ReLU fused in.
+    Fused,
+}
+
+/// y, dx, dγ, dβ, mean, var of `Σ bn(x) ⊙ r` (of `Σ relu(bn(x)) ⊙ r` with a ReLU).
+fn run(shape: [usize; 3], path: Path) -> [Vec<f32>; 6] {
     let [b, c, n] = shape;
     // Not centred at 0 and not unit scale, so the statistics matter.
     let x = tensor::<Ad, 3>(spread(b * c * n, 1, 3.0, 0.7), shape).require_grad();
     let gamma = tensor::<Ad, 1>(spread(c, 2, 0.5, 1.0), [c]).require_grad();
     let beta = tensor::<Ad, 1>(spread(c, 3, 0.5, 0.0), [c]).require_grad();
     let r = tensor::<Ad, 3>(spread(b * c * n, 4, 1.0, 0.0), shape);
-    let (y, mean, var) = if own {
-        let (y, (mean, var)) = fedolf_kernels::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), EPSILON).expect("the CPU backend has the kernel");
+    let (y, mean, var) = if path != Path::Burn {
+        let fused = path == Path::Fused;
+        let then = if fused { Then::Relu } else { Then::Nothing };
+        let (y, (mean, var)) = fedolf_kernels::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), EPSILON, then).expect("the CPU backend has the kernel");
+        let y = if path == (Path::Kernel { relu: true }) { burn::tensor::activation::relu(y) } else { y };
         (y, mean, var)
     } else {
         let m = (b * n) as f64;
@@ -56,7 +71,7 @@ const SHAPES: [[usize; 3]; 4] = [[2, 3, 17], [8, 16, 64], [5, 4, 1], [16, 2, 102
 fn batch_norm_and_its_gradients_match_burns_formula() {
     let names = ["y", "dx", "dgamma", "dbeta", "mean", "var"];
     for shape in SHAPES {
-        let (ours, reference) = (run(shape, true), run(shape, false));
+        let (ours, reference) = (run(shape, Path::Kernel { relu: false }), run(shape, Path::Burn));
         for ((name, a), b) in names.iter().zip(&ours).zip(&reference) {
             assert_eq!(a.len(), b.len(), "{name} {shape:?}");
             let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
@@ -70,10 +85,69 @@ fn batch_norm_and_its_gradients_match_burns_formula() {
 fn batch_norm_is_bit_identical_for_any_thread_count() {
     let bits = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| run([9, 16, 100], true)).concat().iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        pool.install(|| [run([9, 16, 100], Path::Kernel { relu: false }), run([9, 16, 100], Path::Fused)]).concat().concat().iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
     };
     let one = bits(1);
     for threads in [2, 3, 8] {
         assert!(one == bits(threads), "{threads} threads differ from one");
+    }
+}
+
+/// The fused ReLU is ReLU's own forward and backward step, bit for bit: the same outputs and
+/// the same gradients for x, γ and β, on shapes with and without a row tail, with β shifted so
+/// that some channels are mostly cut off and others mostly pass.
+#[test]
+fn the_fused_relu_is_relus_own_step_bit_for_bit() {
+    let names = ["y", "dx", "dgamma", "dbeta", "mean", "var"];
+    for shape in SHAPES.into_iter().chain([[3, 5, 49], [4, 32, 16]]) {
+        let (fused, apart) = (run(shape, Path::Fused), run(shape, Path::Kernel { relu: true }));
+        for ((name, a), b) in names.iter().zip(&fused).zip(&apart) {
+            let differ = a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert_eq!(differ, 0, "{name} {shape:?}: {differ} of {} values differ", a.len());
+        }
+        let cut = fused[0].iter().filter(|v| **v == 0.0).count();
+        assert!(cut > 0 && cut < fused[0].len(), "{shape:?}: the ReLU cut {cut} of {} outputs", fused[0].len());
+    }
+}
+
+/// y, dx, dγ, dβ, d skip of `Σ relu(bn(x) + skip) ⊙ r`, the skip added in the kernel or after it.
+fn run_add(shape: [usize; 3], fused: bool) -> [Vec<f32>; 5] {
+    let [b, c, n] = shape;
+    let x = tensor::<Ad, 3>(spread(b * c * n, 1, 3.0, 0.7), shape).require_grad();
+    let gamma = tensor::<Ad, 1>(spread(c, 2, 0.5, 1.0), [c]).require_grad();
+    let beta = tensor::<Ad, 1>(spread(c, 3, 0.5, 0.0), [c]).require_grad();
+    let skip = tensor::<Ad, 3>(spread(b * c * n, 5, 1.5, 0.0), shape).require_grad();
+    let r = tensor::<Ad, 3>(spread(b * c * n, 4, 1.0, 0.0), shape);
+    let y = if fused {
+        fedolf_kernels::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), EPSILON, Then::AddRelu(skip.clone())).expect("the CPU backend has the kernel").0
+    } else {
+        let y = fedolf_kernels::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), EPSILON, Then::Nothing).expect("the CPU backend has the kernel").0;
+        burn::tensor::activation::relu(y + skip.clone())
+    };
+    let grads = (y.clone() * r).sum().backward();
+    let read = |t: Tensor<Flex, 1>| t.into_data().to_vec::<f32>().unwrap();
+    [
+        y.inner().into_data().to_vec().unwrap(),
+        x.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+        read(gamma.grad(&grads).unwrap()),
+        read(beta.grad(&grads).unwrap()),
+        skip.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+    ]
+}
+
+/// A residual block's end fused (`relu(bn(x) + skip)` in one kernel) is the three steps apart,
+/// bit for bit, the skip's gradient included.
+#[test]
+fn the_fused_residual_end_is_the_three_steps_bit_for_bit() {
+    let names = ["y", "dx", "dgamma", "dbeta", "dskip"];
+    for shape in SHAPES.into_iter().chain([[3, 5, 49]]) {
+        let (fused, apart) = (run_add(shape, true), run_add(shape, false));
+        for ((name, a), b) in names.iter().zip(&fused).zip(&apart) {
+            assert_eq!(a.len(), b.len(), "{name} {shape:?}");
+            let differ = a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert_eq!(differ, 0, "{name} {shape:?}: {differ} of {} values differ", a.len());
+        }
+        let cut = fused[0].iter().filter(|v| **v == 0.0).count();
+        assert!(cut > 0 && cut < fused[0].len(), "{shape:?}: the ReLU cut {cut} of {} outputs", fused[0].len());
     }
 }

@@ -70,11 +70,11 @@ impl<B: Backend> ConvUnit<B> {
     /// # Shapes
     /// `[b, c_in, h, w] -> [b, c_out, h'/p, w'/p]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut x = crate::scaled(fedolf_kernels::forward(&self.conv, x), self.scale);
-        if let Some(bn) = &self.bn {
-            x = crate::frozen_norm::batch_norm(bn, x, crate::frozen_norm::NormMode { frozen: self.frozen_bn, batch_stats: self.batch_stats });
-        }
-        x = relu(x);
+        let x = crate::scaled(fedolf_kernels::forward(&self.conv, x), self.scale);
+        let x = match &self.bn {
+            Some(bn) => crate::frozen_norm::batch_norm_relu(bn, x, crate::frozen_norm::NormMode { frozen: self.frozen_bn, batch_stats: self.batch_stats }),
+            None => relu(x),
+        };
         match &self.pool {
             Some(pool) => fedolf_kernels::pool_forward(pool, x),
             None => x,

@@ -12,10 +12,15 @@
 //! the map is viewed as `[b, c, h·w]` and every statistic is materialised per (sample,
 //! channel) as `[b, c, 1]`, the "one scalar per row" pattern Flex runs with SIMD. The maths
 //! is Burn's (biased batch variance, running statistics `(1 − m)·old + m·batch`, the same ε);
-//! only the summation order differs.
+//! only the summation order differs. Where the CPU's kernel runs (batch statistics in
+//! training), the ReLU after a BatchNorm and a residual block's add-and-ReLU run inside it:
+//! one pass and no kept map instead of two or three ops (`batch_norm_relu`,
+//! `batch_norm_add_relu`); everywhere else they are Burn's ops after it, the same numbers.
 
 use burn::nn::BatchNorm;
 use burn::prelude::*;
+use burn::tensor::activation::relu;
+use fedolf_kernels::Then;
 
 /// How a layer's BatchNorms normalise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +38,26 @@ pub(crate) struct NormMode {
 /// # Shapes
 /// `[b, c, h, w] -> [b, c, h, w]`
 pub(crate) fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, mode: NormMode) -> Tensor<B, 4> {
+    normalise(bn, x, mode, Then::Nothing)
+}
+
+/// `relu(bn(x))`: one fused kernel where [`batch_norm`] would use the CPU's (batch statistics
+/// in training), else the two ops.
+/// # Shapes
+/// `[b, c, h, w] -> [b, c, h, w]`
+pub(crate) fn batch_norm_relu<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, mode: NormMode) -> Tensor<B, 4> {
+    normalise(bn, x, mode, Then::Relu)
+}
+
+/// `relu(bn(x) + skip)`, a residual block's end, fused like [`batch_norm_relu`].
+/// # Shapes
+/// `[b, c, h, w], [b, c, h, w] -> [b, c, h, w]`
+pub(crate) fn batch_norm_add_relu<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, skip: Tensor<B, 4>, mode: NormMode) -> Tensor<B, 4> {
+    normalise(bn, x, mode, Then::AddRelu(skip))
+}
+
+/// [`batch_norm`], then `then`.
+fn normalise<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, mode: NormMode, then: Then<Tensor<B, 4>>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
     let device = x.device();
     // [b, c, h, w] -> [b, c, h·w]
@@ -41,7 +66,7 @@ pub(crate) fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, mode: N
     let batch = training || mode.batch_stats;
     if batch {
         // The CPU's own kernel: one graph node instead of Burn's ops below (same maths).
-        if let Some((y, (mean, var))) = fedolf_kernels::batch_norm_train(x.clone(), bn.gamma.val(), bn.beta.val(), bn.epsilon) {
+        if let Some((y, (mean, var))) = fedolf_kernels::batch_norm_train(x.clone(), bn.gamma.val(), bn.beta.val(), bn.epsilon, then.as_ref().map(|skip| skip.clone().reshape([b, c, h * w]))) {
             if training {
                 let host = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [c]), &device);
                 update_running(bn, host(mean), host(var), &device);
@@ -72,7 +97,12 @@ pub(crate) fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, mode: N
     let shift = bn.beta.val().reshape([1, c, 1]).sub(mean.mul(scale.clone()));
     let y = x.mul(per_sample(scale, b)).add(per_sample(shift, b));
     // [b, c, h·w] -> [b, c, h, w]
-    y.reshape([b, c, h, w])
+    let y = y.reshape([b, c, h, w]);
+    match then {
+        Then::Nothing => y,
+        Then::Relu => relu(y),
+        Then::AddRelu(skip) => relu(y + skip),
+    }
 }
 
 /// The running statistics `(1 − m)·old + m·batch`, from this batch's `[c]` mean and variance.

@@ -7,9 +7,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
-use crate::frozen_norm::{batch_norm, NormMode};
+use crate::frozen_norm::{batch_norm, batch_norm_add_relu, batch_norm_relu, NormMode};
 use crate::padded_skip::PaddedSkip;
 use crate::shape::{conv_out, ConvShape, FeatureShape, LayerInfo};
 use crate::slicing;
@@ -97,9 +96,8 @@ impl<B: Backend> BasicBlock<B> {
             (None, Some(pad)) => pad.forward(x.clone()),
             (None, None) => x.clone(),
         };
-        let out = relu(batch_norm(&self.bn1, crate::scaled(fedolf_kernels::forward(&self.conv1, x), s), frozen));
-        let out = batch_norm(&self.bn2, crate::scaled(fedolf_kernels::forward(&self.conv2, out), s), frozen);
-        relu(out + skip)
+        let out = batch_norm_relu(&self.bn1, crate::scaled(fedolf_kernels::forward(&self.conv1, x), s), frozen);
+        batch_norm_add_relu(&self.bn2, crate::scaled(fedolf_kernels::forward(&self.conv2, out), s), skip, frozen)
     }
 
     /// The convolutions this block runs on `input`: conv1, conv2, and the option-B projection.
@@ -229,7 +227,7 @@ impl<B: Backend> StemUnit<B> {
     /// `[b, c_in, h, w] -> [b, width, h, w]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let mode = NormMode { frozen: self.frozen_bn, batch_stats: self.batch_stats };
-        self.block.forward(relu(batch_norm(&self.bn, crate::scaled(fedolf_kernels::forward(&self.conv, x), self.scale), mode)))
+        self.block.forward(batch_norm_relu(&self.bn, crate::scaled(fedolf_kernels::forward(&self.conv, x), self.scale), mode))
     }
 
     /// The stem's convolution, then its block's.
