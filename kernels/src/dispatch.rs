@@ -134,6 +134,21 @@ pub fn batch_norm_train<B: Backend>(
     None
 }
 
+/// BatchNorm with fixed statistics through the kernels: `y = x · scale + shift` per channel
+/// (`x: [b, c, n]`, `scale`, `shift`: `[c]`), then `then`. Only on the CPU backend without
+/// autodiff (frozen layers outside the graph, evaluation), where nothing needs a gradient;
+/// `None` elsewhere, and the caller uses Burn's ops.
+pub fn batch_norm_fixed<B: Backend>(x: Tensor<B, 3>, scale: Tensor<B, 1>, shift: Tensor<B, 1>, then: Then<Tensor<B, 3>>) -> Option<Tensor<B, 3>> {
+    #[cfg(feature = "flex")]
+    if is::<B, Inner>() {
+        let (x, scale, shift) = (into_kernel::<B, Inner, 3>(x), into_kernel::<B, Inner, 1>(scale), into_kernel::<B, Inner, 1>(shift));
+        let y = crate::flex::batch_norm_fixed(x, scale, shift, then.map(into_kernel::<B, Inner, 3>))?;
+        return Some(from_kernel::<Inner, B, 3>(y));
+    }
+    let _ = (x, scale, shift, then);
+    None
+}
+
 /// Whether [`conv2d`] takes `B`'s convolutions through the project's kernels.
 pub fn has_own_kernels<B: Backend>() -> bool {
     #[cfg(feature = "flex")]

@@ -191,3 +191,17 @@ impl NormGradientKernels for Flex {
         ]
     }
 }
+
+/// BatchNorm with fixed statistics on the backend without autodiff (`norm::scale_shift`):
+/// `x: [b, c, n]`, `scale`, `shift`: `[c]`, a skip shaped like `x`. `None` where the kernel
+/// does not take these tensors.
+pub(crate) fn batch_norm_fixed(x: FlexTensor, scale: FlexTensor, shift: FlexTensor, then: Then<FlexTensor>) -> Option<FlexTensor> {
+    let skip_fits = match &then {
+        Then::AddRelu(skip) => skip.dtype() == DType::F32 && skip.shape() == x.shape(),
+        _ => true,
+    };
+    let s = norm_shape(&x, &scale, &shift).filter(|_| skip_fits)?;
+    let (x, scale, shift, then) = (x.to_contiguous(), scale.to_contiguous(), shift.to_contiguous(), then.map(|t| t.to_contiguous()));
+    let y = norm::scale_shift(&s, values(&x), values(&scale), values(&shift), then.as_ref().map(values));
+    Some(FlexTensor::from_data(TensorData::new(y, [s.batch, s.channels, s.pixels])))
+}

@@ -33,7 +33,7 @@ mod reference;
 mod rows;
 
 pub use cpu::{Grads, Wanted};
-pub use dispatch::{batch_norm_train, conv2d, forward, has_own_kernels, max_pool2d, pool_forward};
+pub use dispatch::{batch_norm_fixed, batch_norm_train, conv2d, forward, has_own_kernels, max_pool2d, pool_forward};
 pub use norm::Then;
 pub use norm_extension::{BatchStatistics, NormGradientKernels, NormKernels};
 pub use extension::{ConvGradientKernels, ConvGradients, ConvKernels};

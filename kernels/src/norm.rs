@@ -97,10 +97,23 @@ impl<S> Then<S> {
 /// `y = γ · (x − μ) / √(σ² + ε) + β`, then `then`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(s: &NormShape, x: &[f32], mean: &[f32], var: &[f32], gamma: &[f32], beta: &[f32], epsilon: f32, then: Then<&[f32]>) -> Vec<f32> {
+    apply(s, x, |c| affine(c, mean, var, gamma, beta, epsilon), then)
+}
+
+/// `y = x · scale_c + shift_c`, then `then`: BatchNorm whose statistics are fixed (running
+/// statistics, frozen layers and evaluation), with `scale = γ / √(σ² + ε)` and
+/// `shift = β − μ · scale` computed by the caller.
+pub fn scale_shift(s: &NormShape, x: &[f32], scale: &[f32], shift: &[f32], then: Then<&[f32]>) -> Vec<f32> {
+    assert!(scale.len() == s.channels && shift.len() == s.channels, "batch-norm scale and shift lengths");
+    apply(s, x, |c| Affine { scale: scale[c], shift: shift[c] }, then)
+}
+
+/// Each row's affine map (channel `c`'s from `at(c)`), then `then`.
+fn apply(s: &NormShape, x: &[f32], at: impl Fn(usize) -> Affine + Sync, then: Then<&[f32]>) -> Vec<f32> {
     assert_eq!(x.len(), s.len(), "batch-norm input length");
     written(s.len(), |y| {
         y.par_chunks_mut(s.pixels).zip(x.par_chunks(s.pixels)).enumerate().for_each(|(row, (y_row, x_row))| {
-            let affine = affine(row % s.channels, mean, var, gamma, beta, epsilon);
+            let affine = at(row % s.channels);
             match then {
                 Then::AddRelu(skip) => norm_rows::normalise_add_relu(y_row, x_row, &skip[row * s.pixels..][..s.pixels], affine),
                 _ => norm_rows::normalise(y_row, x_row, affine, then.relu()),

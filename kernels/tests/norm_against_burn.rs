@@ -151,3 +151,31 @@ fn the_fused_residual_end_is_the_three_steps_bit_for_bit() {
         assert!(cut > 0 && cut < fused[0].len(), "{shape:?}: the ReLU cut {cut} of {} outputs", fused[0].len());
     }
 }
+
+/// BatchNorm with fixed statistics (frozen layers outside the graph, evaluation) is Burn's
+/// `x · scale + shift` and the ReLU or residual add after it, bit for bit; the backend with
+/// autodiff is left to Burn's ops.
+#[test]
+fn fixed_statistics_are_burns_scale_and_shift_bit_for_bit() {
+    for [b, c, n] in SHAPES.into_iter().chain([[3, 5, 49]]) {
+        let x = tensor::<Flex, 3>(spread(b * c * n, 1, 3.0, 0.7), [b, c, n]);
+        let scale = tensor::<Flex, 1>(spread(c, 2, 0.5, 1.0), [c]);
+        let shift = tensor::<Flex, 1>(spread(c, 3, 0.5, 0.0), [c]);
+        let skip = tensor::<Flex, 3>(spread(b * c * n, 5, 1.5, 0.0), [b, c, n]);
+        let affine = x.clone().mul(scale.clone().reshape([1, c, 1])).add(shift.clone().reshape([1, c, 1]));
+        let cases = [
+            (Then::Nothing, affine.clone()),
+            (Then::Relu, burn::tensor::activation::relu(affine.clone())),
+            (Then::AddRelu(skip.clone()), burn::tensor::activation::relu(affine + skip.clone())),
+        ];
+        for (then, want) in cases {
+            let label = format!("{:?} {:?}", then.as_ref().map(|_| "skip"), [b, c, n]);
+            let got = fedolf_kernels::batch_norm_fixed(x.clone(), scale.clone(), shift.clone(), then).expect("the CPU backend has the kernel");
+            let bits = |t: Tensor<Flex, 3>| t.into_data().to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            assert!(bits(got) == bits(want), "{label}");
+        }
+    }
+    let x = tensor::<Ad, 3>(values(24, 1), [2, 3, 4]);
+    let (scale, shift) = (tensor::<Ad, 1>(values(3, 2), [3]), tensor::<Ad, 1>(values(3, 3), [3]));
+    assert!(fedolf_kernels::batch_norm_fixed(x, scale, shift, Then::Relu).is_none(), "autodiff keeps Burn's ops");
+}

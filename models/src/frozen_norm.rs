@@ -15,7 +15,9 @@
 //! only the summation order differs. Where the CPU's kernel runs (batch statistics in
 //! training), the ReLU after a BatchNorm and a residual block's add-and-ReLU run inside it:
 //! one pass and no kept map instead of two or three ops (`batch_norm_relu`,
-//! `batch_norm_add_relu`); everywhere else they are Burn's ops after it, the same numbers.
+//! `batch_norm_add_relu`); without autodiff (the frozen prefix, evaluation) the normalisation
+//! with its statistics' scale and shift runs in the CPU's kernel too, and everywhere else they
+//! are Burn's ops after it, the same numbers.
 
 use burn::nn::BatchNorm;
 use burn::prelude::*;
@@ -95,6 +97,12 @@ fn normalise<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, mode: NormMode, the
     // γ / sqrt(σ² + ε) and β − μ·scale, per channel: [1, c, 1]
     let scale = bn.gamma.val().reshape([1, c, 1]).div(var.add_scalar(bn.epsilon).sqrt());
     let shift = bn.beta.val().reshape([1, c, 1]).sub(mean.mul(scale.clone()));
+    // The CPU's kernel where nothing needs a gradient (the ops below, in one pass).
+    let skip = then.as_ref().map(|skip| skip.clone().reshape([b, c, h * w]));
+    if let Some(y) = fedolf_kernels::batch_norm_fixed(x.clone(), scale.clone().reshape([c]), shift.clone().reshape([c]), skip) {
+        // [b, c, h·w] -> [b, c, h, w]
+        return y.reshape([b, c, h, w]);
+    }
     let y = x.mul(per_sample(scale, b)).add(per_sample(shift, b));
     // [b, c, h·w] -> [b, c, h, w]
     let y = y.reshape([b, c, h, w]);
