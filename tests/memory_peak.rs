@@ -51,7 +51,7 @@ fn peak_heap_of_a_step_falls_as_frozen_layers_grow() {
     // layers still keep activations; far above, the accounting lost track of something
     // trained layers keep.
     // Up to l = 6 (measured here: 0.61–0.71 of Eq. 23 at every l, 0.57–0.64 of each step's
-    // saving; 0.86–0.88 and 0.84–0.88 before the fused ReLU and add) the band is [0.5, 1.05].
+    // saving; 0.85–0.86 and 0.84–0.88 before the fused ReLU and add) the band is [0.5, 1.05].
     // At l = 8 the step's peak is the frozen prefix's no-graph forward (its kernel working
     // set, which Eq. 23 does not count), so only the one-sided check holds there: the saving
     // is at least 0.3 of Eq. 23's (0.37 measured).

@@ -129,35 +129,40 @@ impl<B: NormGradientKernels, C: CheckpointStrategy> NormKernels for Autodiff<B, 
             epsilon,
             then: then.as_ref().map(|s| checkpoint(s)),
         };
-        Some(match then {
-            Then::AddRelu(ref skip) => {
-                let parents = [x.node.clone(), gamma.node.clone(), beta.node.clone(), skip.node.clone()];
-                match NormAddBackward.prepare::<C>(parents).compute_bound().stateful() {
-                    OpsKind::Tracked(mut prep) => {
-                        let (y, statistics) = forward(then.clone());
-                        let state = state(&mut |t| prep.checkpoint(t), &then, &statistics);
-                        (prep.finish(state, y), statistics)
-                    }
-                    OpsKind::UnTracked(prep) => {
-                        let (y, statistics) = forward(then);
-                        (prep.finish(y), statistics)
-                    }
-                }
-            }
-            _ => {
-                let parents = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
-                match NormBackward.prepare::<C>(parents).compute_bound().stateful() {
-                    OpsKind::Tracked(mut prep) => {
-                        let (y, statistics) = forward(then.clone());
-                        let state = state(&mut |t| prep.checkpoint(t), &then, &statistics);
-                        (prep.finish(state, y), statistics)
-                    }
-                    OpsKind::UnTracked(prep) => {
-                        let (y, statistics) = forward(then);
-                        (prep.finish(y), statistics)
-                    }
-                }
-            }
+        let skip = match &then {
+            Then::AddRelu(skip) => Some(skip.clone()),
+            _ => None,
+        };
+        Some(match skip {
+            Some(skip) => record::<B, C, _, 4>(NormAddBackward, [&x, &gamma, &beta, &skip], then, forward, state),
+            None => record::<B, C, _, 3>(NormBackward, [&x, &gamma, &beta], then, forward, state),
         })
+    }
+}
+
+/// `kind`'s node over `parents`: the forward run once, and with a graph to record, the state
+/// its backward step reads.
+fn record<B, C, K, const N: usize>(
+    kind: K,
+    parents: [&FloatTensor<Autodiff<B, C>>; N],
+    then: Then<FloatTensor<Autodiff<B, C>>>,
+    forward: impl FnOnce(Then<FloatTensor<Autodiff<B, C>>>) -> (FloatTensor<B>, BatchStatistics),
+    state: impl FnOnce(&mut dyn FnMut(&FloatTensor<Autodiff<B, C>>) -> NodeId, &Then<FloatTensor<Autodiff<B, C>>>, &BatchStatistics) -> NormState,
+) -> (FloatTensor<Autodiff<B, C>>, BatchStatistics)
+where
+    B: NormGradientKernels,
+    C: CheckpointStrategy,
+    K: Backward<B, N, State = NormState>,
+{
+    match kind.prepare::<C>(parents.map(|t| t.node.clone())).compute_bound().stateful() {
+        OpsKind::Tracked(mut prep) => {
+            let (y, statistics) = forward(then.clone());
+            let state = state(&mut |t| prep.checkpoint(t), &then, &statistics);
+            (prep.finish(state, y), statistics)
+        }
+        OpsKind::UnTracked(prep) => {
+            let (y, statistics) = forward(then);
+            (prep.finish(y), statistics)
+        }
     }
 }

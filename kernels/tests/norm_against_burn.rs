@@ -32,11 +32,7 @@ enum Path {
 /// y, dx, dγ, dβ, mean, var of `Σ bn(x) ⊙ r` (of `Σ relu(bn(x)) ⊙ r` with a ReLU).
 fn run(shape: [usize; 3], path: Path) -> [Vec<f32>; 6] {
     let [b, c, n] = shape;
-    // Not centred at 0 and not unit scale, so the statistics matter.
-    let x = tensor::<Ad, 3>(spread(b * c * n, 1, 3.0, 0.7), shape).require_grad();
-    let gamma = tensor::<Ad, 1>(spread(c, 2, 0.5, 1.0), [c]).require_grad();
-    let beta = tensor::<Ad, 1>(spread(c, 3, 0.5, 0.0), [c]).require_grad();
-    let r = tensor::<Ad, 3>(spread(b * c * n, 4, 1.0, 0.0), shape);
+    let (x, gamma, beta) = inputs(shape);
     let (y, mean, var) = if path != Path::Burn {
         let fused = path == Path::Fused;
         let then = if fused { Then::Relu } else { Then::Nothing };
@@ -53,16 +49,32 @@ fn run(shape: [usize; 3], path: Path) -> [Vec<f32>; 6] {
         let host = |t: Tensor<Ad, 3>| t.into_data().to_vec::<f32>().unwrap();
         (y, host(mean), host(var))
     };
+    let ([y, dx, dgamma, dbeta], _) = outputs(y, &x, &gamma, &beta);
+    [y, dx, dgamma, dbeta, mean, var]
+}
+
+/// `x`, γ and β, tracked. Not centred at 0 and not unit scale, so the statistics matter.
+fn inputs([b, c, n]: [usize; 3]) -> (Tensor<Ad, 3>, Tensor<Ad, 1>, Tensor<Ad, 1>) {
+    (
+        tensor::<Ad, 3>(spread(b * c * n, 1, 3.0, 0.7), [b, c, n]).require_grad(),
+        tensor::<Ad, 1>(spread(c, 2, 0.5, 1.0), [c]).require_grad(),
+        tensor::<Ad, 1>(spread(c, 3, 0.5, 0.0), [c]).require_grad(),
+    )
+}
+
+/// y, dx, dγ, dβ of `Σ y ⊙ r` (fixed weights `r`), and the gradients for further reads.
+fn outputs(y: Tensor<Ad, 3>, x: &Tensor<Ad, 3>, gamma: &Tensor<Ad, 1>, beta: &Tensor<Ad, 1>) -> ([Vec<f32>; 4], <Ad as burn::tensor::backend::AutodiffBackend>::Gradients) {
+    let [b, c, n] = y.dims();
+    let r = tensor::<Ad, 3>(spread(b * c * n, 4, 1.0, 0.0), [b, c, n]);
     let grads = (y.clone() * r).sum().backward();
     let read = |t: Tensor<Flex, 1>| t.into_data().to_vec::<f32>().unwrap();
-    [
+    let values = [
         y.inner().into_data().to_vec().unwrap(),
         x.grad(&grads).unwrap().into_data().to_vec().unwrap(),
         read(gamma.grad(&grads).unwrap()),
         read(beta.grad(&grads).unwrap()),
-        mean,
-        var,
-    ]
+    ];
+    (values, grads)
 }
 
 const SHAPES: [[usize; 3]; 4] = [[2, 3, 17], [8, 16, 64], [5, 4, 1], [16, 2, 1024]];
@@ -113,26 +125,16 @@ fn the_fused_relu_is_relus_own_step_bit_for_bit() {
 /// y, dx, dγ, dβ, d skip of `Σ relu(bn(x) + skip) ⊙ r`, the skip added in the kernel or after it.
 fn run_add(shape: [usize; 3], fused: bool) -> [Vec<f32>; 5] {
     let [b, c, n] = shape;
-    let x = tensor::<Ad, 3>(spread(b * c * n, 1, 3.0, 0.7), shape).require_grad();
-    let gamma = tensor::<Ad, 1>(spread(c, 2, 0.5, 1.0), [c]).require_grad();
-    let beta = tensor::<Ad, 1>(spread(c, 3, 0.5, 0.0), [c]).require_grad();
+    let (x, gamma, beta) = inputs(shape);
     let skip = tensor::<Ad, 3>(spread(b * c * n, 5, 1.5, 0.0), shape).require_grad();
-    let r = tensor::<Ad, 3>(spread(b * c * n, 4, 1.0, 0.0), shape);
     let y = if fused {
         fedolf_kernels::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), EPSILON, Then::AddRelu(skip.clone())).expect("the CPU backend has the kernel").0
     } else {
         let y = fedolf_kernels::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), EPSILON, Then::Nothing).expect("the CPU backend has the kernel").0;
         burn::tensor::activation::relu(y + skip.clone())
     };
-    let grads = (y.clone() * r).sum().backward();
-    let read = |t: Tensor<Flex, 1>| t.into_data().to_vec::<f32>().unwrap();
-    [
-        y.inner().into_data().to_vec().unwrap(),
-        x.grad(&grads).unwrap().into_data().to_vec().unwrap(),
-        read(gamma.grad(&grads).unwrap()),
-        read(beta.grad(&grads).unwrap()),
-        skip.grad(&grads).unwrap().into_data().to_vec().unwrap(),
-    ]
+    let ([y, dx, dgamma, dbeta], grads) = outputs(y, &x, &gamma, &beta);
+    [y, dx, dgamma, dbeta, skip.grad(&grads).unwrap().into_data().to_vec().unwrap()]
 }
 
 /// A residual block's end fused (`relu(bn(x) + skip)` in one kernel) is the three steps apart,
