@@ -4,12 +4,39 @@ mod common;
 
 use common::*;
 use fedolf::accounting::energy::Energy;
+use fedolf::accounting::speed::step_flops;
 use fedolf::local::roles::LayerRole;
 use fedolf::local::roles::{layer_roles, FreezeMode};
 use fedolf::models::{FeatureShape, ModelKind};
 use fedolf::tensor::params::layer_numel;
 use fedolf::accounting::theory::{theoretical_memory, TheoreticalMemory};
 use rand::SeedableRng;
+
+/// A step's FLOPs (the `% peak` of `fedolf bench speed`) from the layers' multiply-adds, by hand.
+/// ResNet20 on 3×32×32, per sample: the stem 16·27·1024 = 442 368 with block 1's two 16 → 16
+/// convolutions 16·144·1024 = 2 359 296 each; a block of one stage 2 × 2 359 296 (the same
+/// count at every stage: channels double as pixels quarter); a stage's first block 16·… s2:
+/// 1 179 648 + 2 359 296; the classifier's 64·100 + 100 parameters. The CNN on 1×8×8:
+/// 32·25·64 and 64·32·25·16 multiply-adds, then its 2 570 parameters.
+#[test]
+fn a_steps_flops_are_its_layers_multiply_adds_by_hand() {
+    let block = 2 * 2_359_296;
+    let first_of_stage = 1_179_648 + 2_359_296;
+    let resnet: Vec<usize> = ModelKind::ResNet20.init::<Inner>([3, 32, 32], 100, &device()).unwrap().layer_macs();
+    assert_eq!(resnet, vec![442_368 + block, block, block, first_of_stage, block, block, first_of_stage, block, block, 6_500]);
+    assert_eq!(resnet.iter().sum::<usize>(), 40_556_900);
+    let cnn = ModelKind::Cnn.init::<Inner>([1, 8, 8], 10, &device()).unwrap().layer_macs();
+    assert_eq!(cnn, vec![51_200, 819_200, 2_570]);
+    // Frozen layers forward only, the first trained one forward and dW, the rest forward, dW, dX.
+    let batch = 128;
+    let flops = |passes: &[usize]| 2.0 * resnet.iter().zip(passes).map(|(m, p)| m * p * batch).sum::<usize>() as f64;
+    assert_eq!(step_flops(&resnet, batch, 0), flops(&[2, 3, 3, 3, 3, 3, 3, 3, 3, 3]));
+    assert_eq!(step_flops(&resnet, batch, 4), flops(&[1, 1, 1, 1, 2, 3, 3, 3, 3, 3]));
+    assert_eq!(step_flops(&resnet, batch, 10), flops(&[1; 10]));
+    // 29.83 GFLOP at l = 0; issue 38's "≈ 31.5" also counted the first layer's input gradient
+    // (3 passes everywhere: 31.15).
+    assert!((step_flops(&resnet, batch, 0) / 1e9 - 29.83).abs() < 0.005);
+}
 
 /// CNN on 1×8×8, 10 classes. By hand (5×5 'same' convs, 2×2 pools):
 /// conv1: 32×8×8 conv + 32×8×8 ReLU + 32×4×4 pool = 4608 maps; 32·25 + 32 = 832 params.

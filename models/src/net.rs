@@ -111,6 +111,24 @@ impl<B: Backend> LayeredNet<B> {
         self.layers.iter().zip(self.layer_infos()).flat_map(|(layer, info)| layer.conv_shapes(info.input)).collect()
     }
 
+    /// Multiply-adds of each layer's forward pass for one sample: its convolutions', and for a
+    /// layer without any (dense units, the classifier) its trainable parameters' count — its
+    /// weights, one multiply-add each, plus its biases (≤ 1 % more).
+    pub fn layer_macs(&self) -> Vec<usize> {
+        self.layers
+            .iter()
+            .zip(self.layer_infos())
+            .map(|(layer, info)| {
+                let convs = layer.conv_shapes(info.input);
+                if convs.is_empty() {
+                    info.trainable_params
+                } else {
+                    convs.iter().map(ConvShape::macs).sum()
+                }
+            })
+            .collect()
+    }
+
     pub fn layer_infos(&self) -> Vec<LayerInfo> {
         let mut shape = FeatureShape::Map {
             channels: self.input_channels,

@@ -57,3 +57,12 @@ pub struct ConvShape {
     pub stride: usize,
     pub padding: usize,
 }
+
+impl ConvShape {
+    /// Multiply-adds for one sample: `c_in · kh · kw` for each of the `c_out` maps' pixels.
+    pub fn macs(&self) -> usize {
+        let [_, h, w] = self.input;
+        let [c_out, c_in, kh, kw] = self.weight;
+        c_out * c_in * kh * kw * conv_out(h, kh, self.stride, self.padding) * conv_out(w, kw, self.stride, self.padding)
+    }
+}

@@ -63,6 +63,27 @@ pub fn median_step_seconds<B: AutodiffBackend>(spec: &StepSpec, device: &B::Devi
     Ok(median(&mut times))
 }
 
+/// Floating-point operations of one step as [`median_step_seconds`] runs it, from each layer's
+/// forward multiply-adds per sample (`LayeredNet::layer_macs`): 2 per multiply-add, × `batch`;
+/// a frozen layer (`< frozen`) runs its forward only, the first trained layer its forward and
+/// weight gradient (its input, the data or the frozen prefix's output, needs no gradient), every
+/// later one its forward, weight and input gradients. Element-wise work (BatchNorm, ReLU,
+/// pooling, the update) is left out: it is memory-bound, and small beside these.
+pub fn step_flops(layer_macs: &[usize], batch: usize, frozen: usize) -> f64 {
+    layer_macs
+        .iter()
+        .enumerate()
+        .map(|(i, &macs)| {
+            let passes = match i.cmp(&frozen) {
+                std::cmp::Ordering::Less => 1,
+                std::cmp::Ordering::Equal => 2,
+                std::cmp::Ordering::Greater => 3,
+            };
+            2.0 * (passes * macs * batch) as f64
+        })
+        .sum()
+}
+
 /// The middle value (mean of the two middle values for an even count); `times` non-empty.
 pub fn median(times: &mut [f64]) -> f64 {
     times.sort_by(f64::total_cmp);

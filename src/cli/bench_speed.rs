@@ -10,9 +10,10 @@ use fedolf::config::{Config, DEFAULT_TOML};
 use fedolf::runtime::memory::CountingAllocator;
 use fedolf::engine::{self, RoundObserver};
 use fedolf::records::RoundRecord;
-use fedolf::accounting::speed::{median_step_seconds, StepSpec};
+use fedolf::accounting::speed::{median_step_seconds, step_flops, StepSpec};
 use fedolf::runtime::workers::{available_cores, WorkerLayout};
-use fedolf_models::ModelKind;
+use fedolf_kernels::peak::{self, Peak};
+use fedolf_models::{ModelKind, ModelOptions};
 use serde_json::{json, Value};
 
 use crate::args::SpeedArgs;
@@ -103,6 +104,16 @@ pub fn bench_speed(args: SpeedArgs, alloc: &'static CountingAllocator) -> anyhow
         }
     }
     let passes = StepPasses { ours, theirs };
+    // Each step's share of the machine's FP32 peak (on the CPU: measured here, after the steps
+    // so the probe's heat does not slow them).
+    let flops = specs
+        .iter()
+        .map(|spec| {
+            let net = spec.model.init_with::<burn::backend::Flex>(spec.input, spec.classes, &ModelOptions::default(), &Default::default())?;
+            Ok(step_flops(&net.layer_macs(), spec.batch, spec.frozen))
+        })
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    let peak = (device == DeviceKind::Cpu).then(|| peak::measure(cores, std::time::Duration::from_millis(200))).flatten();
 
     // 2. Whole rounds of the default experiment: one worker, the default, and the default
     // with the frozen-prefix cache.
@@ -141,7 +152,7 @@ pub fn bench_speed(args: SpeedArgs, alloc: &'static CountingAllocator) -> anyhow
         _ => None,
     };
 
-    print_tables(&specs, &passes, &rows, twin_round, args.rounds, &twin);
+    print_tables(&specs, &passes, (&flops, peak), &rows, twin_round, args.rounds, &twin);
     Ok(())
 }
 
@@ -190,6 +201,7 @@ fn round_workload(cfg: &Config, dataset: &fedolf_datasets::Dataset, records: &[R
 fn print_tables(
     specs: &[StepSpec],
     passes: &StepPasses,
+    (flops, peak): (&[f64], Option<Peak>),
     rows: &[RoundRow],
     twin_round: Option<[f64; 2]>,
     rounds: usize,
@@ -201,18 +213,44 @@ fn print_tables(
     };
     let n = passes.ours.len();
     let over = if n > 1 { format!(", the median of {n} passes") } else { String::new() };
-    println!("local SGD step, median seconds{over} (against {against})");
-    println!("{:<10} {:>5} {:>3} {:>12} {:>12} {:>8} {:>14}", "model", "batch", "l", "fedolf s", "pytorch s", "ratio", "ratio per pass");
+    match &peak {
+        Some(p) => println!(
+            "measured FP32 peak ({} FMA chains): {:.0} GFLOP/s on 1 thread, {:.0} on {} threads (% peak = a step's GFLOP ÷ its seconds ÷ the latter)",
+            p.vectors.name(),
+            p.one_thread,
+            p.all_threads,
+            p.threads
+        ),
+        None => println!("no FP32 peak probe here (the CPU backend on x86-64 with AVX2 + FMA or AVX-512): no % of peak"),
+    }
+    let share = |gflop: f64, seconds: f64| peak.map_or("-".to_string(), |p| format!("{:.0}%", 100.0 * gflop / seconds / p.all_threads));
+    println!("local SGD step, median seconds{over} (against {against}); GFLOP: the convolutions' and dense layers' multiply-adds × 2");
+    println!(
+        "{:<10} {:>5} {:>3} {:>7} {:>10} {:>7} {:>10} {:>7} {:>8} {:>14}",
+        "model", "batch", "l", "GFLOP", "fedolf s", "% peak", "pytorch s", "% peak", "ratio", "ratio per pass"
+    );
     for (i, spec) in specs.iter().enumerate() {
-        let ours = StepPasses::median(&passes.ours, i);
-        let (t, ratio, range) = if passes.theirs.is_empty() {
-            ("-".into(), "-".into(), "-".into())
+        let (ours, gflop) = (StepPasses::median(&passes.ours, i), flops[i] / 1e9);
+        let (t, t_share, ratio, range) = if passes.theirs.is_empty() {
+            ("-".into(), "-".into(), "-".into(), "-".into())
         } else {
             let t = StepPasses::median(&passes.theirs, i);
             let (lo, hi) = passes.ratio_range(i);
-            (format!("{t:.4}"), format!("{:.2}×", ours / t), if n > 1 { format!("{lo:.2}–{hi:.2}×") } else { "-".into() })
+            (format!("{t:.4}"), share(gflop, t), format!("{:.2}×", ours / t), if n > 1 { format!("{lo:.2}–{hi:.2}×") } else { "-".into() })
         };
-        println!("{:<10} {:>5} {:>3} {:>12.4} {:>12} {:>8} {:>14}", spec.model.name(), spec.batch, spec.frozen, ours, t, ratio, range);
+        println!(
+            "{:<10} {:>5} {:>3} {:>7.2} {:>10.4} {:>7} {:>10} {:>7} {:>8} {:>14}",
+            spec.model.name(),
+            spec.batch,
+            spec.frozen,
+            gflop,
+            ours,
+            share(gflop, ours),
+            t,
+            t_share,
+            ratio,
+            range
+        );
     }
     println!();
     println!("default experiment (cnn, fashion-mnist, 10 clients/round, E = 2, batch 32), mean of {rounds} rounds incl. evaluation");
