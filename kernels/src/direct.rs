@@ -13,10 +13,13 @@
 //! Chosen at run time (`applies`): on a CPU without AVX-512, and for shapes where GEMM on the
 //! column matrix is faster (see `applies`), `cpu::forward` keeps im2col.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::chunks::sum_over_sample_chunks;
 use crate::geometry::ConvGeometry;
+use crate::output::written;
 
 /// Output channels per register.
 const LANES: usize = 16;
@@ -90,13 +93,13 @@ pub(crate) fn pad_sample(g: &ConvGeometry, x_b: &[f32], xp: &mut Vec<f32>) {
 
 /// The `[batch, c_out, ho, wo]` output of a direct forward kernel: samples in parallel, each
 /// padded into its thread's scratch, then `sample(xp, y_b)` (this file's and `rows`' kernels).
-pub(crate) fn per_padded_sample(g: &ConvGeometry, x: &[f32], sample: impl Fn(&[f32], &mut [f32]) + Send + Sync) -> Vec<f32> {
-    let mut y = vec![0.0f32; g.batch * g.out_sample()];
-    y.par_chunks_mut(g.out_sample()).zip(x.par_chunks(g.in_sample())).for_each_init(Vec::new, |xp, (y_b, x_b)| {
-        pad_sample(g, x_b, xp);
-        sample(xp, y_b);
-    });
-    y
+pub(crate) fn per_padded_sample(g: &ConvGeometry, x: &[f32], sample: impl Fn(&[f32], &mut [MaybeUninit<f32>]) + Send + Sync) -> Vec<f32> {
+    written(g.batch * g.out_sample(), |y| {
+        y.par_chunks_mut(g.out_sample()).zip(x.par_chunks(g.in_sample())).for_each_init(Vec::new, |xp, (y_b, x_b)| {
+            pad_sample(g, x_b, xp);
+            sample(xp, y_b);
+        })
+    })
 }
 
 /// `y[b] = conv(x[b], w) + bias`, `[batch, c_out, ho, wo]`; only where [`applies`] holds.
@@ -152,6 +155,7 @@ pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use super::{padded, LANES, STRIP};
     use crate::geometry::ConvGeometry;
@@ -178,7 +182,7 @@ mod avx512 {
     /// One sample: every output row, two channel blocks at a time (a last odd block alone),
     /// strip by strip.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn sample(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [f32]) {
+    pub(super) unsafe fn sample(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [MaybeUninit<f32>]) {
         let (hp, wp) = padded(g);
         assert!(xp.len() == g.c_in * hp * wp && packed.len() == g.weight_len() && y_b.len() == g.out_sample());
         assert!(bias.is_none_or(|b| b.len() == g.c_out));
@@ -212,7 +216,7 @@ mod avx512 {
     /// `U` output pixels × `N` channel blocks of 16, accumulated in `U·N` registers over
     /// every (ci, ky, kx), then written to the sample's NCHW output.
     #[target_feature(enable = "avx512f")]
-    unsafe fn strip_kernel<const U: usize, const N: usize>(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [f32], at: At) {
+    unsafe fn strip_kernel<const U: usize, const N: usize>(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [MaybeUninit<f32>], at: At) {
         let (hp, wp) = padded(g);
         let [kh, kw] = g.kernel;
         let [sh, sw] = g.stride;
@@ -348,7 +352,7 @@ mod avx512 {
     /// `acc[n][u]`, the 16 channels of block `at.block + n` at pixel `at.ow + u` of row
     /// `at.oh`, into the sample's NCHW output.
     #[target_feature(enable = "avx512f")]
-    unsafe fn store<const U: usize, const N: usize>(g: &ConvGeometry, y_b: &mut [f32], at: At, acc: &[[__m512; U]; N]) {
+    unsafe fn store<const U: usize, const N: usize>(g: &ConvGeometry, y_b: &mut [MaybeUninit<f32>], at: At, acc: &[[__m512; U]; N]) {
         let pixels = g.out_pixels();
         let mut lanes = [0.0f32; LANES];
         for (n, row) in acc.iter().enumerate() {
@@ -357,7 +361,7 @@ mod avx512 {
                 unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *v) };
                 let pixel = at.oh * g.out_width + at.ow + u;
                 for (lane, value) in lanes.iter().enumerate() {
-                    y_b[((at.block + n) * LANES + lane) * pixels + pixel] = *value;
+                    y_b[((at.block + n) * LANES + lane) * pixels + pixel].write(*value);
                 }
             }
         }

@@ -10,7 +10,8 @@
 //! call the models make for every backend. `pool` and `pool_extension` do the same for max
 //! pooling over non-overlapping windows, `norm` and `norm_extension` for training-mode
 //! BatchNorm (with the ReLU after it, or a residual block's add and ReLU, fused in), its row
-//! work in `norm_rows` and the fixed-order sums in `lanes`.
+//! work in `norm_rows` and the fixed-order sums in `lanes`. `output` allocates what the
+//! direct, row and BatchNorm kernels write in full, without a zero fill first.
 
 mod chunks;
 pub mod cpu;
@@ -26,6 +27,7 @@ pub mod norm;
 pub mod peak;
 mod norm_extension;
 mod norm_rows;
+mod output;
 pub mod pool;
 mod pool_extension;
 #[cfg(test)]

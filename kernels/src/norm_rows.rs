@@ -13,6 +13,7 @@
 use std::mem::MaybeUninit;
 
 use crate::lanes::{fold, tail, LANES};
+pub(crate) use crate::output::written;
 
 /// `y = x · scale + shift`, per channel.
 #[derive(Debug, Clone, Copy)]
@@ -57,16 +58,6 @@ impl InputGradient {
         let x_hat = (x - self.mean) * self.inv_std;
         self.k * (d - self.mean_dy - x_hat * self.mean_dgamma)
     }
-}
-
-/// A `Vec` of `n` elements, each written once by `fill` (which must write all of them).
-pub(crate) fn written(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    fill(&mut v.spare_capacity_mut()[..n]);
-    // SAFETY: every caller's `fill` writes each element of the slice it is given (its rows
-    // cover the slice: whole vectors, then the tail).
-    unsafe { v.set_len(n) };
-    v
 }
 
 fn wide() -> bool {

@@ -76,6 +76,12 @@ pub(crate) fn naive_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<
     dw
 }
 
+/// The largest `|a − b|`, infinite where either is NaN (`f32::max` would skip a NaN, so an
+/// output a kernel never wrote could pass).
+fn worst_difference(ours: &[f32], reference: &[f32]) -> f32 {
+    ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
+}
+
 /// Asserts that `forward` is the convolution's definition on every geometry, with and without
 /// a bias (to 1e-4; inputs, weights and biases drawn by [`values`]).
 pub(crate) fn assert_forward_is_the_definition(geometries: &[ConvGeometry], forward: impl Fn(&ConvGeometry, &[f32], &[f32], Option<&[f32]>) -> Vec<f32>) {
@@ -85,7 +91,8 @@ pub(crate) fn assert_forward_is_the_definition(geometries: &[ConvGeometry], forw
         let bias = values(g.c_out, 200 + i as u32);
         for bias in [None, Some(bias.as_slice())] {
             let (ours, reference) = (forward(g, &x, &w, bias), naive(g, &x, &w, bias));
-            let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert_eq!(ours.len(), reference.len(), "{g:?}");
+            let worst = worst_difference(&ours, &reference);
             assert!(worst <= 1e-4, "{g:?}, bias {}: max |diff| {worst}", bias.is_some());
         }
     }
@@ -99,7 +106,8 @@ pub(crate) fn assert_weight_grad_is_the_definition(geometries: &[ConvGeometry], 
         let dy = values(g.batch * g.out_sample(), 400 + i as u32);
         let (ours, reference) = (weight_grad(g, &x, &dy), naive_weight_grad(g, &x, &dy));
         let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert_eq!(ours.len(), reference.len(), "{g:?}");
+        let worst = worst_difference(&ours, &reference);
         assert!(worst <= 1e-4 * scale, "{g:?}: max |diff| {worst} against {scale}");
     }
 }

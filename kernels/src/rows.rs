@@ -79,6 +79,7 @@ pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use super::{CHANNELS, LANES};
     use crate::direct::padded;
@@ -106,7 +107,7 @@ mod avx512 {
     /// One sample, 8 channels at a time: rows of more than 16 pixels as one row of 32 columns a
     /// block, narrower rows two at a time (a last odd row alone).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn sample(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [f32]) {
+    pub(super) unsafe fn sample(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [MaybeUninit<f32>]) {
         let (hp, wp) = padded(g);
         assert!(xp.len() == g.c_in * hp * wp && packed.len() == g.weight_len() && y_b.len() == g.out_sample());
         assert!(bias.is_none_or(|b| b.len() == g.c_out));
@@ -138,7 +139,7 @@ mod avx512 {
     /// 8 channels × `R` rows × `V` vectors of 16 columns, accumulated in `8·R·V` registers
     /// over every (ci, ky, kx), then stored (masked) into the sample's NCHW output.
     #[target_feature(enable = "avx512f")]
-    unsafe fn block<const R: usize, const V: usize>(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [f32], at: At<V>) {
+    unsafe fn block<const R: usize, const V: usize>(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [MaybeUninit<f32>], at: At<V>) {
         let (hp, wp) = padded(g);
         let [kh, kw] = g.kernel;
         let taps = g.col_rows();
@@ -175,7 +176,7 @@ mod avx512 {
                 }
             }
         }
-        let y = y_b.as_mut_ptr();
+        let y = y_b.as_mut_ptr().cast::<f32>();
         for (c, rows) in acc.iter().enumerate() {
             for (r, row) in rows.iter().enumerate() {
                 for (v, sum) in row.iter().enumerate() {
