@@ -80,6 +80,28 @@ pub struct Peak {
     pub all_threads: f64,
 }
 
+impl Peak {
+    /// The probe's line for a bench's header, then how `% peak` is read (`how`); the line for
+    /// no probe when there is none.
+    pub fn header(peak: Option<Peak>, how: &str) -> String {
+        match peak {
+            Some(p) => format!(
+                "measured FP32 peak ({} FMA chains): {:.0} GFLOP/s on 1 thread, {:.0} on {} threads (% peak = {how})",
+                p.vectors.name(),
+                p.one_thread,
+                p.all_threads,
+                p.threads
+            ),
+            None => "no FP32 peak probe here (the CPU backend on x86-64 with AVX2 + FMA or AVX-512): no % of peak".to_string(),
+        }
+    }
+
+    /// `gflops` (GFLOP/s) as a share of the all-threads peak, `-` without a probe.
+    pub fn share(peak: Option<Peak>, gflops: f64) -> String {
+        peak.map_or("-".to_string(), |p| format!("{:.0}%", 100.0 * gflops / p.all_threads))
+    }
+}
+
 /// Measure the peak on one thread and on `threads` threads at once, each for about `span`
 /// (the best of three such spans, so a stray interruption does not lower it).
 pub fn measure(threads: usize, span: Duration) -> Option<Peak> {

@@ -12,6 +12,7 @@ use burn::prelude::*;
 use burn::tensor::ops::{ConvOptions, ModuleOps};
 use fedolf::accounting::speed::median;
 use fedolf::runtime::workers::available_cores;
+use fedolf_kernels::peak::Peak;
 use fedolf_kernels::{cpu, ConvGeometry};
 use fedolf_models::{ConvShape, ModelOptions};
 use serde_json::json;
@@ -150,21 +151,12 @@ pub fn bench_conv(args: ConvArgs) -> anyhow::Result<()> {
         Err(_) => "PyTorch: not installed, no ratios".to_string(),
     };
     println!("convolution kernels on the CPU, {cores} threads, median of {} calls (against {against})", args.repeats);
-    match &peak {
-        Some(p) => println!(
-            "measured FP32 peak ({} FMA chains): {:.0} GFLOP/s on 1 thread, {:.0} on {} threads (% peak = fedolf's GFLOP/s ÷ the latter; pytorch's share beside it)",
-            p.vectors.name(),
-            p.one_thread,
-            p.all_threads,
-            p.threads
-        ),
-        None => println!("no FP32 peak probe on this CPU (it needs x86-64 with AVX2 + FMA or AVX-512): no % of peak"),
-    }
+    println!("{}", Peak::header(peak, "fedolf's GFLOP/s ÷ the latter; pytorch's share beside it"));
     println!(
         "{:<34} {:<18} {:<7} {:>10} {:>8} {:>7} {:>10} {:>8} {:>10} {:>7} {:>8}",
         "convolution", "models", "op", "fedolf s", "GFLOP/s", "% peak", "burn s", "÷ burn", "pytorch s", "% peak", "ratio"
     );
-    let share = |gflops: f64| peak.map_or("-".to_string(), |p| format!("{:.0}%", 100.0 * gflops / p.all_threads));
+    let share = |gflops: f64| Peak::share(peak, gflops);
     let mut totals = [[0.0f64; 3]; 3];
     for (i, conv) in convs.iter().enumerate() {
         let gflop = 2.0 * conv.geometry.macs() as f64 / 1e9;

@@ -213,17 +213,8 @@ fn print_tables(
     };
     let n = passes.ours.len();
     let over = if n > 1 { format!(", the median of {n} passes") } else { String::new() };
-    match &peak {
-        Some(p) => println!(
-            "measured FP32 peak ({} FMA chains): {:.0} GFLOP/s on 1 thread, {:.0} on {} threads (% peak = a step's GFLOP ÷ its seconds ÷ the latter)",
-            p.vectors.name(),
-            p.one_thread,
-            p.all_threads,
-            p.threads
-        ),
-        None => println!("no FP32 peak probe here (the CPU backend on x86-64 with AVX2 + FMA or AVX-512): no % of peak"),
-    }
-    let share = |gflop: f64, seconds: f64| peak.map_or("-".to_string(), |p| format!("{:.0}%", 100.0 * gflop / seconds / p.all_threads));
+    println!("{}", Peak::header(peak, "a step's GFLOP ÷ its seconds ÷ the latter"));
+    let share = |gflop: f64, seconds: f64| Peak::share(peak, gflop / seconds);
     println!("local SGD step, median seconds{over} (against {against}); GFLOP: the convolutions' and dense layers' multiply-adds × 2");
     println!(
         "{:<10} {:>5} {:>3} {:>7} {:>10} {:>7} {:>10} {:>7} {:>8} {:>14}",
