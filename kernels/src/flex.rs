@@ -144,6 +144,15 @@ fn norm_shape(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor) -> Option<N
     (gs.dims::<1>() == [channels] && bs.dims::<1>() == [channels] && batch * pixels > 0).then_some(NormShape { batch, channels, pixels })
 }
 
+/// [`norm_shape`] where `then`'s skip, if any, is an f32 tensor shaped like `x` too.
+fn fused_norm_shape(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, then: Then<&FlexTensor>) -> Option<NormShape> {
+    let skip_fits = match then {
+        Then::AddRelu(skip) => skip.dtype() == DType::F32 && skip.shape() == x.shape(),
+        _ => true,
+    };
+    norm_shape(x, gamma, beta).filter(|_| skip_fits)
+}
+
 fn vector(values: Vec<f32>) -> FlexTensor {
     let n = values.len();
     FlexTensor::from_data(TensorData::new(values, [n]))
@@ -151,11 +160,7 @@ fn vector(values: Vec<f32>) -> FlexTensor {
 
 impl NormGradientKernels for Flex {
     fn batch_norm_supported(x: &FloatTensor<Self>, gamma: &FloatTensor<Self>, beta: &FloatTensor<Self>, then: Then<&FloatTensor<Self>>) -> bool {
-        let skip_fits = match then {
-            Then::AddRelu(skip) => skip.dtype() == DType::F32 && skip.shape() == x.shape(),
-            _ => true,
-        };
-        skip_fits && norm_shape(x, gamma, beta).is_some()
+        fused_norm_shape(x, gamma, beta, then).is_some()
     }
 
     fn batch_norm_forward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64, then: Then<FloatTensor<Self>>) -> (FloatTensor<Self>, BatchStatistics) {
@@ -196,11 +201,7 @@ impl NormGradientKernels for Flex {
 /// `x: [b, c, n]`, `scale`, `shift`: `[c]`, a skip shaped like `x`. `None` where the kernel
 /// does not take these tensors.
 pub(crate) fn batch_norm_fixed(x: FlexTensor, scale: FlexTensor, shift: FlexTensor, then: Then<FlexTensor>) -> Option<FlexTensor> {
-    let skip_fits = match &then {
-        Then::AddRelu(skip) => skip.dtype() == DType::F32 && skip.shape() == x.shape(),
-        _ => true,
-    };
-    let s = norm_shape(&x, &scale, &shift).filter(|_| skip_fits)?;
+    let s = fused_norm_shape(&x, &scale, &shift, then.as_ref())?;
     let (x, scale, shift, then) = (x.to_contiguous(), scale.to_contiguous(), shift.to_contiguous(), then.map(|t| t.to_contiguous()));
     let y = norm::scale_shift(&s, values(&x), values(&scale), values(&shift), then.as_ref().map(values));
     Some(FlexTensor::from_data(TensorData::new(y, [s.batch, s.channels, s.pixels])))

@@ -19,7 +19,8 @@
 use rayon::prelude::*;
 
 use crate::lanes;
-use crate::norm_rows::{self, written, Affine, InputGradient};
+use crate::norm_rows::{self, Affine, InputGradient};
+use crate::output::written;
 
 /// `[batch, channels, pixels per channel]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

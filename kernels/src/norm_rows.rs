@@ -13,7 +13,6 @@
 use std::mem::MaybeUninit;
 
 use crate::lanes::{fold, tail, LANES};
-pub(crate) use crate::output::written;
 
 /// `y = x · scale + shift`, per channel.
 #[derive(Debug, Clone, Copy)]
@@ -312,6 +311,7 @@ pub(crate) mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::written;
 
     fn row(n: usize, seed: usize, offset: f32) -> Vec<f32> {
         (0..n).map(|i| (((i + seed) * 7919 % 997) as f32 - 498.0) * 3.1e-3 + offset).collect()

@@ -62,13 +62,14 @@ pub(crate) fn batch_norm_add_relu<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>
 fn normalise<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, mode: NormMode, then: Then<Tensor<B, 4>>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
     let device = x.device();
-    // [b, c, h, w] -> [b, c, h·w]
+    // [b, c, h, w] -> [b, c, h·w], the skip too
     let x = x.reshape([b, c, h * w]);
+    let flat_skip = then.as_ref().map(|skip| skip.clone().reshape([b, c, h * w]));
     let training = !mode.frozen && B::ad_enabled(&device);
     let batch = training || mode.batch_stats;
     if batch {
         // The CPU's own kernel: one graph node instead of Burn's ops below (same maths).
-        if let Some((y, (mean, var))) = fedolf_kernels::batch_norm_train(x.clone(), bn.gamma.val(), bn.beta.val(), bn.epsilon, then.as_ref().map(|skip| skip.clone().reshape([b, c, h * w]))) {
+        if let Some((y, (mean, var))) = fedolf_kernels::batch_norm_train(x.clone(), bn.gamma.val(), bn.beta.val(), bn.epsilon, flat_skip.clone()) {
             if training {
                 let host = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [c]), &device);
                 update_running(bn, host(mean), host(var), &device);
@@ -98,8 +99,7 @@ fn normalise<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, mode: NormMode, the
     let scale = bn.gamma.val().reshape([1, c, 1]).div(var.add_scalar(bn.epsilon).sqrt());
     let shift = bn.beta.val().reshape([1, c, 1]).sub(mean.mul(scale.clone()));
     // The CPU's kernel where nothing needs a gradient (the ops below, in one pass).
-    let skip = then.as_ref().map(|skip| skip.clone().reshape([b, c, h * w]));
-    if let Some(y) = fedolf_kernels::batch_norm_fixed(x.clone(), scale.clone().reshape([c]), shift.clone().reshape([c]), skip) {
+    if let Some(y) = fedolf_kernels::batch_norm_fixed(x.clone(), scale.clone().reshape([c]), shift.clone().reshape([c]), flat_skip) {
         // [b, c, h·w] -> [b, c, h, w]
         return y.reshape([b, c, h, w]);
     }
