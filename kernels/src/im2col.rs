@@ -69,6 +69,19 @@ pub fn im2col(g: &ConvGeometry, x: &[f32], rows: Range<usize>, col: &mut [f32]) 
 /// copy, after which the columns that wrapped around a row edge are zeroed. One `memcpy`
 /// per row of the column matrix instead of one per output row (8–32 floats each).
 fn im2col_same_width(g: &ConvGeometry, x: &[f32], rows: Range<usize>, col: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if g.c_in >= MASKED_MIN_INPUT_CHANNELS && crate::direct::available() {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        return unsafe { avx512::im2col_same_width(g, x, rows, col) };
+    }
+    portable_same_width(g, x, rows, col)
+}
+
+/// Below this many input channels the masks (built once per tile, shared by every channel)
+/// cost about what they save: the 3-channel stems keep the copies.
+const MASKED_MIN_INPUT_CHANNELS: usize = 16;
+
+fn portable_same_width(g: &ConvGeometry, x: &[f32], rows: Range<usize>, col: &mut [f32]) {
     let (hw, wo) = (g.height * g.width, g.out_width);
     let pixels = rows.len() * wo;
     let [kh, kw] = g.kernel;
@@ -79,7 +92,10 @@ fn im2col_same_width(g: &ConvGeometry, x: &[f32], rows: Range<usize>, col: &mut 
         let (oy_lo, oy_hi) = valid_outputs(g.out_height, g.height, ky, 1, ph);
         let (ox_lo, ox_hi) = valid_outputs(wo, g.width, kx, 1, pw);
         // Output rows of the tile that read inside the map: [a, b).
-        let (a, b) = (oy_lo.max(rows.start), oy_hi.min(rows.end).max(oy_lo.max(rows.start)));
+        // (Clamped into the tile: a tile can lie wholly above or below the rows this tap
+        // reads, e.g. a one-row tile under a padding of 2.)
+        let a = oy_lo.clamp(rows.start, rows.end);
+        let b = oy_hi.clamp(a, rows.end);
         dst[..(a - rows.start) * wo].fill(0.0);
         dst[(b - rows.start) * wo..].fill(0.0);
         if a == b {
@@ -96,6 +112,91 @@ fn im2col_same_width(g: &ConvGeometry, x: &[f32], rows: Range<usize>, col: &mut 
             out_row[..ox_lo].fill(0.0);
             out_row[ox_hi..].fill(0.0);
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::valid_outputs;
+    use crate::geometry::ConvGeometry;
+
+    /// [`super::portable_same_width`] as masked vector loads: lane `d` of a row `(ci, ky, kx)`
+    /// reads input pixel `d + shift(ky, kx)` where that lies inside the map, and is zero
+    /// elsewhere — a mask that depends on the tap alone, so it is built once per tile and
+    /// used by every input channel. (AlexNet's 8×8 maps: the copies and edge fills were
+    /// 8–16 floats each.)
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn im2col_same_width(g: &ConvGeometry, x: &[f32], rows: Range<usize>, col: &mut [f32]) {
+        let (hw, wo) = (g.height * g.width, g.out_width);
+        let pixels = rows.len() * wo;
+        let [kh, kw] = g.kernel;
+        let [ph, pw] = g.padding;
+        assert!(x.len() >= g.c_in * hw && col.len() >= g.col_rows() * pixels && wo == g.width);
+        if pixels == 0 {
+            return;
+        }
+        let vectors = pixels.div_ceil(16);
+        // Lanes whose output column reads inside the map, per kernel column.
+        let mut columns = vec![0u16; kw * vectors];
+        for kx in 0..kw {
+            let (lo, hi) = valid_outputs(wo, g.width, kx, 1, pw);
+            let mut ox = 0;
+            for d in 0..pixels {
+                if (lo..hi).contains(&ox) {
+                    columns[kx * vectors + d / 16] |= 1 << (d % 16);
+                }
+                ox = if ox + 1 == wo { 0 } else { ox + 1 };
+            }
+        }
+        // Per tap: its shift, and each vector's lanes inside both the rows and the columns.
+        let mut masks = vec![0u16; kh * kw * vectors];
+        let mut shifts = vec![0isize; kh * kw];
+        for ky in 0..kh {
+            let (lo, hi) = valid_outputs(g.out_height, g.height, ky, 1, ph);
+            let (a, b) = (lo.max(rows.start), hi.min(rows.end));
+            let inside = if a < b { (a - rows.start) * wo..(b - rows.start) * wo } else { 0..0 };
+            for kx in 0..kw {
+                let t = ky * kw + kx;
+                shifts[t] = (ky as isize - ph as isize) * g.width as isize + (kx as isize - pw as isize);
+                for v in 0..vectors {
+                    masks[t * vectors + v] = lanes_in(v * 16, &inside) & columns[kx * vectors + v];
+                }
+            }
+        }
+        let last = super_first(pixels - (vectors - 1) * 16);
+        let base = (rows.start * wo) as isize;
+        for ci in 0..g.c_in {
+            let plane = x.as_ptr().wrapping_add(ci * hw);
+            for t in 0..kh * kw {
+                let src = plane.wrapping_offset(base + shifts[t]);
+                let dst = ((ci * kh * kw + t) * pixels) as usize;
+                for v in 0..vectors {
+                    // SAFETY: a masked load reads only its unmasked lanes, each an input pixel
+                    // of plane ci (`masks`); the stores are lanes of row (ci, t) of `col`,
+                    // whose length is asserted above (the last vector stores `pixels` mod 16).
+                    unsafe {
+                        let value = _mm512_maskz_loadu_ps(masks[t * vectors + v], src.wrapping_add(v * 16));
+                        let store = if v + 1 == vectors { last } else { 0xFFFF };
+                        _mm512_mask_storeu_ps(col.as_mut_ptr().add(dst + v * 16), store, value);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The lanes of the vector starting at pixel `start` that fall in `range`.
+    fn lanes_in(start: usize, range: &Range<usize>) -> u16 {
+        let lo = range.start.saturating_sub(start).min(16);
+        let hi = range.end.saturating_sub(start).min(16);
+        super_first(hi) & !super_first(lo)
+    }
+
+    /// The first `n` (≤ 16) lanes.
+    fn super_first(n: usize) -> u16 {
+        ((1u32 << n) - 1) as u16
     }
 }
 
@@ -230,6 +331,32 @@ mod tests {
             col2im_add(&g, &tile, rows, &mut dx_tiles);
         }
         assert_eq!(dx_whole, dx_tiles);
+    }
+
+    /// The masked vector path writes the portable copies' matrix, tile by tile, bit for bit
+    /// (paddings wider than a tap, maps narrower and wider than a vector, odd tiles).
+    #[test]
+    fn the_masked_columns_are_the_copies() {
+        if !crate::direct::available() {
+            return;
+        }
+        for (c, h, w, k, p) in [(16, 8, 8, 3, 1), (17, 5, 7, 3, 1), (16, 16, 16, 3, 1), (20, 9, 33, 5, 2), (16, 3, 3, 5, 2), (16, 6, 5, 1, 0)] {
+            let g = ConvGeometry::new([1, c, h, w], [4, c, k, k], [1, 1], [p, p]).unwrap();
+            assert_eq!(g.out_width, w);
+            let x: Vec<f32> = (0..g.in_sample()).map(|i| i as f32 * 0.5 - 7.0).collect();
+            for rows in [0..g.out_height, 0..1, 1..g.out_height.min(4), g.out_height - 1..g.out_height] {
+                let n = g.col_rows() * rows.len() * g.out_width;
+                let (mut wide, mut plain) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                portable_same_width(&g, &x, rows.clone(), &mut plain);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `available` checked AVX-512F.
+                unsafe {
+                    avx512::im2col_same_width(&g, &x, rows.clone(), &mut wide)
+                };
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&wide), bits(&plain), "{g:?} rows {rows:?}");
+            }
+        }
     }
 
     #[test]

@@ -60,9 +60,20 @@ pub fn forward(g: &PoolGeometry, x: &[f32], argmax: Option<&mut Vec<u32>>) -> Ve
     y
 }
 
+/// One plane: the models' 2×2 windows sixteen at a time on AVX-512 (chosen at run time; the
+/// same winners and bits as the portable loop), any other size with the portable loop.
+fn pool_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if g.size == 2 && crate::direct::available() {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        return unsafe { avx512::plane_2x2(g, x, y, argmax) };
+    }
+    portable_plane(g, x, y, argmax)
+}
+
 /// One plane, an output row at a time: the row's running maxima live in `y` and `argmax`
 /// while the window rows stream past, so the inner loop is a plain pass over an input row.
-fn pool_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+fn portable_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
     let (size, out_w) = (g.size, g.out_width());
     for (oy, (best_row, at_row)) in y.chunks_exact_mut(out_w).zip(argmax.chunks_exact_mut(out_w)).enumerate() {
         best_row.fill(f32::NEG_INFINITY);
@@ -85,6 +96,74 @@ fn pool_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
                 (*best, *at) = (b, a);
             }
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::PoolGeometry;
+
+    /// The window order's winner is the maximum of the key (is NaN, value, −index): the first
+    /// NaN if there is one, else the first of the largest. That maximum can be taken in any
+    /// grouping, so each window is reduced top row against bottom row first (the bottom one
+    /// never wins a tie: it comes later), then left column against right, a tie going to
+    /// the smaller index (the left column's winner may come from the bottom row).
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn plane_2x2(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+        let (w, out_w) = (g.width, g.out_width());
+        assert!(x.len() >= g.height * w && y.len() >= g.out_height() * out_w && argmax.len() >= y.len());
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+        let below = _mm512_set1_epi32(w as i32);
+        let used = 2 * out_w;
+        for oy in 0..g.out_height() {
+            for c0 in (0..used).step_by(32) {
+                let cols = (used - c0).min(32);
+                let (left, right) = (first(cols.min(16)), first(cols.saturating_sub(16)));
+                let at = 2 * oy * w + c0;
+                // SAFETY: a masked load reads only its unmasked lanes, columns c0.. below
+                // `used` ≤ w of rows 2·oy and 2·oy + 1 < height; the pointers are only formed
+                // (wrapping), never read, past them.
+                let load = |m: __mmask16, i: usize| unsafe { _mm512_maskz_loadu_ps(m, x.as_ptr().wrapping_add(i)) };
+                let index = _mm512_add_epi32(_mm512_set1_epi32(at as i32), lane);
+                let index_right = _mm512_add_epi32(index, _mm512_set1_epi32(16));
+                let (v0, i0) = taller(load(left, at), load(left, at + w), index, below);
+                let (v1, i1) = taller(load(right, at + 16), load(right, at + w + 16), index_right, below);
+                let (ev, ov) = (_mm512_permutex2var_ps(v0, even, v1), _mm512_permutex2var_ps(v0, odd, v1));
+                let (ei, oi) = (_mm512_permutex2var_epi32(i0, even, i1), _mm512_permutex2var_epi32(i0, odd, i1));
+                let (en, on) = (nan(ev), nan(ov));
+                let tie = ((on & en) | _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(ov, ev)) & _mm512_cmplt_epu32_mask(oi, ei);
+                let take = (on & !en) | _mm512_cmp_ps_mask::<_CMP_GT_OQ>(ov, ev) | tie;
+                let out = first(cols / 2);
+                let o = oy * out_w + c0 / 2;
+                // SAFETY: the stored lanes are outputs o .. o + cols/2 of row oy, inside `y`
+                // and `argmax` (asserted above).
+                unsafe {
+                    _mm512_mask_storeu_ps(y.as_mut_ptr().add(o), out, _mm512_mask_blend_ps(take, ev, ov));
+                    _mm512_mask_storeu_epi32(argmax.as_mut_ptr().add(o) as *mut i32, out, _mm512_mask_blend_epi32(take, ei, oi));
+                }
+            }
+        }
+    }
+
+    /// The first `n` (≤ 16) lanes.
+    fn first(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn nan(v: __m512) -> __mmask16 {
+        _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v)
+    }
+
+    /// Top row against bottom row: the bottom wins when larger, or a NaN over a number.
+    #[target_feature(enable = "avx512f")]
+    fn taller(top: __m512, bottom: __m512, index: __m512i, below: __m512i) -> (__m512, __m512i) {
+        let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(bottom, top) | (nan(bottom) & !nan(top));
+        (_mm512_mask_blend_ps(take, top, bottom), _mm512_mask_blend_epi32(take, index, _mm512_add_epi32(index, below)))
     }
 }
 
@@ -116,5 +195,40 @@ mod tests {
         assert!(y[1].is_nan());
         assert_eq!(argmax, vec![1, 2]);
         assert_eq!(backward(&g, &argmax, &[10.0, 20.0]), vec![0.0, 10.0, 20.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    /// The 2×2 vector path picks the portable loop's winners and values, bit for bit: ties
+    /// (values from a small set, 0.0 against −0.0), NaNs, odd sizes and widths past a vector.
+    #[test]
+    fn the_vector_windows_have_the_portable_winners() {
+        if !crate::direct::available() {
+            return;
+        }
+        let palette = [1.0, 2.0, -0.0, 0.0, f32::NAN, 3.0, -1.0];
+        let mut seed = 12345u64;
+        for (height, width) in [(2, 2), (3, 5), (4, 8), (7, 7), (8, 16), (14, 14), (16, 31), (5, 32), (6, 33), (4, 34), (3, 65), (32, 32)] {
+            for trial in 0..20 {
+                let x: Vec<f32> = (0..height * width)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        let r = (seed >> 33) as usize;
+                        // Every other trial draws from the palette only: many ties and NaNs.
+                        if trial % 2 == 0 { palette[r % palette.len()] } else { (r % 1000) as f32 * 0.01 - 5.0 }
+                    })
+                    .collect();
+                let g = PoolGeometry::new([1, 1, height, width], 2).unwrap();
+                let n = g.out_height() * g.out_width();
+                let (mut y_p, mut a_p, mut y_v, mut a_v) = (vec![7.0; n], vec![9; n], vec![7.0; n], vec![9; n]);
+                portable_plane(&g, &x, &mut y_p, &mut a_p);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `available` checked AVX-512F.
+                unsafe {
+                    avx512::plane_2x2(&g, &x, &mut y_v, &mut a_v)
+                };
+                assert_eq!(a_v, a_p, "{height}×{width}, trial {trial}: winners");
+                let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y_v), bits(&y_p), "{height}×{width}, trial {trial}: values");
+            }
+        }
     }
 }
