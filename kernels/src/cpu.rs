@@ -13,6 +13,7 @@
 //! split into chunks fixed by the batch size alone and the chunks are added in order — so a
 //! run is bit-identical for any `federation.workers`.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -22,6 +23,7 @@ use crate::direct;
 use crate::rows;
 use crate::geometry::ConvGeometry;
 use crate::im2col::{col2im_add, im2col, im2row};
+use crate::output::written;
 
 /// A row-major view of a matrix inside a slice: element `(i, j)` is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
@@ -58,9 +60,32 @@ fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumula
 /// microkernel's 64-row axis: which axis that is decides its speed (see `weight_grad`).
 #[allow(clippy::too_many_arguments)]
 fn matmul_strided(m: usize, n: usize, k: usize, dst: &mut [f32], strides: [usize; 2], accumulate: bool, lhs: View, rhs: View) {
+    let len = dst.len();
+    // SAFETY: `dst` is exclusively borrowed for the call and holds `len` floats.
+    unsafe { gemm_into(m, n, k, dst.as_mut_ptr(), len, strides, accumulate, lhs, rhs) }
+}
+
+/// [`matmul`] into a kernel's fresh output: without `accumulate` GEMM writes each element
+/// of the block and reads none, so a zero fill before it would be a wasted pass; with it,
+/// the block must have been written first (the bias).
+#[allow(clippy::too_many_arguments)]
+fn matmul_fresh(m: usize, n: usize, k: usize, dst: &mut [MaybeUninit<f32>], dst_rs: usize, accumulate: bool, lhs: View, rhs: View) {
+    let len = dst.len();
+    // SAFETY: `dst` is exclusively borrowed for the call and holds `len` floats; GEMM reads
+    // them only with `accumulate`, when the caller has written the block.
+    unsafe { gemm_into(m, n, k, dst.as_mut_ptr().cast(), len, [dst_rs, 1], accumulate, lhs, rhs) }
+}
+
+/// The body of [`matmul_strided`] on `len` floats at `dst`.
+///
+/// # Safety
+/// `dst` must be valid for reads and writes of `len` floats, alias neither operand, and with
+/// `accumulate` hold initialised floats in the block.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(m: usize, n: usize, k: usize, dst: *mut f32, len: usize, strides: [usize; 2], accumulate: bool, lhs: View, rhs: View) {
     let [dst_rs, dst_cs] = strides;
     let disjoint = (dst_cs == 1 && n <= dst_rs) || (dst_rs == 1 && m <= dst_cs);
-    let dst_fits = m == 0 || n == 0 || (disjoint && (m - 1) * dst_rs + (n - 1) * dst_cs < dst.len());
+    let dst_fits = m == 0 || n == 0 || (disjoint && (m - 1) * dst_rs + (n - 1) * dst_cs < len);
     assert!(dst_fits && lhs.fits(m, k) && rhs.fits(k, n), "matmul operands out of bounds");
     if m == 0 || n == 0 {
         return;
@@ -69,20 +94,21 @@ fn matmul_strided(m: usize, n: usize, k: usize, dst: &mut [f32], strides: [usize
         if !accumulate {
             for i in 0..m {
                 for j in 0..n {
-                    dst[i * dst_rs + j * dst_cs] = 0.0;
+                    // SAFETY: inside the block asserted above.
+                    unsafe { dst.add(i * dst_rs + j * dst_cs).write(0.0) };
                 }
             }
         }
         return;
     }
-    // SAFETY: the assert above keeps every element gemm reads or writes inside the slices;
-    // `dst` is exclusively borrowed and cannot alias the shared `lhs` and `rhs`.
+    // SAFETY: the assert above keeps every element gemm reads or writes inside the
+    // operands and the `len` floats at `dst`, which alias neither (the caller's contract).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             dst_cs as isize,
             dst_rs as isize,
             accumulate,
@@ -132,27 +158,31 @@ pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> 
         return rows::forward(g, x, w, bias);
     }
     let (k, pixels, wo) = (g.col_rows(), g.out_pixels(), g.out_width);
-    let mut y = vec![0.0f32; g.batch * g.out_sample()];
-    y.par_chunks_mut(g.out_sample()).zip(x.par_chunks(g.in_sample())).for_each_init(Vec::new, |col, (y_b, x_b)| {
-        if let Some(bias) = bias {
-            for (row, &b) in y_b.chunks_exact_mut(pixels).zip(bias) {
-                row.fill(b);
+    written(g.batch * g.out_sample(), |y| {
+        y.par_chunks_mut(g.out_sample()).zip(x.par_chunks(g.in_sample())).for_each_init(Vec::new, |col, (y_b, x_b)| {
+            // Each element is its bias (when there is one) followed by its products, as in
+            // the direct kernels; without a bias GEMM writes every element of `y_b` once.
+            if let Some(bias) = bias {
+                for (row, &b) in y_b.chunks_exact_mut(pixels).zip(bias) {
+                    row.iter_mut().for_each(|v| {
+                        v.write(b);
+                    });
+                }
             }
-        }
-        if g.is_pointwise() {
-            // The sample's `[c_in, h·w]` map is its column matrix.
-            matmul(g.c_out, pixels, k, y_b, pixels, bias.is_some(), View::rows(w, k), View::rows(x_b, pixels));
-            return;
-        }
-        for rows in tiles(g) {
-            let n = rows.len() * wo;
-            col.resize(k * n, 0.0);
-            im2col(g, x_b, rows.clone(), col);
-            // Y_b[:, tile] (+)= W · col_tile
-            matmul(g.c_out, n, k, &mut y_b[rows.start * wo..], pixels, bias.is_some(), View::rows(w, k), View::rows(col, n));
-        }
-    });
-    y
+            if g.is_pointwise() {
+                // The sample's `[c_in, h·w]` map is its column matrix.
+                matmul_fresh(g.c_out, pixels, k, y_b, pixels, bias.is_some(), View::rows(w, k), View::rows(x_b, pixels));
+                return;
+            }
+            for rows in tiles(g) {
+                let n = rows.len() * wo;
+                col.resize(k * n, 0.0);
+                im2col(g, x_b, rows.clone(), col);
+                // Y_b[:, tile] (+)= W · col_tile
+                matmul_fresh(g.c_out, n, k, &mut y_b[rows.start * wo..], pixels, bias.is_some(), View::rows(w, k), View::rows(col, n));
+            }
+        })
+    })
 }
 
 /// Which gradients the caller needs (a frozen input or weight needs none).
