@@ -122,6 +122,7 @@ mod avx512 {
 
     use super::valid_outputs;
     use crate::geometry::ConvGeometry;
+    use crate::lanes::{first, within};
 
     /// [`super::portable_same_width`] as masked vector loads: lane `d` of a row `(ci, ky, kx)`
     /// reads input pixel `d + shift(ky, kx)` where that lies inside the map, and is zero
@@ -156,23 +157,24 @@ mod avx512 {
         let mut shifts = vec![0isize; kh * kw];
         for ky in 0..kh {
             let (lo, hi) = valid_outputs(g.out_height, g.height, ky, 1, ph);
-            let (a, b) = (lo.max(rows.start), hi.min(rows.end));
-            let inside = if a < b { (a - rows.start) * wo..(b - rows.start) * wo } else { 0..0 };
+            let a = lo.clamp(rows.start, rows.end);
+            let b = hi.clamp(a, rows.end);
+            let inside = (a - rows.start) * wo..(b - rows.start) * wo;
             for kx in 0..kw {
                 let t = ky * kw + kx;
                 shifts[t] = (ky as isize - ph as isize) * g.width as isize + (kx as isize - pw as isize);
                 for v in 0..vectors {
-                    masks[t * vectors + v] = lanes_in(v * 16, &inside) & columns[kx * vectors + v];
+                    masks[t * vectors + v] = within(v * 16, inside.clone()) & columns[kx * vectors + v];
                 }
             }
         }
-        let last = super_first(pixels - (vectors - 1) * 16);
+        let last = first(pixels - (vectors - 1) * 16);
         let base = (rows.start * wo) as isize;
         for ci in 0..g.c_in {
             let plane = x.as_ptr().wrapping_add(ci * hw);
             for t in 0..kh * kw {
                 let src = plane.wrapping_offset(base + shifts[t]);
-                let dst = ((ci * kh * kw + t) * pixels) as usize;
+                let dst = (ci * kh * kw + t) * pixels;
                 for v in 0..vectors {
                     // SAFETY: a masked load reads only its unmasked lanes, each an input pixel
                     // of plane ci (`masks`); the stores are lanes of row (ci, t) of `col`,
@@ -185,18 +187,6 @@ mod avx512 {
                 }
             }
         }
-    }
-
-    /// The lanes of the vector starting at pixel `start` that fall in `range`.
-    fn lanes_in(start: usize, range: &Range<usize>) -> u16 {
-        let lo = range.start.saturating_sub(start).min(16);
-        let hi = range.end.saturating_sub(start).min(16);
-        super_first(hi) & !super_first(lo)
-    }
-
-    /// The first `n` (≤ 16) lanes.
-    fn super_first(n: usize) -> u16 {
-        ((1u32 << n) - 1) as u16
     }
 }
 

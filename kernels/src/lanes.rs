@@ -5,6 +5,19 @@
 
 pub(crate) const LANES: usize = 16;
 
+/// A lane mask (one bit per lane of a 16-float vector) of its first `n` (≤ 16) lanes.
+pub(crate) fn first(n: usize) -> u16 {
+    debug_assert!(n <= LANES);
+    ((1u32 << n) - 1) as u16
+}
+
+/// The lanes of the vector starting at element `start` whose elements fall in `range`.
+pub(crate) fn within(start: usize, range: std::ops::Range<usize>) -> u16 {
+    let lo = range.start.saturating_sub(start).min(LANES);
+    let hi = range.end.saturating_sub(start).min(LANES);
+    first(hi) & !first(lo)
+}
+
 /// The 16 partial sums folded pairwise (`lanes[i] += lanes[i + w]` for w = 8, 4, 2, 1).
 pub(crate) fn fold(mut lanes: [f32; LANES]) -> f32 {
     let mut width = LANES;

@@ -104,6 +104,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::PoolGeometry;
+    use crate::lanes::first;
 
     /// The window order's winner is the maximum of the key (is NaN, value, −index): the first
     /// NaN if there is one, else the first of the largest. That maximum can be taken in any
@@ -147,11 +148,6 @@ mod avx512 {
                 }
             }
         }
-    }
-
-    /// The first `n` (≤ 16) lanes.
-    fn first(n: usize) -> __mmask16 {
-        ((1u32 << n) - 1) as __mmask16
     }
 
     #[target_feature(enable = "avx512f")]

@@ -84,6 +84,7 @@ mod avx512 {
     use super::{CHANNELS, LANES};
     use crate::direct::padded;
     use crate::geometry::ConvGeometry;
+    use crate::lanes::within;
 
     /// Where one register block reads and writes: output channels from `co`, output rows from
     /// `oh`, columns from `ow`, and which lanes of each vector are inside the row.
@@ -93,15 +94,6 @@ mod avx512 {
         oh: usize,
         ow: usize,
         masks: [__mmask16; V],
-    }
-
-    /// The lanes of the vector starting at column `from` that lie inside a row of `width`.
-    fn mask(from: usize, width: usize) -> __mmask16 {
-        match width.saturating_sub(from) {
-            0 => 0,
-            n if n >= LANES => 0xffff,
-            n => ((1u32 << n) - 1) as __mmask16,
-        }
     }
 
     /// One sample, 8 channels at a time: rows of more than 16 pixels as one row of 32 columns a
@@ -118,12 +110,12 @@ mod avx512 {
             if wo > LANES {
                 for oh in 0..g.out_height {
                     for ow in (0..wo).step_by(2 * LANES) {
-                        let at = At { co, oh, ow, masks: [mask(ow, wo), mask(ow + LANES, wo)] };
+                        let at = At { co, oh, ow, masks: [within(ow, 0..wo), within(ow + LANES, 0..wo)] };
                         unsafe { block::<1, 2>(g, xp, packed, bias, y_b, at) };
                     }
                 }
             } else {
-                let masks = [mask(0, wo)];
+                let masks = [within(0, 0..wo)];
                 let mut oh = 0;
                 while oh + 2 <= g.out_height {
                     unsafe { block::<2, 1>(g, xp, packed, bias, y_b, At { co, oh, ow: 0, masks }) };
@@ -225,7 +217,7 @@ mod avx512 {
             // SAFETY: row `oh + ky < hp` of channel `ci`.
             let row = unsafe { x.add((ci * hp + oh + ky) * wp) };
             for ow in (0..wo).step_by(LANES) {
-                let m = mask(ow, wo);
+                let m = within(ow, 0..wo);
                 let mut xv = [_mm512_setzero_ps(); K];
                 for (k, v) in xv.iter_mut().enumerate() {
                     // SAFETY: the unmasked lanes' columns `ow + lane + k ≤ wo − 1 + kw − 1 < wp`.
