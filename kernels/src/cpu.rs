@@ -151,11 +151,12 @@ fn check_lengths(g: &ConvGeometry, x: &[f32], w: &[f32]) {
 /// `y[b] = W · im2col(x[b]) + bias`, `[batch, c_out, ho, wo]` row-major.
 pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     check_lengths(g, x, w);
-    if direct::applies(g) {
-        return direct::forward(g, x, w, bias);
-    }
+    // Where both apply (stride 1, rows of 16 or more, 32–64 outputs) the row kernel is faster.
     if rows::applies(g) {
         return rows::forward(g, x, w, bias);
+    }
+    if direct::applies(g) {
+        return direct::forward(g, x, w, bias);
     }
     let (k, pixels, wo) = (g.col_rows(), g.out_pixels(), g.out_width);
     written(g.batch * g.out_sample(), |y| {

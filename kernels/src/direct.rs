@@ -1,13 +1,14 @@
 //! The forward convolution computed directly, without a column matrix, on AVX-512: sixteen
 //! output channels in one register, a strip of output pixels of one row held in registers
-//! while every input channel and kernel tap streams past.
+//! while the kernel taps of a pass of input channels stream past (passes small enough that
+//! their weights stay in L1; a strip's partial sums wait in a scratch between passes).
 //!
 //! `y[b, co, oh, ow] = bias[co] + Σ_ci Σ_ky Σ_kx w[co, ci, ky, kx] · xp[b, ci, oh·s + ky, ow·s + kx]`
 //! with `xp` the zero-padded input. The weights are repacked once per call into
 //! `[co / 16][ci][ky][kx][16]` (one aligned vector per tap and channel block); each sample is
 //! padded into a reused buffer, so no tap needs a bounds check. Each output element is the
 //! bias followed by its products in (ci, ky, kx) order — one fixed sequence whatever the
-//! thread count, as everywhere in this crate. Stride 2 costs nothing extra: the input is read
+//! thread count or the passes, as everywhere in this crate. Stride 2 costs nothing extra: the input is read
 //! by broadcasts, one scalar per tap and pixel, never by contiguous vectors.
 //!
 //! Chosen at run time (`applies`): on a CPU without AVX-512, and for shapes where GEMM on the
@@ -171,58 +172,97 @@ mod avx512 {
     }
 
     /// Where one register block reads and writes: output row `oh`, the strip from column
-    /// `ow`, channel blocks from `block`.
+    /// `ow`, channel blocks from `block`, over input channels `ci`; whether it starts from the
+    /// bias (the first range of input channels) and ends in the output (the last), or else
+    /// continues from and into `partial`.
     #[derive(Clone, Copy)]
     struct At {
         oh: usize,
         ow: usize,
         block: usize,
+        ci: (usize, usize),
+        first: bool,
+        last: bool,
     }
 
-    /// One sample: every output row, two channel blocks at a time (a last odd block alone),
-    /// strip by strip.
+    /// Weight vectors a pass over a sample's rows keeps in L1: 20 KiB, under the 32–48 KiB of
+    /// the data caches of the AVX-512 cores this runs on, beside the input rows it reads.
+    const PASS_VECTORS: usize = 320;
+
+    /// Input channels per pass: the fewest passes whose weights (`kh · kw · blocks` vectors a
+    /// channel) fit [`PASS_VECTORS`], balanced (ResNet's 32 and 64 inputs: passes of 16). With
+    /// every input channel in one pass, the 73 KiB of a 64 → 64 layer's two blocks came from L2
+    /// for every output row; in passes they are read from L1 (`fedolf bench conv`: 64 → 64
+    /// on 8×8 and 32 → 64 at stride 2 about 8 % faster, experiments/results/speed-cpu.md).
+    fn pass(g: &ConvGeometry, blocks: usize) -> usize {
+        let widest = (PASS_VECTORS / (g.kernel[0] * g.kernel[1] * blocks)).max(1);
+        g.c_in.div_ceil(g.c_in.div_ceil(widest))
+    }
+
+    /// One sample: two channel blocks at a time (a last odd block alone); for each, the input
+    /// channels in passes of [`pass`], and for each range every output row, strip by strip.
+    /// A range's partial sums wait in `partial` (`[block][pixel][16]`) for the next.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn sample(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [MaybeUninit<f32>]) {
         let (hp, wp) = padded(g);
         assert!(xp.len() == g.c_in * hp * wp && packed.len() == g.weight_len() && y_b.len() == g.out_sample());
         assert!(bias.is_none_or(|b| b.len() == g.c_out));
         let blocks = g.c_out / LANES;
-        for oh in 0..g.out_height {
-            let mut block = 0;
-            while block < blocks {
-                let pair = blocks - block >= 2;
-                // A block alone gets twice the strip: the same 16 accumulators.
-                let widest = if pair { STRIP } else { 2 * STRIP };
-                let mut ow = 0;
-                while ow < g.out_width {
-                    let strip = (g.out_width - ow).min(widest);
-                    let at = At { oh, ow, block };
-                    // SAFETY: the strip and blocks lie inside the output, and every tap they
-                    // read inside the padded sample.
-                    unsafe {
-                        if pair {
-                            strips!(strip, 2, (g, xp, packed, bias, y_b, at); 1 2 3 4 5 6 7 8);
-                        } else {
-                            strips!(strip, 1, (g, xp, packed, bias, y_b, at); 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
-                        }
-                    }
-                    ow += strip;
-                }
-                block += if pair { 2 } else { 1 };
+        let mut partial = Vec::new();
+        let mut block = 0;
+        while block < blocks {
+            let pair = blocks - block >= 2;
+            // A block alone gets twice the strip: the same 16 accumulators.
+            let widest = if pair { STRIP } else { 2 * STRIP };
+            let per_pass = pass(g, if pair { 2 } else { 1 });
+            if per_pass < g.c_in && partial.is_empty() {
+                partial.resize(g.out_sample(), 0.0);
             }
+            for c0 in (0..g.c_in).step_by(per_pass) {
+                let ci = (c0, (c0 + per_pass).min(g.c_in));
+                for oh in 0..g.out_height {
+                    let mut ow = 0;
+                    while ow < g.out_width {
+                        let strip = (g.out_width - ow).min(widest);
+                        let at = At { oh, ow, block, ci, first: c0 == 0, last: ci.1 == g.c_in };
+                        // SAFETY: the strip and blocks lie inside the output, and every tap
+                        // they read inside the padded sample; `partial` holds `out_sample`
+                        // floats whenever a range is not both first and last.
+                        unsafe {
+                            if pair {
+                                strips!(strip, 2, (g, xp, packed, bias, y_b, &mut partial, at); 1 2 3 4 5 6 7 8);
+                            } else {
+                                strips!(strip, 1, (g, xp, packed, bias, y_b, &mut partial, at); 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+                            }
+                        }
+                        ow += strip;
+                    }
+                }
+            }
+            block += if pair { 2 } else { 1 };
         }
     }
 
-    /// `U` output pixels × `N` channel blocks of 16, accumulated in `U·N` registers over
-    /// every (ci, ky, kx), then written to the sample's NCHW output.
+    /// `U` output pixels × `N` channel blocks of 16, accumulated in `U·N` registers over the
+    /// input channels `at.ci` and every (ky, kx), then written to the sample's NCHW output
+    /// (the last range) or to `partial`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn strip_kernel<const U: usize, const N: usize>(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [MaybeUninit<f32>], at: At) {
+    unsafe fn strip_kernel<const U: usize, const N: usize>(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [MaybeUninit<f32>], partial: &mut [f32], at: At) {
         let (hp, wp) = padded(g);
         let [kh, kw] = g.kernel;
         let [sh, sw] = g.stride;
         let taps = g.col_rows();
+        let pixels = g.out_pixels();
+        let first_pixel = at.oh * g.out_width + at.ow;
         let mut acc = [[_mm512_setzero_ps(); U]; N];
-        if let Some(bias) = bias {
+        if !at.first {
+            for (n, row) in acc.iter_mut().enumerate() {
+                for (u, v) in row.iter_mut().enumerate() {
+                    // SAFETY: pixel `first_pixel + u` of block `at.block + n`, inside `partial`.
+                    *v = unsafe { _mm512_loadu_ps(partial.as_ptr().add(((at.block + n) * pixels + first_pixel + u) * LANES)) };
+                }
+            }
+        } else if let Some(bias) = bias {
             for (n, row) in acc.iter_mut().enumerate() {
                 // SAFETY: block `at.block + n` is a whole block of the `c_out` biases.
                 let b = unsafe { _mm512_loadu_ps(bias.as_ptr().add((at.block + n) * LANES)) };
@@ -231,7 +271,7 @@ mod avx512 {
         }
         let x = xp.as_ptr();
         let w = packed.as_ptr();
-        for ci in 0..g.c_in {
+        for ci in at.ci.0..at.ci.1 {
             for ky in 0..kh {
                 // SAFETY: row `oh·sh + ky < hp` of channel `ci`, from column `ow·sw`; the
                 // strip's last tap, column `(ow + U − 1)·sw + kw − 1`, is `< wp`.
@@ -253,8 +293,17 @@ mod avx512 {
                 }
             }
         }
-        // SAFETY: the strip and blocks lie inside the output.
-        unsafe { store(g, y_b, at, &acc) };
+        if at.last {
+            // SAFETY: the strip and blocks lie inside the output.
+            unsafe { store(g, y_b, at, &acc) };
+        } else {
+            for (n, row) in acc.iter().enumerate() {
+                for (u, v) in row.iter().enumerate() {
+                    // SAFETY: as for the loads above.
+                    unsafe { _mm512_storeu_ps(partial.as_mut_ptr().add(((at.block + n) * pixels + first_pixel + u) * LANES), *v) };
+                }
+            }
+        }
     }
 
     /// Taps per register block of the weight gradient (× 2 channel blocks: 16 accumulators).
@@ -381,8 +430,11 @@ mod tests {
             return;
         }
         // Strips of 8 and shorter remainders, pairs of channel blocks and an odd block alone
-        // (48 outputs: a strip of 16), strides 1 and 2, paddings 0–2, 3×3 and 5×5, with and without a bias.
+        // (48 outputs: a strip of 16), strides 1 and 2, paddings 0–2, 3×3 and 5×5, with and
+        // without a bias; input channels in one pass (16, 32), in passes of 16 (64), of 14, 14
+        // and 12 (40), and of 6 (24 inputs under a 5×5 kernel).
         let shapes = [
+            ([2, 40, 6, 9], [32, 40, 3, 3], [1, 1], [1, 1]),
             ([2, 16, 32, 32], [32, 16, 3, 3], [1, 1], [1, 1]),
             ([3, 16, 13, 11], [32, 16, 3, 3], [2, 2], [1, 1]),
             ([2, 32, 9, 7], [48, 32, 3, 3], [1, 1], [0, 0]),

@@ -1,7 +1,8 @@
 //! The stride-1 forward convolution computed directly on AVX-512 with the output row in the
 //! register: sixteen neighbouring output pixels of one channel per vector, for the layers the
 //! channel-blocked kernel (`direct`) leaves to GEMM — few output channels (ResNet's 16-channel
-//! stage and its input gradient) or few input channels (the stems).
+//! stage and its input gradient) or few input channels (the stems) — and for rows of 16
+//! pixels or more, where it is faster than `direct` (ResNet's 32-channel stage).
 //!
 //! The weight gradient of the same shapes (kernels 3 or 5 wide) is vectorised the same way:
 //! `C` output channels × one kernel row's taps accumulate 16 columns a vector over the sample,
@@ -27,12 +28,17 @@ const CHANNELS: usize = 8;
 const LANES: usize = 16;
 
 /// Whether this machine runs the row kernel and `g` is a shape it is for: stride 1, whole
-/// blocks of 8 output channels, a real spatial kernel, and at most 16 output channels or fewer
-/// than 16 input channels (shapes `direct` does not take). Measured with `fedolf bench conv`
-/// against the column matrix (experiments/results/speed-cpu.md): 1.35–1.45× on ResNet's
-/// 16 → 16 forward and input gradient; about even, within this VM's noise, on the stems.
+/// blocks of 8 output channels, a real spatial kernel, and at most 16 output channels, fewer
+/// than 16 input channels, or rows of 16 pixels or more under at most 64 output channels.
+/// Measured with `fedolf bench conv` against the column matrix and the channel-blocked kernel
+/// (`direct`, which `cpu::forward` asks after this one; experiments/results/speed-cpu.md):
+/// 1.35–1.45× the column matrix on ResNet's 16 → 16 forward and input gradient, about even on
+/// the stems; 1.2–1.3× `direct` on ResNet's 32 → 32 on 16 × 16 (whole vectors of one row, where
+/// `direct` stores each pixel's 16 channels lane by lane). Rows of 8 (the 64-channel stage) half
+/// fill a vector and stay with `direct`, wider layers (AlexNet's) with GEMM.
 pub(crate) fn applies(g: &ConvGeometry) -> bool {
-    available() && g.stride == [1, 1] && g.c_out % CHANNELS == 0 && (g.c_out <= 16 || g.c_in < 16) && g.kernel[0] * g.kernel[1] > 1
+    let shape = g.c_out <= 16 || g.c_in < 16 || (g.out_width >= LANES && g.c_out <= 64);
+    available() && g.stride == [1, 1] && g.c_out % CHANNELS == 0 && shape && g.kernel[0] * g.kernel[1] > 1
 }
 
 /// `y[b] = conv(x[b], w) + bias`, `[batch, c_out, ho, wo]`; only where [`applies`] holds.
@@ -50,8 +56,10 @@ pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
     })
 }
 
-/// Whether the row kernel computes `g`'s weight gradient: the shapes [`applies`] takes, with
+/// Whether the row kernel can compute `g`'s weight gradient: the shapes [`applies`] takes, with
 /// kernels 3 or 5 wide (8 or 4 output channels × the kernel's columns in registers).
+/// `cpu::weight_grad` asks `direct` first, whose weight gradient is the faster one on the
+/// 32-channel stage.
 pub(crate) fn weight_grad_applies(g: &ConvGeometry) -> bool {
     applies(g) && matches!(g.kernel[1], 3 | 5)
 }
@@ -267,6 +275,8 @@ mod tests {
             ([2, 2, 5, 5], [16, 2, 5, 5], [2, 2]),
             ([1, 3, 6, 31], [64, 3, 3, 3], [1, 1]),
             ([2, 8, 7, 15], [16, 8, 3, 3], [1, 1]),
+            ([2, 32, 16, 16], [32, 32, 3, 3], [1, 1]),
+            ([1, 48, 5, 20], [64, 48, 3, 3], [1, 1]),
         ];
         let geometries: Vec<_> = shapes.map(|(x, w, padding)| ConvGeometry::new(x, w, [1, 1], padding).unwrap()).into();
         assert!(geometries.iter().all(applies));
@@ -300,7 +310,13 @@ mod tests {
             assert!(applies(&g(16, 16, 3, 1)), "ResNet's 16-channel stage");
         }
         assert!(!applies(&g(16, 16, 3, 2)), "stride 2");
-        assert!(!applies(&g(16, 32, 3, 1)), "32 outputs: the channel-blocked kernel");
+        assert!(!applies(&g(16, 32, 3, 1)), "32 outputs on rows of 8: the channel-blocked kernel");
+        if available() {
+            let wide = ConvGeometry::new([1, 32, 16, 16], [32, 32, 3, 3], [1, 1], [1, 1]).unwrap();
+            assert!(applies(&wide), "ResNet's 32-channel stage: rows of 16");
+            let alexnet = ConvGeometry::new([1, 64, 16, 16], [192, 64, 3, 3], [1, 1], [1, 1]).unwrap();
+            assert!(!applies(&alexnet), "192 outputs: GEMM");
+        }
         assert!(!applies(&g(16, 12, 3, 1)), "channels not in whole blocks of 8");
         assert!(!applies(&g(16, 16, 1, 1)), "1×1");
         let seven = ConvGeometry::new([1, 16, 8, 8], [16, 16, 7, 7], [1, 1], [3, 3]).unwrap();
