@@ -47,6 +47,14 @@ Modes (each reads one JSON spec on stdin and prints one JSON object on stdout):
             {"convs": [{"batch": 128, "input": [16, 32, 32], "weight": [16, 16, 3, 3],
                         "stride": 1, "padding": 1, "warmup": 1, "repeats": 5}, ...]}
           -> {"torch": ..., "threads": N, "conv": [[forward s, input s, weight s], ...]}
+  serve   one step at a time, on request, so that fedolf's steps and these can alternate
+          one by one (`fedolf bench speed`): the first line on stdin is a `steps` spec (its
+          warmup and repeats unused); every model is built, then
+          -> {"torch": ..., "threads": N, "ready": number of entries}
+          and each further line {"step": i, "untimed": k} takes k untimed steps of entry i,
+          then one timed step
+          -> {"seconds": s}
+          until stdin closes.
   params  self-check of the model definitions
             {"model": "resnet20", "input": [3, 32, 32], "classes": 10}
           -> {"trainable": n, "buffers": m, "layers": [...], "layer_trainable": [...]}
@@ -395,6 +403,33 @@ def mode_steps(spec):
     return {"steps": medians}
 
 
+def mode_serve(spec):
+    """Build every entry of a `steps` spec, then answer {"step": i} lines one at a time."""
+    entries = []
+    for entry in spec["steps"]:
+        net = build(entry["model"], entry["input"], entry["classes"])
+        local = LocalModel(net, entry.get("frozen", 0), spec["sgd"])
+        entries.append((local,) + random_data(entry["batch"], entry["input"], entry["classes"]))
+    reply({"torch": torch.__version__, "threads": torch.get_num_threads(), "ready": len(entries)})
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            local, x, y = entries[request["step"]]
+            untimed = int(request.get("untimed", 0))
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            fail(f"serve: bad request {line.strip()!r}: {e}")
+        for _ in range(untimed):
+            local.step(x, y).item()
+        start = time.perf_counter()
+        local.step(x, y).item()  # read the loss, as Rust's timed step does
+        reply({"seconds": time.perf_counter() - start})
+
+
+def reply(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
 def mode_round(spec):
     input_shape, classes = spec["input"], spec["classes"]
     batch, epochs, sgd = spec["batch"], spec["epochs"], spec["sgd"]
@@ -495,7 +530,7 @@ def fail(message):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["steps", "round", "conv", "params"])
+    parser.add_argument("mode", choices=["steps", "round", "conv", "params", "serve"])
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (inter-op: 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -506,6 +541,13 @@ def main():
         except RuntimeError:
             pass
     torch.manual_seed(args.seed)
+    if args.mode == "serve":
+        try:
+            spec = json.loads(sys.stdin.readline())
+        except json.JSONDecodeError as e:
+            fail(f"bad JSON spec on the first line of stdin: {e}")
+        mode_serve(spec)
+        return
     try:
         spec = json.load(sys.stdin)
     except json.JSONDecodeError as e:

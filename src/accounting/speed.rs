@@ -3,9 +3,10 @@
 
 use std::time::Instant;
 
+use burn::optim::Optimizer;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use fedolf_models::{ModelError, ModelKind, ModelOptions};
+use fedolf_models::{LayeredNet, ModelError, ModelKind, ModelOptions};
 
 use crate::local::error::LocalError;
 use crate::local::training::{LocalModel, SgdSettings};
@@ -44,23 +45,45 @@ pub fn median_step_seconds<B: AutodiffBackend>(spec: &StepSpec, device: &B::Devi
     if spec.repeats == 0 {
         return Err(SpeedError::NoRepeats);
     }
+    let mut stepper = stepper::<B>(spec, device)?;
+    for _ in 0..spec.warmup {
+        stepper.step();
+    }
+    let mut times: Vec<f64> = (0..spec.repeats).map(|_| stepper.step()).collect();
+    Ok(median(&mut times))
+}
+
+/// One model of a [`StepSpec`] at its batch, ready to take timed SGD steps one at a time (so a
+/// benchmark can alternate them with another framework's), each on the same random batch with
+/// one optimizer across the steps.
+pub struct Stepper<B: AutodiffBackend, O> {
+    model: Option<LocalModel<B>>,
+    optim: O,
+    x: Tensor<B::InnerBackend, 4>,
+    y: Tensor<B::InnerBackend, 1, Int>,
+}
+
+/// The [`Stepper`] of `spec` on `device`: its weights and batch from the same seeded streams as
+/// every measurement before.
+pub fn stepper<B: AutodiffBackend>(spec: &StepSpec, device: &B::Device) -> Result<Stepper<B, impl Optimizer<LayeredNet<B>, B>>, SpeedError> {
     let net = spec.model.init_on_host::<B, _>(spec.input, spec.classes, &ModelOptions::default(), &[], &mut stream(1, Purpose::Init, 0, 0), device)?;
     let x = Tensor::<B::InnerBackend, 4>::from_data(synthetic_images(spec.batch, spec.input, &mut stream(1, Purpose::SyntheticBatch, 0, 0)), device);
     let labels: Vec<i64> = (0..spec.batch).map(|i| (i % spec.classes) as i64).collect();
     let y = Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(labels, [spec.batch]), device);
-    let mut model = LocalModel::ordered(&net, spec.frozen)?;
-    let mut optim = crate::local::training::sgd_optimizer::<B>(&BENCH_SGD);
-    let mut times = Vec::with_capacity(spec.repeats);
-    for i in 0..spec.warmup + spec.repeats {
+    let model = LocalModel::ordered(&net, spec.frozen)?;
+    Ok(Stepper { model: Some(model), optim: crate::local::training::sgd_optimizer::<B>(&BENCH_SGD), x, y })
+}
+
+impl<B: AutodiffBackend, O: Optimizer<LayeredNet<B>, B>> Stepper<B, O> {
+    /// One step; its wall seconds, the loss read back to the host (a GPU has finished).
+    pub fn step(&mut self) -> f64 {
         let started = Instant::now();
-        let (next, loss) = model.step(&mut optim, BENCH_SGD.lr, x.clone(), y.clone());
+        let model = self.model.take().expect("a stepper holds its model between steps");
+        let (next, loss) = model.step(&mut self.optim, BENCH_SGD.lr, self.x.clone(), self.y.clone());
         let _ = loss.into_scalar();
-        model = next;
-        if i >= spec.warmup {
-            times.push(started.elapsed().as_secs_f64());
-        }
+        self.model = Some(next);
+        started.elapsed().as_secs_f64()
     }
-    Ok(median(&mut times))
 }
 
 /// Floating-point operations of one step as [`median_step_seconds`] runs it, from each layer's

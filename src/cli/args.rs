@@ -117,8 +117,9 @@ pub struct SpeedArgs {
     /// Python with PyTorch installed (default: $FEDOLF_PYTHON, else python3).
     #[arg(long)]
     pub python: Option<PathBuf>,
-    /// Passes over the step measurements, fedolf's and PyTorch's taking turns; each step's
-    /// time is the median of its passes, and the table shows the ratio's range over them.
+    /// Blocks of `repeats` steps per model, fedolf's and PyTorch's steps taking turns one by
+    /// one; each step's time is the median of its blocks' medians, and the table shows the
+    /// ratio's range over the blocks.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub passes: u16,
 }

@@ -10,14 +10,14 @@ use fedolf::config::{Config, DEFAULT_TOML};
 use fedolf::runtime::memory::CountingAllocator;
 use fedolf::engine::{self, RoundObserver};
 use fedolf::records::RoundRecord;
-use fedolf::accounting::speed::{median_step_seconds, step_flops, StepSpec};
+use fedolf::accounting::speed::{median, step_flops, stepper, StepSpec};
 use fedolf::runtime::workers::{available_cores, WorkerLayout};
 use fedolf_kernels::peak::{self, Peak};
 use fedolf_models::{ModelKind, ModelOptions};
 use serde_json::{json, Value};
 
 use crate::args::SpeedArgs;
-use crate::pytorch::PyTorch;
+use crate::pytorch::{PyTorch, Session};
 
 /// The paper's per-model setting: input, classes, batch, the largest frozen count of its
 /// cluster table (c − 1).
@@ -37,20 +37,66 @@ fn step_specs(repeats: usize) -> Vec<StepSpec> {
         .collect()
 }
 
-struct StepTask<'a>(&'a [StepSpec]);
+/// Every step spec on one backend, ours and the twin's (when it runs) taking turns step by
+/// step: this project's VM drifts by up to 20 % within seconds, so only steps taken side by
+/// side share its speed. `passes` blocks of `repeats` turns per spec; who goes first
+/// alternates from turn to turn.
+///
+/// A turn is [`TURN_UNTIMED`] untimed steps, then the timed one: a step that directly follows
+/// the other framework's finds its caches cold and its threads asleep (timed so, the CNN's
+/// 4 ms step read 20–30 % slower for fedolf than in a run of its own steps); training takes
+/// its steps back to back.
+const TURN_UNTIMED: usize = 1;
+
+struct StepTask<'a> {
+    specs: &'a [StepSpec],
+    passes: usize,
+    twin: Option<&'a mut Session>,
+}
 
 impl BackendTask for StepTask<'_> {
-    type Output = anyhow::Result<Vec<f64>>;
+    type Output = anyhow::Result<StepPasses>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        self.0
-            .iter()
-            .map(|spec| {
-                eprint!("  {} b{} l={} ... ", spec.model.name(), spec.batch, spec.frozen);
-                let s = median_step_seconds::<B>(spec, &device).with_context(|| format!("{} step", spec.model.name()))?;
-                eprintln!("{s:.4} s");
-                Ok(s)
-            })
-            .collect()
+        let StepTask { specs, passes, mut twin } = self;
+        let mut ours = vec![vec![0.0; specs.len()]; passes];
+        let mut theirs = vec![vec![0.0; specs.len()]; if twin.is_some() { passes } else { 0 }];
+        for (i, spec) in specs.iter().enumerate() {
+            eprint!("  {} b{} l={} ... ", spec.model.name(), spec.batch, spec.frozen);
+            let mut ours_now = stepper::<B>(spec, &device).with_context(|| format!("{} step", spec.model.name()))?;
+            let mut turn = |ours_first: bool| -> anyhow::Result<(f64, Option<f64>)> {
+                let theirs_first = match twin.as_deref_mut() {
+                    Some(t) if !ours_first => Some(t.step(i, TURN_UNTIMED)?),
+                    _ => None,
+                };
+                for _ in 0..TURN_UNTIMED {
+                    ours_now.step();
+                }
+                let o = ours_now.step();
+                let theirs_after = match twin.as_deref_mut() {
+                    Some(t) if ours_first => Some(t.step(i, TURN_UNTIMED)?),
+                    _ => None,
+                };
+                Ok((o, theirs_first.or(theirs_after)))
+            };
+            for _ in 0..spec.warmup {
+                turn(true)?;
+            }
+            for pass in 0..passes {
+                let (mut o, mut t) = (Vec::with_capacity(spec.repeats), Vec::with_capacity(spec.repeats));
+                for r in 0..spec.repeats {
+                    let (ours_s, theirs_s) = turn((pass * spec.repeats + r) % 2 == 0)?;
+                    o.push(ours_s);
+                    t.extend(theirs_s);
+                }
+                ours[pass][i] = median(&mut o);
+                if !t.is_empty() {
+                    theirs[pass][i] = median(&mut t);
+                }
+            }
+            let mut column: Vec<f64> = ours.iter().map(|p| p[i]).collect();
+            eprintln!("{:.4} s", median(&mut column));
+        }
+        Ok(StepPasses { ours, theirs })
     }
 }
 
@@ -87,23 +133,20 @@ pub fn bench_speed(args: SpeedArgs, alloc: &'static CountingAllocator) -> anyhow
         Err(why) => eprintln!("bench speed on {} ({cores} cores); no ratios: {why}", device.name()),
     }
 
-    // 1. Per-step time, every model at its paper batch, l = 0 and the cluster's largest l.
-    // Ours and the twin's take turns pass by pass, so that a drift of the machine's speed
-    // (this project's VM moves by up to 20 % from one minute to the next) falls on both.
+    // 1. Per-step time, every model at its paper batch, l = 0 and the cluster's largest l,
+    // ours and the twin's alternating step by step.
     let specs = step_specs(args.repeats);
     probe(device)?;
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
-    for pass in 1..=args.passes {
-        let of = if args.passes > 1 { format!(" (pass {pass} of {})", args.passes) } else { String::new() };
-        eprintln!("fedolf steps{of}:");
-        ours.push(with_backend(device, StepTask(&specs))??);
-        if let Ok(t) = &twin {
-            eprintln!("pytorch steps{of} ...");
-            theirs.push(t.steps(&specs)?);
+    let mut session = match &twin {
+        Ok(t) => {
+            eprintln!("pytorch: building the {} step models ...", specs.len());
+            Some(t.serve(&specs)?)
         }
-    }
-    let passes = StepPasses { ours, theirs };
+        Err(_) => None,
+    };
+    eprintln!("steps, fedolf's and pytorch's taking turns ({} blocks of {} per model):", args.passes, args.repeats);
+    let passes = with_backend(device, StepTask { specs: &specs, passes: args.passes as usize, twin: session.as_mut() })??;
+    drop(session);
     // Each step's share of the machine's FP32 peak (on the CPU: measured here, after the steps
     // so the probe's heat does not slow them).
     let flops = specs

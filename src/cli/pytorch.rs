@@ -1,9 +1,9 @@
 //! The PyTorch twin (`benches/pytorch_twin.py`) as a child process: the benchmarks hand it a
 //! JSON spec of the same work they time and read back its seconds.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use anyhow::{bail, Context};
 use fedolf::accounting::speed::{StepSpec, BENCH_SGD};
@@ -36,10 +36,12 @@ impl PyTorch {
         Ok(Self { python, version: String::from_utf8_lossy(&out.stdout).trim().to_string(), threads })
     }
 
-    fn call(&self, mode: &str, input: &Value) -> anyhow::Result<Value> {
-        let script = std::env::temp_dir().join(format!("fedolf-pytorch-twin-{}.py", std::process::id()));
+    /// The twin started in `mode` from its script written to a temporary file (removed by the
+    /// caller once the child has exited).
+    fn start(&self, mode: &str) -> anyhow::Result<(Child, PathBuf)> {
+        let script = std::env::temp_dir().join(format!("fedolf-pytorch-twin-{}-{mode}.py", std::process::id()));
         std::fs::write(&script, TWIN).with_context(|| format!("writing {}", script.display()))?;
-        let mut child = Command::new(&self.python)
+        let child = Command::new(&self.python)
             .arg(&script)
             .arg(mode)
             .args(["--threads", &self.threads.to_string()])
@@ -48,6 +50,11 @@ impl PyTorch {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {}", self.python.display()))?;
+        Ok((child, script))
+    }
+
+    fn call(&self, mode: &str, input: &Value) -> anyhow::Result<Value> {
+        let (mut child, script) = self.start(mode)?;
         child.stdin.take().context("twin stdin")?.write_all(input.to_string().as_bytes())?;
         let out = child.wait_with_output()?;
         let _ = std::fs::remove_file(&script);
@@ -57,20 +64,19 @@ impl PyTorch {
         serde_json::from_slice(&out.stdout).with_context(|| format!("the PyTorch twin ({mode}) printed no JSON"))
     }
 
-    pub fn steps(&self, specs: &[StepSpec]) -> anyhow::Result<Vec<f64>> {
-        let input = json!({
-            "sgd": {"lr": BENCH_SGD.lr, "momentum": BENCH_SGD.momentum, "weight_decay": BENCH_SGD.weight_decay},
-            "steps": specs.iter().map(|s| json!({
-                "model": s.model.name(), "input": s.input, "classes": s.classes, "batch": s.batch,
-                "frozen": s.frozen, "warmup": s.warmup, "repeats": s.repeats,
-            })).collect::<Vec<_>>(),
-        });
-        let out = self.call("steps", &input)?;
-        let steps: Vec<f64> = serde_json::from_value(out["steps"].clone()).context("twin `steps` output")?;
-        if steps.len() != specs.len() {
-            bail!("the PyTorch twin timed {} steps, expected {}", steps.len(), specs.len());
+    /// A twin that keeps every model of `specs` and takes one timed step at a time on request
+    /// ([`Session::step`]), so that its steps and fedolf's can alternate one by one.
+    pub fn serve(&self, specs: &[StepSpec]) -> anyhow::Result<Session> {
+        let (mut child, script) = self.start("serve")?;
+        let stdin = child.stdin.take().context("twin stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("twin stdout")?);
+        let mut session = Session { child, stdin: Some(stdin), stdout, script, entries: specs.len() };
+        writeln!(session.stdin.as_mut().expect("open until dropped"), "{}", steps_spec(specs))?;
+        let ready = session.reply()?;
+        if ready["ready"].as_u64() != Some(specs.len() as u64) {
+            bail!("the PyTorch twin (serve) built {} of {} models", ready["ready"], specs.len());
         }
-        Ok(steps)
+        Ok(session)
     }
 
     /// Mean seconds per round of the replayed workload.
@@ -91,5 +97,51 @@ impl PyTorch {
             bail!("the PyTorch twin timed {} convolutions, expected {}", rows.len(), convs.len());
         }
         Ok(rows)
+    }
+}
+
+/// The twin's JSON spec of `specs`' steps (the `steps` and `serve` modes).
+fn steps_spec(specs: &[StepSpec]) -> Value {
+    json!({
+        "sgd": {"lr": BENCH_SGD.lr, "momentum": BENCH_SGD.momentum, "weight_decay": BENCH_SGD.weight_decay},
+        "steps": specs.iter().map(|s| json!({
+            "model": s.model.name(), "input": s.input, "classes": s.classes, "batch": s.batch,
+            "frozen": s.frozen, "warmup": s.warmup, "repeats": s.repeats,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A running twin in `serve` mode (see [`PyTorch::serve`]); closing its stdin on drop ends it.
+pub struct Session {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    script: PathBuf,
+    entries: usize,
+}
+
+impl Session {
+    /// `untimed` steps of entry `i` of the specs it was started with, then one timed step: its
+    /// seconds.
+    pub fn step(&mut self, i: usize, untimed: usize) -> anyhow::Result<f64> {
+        anyhow::ensure!(i < self.entries, "the PyTorch twin holds {} models, not {}", self.entries, i + 1);
+        writeln!(self.stdin.as_mut().expect("open until dropped"), "{}", json!({ "step": i, "untimed": untimed }))?;
+        self.reply()?["seconds"].as_f64().context("the PyTorch twin (serve) replied without seconds")
+    }
+
+    fn reply(&mut self) -> anyhow::Result<Value> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("the PyTorch twin (serve) exited early (its error is above)");
+        }
+        serde_json::from_str(&line).with_context(|| format!("the PyTorch twin (serve) printed {:?}, not JSON", line.trim()))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.script);
     }
 }
