@@ -121,7 +121,7 @@ pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
 /// [`applies`] holds. The samples are summed as `cpu::weight_grad` sums them
 /// ([`sum_over_sample_chunks`]: fixed ranges, each in sample and pixel order), so the result
 /// does not depend on the thread count. Per sample the output gradient is transposed to
-/// `[pixel][c_out]` (16 channels a vector) and the input padded; a register block of 8 taps ×
+/// `[pixel][c_out]` (16 channels a vector; 16 × 16 tiles in registers) and the input padded; a register block of 8 taps ×
 /// 2 channel blocks then accumulates over every pixel.
 pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     assert!(applies(g), "the direct weight gradient does not apply to {g:?}");
@@ -132,14 +132,10 @@ pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             let dy_b = &dy[b * g.out_sample()..][..g.out_sample()];
             dyt.clear();
             dyt.resize(g.out_sample(), 0.0);
-            for (co, row) in dy_b.chunks_exact(pixels).enumerate() {
-                for (p, v) in row.iter().enumerate() {
-                    dyt[p * g.c_out + co] = *v;
-                }
-            }
-            // SAFETY: `applies` checked AVX-512F; `weight_sample` asserts the lengths.
+            // SAFETY: `applies` checked AVX-512F; `transpose` and `weight_sample` assert the lengths.
             #[cfg(target_arch = "x86_64")]
             unsafe {
+                avx512::transpose(dy_b, pixels, dyt);
                 avx512::weight_sample(g, xp, dyt, dw)
             }
         }
@@ -160,6 +156,7 @@ mod avx512 {
 
     use super::{padded, LANES, STRIP};
     use crate::geometry::ConvGeometry;
+    use crate::lanes::avx512::transpose as transpose16;
 
     /// `strip_kernel::<strip, N>` for a strip width known only at run time.
     macro_rules! strips {
@@ -319,6 +316,31 @@ mod avx512 {
         };
     }
 
+    /// `dy_b` (`[c_out][pixels]`, `c_out` a multiple of 16) into `dyt` (`[pixels][c_out]`): 16
+    /// channels × 16 pixels a tile through [`transpose`], the pixels after the last whole tile
+    /// one by one.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose(dy_b: &[f32], pixels: usize, dyt: &mut [f32]) {
+        let c_out = dy_b.len() / pixels;
+        assert!(c_out % LANES == 0 && dy_b.len() == c_out * pixels && dyt.len() == dy_b.len());
+        let whole = pixels / LANES * LANES;
+        for co in (0..c_out).step_by(LANES) {
+            for p in (0..whole).step_by(LANES) {
+                // SAFETY: row `co + i` holds pixels `p .. p + 16` (`p + 16 ≤ pixels`).
+                let rows = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(dy_b.as_ptr().add((co + i) * pixels + p)) });
+                for (j, v) in transpose16(rows).iter().enumerate() {
+                    // SAFETY: pixel `p + j`'s channels `co .. co + 16`.
+                    unsafe { _mm512_storeu_ps(dyt.as_mut_ptr().add((p + j) * c_out + co), *v) };
+                }
+            }
+            for p in whole..pixels {
+                for i in 0..LANES {
+                    dyt[p * c_out + co + i] = dy_b[(co + i) * pixels + p];
+                }
+            }
+        }
+    }
+
     /// One sample's contribution to the packed weight gradient `dw` (`[c_out/16][taps][16]`),
     /// from its transposed output gradient `dyt` (`[pixel][c_out]`) and padded input `xp`.
     #[target_feature(enable = "avx512f")]
@@ -399,16 +421,36 @@ mod avx512 {
     }
 
     /// `acc[n][u]`, the 16 channels of block `at.block + n` at pixel `at.ow + u` of row
-    /// `at.oh`, into the sample's NCHW output.
+    /// `at.oh`, into the sample's NCHW output. A whole strip of two blocks (8 pixels × 32
+    /// channels, the common case) is one 16 × 16 [`transpose16`]: its output `j` holds channel
+    /// `j` of the first block at the 8 pixels, then of the second, stored as two masked halves.
+    /// Other strips go lane by lane.
     #[target_feature(enable = "avx512f")]
     unsafe fn store<const U: usize, const N: usize>(g: &ConvGeometry, y_b: &mut [MaybeUninit<f32>], at: At, acc: &[[__m512; U]; N]) {
         let pixels = g.out_pixels();
+        let first = at.oh * g.out_width + at.ow;
+        if U == STRIP && N == 2 {
+            let columns = transpose16(std::array::from_fn(|i| acc[i / U][i % U]));
+            let y = y_b.as_mut_ptr().cast::<f32>();
+            for (j, v) in columns.iter().enumerate() {
+                let low = (at.block * LANES + j) * pixels + first;
+                let high = ((at.block + 1) * LANES + j) * pixels + first;
+                // SAFETY: pixels `first .. first + 8` of both channels' rows lie inside the
+                // output; the high store's unmasked lanes 8..16 land on `high .. high + 8`
+                // (`high ≥ 16·pixels > 8`, so its base lies inside the output too).
+                unsafe {
+                    _mm512_mask_storeu_ps(y.add(low), 0x00FF, *v);
+                    _mm512_mask_storeu_ps(y.add(high - U), 0xFF00, *v);
+                }
+            }
+            return;
+        }
         let mut lanes = [0.0f32; LANES];
         for (n, row) in acc.iter().enumerate() {
             for (u, v) in row.iter().enumerate() {
                 // SAFETY: `lanes` holds 16 floats.
                 unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *v) };
-                let pixel = at.oh * g.out_width + at.ow + u;
+                let pixel = first + u;
                 for (lane, value) in lanes.iter().enumerate() {
                     y_b[((at.block + n) * LANES + lane) * pixels + pixel].write(*value);
                 }
