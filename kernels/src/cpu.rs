@@ -287,7 +287,7 @@ fn weight_grad_reads_im2col(g: &ConvGeometry) -> bool {
 /// `dW = Σ_b dy[b] · im2col(x[b])ᵀ`, `[c_out, c_in, kh, kw]`.
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, pixels, len, wo) = (g.col_rows(), g.out_pixels(), g.weight_len(), g.out_width);
-    if direct::applies(g) {
+    if direct::weight_grad_applies(g) {
         return direct::weight_grad(g, x, dy);
     }
     if rows::weight_grad_applies(g) {

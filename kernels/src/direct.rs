@@ -33,10 +33,19 @@ const STRIP: usize = 8;
 /// hide the stores) and a real spatial kernel (1×1 convolutions are a plain GEMM already).
 /// Measured with `fedolf bench conv` against the column matrix (experiments/results/speed-cpu.md):
 /// 1.2–1.9× faster on the ResNet stages of 32 and 64 channels and on the CNN's 32 → 64 layer;
-/// slower with 16 outputs (one block shares no broadcast between blocks: 0.76×), and no faster
-/// on AlexNet's wide layers, where GEMM already runs at 80–88 % of the peak.
+/// slower with 16 outputs (one block shares no broadcast between blocks: 0.76×), and slower on
+/// AlexNet's wide layers, where GEMM runs at 80–88 % of the peak (tried again on the Intel VM
+/// with the passes: 306–340 GFLOP/s forward against GEMM's 400–430).
 pub(crate) fn applies(g: &ConvGeometry) -> bool {
     available() && g.c_out % LANES == 0 && (2 * LANES..=64).contains(&g.c_out) && g.c_in >= 16 && g.kernel[0] * g.kernel[1] > 1
+}
+
+/// Whether this machine runs the direct weight gradient and `g` is a shape it is for: those of
+/// [`applies`], and 16 output channels (one block of 16 taps × 16 channels in registers:
+/// `fedolf bench conv`, ResNet's 16 → 16 on 32 × 32, 0.00223–0.00225 s against the row
+/// kernel's 0.00248–0.00249 s).
+pub(crate) fn weight_grad_applies(g: &ConvGeometry) -> bool {
+    applies(g) || (available() && g.c_out == LANES && g.c_in >= 16 && g.kernel[0] * g.kernel[1] > 1)
 }
 
 pub(crate) fn available() -> bool {
@@ -118,13 +127,14 @@ pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
 }
 
 /// `dW = Σ_b Σ_p dy[b, :, p] ⊗ xp[b, taps at p]`, `[c_out, c_in, kh, kw]`; only where
-/// [`applies`] holds. The samples are summed as `cpu::weight_grad` sums them
+/// [`weight_grad_applies`] holds. The samples are summed as `cpu::weight_grad` sums them
 /// ([`sum_over_sample_chunks`]: fixed ranges, each in sample and pixel order), so the result
 /// does not depend on the thread count. Per sample the output gradient is transposed to
 /// `[pixel][c_out]` (16 channels a vector; 16 × 16 tiles in registers) and the input padded; a register block of 8 taps ×
 /// 2 channel blocks then accumulates over every pixel.
 pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    assert!(applies(g), "the direct weight gradient does not apply to {g:?}");
+    assert!(weight_grad_applies(g), "the direct weight gradient does not apply to {g:?}");
+
     let (taps, pixels) = (g.col_rows(), g.out_pixels());
     let packed = sum_over_sample_chunks(g.batch, g.weight_len(), || (Vec::new(), Vec::new()), |(xp, dyt), samples, dw| {
         for b in samples {
@@ -303,7 +313,8 @@ mod avx512 {
         }
     }
 
-    /// Taps per register block of the weight gradient (× 2 channel blocks: 16 accumulators).
+    /// Taps per register block of the weight gradient (× 2 channel blocks: 16 accumulators; a
+    /// block alone takes twice as many).
     const TAPS: usize = 8;
 
     /// `tap_kernel::<taps, N>` for a tap count known only at run time.
@@ -353,14 +364,14 @@ mod avx512 {
             let pair = blocks - block >= 2;
             let mut tap = 0;
             while tap < taps {
-                let count = (taps - tap).min(TAPS);
+                let count = (taps - tap).min(if pair { TAPS } else { 2 * TAPS });
                 // SAFETY: the taps and blocks lie inside `dw`, and every pixel they read
                 // inside `xp` and `dyt`.
                 unsafe {
                     if pair {
                         tap_blocks!(count, 2, (g, xp, dyt, dw, tap, block); 1 2 3 4 5 6 7 8);
                     } else {
-                        tap_blocks!(count, 1, (g, xp, dyt, dw, tap, block); 1 2 3 4 5 6 7 8);
+                        tap_blocks!(count, 1, (g, xp, dyt, dw, tap, block); 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
                     }
                 }
                 tap += count;
@@ -494,15 +505,18 @@ mod tests {
             return;
         }
         // Tap blocks of 8 and a shorter remainder (16·9 = 144 = 18·8; 24·25 = 600 = 75·8;
-        // 20·9 = 180 = 22·8 + 4), pairs and an odd block, strides 1 and 2, 3–5 sample chunks
+        // 20·9 = 180 = 22·8 + 4; an odd block: blocks of 16), pairs and an odd block, strides 1 and 2, 3–5 sample chunks
         // (one a sample, below 8).
         let shapes = [
             ([5, 16, 12, 12], [32, 16, 3, 3], [1, 1], [1, 1]),
             ([4, 20, 9, 7], [48, 20, 3, 3], [2, 2], [1, 1]),
             ([3, 24, 10, 9], [64, 24, 5, 5], [1, 2], [2, 0]),
+            // 16 outputs: one block, 16 taps a register block (144 = 9·16; 180 = 11·16 + 4).
+            ([3, 16, 9, 11], [16, 16, 3, 3], [1, 1], [1, 1]),
+            ([2, 20, 8, 8], [16, 20, 3, 3], [2, 2], [1, 1]),
         ];
         let geometries: Vec<_> = shapes.map(|(x, w, stride, padding)| ConvGeometry::new(x, w, stride, padding).unwrap()).into();
-        assert!(geometries.iter().all(applies));
+        assert!(geometries.iter().all(weight_grad_applies));
         assert_weight_grad_is_the_definition(&geometries, weight_grad);
     }
 
@@ -511,6 +525,11 @@ mod tests {
         let g = |c_in, c_out, k| ConvGeometry::new([1, c_in, 8, 8], [c_out, c_in, k, k], [1, 1], [1, 1]).unwrap();
         assert!(!applies(&g(3, 32, 3)), "a stem");
         assert!(!applies(&g(16, 16, 3)), "one block of outputs");
+        if available() {
+            assert!(weight_grad_applies(&g(16, 16, 3)), "one block of outputs: the weight gradient");
+        }
+        assert!(!weight_grad_applies(&g(3, 16, 3)), "a stem's weight gradient");
+        assert!(!weight_grad_applies(&g(16, 16, 1)), "a 1×1 weight gradient");
         assert!(!applies(&g(16, 24, 3)), "channels not in whole registers");
         assert!(!applies(&g(64, 128, 3)), "wider than 64 outputs");
         assert!(!applies(&g(16, 16, 1)), "1×1");

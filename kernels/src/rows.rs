@@ -58,8 +58,8 @@ pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
 
 /// Whether the row kernel can compute `g`'s weight gradient: the shapes [`applies`] takes, with
 /// kernels 3 or 5 wide (8 or 4 output channels × the kernel's columns in registers).
-/// `cpu::weight_grad` asks `direct` first, whose weight gradient is the faster one on the
-/// 32-channel stage.
+/// `cpu::weight_grad` asks `direct` first, whose weight gradient is the faster one wherever
+/// it applies (16 to 64 outputs from 16 inputs or more): this one computes the stems'.
 pub(crate) fn weight_grad_applies(g: &ConvGeometry) -> bool {
     applies(g) && matches!(g.kernel[1], 3 | 5)
 }
