@@ -37,17 +37,16 @@ fn step_specs(repeats: usize) -> Vec<StepSpec> {
         .collect()
 }
 
-/// Every step spec on one backend, ours and the twin's (when it runs) taking turns step by
-/// step: this project's VM drifts by up to 20 % within seconds, so only steps taken side by
-/// side share its speed. `passes` blocks of `repeats` turns per spec; who goes first
-/// alternates from turn to turn.
-///
-/// A turn is [`TURN_UNTIMED`] untimed steps, then the timed one: a step that directly follows
+/// Untimed steps at the start of each turn, before the timed one: a step that directly follows
 /// the other framework's finds its caches cold and its threads asleep (timed so, the CNN's
 /// 4 ms step read 20–30 % slower for fedolf than in a run of its own steps); training takes
 /// its steps back to back.
 const TURN_UNTIMED: usize = 1;
 
+/// Every step spec on one backend, ours and the twin's (when it runs) taking turns step by
+/// step: this project's VM drifts by up to 20 % within seconds, so only steps taken side by
+/// side share its speed. `passes` blocks of `repeats` turns per spec; who goes first
+/// alternates from turn to turn.
 struct StepTask<'a> {
     specs: &'a [StepSpec],
     passes: usize,
