@@ -8,8 +8,8 @@
 //! `[co / 16][ci][ky][kx][16]` (one aligned vector per tap and channel block); each sample is
 //! padded into a reused buffer, so no tap needs a bounds check. Each output element is the
 //! bias followed by its products in (ci, ky, kx) order — one fixed sequence whatever the
-//! thread count or the passes, as everywhere in this crate. Stride 2 costs nothing extra: the input is read
-//! by broadcasts, one scalar per tap and pixel, never by contiguous vectors.
+//! thread count or the passes, as everywhere in this crate. Stride 2 costs nothing extra: the
+//! input is read by broadcasts, one scalar per tap and pixel, never by contiguous vectors.
 //!
 //! Chosen at run time (`applies`): on a CPU without AVX-512, and for shapes where GEMM on the
 //! column matrix is faster (see `applies`), `cpu::forward` keeps im2col.
@@ -130,11 +130,11 @@ pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
 /// [`weight_grad_applies`] holds. The samples are summed as `cpu::weight_grad` sums them
 /// ([`sum_over_sample_chunks`]: fixed ranges, each in sample and pixel order), so the result
 /// does not depend on the thread count. Per sample the output gradient is transposed to
-/// `[pixel][c_out]` (16 channels a vector; 16 × 16 tiles in registers) and the input padded; a register block of 8 taps ×
-/// 2 channel blocks then accumulates over every pixel.
+/// `[pixel][c_out]` (16 channels a vector; 16 × 16 tiles in registers) and the input padded; a
+/// register block of 8 taps × 2 channel blocks (16 taps × a block alone) then accumulates over
+/// every pixel.
 pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     assert!(weight_grad_applies(g), "the direct weight gradient does not apply to {g:?}");
-
     let (taps, pixels) = (g.col_rows(), g.out_pixels());
     let packed = sum_over_sample_chunks(g.batch, g.weight_len(), || (Vec::new(), Vec::new()), |(xp, dyt), samples, dw| {
         for b in samples {
@@ -142,7 +142,8 @@ pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
             let dy_b = &dy[b * g.out_sample()..][..g.out_sample()];
             dyt.clear();
             dyt.resize(g.out_sample(), 0.0);
-            // SAFETY: `applies` checked AVX-512F; `transpose` and `weight_sample` assert the lengths.
+            // SAFETY: `weight_grad_applies` checked AVX-512F; `transpose` and `weight_sample`
+            // assert the lengths.
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 avx512::transpose(dy_b, pixels, dyt);
@@ -180,7 +181,7 @@ mod avx512 {
 
     /// Where one register block reads and writes: output row `oh`, the strip from column
     /// `ow`, channel blocks from `block`, over input channels `ci`; whether it starts from the
-    /// bias (the first range of input channels) and ends in the output (the last), or else
+    /// bias (the first pass of input channels) and ends in the output (the last), or else
     /// continues from and into `partial`.
     #[derive(Clone, Copy)]
     struct At {
@@ -207,8 +208,8 @@ mod avx512 {
     }
 
     /// One sample: two channel blocks at a time (a last odd block alone); for each, the input
-    /// channels in passes of [`pass`], and for each range every output row, strip by strip.
-    /// A range's partial sums wait in `partial` (`[block][pixel][16]`) for the next.
+    /// channels in passes of [`pass`], and for each pass every output row, strip by strip.
+    /// A pass's partial sums wait in `partial` (`[block][pixel][16]`) for the next.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn sample(g: &ConvGeometry, xp: &[f32], packed: &[f32], bias: Option<&[f32]>, y_b: &mut [MaybeUninit<f32>]) {
         let (hp, wp) = padded(g);
