@@ -165,10 +165,12 @@ fn gradients_match_finite_differences() {
 fn results_are_bit_identical_for_any_thread_count() {
     // Several tiles per sample and an odd batch: 19 samples over 8 weight-gradient chunks; on
     // AVX-512 the first case runs the channel-blocked kernels (`direct`), the second the row
-    // kernel (`rows`, forward and stride-1 input gradient).
+    // kernel (`rows`, forward and stride-1 input gradient), the third the direct kernels at
+    // stride 2 with the input gradient through GEMM and `col2im`.
     for case in [
         Case { batch: 19, c_in: 64, c_out: 32, h: 20, w: 20, k: 3, stride: 1, pad: 1, bias: true },
         Case { batch: 19, c_in: 16, c_out: 16, h: 21, w: 20, k: 3, stride: 1, pad: 1, bias: true },
+        Case { batch: 19, c_in: 32, c_out: 64, h: 17, w: 16, k: 3, stride: 2, pad: 1, bias: true },
     ] {
         let bits = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
