@@ -29,12 +29,8 @@ Data are random tensors of the real shapes, generated before any timed region; p
 initialisation is PyTorch's default (it does not matter for timing). PyTorch's one-off
 start-up costs (first optimizer, first step) are paid in an untimed warm-up.
 
-Modes (each reads one JSON spec on stdin and prints one JSON object on stdout):
-  steps   median seconds of one full SGD step per (model, input, batch, frozen) entry
-            {"sgd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0},
-             "steps": [{"model": "cnn", "input": [1, 28, 28], "classes": 10, "batch": 16,
-                        "frozen": 0, "warmup": 2, "repeats": 5}, ...]}
-          -> {"torch": ..., "threads": N, "steps": [median seconds, ...]}
+Modes (each reads one JSON spec on stdin and prints one JSON object on stdout; `serve` then
+keeps answering):
   round   replay of a federated experiment's workload, round by round
             {"model": "cnn", "input": [1, 28, 28], "classes": 10, "batch": 32, "epochs": 2,
              "sgd": {...}, "cache_frozen": false,
@@ -47,9 +43,12 @@ Modes (each reads one JSON spec on stdin and prints one JSON object on stdout):
             {"convs": [{"batch": 128, "input": [16, 32, 32], "weight": [16, 16, 3, 3],
                         "stride": 1, "padding": 1, "warmup": 1, "repeats": 5}, ...]}
           -> {"torch": ..., "threads": N, "conv": [[forward s, input s, weight s], ...]}
-  serve   one step at a time, on request, so that fedolf's steps and these can alternate
-          one by one (`fedolf bench speed`): the first line on stdin is a `steps` spec (its
-          warmup and repeats unused); every model is built, then
+  serve   one full SGD step at a time, on request, so that fedolf's steps and these can
+          alternate one by one (`fedolf bench speed`): the first line on stdin is the spec
+            {"sgd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0},
+             "steps": [{"model": "cnn", "input": [1, 28, 28], "classes": 10, "batch": 16,
+                        "frozen": 0}, ...]}
+          every model is built, then
           -> {"torch": ..., "threads": N, "ready": number of entries}
           and each further line {"step": i, "untimed": k} takes k untimed steps of entry i,
           then one timed step
@@ -385,26 +384,8 @@ def random_data(n, input_shape, classes):
     return torch.rand([n] + list(input_shape)), torch.randint(0, classes, (n,))
 
 
-def mode_steps(spec):
-    sgd = spec["sgd"]
-    medians = []
-    for entry in spec["steps"]:
-        net = build(entry["model"], entry["input"], entry["classes"])
-        local = LocalModel(net, entry.get("frozen", 0), sgd)
-        x, y = random_data(entry["batch"], entry["input"], entry["classes"])
-        for _ in range(entry.get("warmup", 0)):
-            local.step(x, y)
-        times = []
-        for _ in range(max(1, entry.get("repeats", 1))):
-            start = time.perf_counter()
-            local.step(x, y).item()  # read the loss, as Rust's timed step does
-            times.append(time.perf_counter() - start)
-        medians.append(statistics.median(times))
-    return {"steps": medians}
-
-
 def mode_serve(spec):
-    """Build every entry of a `steps` spec, then answer {"step": i} lines one at a time."""
+    """Build every entry of the spec, then answer {"step": i} lines one at a time."""
     entries = []
     for entry in spec["steps"]:
         net = build(entry["model"], entry["input"], entry["classes"])
@@ -530,7 +511,7 @@ def fail(message):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["steps", "round", "conv", "params", "serve"])
+    parser.add_argument("mode", choices=["round", "conv", "params", "serve"])
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (inter-op: 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -552,7 +533,7 @@ def main():
         spec = json.load(sys.stdin)
     except json.JSONDecodeError as e:
         fail(f"bad JSON spec on stdin: {e}")
-    result = {"steps": mode_steps, "round": mode_round, "conv": mode_conv, "params": mode_params}[args.mode](spec)
+    result = {"round": mode_round, "conv": mode_conv, "params": mode_params}[args.mode](spec)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     out.update(result)
     json.dump(out, sys.stdout)

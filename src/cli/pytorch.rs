@@ -100,13 +100,12 @@ impl PyTorch {
     }
 }
 
-/// The twin's JSON spec of `specs`' steps (the `steps` and `serve` modes).
+/// The `serve` mode's spec of `specs`' models (the warm-up and repeats are fedolf's to run).
 fn steps_spec(specs: &[StepSpec]) -> Value {
     json!({
         "sgd": {"lr": BENCH_SGD.lr, "momentum": BENCH_SGD.momentum, "weight_decay": BENCH_SGD.weight_decay},
         "steps": specs.iter().map(|s| json!({
-            "model": s.model.name(), "input": s.input, "classes": s.classes, "batch": s.batch,
-            "frozen": s.frozen, "warmup": s.warmup, "repeats": s.repeats,
+            "model": s.model.name(), "input": s.input, "classes": s.classes, "batch": s.batch, "frozen": s.frozen,
         })).collect::<Vec<_>>(),
     })
 }
