@@ -89,6 +89,8 @@ fn cases() -> Vec<Case> {
         // Several tiles of output rows per sample (fedolf_kernels::cpu's `tiles`).
         c(2, 64, 16, 20, 20, 3, 1, 1, true),
         c(2, 32, 8, 40, 24, 5, 2, 2, false),
+        // A weight gradient in two blocks of input channels (80 and 81: `dWᵀ` is 815 KiB).
+        c(3, 161, 144, 5, 6, 3, 1, 1, true),
     ]
 }
 
