@@ -148,7 +148,8 @@ fn check_lengths(g: &ConvGeometry, x: &[f32], w: &[f32]) {
     assert_eq!(w.len(), g.weight_len(), "conv weight length");
 }
 
-/// `y[b] = W · im2col(x[b]) + bias`, `[batch, c_out, ho, wo]` row-major.
+/// `y[b] = conv(x[b], W) + bias`, `[batch, c_out, ho, wo]` row-major: the direct kernels
+/// where this CPU and shape have them, else [`column_forward`].
 pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     check_lengths(g, x, w);
     // Where both apply (stride 1, rows of 16 or more, 32–64 outputs) the row kernel is faster.
@@ -158,6 +159,13 @@ pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> 
     if direct::applies(g) {
         return direct::forward(g, x, w, bias);
     }
+    column_forward(g, x, w, bias)
+}
+
+/// `y[b] = W · im2col(x[b]) + bias` through the column matrix and GEMM, for every shape: the
+/// path of a CPU without AVX-512 (tested on every shape on any CPU, `tests/against_burn.rs`).
+pub fn column_forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    check_lengths(g, x, w);
     let (k, pixels, wo) = (g.col_rows(), g.out_pixels(), g.out_width);
     written(g.batch * g.out_sample(), |y| {
         y.par_chunks_mut(g.out_sample()).zip(x.par_chunks(g.in_sample())).for_each_init(Vec::new, |col, (y_b, x_b)| {
@@ -219,6 +227,19 @@ pub fn backward(g: &ConvGeometry, x: &[f32], w: &[f32], dy: &[f32], wanted: Want
 /// column matrix is one shifted copy per row (`im2col_same_width`), instead of the
 /// scatter-add `col2im` (ResNet20: `col2im` alone was 11 % of a step).
 pub fn input_grad(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    input_grad_through(g, w, dy, forward)
+}
+
+/// [`input_grad`] with the stride-1 case through [`column_forward`]: a CPU without AVX-512.
+pub fn column_input_grad(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    input_grad_through(g, w, dy, column_forward)
+}
+
+type Forward = fn(&ConvGeometry, &[f32], &[f32], Option<&[f32]>) -> Vec<f32>;
+
+fn input_grad_through(g: &ConvGeometry, w: &[f32], dy: &[f32], forward: Forward) -> Vec<f32> {
+    assert_eq!(w.len(), g.weight_len(), "conv weight length");
+    assert_eq!(dy.len(), g.batch * g.out_sample(), "conv output-gradient length");
     if let Some((flipped, w_flipped)) = as_forward_convolution(g, w) {
         return forward(&flipped, dy, &w_flipped, None);
     }
@@ -284,15 +305,24 @@ fn weight_grad_reads_im2col(g: &ConvGeometry) -> bool {
     g.col_rows() >= g.c_out
 }
 
-/// `dW = Σ_b dy[b] · im2col(x[b])ᵀ`, `[c_out, c_in, kh, kw]`.
+/// `dW = Σ_b dy[b] ⋆ x[b]`, `[c_out, c_in, kh, kw]`: the direct kernels where this CPU and
+/// shape have them, else [`column_weight_grad`].
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (k, pixels, len, wo) = (g.col_rows(), g.out_pixels(), g.weight_len(), g.out_width);
     if direct::weight_grad_applies(g) {
         return direct::weight_grad(g, x, dy);
     }
     if rows::weight_grad_applies(g) {
         return rows::weight_grad(g, x, dy);
     }
+    column_weight_grad(g, x, dy)
+}
+
+/// `dW = Σ_b dy[b] · im2col(x[b])ᵀ` through the column matrix and GEMM, for every shape: the
+/// path of a CPU without AVX-512.
+pub fn column_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), g.batch * g.in_sample(), "conv input length");
+    assert_eq!(dy.len(), g.batch * g.out_sample(), "conv output-gradient length");
+    let (k, pixels, len, wo) = (g.col_rows(), g.out_pixels(), g.weight_len(), g.out_width);
     if weight_grad_reads_im2col(g) {
         return weight_grad_in_channel_blocks(g, x, dy);
     }

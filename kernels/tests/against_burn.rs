@@ -114,6 +114,26 @@ fn forward_and_gradients_match_burns_reference() {
 }
 
 #[test]
+fn the_column_matrix_path_matches_burns_reference_on_every_shape() {
+    // What a CPU without AVX-512 runs for every convolution; on this one the direct kernels
+    // take most shapes above, so the column path is checked on its own.
+    use fedolf_kernels::{cpu, ConvGeometry};
+    for case in cases() {
+        let reference = run(case, false);
+        let g = ConvGeometry::new([case.batch, case.c_in, case.h, case.w], [case.c_out, case.c_in, case.k, case.k], [case.stride; 2], [case.pad; 2]).unwrap();
+        let [ho, wo] = case.out();
+        let x = values(case.batch * case.c_in * case.h * case.w, 1);
+        let w = values(case.c_out * case.c_in * case.k * case.k, 2);
+        let b = case.bias.then(|| values(case.c_out, 3));
+        // `run` backpropagates `Σ y ⊙ r`: dy is r.
+        let dy = values(case.batch * case.c_out * ho * wo, 4);
+        assert_close("column forward", case, &cpu::column_forward(&g, &x, &w, b.as_deref()), &reference.y);
+        assert_close("column input gradient", case, &cpu::column_input_grad(&g, &w, &dy), &reference.dx);
+        assert_close("column weight gradient", case, &cpu::column_weight_grad(&g, &x, &dy), &reference.dw);
+    }
+}
+
+#[test]
 fn the_frozen_forward_on_the_inner_backend_matches_burns() {
     for case in cases() {
         let x = tensor::<Flex, 4>(values(case.batch * case.c_in * case.h * case.w, 5), [case.batch, case.c_in, case.h, case.w]);
