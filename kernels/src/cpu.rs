@@ -4,7 +4,13 @@
 //! - forward  `Y_b = W · col_b (+ bias)`                 `[c_out, ho·wo]`
 //! - input    `dX_b = col2im(Wᵀ · dY_b)`                 `[c_in, h, w]`
 //! - weight   `dW = Σ_b dY_b · col_bᵀ`                   `[c_out, c_in·kh·kw]`
-//!   (with `col_bᵀ` built directly as one row per output pixel, `im2row`)
+//!   (accumulated as `dWᵀ` one L2-sized block of input channels at a time, or, where the
+//!   receptive field is smaller than the filter count, with `col_bᵀ` built directly as one
+//!   row per output pixel, `im2row`)
+//!
+//! `forward`, `input_grad` and `weight_grad` hand the shapes they suit to the direct AVX-512
+//! kernels (`direct.rs`, `rows.rs`); the `column_*` functions are the column-matrix path
+//! alone, which every shape takes on a CPU without AVX-512.
 //! - bias     `db[c] = Σ_b Σ_p dY_b[c, p]`
 //!
 //! Samples run in parallel on the current rayon pool, each with its own column buffer, a
