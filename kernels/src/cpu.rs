@@ -7,11 +7,11 @@
 //!   (accumulated as `dWᵀ` one L2-sized block of input channels at a time, or, where the
 //!   receptive field is smaller than the filter count, with `col_bᵀ` built directly as one
 //!   row per output pixel, `im2row`)
+//! - bias     `db[c] = Σ_b Σ_p dY_b[c, p]`
 //!
 //! `forward`, `input_grad` and `weight_grad` hand the shapes they suit to the direct AVX-512
 //! kernels (`direct.rs`, `rows.rs`); the `column_*` functions are the column-matrix path
 //! alone, which every shape takes on a CPU without AVX-512.
-//! - bias     `db[c] = Σ_b Σ_p dY_b[c, p]`
 //!
 //! Samples run in parallel on the current rayon pool, each with its own column buffer, a
 //! tile of output rows at a time (see `tiles`); the GEMMs inside run single-threaded. Every output element is computed by one fixed sequence
@@ -371,12 +371,19 @@ fn channel_blocks(g: &ConvGeometry) -> Vec<Range<usize>> {
 fn weight_grad_in_channel_blocks(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, pixels, len, wo) = (g.col_rows(), g.out_pixels(), g.weight_len(), g.out_width);
     let (taps, hw) = (g.kernel[0] * g.kernel[1], g.height * g.width);
-    let blocks = channel_blocks(g);
-    let dw = sum_over_sample_chunks(g.batch, len, Vec::new, |buf, samples, dw| {
-        for channels in &blocks {
+    // Each block with the geometry of its channels alone, made once for every chunk.
+    let blocks: Vec<(Range<usize>, ConvGeometry)> = channel_blocks(g)
+        .into_iter()
+        .map(|channels| {
             let c = channels.len();
             let sub = ConvGeometry::new([1, c, g.height, g.width], [g.c_out, c, g.kernel[0], g.kernel[1]], g.stride, g.padding)
                 .expect("a block of a valid convolution's input channels is valid");
+            (channels, sub)
+        })
+        .collect();
+    let dw = sum_over_sample_chunks(g.batch, len, Vec::new, |buf, samples, dw| {
+        for (channels, sub) in &blocks {
+            let c = channels.len();
             let dw_block = &mut dw[channels.start * taps * g.c_out..channels.end * taps * g.c_out];
             for b in samples.clone() {
                 let x_b = &x[b * g.in_sample()..][channels.start * hw..channels.end * hw];
@@ -384,7 +391,7 @@ fn weight_grad_in_channel_blocks(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec
                 for rows in tiles(g) {
                     let n = rows.len() * wo;
                     buf.resize(c * taps * n, 0.0);
-                    im2col(&sub, x_b, rows.clone(), buf);
+                    im2col(sub, x_b, rows.clone(), buf);
                     // dWᵀ[block] [c·kh·kw × c_out] += (dY_b[:, tile] · col_tile[block]ᵀ)ᵀ
                     let dy_tile = View { data: &dy_b[rows.start * wo..], rs: pixels, cs: 1 };
                     matmul_strided(g.c_out, c * taps, n, dw_block, [1, g.c_out], true, dy_tile, View::transposed(buf, n));
