@@ -70,9 +70,10 @@ fn packed_at(co: usize, t: usize, taps: usize, block: usize) -> usize {
 pub(crate) fn pack_weights(g: &ConvGeometry, w: &[f32], block: usize) -> Vec<f32> {
     let taps = g.col_rows();
     let mut packed = vec![0.0f32; w.len()];
-    for co in 0..g.c_out {
-        for t in 0..taps {
-            packed[packed_at(co, t, taps, block)] = w[co * taps + t];
+    for (co, row) in w.chunks_exact(taps).enumerate() {
+        let first = packed_at(co, 0, taps, block);
+        for (p, v) in packed[first..].iter_mut().step_by(block).zip(row) {
+            *p = *v;
         }
     }
     packed
@@ -157,9 +158,10 @@ pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
     });
     let mut dw = vec![0.0f32; g.weight_len()];
-    for co in 0..g.c_out {
-        for t in 0..taps {
-            dw[co * taps + t] = packed[packed_at(co, t, taps, LANES)];
+    for (co, row) in dw.chunks_exact_mut(taps).enumerate() {
+        let first = packed_at(co, 0, taps, LANES);
+        for (d, p) in row.iter_mut().zip(packed[first..].iter().step_by(LANES)) {
+            *d = *p;
         }
     }
     dw

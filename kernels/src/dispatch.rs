@@ -11,12 +11,13 @@ use burn::nn::pool::MaxPool2d;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
-use burn::tensor::TensorPrimitive;
+use burn::tensor::{Slice, TensorPrimitive};
 
 use crate::extension::ConvKernels;
 use crate::norm::Then;
 use crate::norm_extension::{BatchStatistics, NormKernels};
 use crate::pool_extension::PoolKernels;
+use crate::skip_extension::SkipKernels;
 
 /// Moves a value to the type it is already known (by `TypeId`) to be.
 fn same_type<S: 'static, T: 'static>(value: S) -> T {
@@ -109,6 +110,48 @@ pub fn pool_forward<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 
     } else {
         pool.forward(x)
     }
+}
+
+/// `B` is `K`: run `K`'s shortcut on `B`'s tensor, `None` where it does not take it.
+fn skip_through<B: Backend, K: SkipKernels>(x: Tensor<B, 4>, stride: usize, c_out: usize) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let primitive = into_kernel::<B, K, 4>(x.clone());
+    K::padded_skip(primitive, stride, c_out).map(from_kernel::<K, B, 4>).ok_or(x)
+}
+
+/// The ResNets' option-A shortcut: `x: [b, c_in, h, w]` subsampled by `stride` (every
+/// `stride`-th row and column from the first), then zero channels appended up to `c_out`
+/// (`c_out ≥ c_in`): `[b, c_out, ⌈h/stride⌉, ⌈w/stride⌉]`. Resolved like [`conv2d`]; Burn's
+/// stepped slice and concatenation elsewhere.
+pub fn padded_skip<B: Backend>(x: Tensor<B, 4>, stride: usize, c_out: usize) -> Tensor<B, 4> {
+    if stride == 1 && x.dims()[1] == c_out {
+        return x;
+    }
+    #[cfg(feature = "flex")]
+    let x = {
+        let through = if is::<B, Training>() {
+            skip_through::<B, Training>(x, stride, c_out)
+        } else if is::<B, Inner>() {
+            skip_through::<B, Inner>(x, stride, c_out)
+        } else {
+            Err(x)
+        };
+        match through {
+            Ok(y) => return y,
+            Err(x) => x,
+        }
+    };
+    let x = if stride > 1 {
+        let st = stride as isize;
+        x.slice([Slice::from(..), Slice::from(..), Slice::from_range_stepped(.., st), Slice::from_range_stepped(.., st)])
+    } else {
+        x
+    };
+    let [b, c_in, h, w] = x.dims();
+    if c_in == c_out {
+        return x;
+    }
+    let zeros = Tensor::zeros([b, c_out - c_in, h, w], &x.device());
+    Tensor::cat(vec![x, zeros], 1)
 }
 
 /// Training-mode BatchNorm through the kernels: `x: [b, c, n]` normalised with its batch

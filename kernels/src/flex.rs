@@ -1,4 +1,5 @@
-//! The kernels on Burn's CPU backend (Flex): convolution, max pooling, training BatchNorm. Calls the kernels
+//! The kernels on Burn's CPU backend (Flex): convolution, max pooling, training BatchNorm, the
+//! option-A shortcut. Calls the kernels
 //! cannot take — another dtype, dilation, groups — go to Flex's own ops, so the extension
 //! never changes what is computed, only how fast.
 
@@ -15,6 +16,8 @@ use crate::norm::{self, NormShape, Then};
 use crate::norm_extension::{BatchStatistics, NormGradientKernels};
 use crate::pool::{self, PoolGeometry};
 use crate::pool_extension::{PoolArgmax, PoolGradientKernels, PoolKernels};
+use crate::skip::{self, SkipShape};
+use crate::skip_extension::{SkipGradientKernels, SkipKernels};
 
 /// The geometry when the kernels apply to these tensors: f32, dilation 1, one group.
 fn geometry(tensors: &[&FlexTensor], x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Option<ConvGeometry> {
@@ -205,4 +208,32 @@ pub(crate) fn batch_norm_fixed(x: FlexTensor, scale: FlexTensor, shift: FlexTens
     let (x, scale, shift, then) = (x.to_contiguous(), scale.to_contiguous(), shift.to_contiguous(), then.map(|t| t.to_contiguous()));
     let y = norm::scale_shift(&s, values(&x), values(&scale), values(&shift), then.as_ref().map(values));
     Some(FlexTensor::from_data(TensorData::new(y, [s.batch, s.channels, s.pixels])))
+}
+
+/// The shortcut's shape when the kernels take `x`: f32, 4-D, `c_out ≥ c_in`.
+fn skip_shape(x: &FlexTensor, stride: usize, c_out: usize) -> Option<SkipShape> {
+    let shape = x.shape();
+    if x.dtype() != DType::F32 || shape.num_dims() != 4 {
+        return None;
+    }
+    SkipShape::new(shape.dims::<4>(), stride, c_out)
+}
+
+impl SkipKernels for Flex {
+    fn padded_skip(x: FloatTensor<Self>, stride: usize, c_out: usize) -> Option<FloatTensor<Self>> {
+        let s = skip_shape(&x, stride, c_out)?;
+        let x = x.to_contiguous();
+        Some(tensor(skip::forward(&s, values(&x)), s.output()))
+    }
+}
+
+impl SkipGradientKernels for Flex {
+    fn padded_skip_shape(x: &FloatTensor<Self>, stride: usize, c_out: usize) -> Option<SkipShape> {
+        skip_shape(x, stride, c_out)
+    }
+
+    fn padded_skip_backward(shape: &SkipShape, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let dy = dy.to_contiguous();
+        tensor(skip::backward(shape, values(&dy)), shape.input())
+    }
 }

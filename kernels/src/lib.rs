@@ -10,7 +10,8 @@
 //! call the models make for every backend. `pool` and `pool_extension` do the same for max
 //! pooling over non-overlapping windows, `norm` and `norm_extension` for training-mode
 //! BatchNorm (with the ReLU after it, or a residual block's add and ReLU, fused in), its row
-//! work in `norm_rows` and the fixed-order sums in `lanes`. `output` allocates what the
+//! work in `norm_rows` and the fixed-order sums in `lanes`; `skip` and `skip_extension` for the
+//! ResNets' option-A shortcut (subsampled, zero channels padded). `output` allocates what the
 //! direct, row and BatchNorm kernels write in full, without a zero fill first.
 
 mod chunks;
@@ -33,11 +34,14 @@ mod pool_extension;
 #[cfg(test)]
 mod reference;
 mod rows;
+pub mod skip;
+mod skip_extension;
 
 pub use cpu::{Grads, Wanted};
-pub use dispatch::{batch_norm_fixed, batch_norm_train, conv2d, forward, has_own_kernels, max_pool2d, pool_forward};
+pub use dispatch::{batch_norm_fixed, batch_norm_train, conv2d, forward, has_own_kernels, max_pool2d, padded_skip, pool_forward};
 pub use norm::Then;
 pub use norm_extension::{BatchStatistics, NormGradientKernels, NormKernels};
 pub use extension::{ConvGradientKernels, ConvGradients, ConvKernels};
 pub use geometry::ConvGeometry;
 pub use pool_extension::{PoolArgmax, PoolGradientKernels, PoolKernels};
+pub use skip_extension::{SkipGradientKernels, SkipKernels};

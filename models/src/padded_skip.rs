@@ -30,23 +30,19 @@ impl PaddedSkip {
     /// # Shapes
     /// `[b, c_in, h, w] -> subsample [b, c_in, ⌈h/s⌉, ⌈w/s⌉] -> pad [b, c_out, ⌈h/s⌉, ⌈w/s⌉]`
     pub fn forward<B: Backend>(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let c_in = x.dims()[1];
+        let is_prefix = self.sources.len() == c_in && self.sources.iter().enumerate().all(|(i, &s)| s == i) && self.targets.iter().enumerate().all(|(i, &t)| t == i);
+        if is_prefix {
+            return fedolf_kernels::padded_skip(x, self.stride, self.out_channels);
+        }
         let x = if self.stride > 1 {
             let st = self.stride as isize;
             x.slice([Slice::from(..), Slice::from(..), Slice::from_range_stepped(.., st), Slice::from_range_stepped(.., st)])
         } else {
             x
         };
-        let [b, c_in, h, w] = x.dims();
+        let [b, _, h, w] = x.dims();
         let device = x.device();
-        let is_prefix = self.sources.len() == c_in && self.sources.iter().enumerate().all(|(i, &s)| s == i) && self.targets.iter().enumerate().all(|(i, &t)| t == i);
-        if is_prefix {
-            if c_in == self.out_channels {
-                return x;
-            }
-            // [b, c_in, h, w] ++ zeros [b, c_out − c_in, h, w] along channels.
-            let zeros = Tensor::zeros([b, self.out_channels - c_in, h, w], &device);
-            return Tensor::cat(vec![x, zeros], 1);
-        }
         let index = |v: &[usize]| Tensor::<B, 1, Int>::from_data(TensorData::new(v.iter().map(|&i| i as i64).collect::<Vec<_>>(), [v.len()]), &device);
         let carried = x.select(1, index(&self.sources)); // [b, k, h, w]
         Tensor::zeros([b, self.out_channels, h, w], &device).select_assign(1, index(&self.targets), carried, IndexingUpdateOp::Add)
