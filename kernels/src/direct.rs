@@ -146,7 +146,7 @@ pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         for b in samples {
             pad_sample(g, &x[b * g.in_sample()..][..g.in_sample()], xp);
             let dy_b = &dy[b * g.out_sample()..][..g.out_sample()];
-            dyt.clear();
+            // `transpose` writes every element, so only a new scratch is filled.
             dyt.resize(g.out_sample(), 0.0);
             // SAFETY: `weight_grad_applies` checked AVX-512F; `transpose` and `weight_sample`
             // assert the lengths.

@@ -80,36 +80,63 @@ pub fn conv2d<B: Backend>(
 }
 
 /// `B` is `K`: run `K`'s max pooling on `B`'s tensor.
-fn pool_through<B: Backend, K: PoolKernels>(x: Tensor<B, 4>, size: usize) -> Tensor<B, 4> {
-    from_kernel::<K, B, 4>(K::max_pool2d_windows(into_kernel::<B, K, 4>(x), size))
+fn pool_through<B: Backend, K: PoolKernels>(x: Tensor<B, 4>, size: usize, relu: bool) -> Tensor<B, 4> {
+    from_kernel::<K, B, 4>(K::max_pool2d_windows(into_kernel::<B, K, 4>(x), size, relu))
+}
+
+/// Max pooling over non-overlapping `size×size` windows (stride `size`, no padding, floor):
+/// `[b, c, h, w]` → `[b, c, h/size, w/size]`, of `relu(x)` with `relu`. Resolved like
+/// [`conv2d`].
+fn windows<B: Backend>(x: Tensor<B, 4>, size: usize, relu: bool) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    {
+        if is::<B, Training>() {
+            return pool_through::<B, Training>(x, size, relu);
+        }
+        if is::<B, Inner>() {
+            return pool_through::<B, Inner>(x, size, relu);
+        }
+    }
+    let x = if relu { burn::tensor::activation::relu(x) } else { x };
+    burn::tensor::module::max_pool2d(x, [size; 2], [size; 2], [0, 0], [1, 1], false)
 }
 
 /// Max pooling over non-overlapping `size×size` windows (stride `size`, no padding, floor):
 /// `[b, c, h, w]` → `[b, c, h/size, w/size]`. Resolved like [`conv2d`].
 pub fn max_pool2d<B: Backend>(x: Tensor<B, 4>, size: usize) -> Tensor<B, 4> {
-    #[cfg(feature = "flex")]
-    {
-        if is::<B, Training>() {
-            return pool_through::<B, Training>(x, size);
-        }
-        if is::<B, Inner>() {
-            return pool_through::<B, Inner>(x, size);
-        }
-    }
-    burn::tensor::module::max_pool2d(x, [size; 2], [size; 2], [0, 0], [1, 1], false)
+    windows(x, size, false)
+}
+
+/// `max_pool2d(relu(x), size)` in one op where the kernels run (the same numbers, without
+/// ReLU's passes over the map).
+pub fn relu_max_pool2d<B: Backend>(x: Tensor<B, 4>, size: usize) -> Tensor<B, 4> {
+    windows(x, size, true)
 }
 
 /// `pool.forward(x)` through [`max_pool2d`] where the pool is one (square windows equal to
 /// the stride, unpadded, dilation 1, floor); any other pool stays with `MaxPool2d::forward`.
 pub fn pool_forward<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    match window_size(pool) {
+        Some(size) => max_pool2d(x, size),
+        None => pool.forward(x),
+    }
+}
+
+/// `pool.forward(relu(x))`, through [`relu_max_pool2d`] where the pool is one.
+pub fn relu_pool_forward<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    match window_size(pool) {
+        Some(size) => relu_max_pool2d(x, size),
+        None => pool.forward(burn::tensor::activation::relu(x)),
+    }
+}
+
+/// The window size of a pool [`max_pool2d`] computes: square windows equal to the stride,
+/// unpadded, dilation 1, floor.
+fn window_size(pool: &MaxPool2d) -> Option<usize> {
     let [kh, kw] = pool.kernel_size;
     let windows = kh == kw && pool.stride == [kh, kw] && pool.dilation == [1, 1] && !pool.ceil_mode;
     let unpadded = matches!(pool.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0));
-    if windows && unpadded {
-        max_pool2d(x, kh)
-    } else {
-        pool.forward(x)
-    }
+    (windows && unpadded).then_some(kh)
 }
 
 /// `B` is `K`: run `K`'s shortcut on `B`'s tensor, `None` where it does not take it.

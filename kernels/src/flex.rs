@@ -3,7 +3,7 @@
 //! cannot take — another dtype, dilation, groups — go to Flex's own ops, so the extension
 //! never changes what is computed, only how fast.
 
-use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+use burn::tensor::ops::{ActivationOps, ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{DType, TensorData, TensorMetadata};
 use burn_flex::{Flex, FlexTensor};
 
@@ -104,13 +104,14 @@ fn pool_geometry(x: &FlexTensor, size: usize) -> Option<PoolGeometry> {
 }
 
 impl PoolKernels for Flex {
-    fn max_pool2d_windows(x: FloatTensor<Self>, size: usize) -> FloatTensor<Self> {
+    fn max_pool2d_windows(x: FloatTensor<Self>, size: usize, relu: bool) -> FloatTensor<Self> {
         let Some(g) = pool_geometry(&x, size) else {
+            let x = if relu { <Flex as ActivationOps<Flex>>::relu(x) } else { x };
             return <Flex as ModuleOps<Flex>>::max_pool2d(x, [size; 2], [size; 2], [0, 0], [1, 1], false);
         };
         let [b, c, ..] = x.shape().dims::<4>();
         let x = x.to_contiguous();
-        tensor(pool::forward(&g, values(&x), None), [b, c, g.out_height(), g.out_width()])
+        tensor(pool::forward(&g, values(&x), None, relu), [b, c, g.out_height(), g.out_width()])
     }
 }
 
@@ -119,12 +120,12 @@ impl PoolGradientKernels for Flex {
         pool_geometry(x, size).is_some()
     }
 
-    fn max_pool2d_with_argmax(x: FloatTensor<Self>, size: usize) -> (FloatTensor<Self>, PoolArgmax) {
+    fn max_pool2d_with_argmax(x: FloatTensor<Self>, size: usize, relu: bool) -> (FloatTensor<Self>, PoolArgmax) {
         let g = pool_geometry(&x, size).expect("callers check max_pool2d_supported first");
         let input = x.shape().dims::<4>();
         let x = x.to_contiguous();
         let mut index = Vec::new();
-        let y = pool::forward(&g, values(&x), Some(&mut index));
+        let y = pool::forward(&g, values(&x), Some(&mut index), relu);
         let y = tensor(y, [input[0], input[1], g.out_height(), g.out_width()]);
         (y, PoolArgmax { input, size, index: Arc::new(index) })
     }

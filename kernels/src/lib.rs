@@ -38,7 +38,7 @@ pub mod skip;
 mod skip_extension;
 
 pub use cpu::{Grads, Wanted};
-pub use dispatch::{batch_norm_fixed, batch_norm_train, conv2d, forward, has_own_kernels, max_pool2d, padded_skip, pool_forward};
+pub use dispatch::{batch_norm_fixed, batch_norm_train, conv2d, forward, has_own_kernels, max_pool2d, padded_skip, pool_forward, relu_max_pool2d, relu_pool_forward};
 pub use norm::Then;
 pub use norm_extension::{BatchStatistics, NormGradientKernels, NormKernels};
 pub use extension::{ConvGradientKernels, ConvGradients, ConvKernels};

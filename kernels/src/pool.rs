@@ -6,8 +6,17 @@
 //! The backward routes `dy` to the winner: `dx[argmax] = dy`, every other input 0. Windows do
 //! not overlap, so each input receives at most one gradient and planes run in parallel with
 //! no order to fix. (Flex's own pool goes through a generic 3-D path, ~20 % of a CNN step.)
+//!
+//! With `relu` the ReLU before the pool is fused in: `y = max over the window of max(x, 0)`
+//! (Burn's `x.max(0.0)`, so a NaN input counts as 0), and a window whose `y` is not > 0 passes
+//! no gradient (ReLU's backward, `dy · [out > 0]`). The same numbers as `pool(relu(x))`
+//! without ReLU's two passes over the map on one thread (≈ 8 % of a CNN step at batch 16).
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
+
+use crate::output::written;
 
 /// `x: [planes = batch·channels, height, width]` pooled by `size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +52,12 @@ impl PoolGeometry {
     }
 }
 
-/// The pooled map, and with `argmax` the winner of each window as an index into its plane.
-pub fn forward(g: &PoolGeometry, x: &[f32], argmax: Option<&mut Vec<u32>>) -> Vec<f32> {
+/// An `argmax` entry for a window that passes no gradient (its fused ReLU's output was 0).
+const NO_GRADIENT: u32 = u32::MAX;
+
+/// The pooled map (of `max(x, 0)` with `relu`), and with `argmax` the winner of each window as
+/// an index into its plane ([`NO_GRADIENT`] where `relu` zeroed the window).
+pub fn forward(g: &PoolGeometry, x: &[f32], argmax: Option<&mut Vec<u32>>, relu: bool) -> Vec<f32> {
     assert_eq!(x.len(), g.planes * g.in_plane(), "pool input length");
     assert!(g.in_plane() <= u32::MAX as usize, "a plane over 2³² pixels");
     let mut y = vec![0.0f32; g.planes * g.out_plane()];
@@ -56,24 +69,33 @@ pub fn forward(g: &PoolGeometry, x: &[f32], argmax: Option<&mut Vec<u32>>) -> Ve
     argmax.clear();
     argmax.resize(y.len(), 0);
     let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
-    y.par_chunks_mut(out_plane).zip(argmax.par_chunks_mut(out_plane)).zip(x.par_chunks(in_plane)).for_each(|((y_p, a_p), x_p)| pool_plane(g, x_p, y_p, a_p));
+    y.par_chunks_mut(out_plane).zip(argmax.par_chunks_mut(out_plane)).zip(x.par_chunks(in_plane)).for_each(|((y_p, a_p), x_p)| {
+        pool_plane(g, x_p, y_p, a_p, relu);
+        if relu {
+            for (y, a) in y_p.iter().zip(a_p.iter_mut()) {
+                if !(*y > 0.0) {
+                    *a = NO_GRADIENT;
+                }
+            }
+        }
+    });
     y
 }
 
 /// One plane: the models' 2×2 windows sixteen at a time on AVX-512 (chosen at run time; the
 /// same winners and bits as the portable loop), any other size with the portable loop.
-fn pool_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+fn pool_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32], relu: bool) {
     #[cfg(target_arch = "x86_64")]
     if g.size == 2 && crate::direct::available() {
         // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { avx512::plane_2x2(g, x, y, argmax) };
+        return unsafe { avx512::plane_2x2(g, x, y, argmax, relu) };
     }
-    portable_plane(g, x, y, argmax)
+    portable_plane(g, x, y, argmax, relu)
 }
 
 /// One plane, an output row at a time: the row's running maxima live in `y` and `argmax`
 /// while the window rows stream past, so the inner loop is a plain pass over an input row.
-fn portable_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+fn portable_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32], relu: bool) {
     let (size, out_w) = (g.size, g.out_width());
     for (oy, (best_row, at_row)) in y.chunks_exact_mut(out_w).zip(argmax.chunks_exact_mut(out_w)).enumerate() {
         best_row.fill(f32::NEG_INFINITY);
@@ -88,6 +110,7 @@ fn portable_plane(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]
                 // the previous store); selects, not branches: the winner is unpredictable.
                 let (mut b, mut a) = (*best, *at);
                 for (j, &v) in window.iter().enumerate() {
+                    let v = if relu { v.max(0.0) } else { v };
                     // Row-major window order; the first maximum wins ties, a NaN wins numbers.
                     let take = v > b || (v.is_nan() && !b.is_nan());
                     b = if take { v } else { b };
@@ -112,7 +135,7 @@ mod avx512 {
     /// never wins a tie: it comes later), then left column against right, a tie going to
     /// the smaller index (the left column's winner may come from the bottom row).
     #[target_feature(enable = "avx512f")]
-    pub(super) fn plane_2x2(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    pub(super) fn plane_2x2(g: &PoolGeometry, x: &[f32], y: &mut [f32], argmax: &mut [u32], relu: bool) {
         let (w, out_w) = (g.width, g.out_width());
         assert!(x.len() >= g.height * w && y.len() >= g.out_height() * out_w && argmax.len() >= y.len());
         let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -128,7 +151,12 @@ mod avx512 {
                 // SAFETY: a masked load reads only its unmasked lanes, columns c0.. below
                 // `used` ≤ w of rows 2·oy and 2·oy + 1 < height; the pointers are only formed
                 // (wrapping), never read, past them.
-                let load = |m: __mmask16, i: usize| unsafe { _mm512_maskz_loadu_ps(m, x.as_ptr().wrapping_add(i)) };
+                let load = |m: __mmask16, i: usize| {
+                    let v = unsafe { _mm512_maskz_loadu_ps(m, x.as_ptr().wrapping_add(i)) };
+                    // `max(v, 0)` returns its second operand for a NaN or two zeros: Burn's
+                    // `v.max(0.0)` (a NaN counts as 0; checked bit for bit against Burn).
+                    if relu { _mm512_max_ps(v, _mm512_setzero_ps()) } else { v }
+                };
                 let index = _mm512_add_epi32(_mm512_set1_epi32(at as i32), lane);
                 let index_right = _mm512_add_epi32(index, _mm512_set1_epi32(16));
                 let (v0, i0) = taller(load(left, at), load(left, at + w), index, below);
@@ -163,17 +191,22 @@ mod avx512 {
     }
 }
 
-/// `dx`: each window's gradient on its winner, zero elsewhere.
+/// `dx`: each window's gradient on its winner, zero elsewhere (and on a [`NO_GRADIENT`]
+/// window's inputs).
 pub fn backward(g: &PoolGeometry, argmax: &[u32], dy: &[f32]) -> Vec<f32> {
     assert_eq!(dy.len(), g.planes * g.out_plane(), "pool output-gradient length");
     assert_eq!(argmax.len(), dy.len(), "pool argmax length");
-    let mut dx = vec![0.0f32; g.planes * g.in_plane()];
-    dx.par_chunks_mut(g.in_plane()).zip(dy.par_chunks(g.out_plane())).zip(argmax.par_chunks(g.out_plane())).for_each(|((dx_p, dy_p), a_p)| {
-        for (&d, &a) in dy_p.iter().zip(a_p) {
-            dx_p[a as usize] = d;
-        }
-    });
-    dx
+    // Each plane zeroed by its own thread: one allocation zeroed up front is a pass on one.
+    written(g.planes * g.in_plane(), |dx| {
+        dx.par_chunks_mut(g.in_plane()).zip(dy.par_chunks(g.out_plane())).zip(argmax.par_chunks(g.out_plane())).for_each(|((dx_p, dy_p), a_p)| {
+            dx_p.fill(MaybeUninit::new(0.0));
+            for (&d, &a) in dy_p.iter().zip(a_p) {
+                if a != NO_GRADIENT {
+                    dx_p[a as usize] = MaybeUninit::new(d);
+                }
+            }
+        })
+    })
 }
 
 #[cfg(test)]
@@ -186,11 +219,23 @@ mod tests {
         // windows: [1, 3 | 3, 0] and [NaN, 2 | 5, 5]
         let x = [1.0, 3.0, f32::NAN, 2.0, 3.0, 0.0, 5.0, 5.0];
         let mut argmax = Vec::new();
-        let y = forward(&g, &x, Some(&mut argmax));
+        let y = forward(&g, &x, Some(&mut argmax), false);
         assert_eq!(y[0], 3.0);
         assert!(y[1].is_nan());
         assert_eq!(argmax, vec![1, 2]);
         assert_eq!(backward(&g, &argmax, &[10.0, 20.0]), vec![0.0, 10.0, 20.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn the_fused_relu_zeroes_and_stops_the_gradient() {
+        let g = PoolGeometry::new([1, 1, 2, 4], 2).unwrap();
+        // windows: [−1, −3 | NaN, −0] (all zero after the ReLU) and [−2, 2 | 5, 4]
+        let x = [-1.0, -3.0, -2.0, 2.0, f32::NAN, -0.0, 5.0, 4.0];
+        let mut argmax = Vec::new();
+        let y = forward(&g, &x, Some(&mut argmax), true);
+        assert_eq!(y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), vec![0.0f32.to_bits(), 5.0f32.to_bits()]);
+        assert_eq!(argmax, vec![NO_GRADIENT, 6]);
+        assert_eq!(backward(&g, &argmax, &[10.0, 20.0]), vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 20.0, 0.0]);
     }
 
     /// The 2×2 vector path picks the portable loop's winners and values, bit for bit: ties
@@ -203,7 +248,7 @@ mod tests {
         let palette = [1.0, 2.0, -0.0, 0.0, f32::NAN, 3.0, -1.0];
         let mut seed = 12345u64;
         for (height, width) in [(2, 2), (3, 5), (4, 8), (7, 7), (8, 16), (14, 14), (16, 31), (5, 32), (6, 33), (4, 34), (3, 65), (32, 32)] {
-            for trial in 0..20 {
+            for (trial, relu) in (0..40).map(|t| (t / 2, t % 2 == 1)) {
                 let x: Vec<f32> = (0..height * width)
                     .map(|_| {
                         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -215,15 +260,15 @@ mod tests {
                 let g = PoolGeometry::new([1, 1, height, width], 2).unwrap();
                 let n = g.out_height() * g.out_width();
                 let (mut y_p, mut a_p, mut y_v, mut a_v) = (vec![7.0; n], vec![9; n], vec![7.0; n], vec![9; n]);
-                portable_plane(&g, &x, &mut y_p, &mut a_p);
+                portable_plane(&g, &x, &mut y_p, &mut a_p, relu);
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `available` checked AVX-512F.
                 unsafe {
-                    avx512::plane_2x2(&g, &x, &mut y_v, &mut a_v)
+                    avx512::plane_2x2(&g, &x, &mut y_v, &mut a_v, relu)
                 };
-                assert_eq!(a_v, a_p, "{height}×{width}, trial {trial}: winners");
+                assert_eq!(a_v, a_p, "{height}×{width}, trial {trial}, relu {relu}: winners");
                 let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&y_v), bits(&y_p), "{height}×{width}, trial {trial}: values");
+                assert_eq!(bits(&y_v), bits(&y_p), "{height}×{width}, trial {trial}, relu {relu}: values");
             }
         }
     }

@@ -1,6 +1,6 @@
-//! The backend extension for max pooling, the same pattern as the convolution's
-//! (`extension.rs`): the op on the backend, and on `Autodiff<B>` a backward step that keeps
-//! the window winners instead of Burn's index tensor.
+//! The backend extension for max pooling (with or without the ReLU before it), the same
+//! pattern as the convolution's (`extension.rs`): the op on the backend, and on `Autodiff<B>`
+//! a backward step that keeps the window winners instead of Burn's index tensor.
 
 use std::sync::Arc;
 
@@ -10,12 +10,12 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{FloatTensor, ModuleOps};
+use burn::tensor::ops::{ActivationOps, FloatTensor, ModuleOps};
 
 /// A backend with its own max pooling over non-overlapping `size×size` windows.
 pub trait PoolKernels: Backend {
-    /// `x: [b, c, h, w]` → `[b, c, h/size, w/size]` (floor).
-    fn max_pool2d_windows(x: FloatTensor<Self>, size: usize) -> FloatTensor<Self>;
+    /// `x: [b, c, h, w]` → `[b, c, h/size, w/size]` (floor), of `relu(x)` with `relu`.
+    fn max_pool2d_windows(x: FloatTensor<Self>, size: usize, relu: bool) -> FloatTensor<Self>;
 }
 
 /// What the backward step keeps: the winner of each window (an index into its plane).
@@ -32,7 +32,7 @@ pub struct PoolArgmax {
 pub trait PoolGradientKernels: PoolKernels {
     /// Whether [`Self::max_pool2d_with_argmax`] takes this input; the others go to Burn.
     fn max_pool2d_supported(x: &FloatTensor<Self>, size: usize) -> bool;
-    fn max_pool2d_with_argmax(x: FloatTensor<Self>, size: usize) -> (FloatTensor<Self>, PoolArgmax);
+    fn max_pool2d_with_argmax(x: FloatTensor<Self>, size: usize, relu: bool) -> (FloatTensor<Self>, PoolArgmax);
     /// `dy: [b, c, h/size, w/size]` → `dx: [b, c, h, w]`.
     fn max_pool2d_backward(argmax: &PoolArgmax, dy: FloatTensor<Self>) -> FloatTensor<Self>;
 }
@@ -53,16 +53,17 @@ impl<B: PoolGradientKernels> Backward<B, 1> for MaxPoolBackward {
 }
 
 impl<B: PoolGradientKernels, C: CheckpointStrategy> PoolKernels for Autodiff<B, C> {
-    fn max_pool2d_windows(x: FloatTensor<Self>, size: usize) -> FloatTensor<Self> {
+    fn max_pool2d_windows(x: FloatTensor<Self>, size: usize, relu: bool) -> FloatTensor<Self> {
         if !B::max_pool2d_supported(&x.primitive, size) {
+            let x = if relu { <Self as ActivationOps<Self>>::relu(x) } else { x };
             return <Self as ModuleOps<Self>>::max_pool2d(x, [size; 2], [size; 2], [0, 0], [1, 1], false);
         }
         match MaxPoolBackward.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (y, argmax) = B::max_pool2d_with_argmax(x.primitive, size);
+                let (y, argmax) = B::max_pool2d_with_argmax(x.primitive, size, relu);
                 prep.finish(argmax, y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::max_pool2d_windows(x.primitive, size)),
+            OpsKind::UnTracked(prep) => prep.finish(B::max_pool2d_windows(x.primitive, size, relu)),
         }
     }
 }
