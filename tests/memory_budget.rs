@@ -91,11 +91,15 @@ fn the_calibrated_predictor_is_monotone_in_l_and_within_10_percent_of_the_measur
         let theory = |l: usize| rows[n - 1 - l].theoretical_transient;
         let (saved, eq23_saved) = (predicted[0] - predicted[n - 1], theory(0) - theory(n - 1));
         eprintln!("{name}: predicted {predicted:?}; l = 0 → {}: saves {saved} B, Eq. 23 {eq23_saved} B ({:.2}×)", n - 1, saved as f64 / eq23_saved as f64);
-        // Two-sided: measured here 0.60–0.82× (CNN, run to run), 0.68× (AlexNet), 0.82×
-        // (ResNet20). Above Eq. 23's saving would mean the probe lost track of memory the
-        // trained layers keep (Eq. 23 counts more maps than the graph keeps).
+        // Two-sided. Above Eq. 23's saving would mean the probe lost track of memory the
+        // trained layers keep (Eq. 23 counts more maps than the graph keeps). Below: freezing
+        // barely shrank the graph. The floor sits well under Eq. 23 because the CPU kernels
+        // keep fewer maps than it counts: since the ReLU before a pool is fused into the pool,
+        // a trained CNN or AlexNet layer keeps the pool's winners, not its ReLU map. Measured
+        // here: CNN 0.40–0.41× and AlexNet 0.40× (0.60–0.82× and 0.68× before that fusion),
+        // ResNet20 0.54×. A frozen prefix that kept its graph would save next to nothing.
         let share = saved as f64 / eq23_saved as f64;
-        assert!((0.5..=1.05).contains(&share), "{name}: freezing all but the classifier saves {saved} B of predicted peak, {share:.2} × Eq. 23's {eq23_saved} B: {predicted:?}");
+        assert!((0.25..=1.05).contains(&share), "{name}: freezing all but the classifier saves {saved} B of predicted peak, {share:.2} × Eq. 23's {eq23_saved} B: {predicted:?}");
 
         // The middle level is predicted without its own probe: its ρ is the mean of its two
         // neighbours' (a level held out), so the check below tests prediction, not the
