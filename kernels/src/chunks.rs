@@ -12,8 +12,8 @@ const WEIGHT_GRAD_CHUNKS: usize = 8;
 /// `Σ_b` of per-sample terms of length `len`, as the weight gradients sum it: the batch split
 /// into `min(batch, WEIGHT_GRAD_CHUNKS)` ranges fixed by the batch size alone, each range's
 /// partial accumulated by `add(scratch, samples, partial)` in parallel (scratch from `scratch`,
-/// one per thread), then the partials added in range order — the same bits for any thread
-/// count.
+/// one per thread), then the partials added in range order, element stretches in parallel —
+/// the same bits for any thread count.
 pub(crate) fn sum_over_sample_chunks<S: Send>(
     batch: usize,
     len: usize,
@@ -31,10 +31,18 @@ pub(crate) fn sum_over_sample_chunks<S: Send>(
         .collect();
     let mut parts = partials.into_iter();
     let mut sum = parts.next().unwrap_or_else(|| vec![0.0; len]);
-    for part in parts {
-        for (d, p) in sum.iter_mut().zip(&part) {
-            *d += *p;
+    let rest: Vec<Vec<f32>> = parts.collect();
+    // Every element adds the partials in range order whichever thread takes its stretch; on
+    // one thread this sum was 0.7 % of an AlexNet step's samples with the other core idle.
+    sum.par_chunks_mut(SUM_STRETCH).enumerate().for_each(|(i, stretch)| {
+        for part in &rest {
+            for (d, p) in stretch.iter_mut().zip(&part[i * SUM_STRETCH..]) {
+                *d += *p;
+            }
         }
-    }
+    });
     sum
 }
+
+/// Elements per task of the partials' sum: 64 KiB of each partial.
+const SUM_STRETCH: usize = 16 * 1024;

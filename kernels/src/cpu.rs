@@ -399,15 +399,22 @@ fn weight_grad_in_channel_blocks(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec
             }
         }
     });
-    // [k, c_out] -> [c_out, k]
+    // [k, c_out] -> [c_out, k], a stretch of output channels per task (on one thread this
+    // was 0.45 % of an AlexNet step's samples with the other core idle).
     let mut out = vec![0.0f32; len];
-    for (r, row) in dw.chunks_exact(g.c_out).enumerate() {
-        for (co, v) in row.iter().enumerate() {
-            out[co * k + r] = *v;
+    out.par_chunks_mut(TRANSPOSE_ROWS * k).enumerate().for_each(|(i, rows)| {
+        let co0 = i * TRANSPOSE_ROWS;
+        for (r, row) in dw.chunks_exact(g.c_out).enumerate() {
+            for (j, v) in row[co0..].iter().take(rows.len() / k).enumerate() {
+                rows[j * k + r] = *v;
+            }
         }
-    }
+    });
     out
 }
+
+/// Output channels per task of `dWᵀ`'s transpose.
+const TRANSPOSE_ROWS: usize = 16;
 
 /// `db[c] = Σ_b (Σ_p dy[b, c, p])`: each sample's row summed first, then the samples in order.
 pub fn bias_grad(g: &ConvGeometry, dy: &[f32]) -> Vec<f32> {
