@@ -72,8 +72,9 @@ pub fn forward(g: &PoolGeometry, x: &[f32], argmax: Option<&mut Vec<u32>>, relu:
     y.par_chunks_mut(out_plane).zip(argmax.par_chunks_mut(out_plane)).zip(x.par_chunks(in_plane)).for_each(|((y_p, a_p), x_p)| {
         pool_plane(g, x_p, y_p, a_p, relu);
         if relu {
+            // `y` is a ReLU's output here: never NaN, so `≤ 0` is ReLU's "not > 0".
             for (y, a) in y_p.iter().zip(a_p.iter_mut()) {
-                if !(*y > 0.0) {
+                if *y <= 0.0 {
                     *a = NO_GRADIENT;
                 }
             }
