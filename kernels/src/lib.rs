@@ -1,4 +1,5 @@
-//! fedolf's own convolution, max pooling and training-mode BatchNorm for the CPU, in Burn.
+//! fedolf's own convolution, max pooling (with the ReLU before it fused in, where there is
+//! one), training-mode BatchNorm and the ResNets' shortcut for the CPU, in Burn.
 //!
 //! `cpu` holds the kernels on NCHW `f32` slices (im2col straight from NCHW into a reused
 //! per-thread buffer, GEMM from the `gemm` crate, a thread-count-independent reduction for the
@@ -8,11 +9,13 @@
 //! row a register). `extension` is the backend extension that carries them into Burn —
 //! forward on the backend, backward registered on `Autodiff` — and `dispatch::conv2d` is the
 //! call the models make for every backend. `pool` and `pool_extension` do the same for max
-//! pooling over non-overlapping windows, `norm` and `norm_extension` for training-mode
-//! BatchNorm (with the ReLU after it, or a residual block's add and ReLU, fused in), its row
+//! pooling over non-overlapping windows (and a ReLU before it), `norm` and `norm_extension`
+//! for training-mode BatchNorm (with the ReLU after it, or a residual block's add and ReLU,
+//! fused in), its row
 //! work in `norm_rows` and the fixed-order sums in `lanes`; `skip` and `skip_extension` for the
 //! ResNets' option-A shortcut (subsampled, zero channels padded). `output` allocates what the
-//! direct, row and BatchNorm kernels write in full, without a zero fill first.
+//! direct, row, BatchNorm, shortcut and pool-gradient kernels write in full, without a zero fill
+//! first.
 
 mod chunks;
 pub mod cpu;

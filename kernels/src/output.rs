@@ -12,7 +12,9 @@ pub(crate) fn written(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> V
     v.spare_capacity_mut()[..n].fill(MaybeUninit::new(f32::NAN));
     fill(&mut v.spare_capacity_mut()[..n]);
     // SAFETY: every caller's `fill` writes each element of the slice it is given (norm rows:
-    // whole vectors, then the tail; convolutions: every output row, channel block and strip).
+    // whole vectors, then the tail; convolutions: every output row, channel block and strip;
+    // the shortcut: every carried row and the zero channels; the pool's gradient: each plane
+    // zeroed, then its winners).
     unsafe { v.set_len(n) };
     v
 }
