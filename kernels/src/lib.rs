@@ -11,11 +11,10 @@
 //! call the models make for every backend. `pool` and `pool_extension` do the same for max
 //! pooling over non-overlapping windows (and a ReLU before it), `norm` and `norm_extension`
 //! for training-mode BatchNorm (with the ReLU after it, or a residual block's add and ReLU,
-//! fused in), its row
-//! work in `norm_rows` and the fixed-order sums in `lanes`; `skip` and `skip_extension` for the
-//! ResNets' option-A shortcut (subsampled, zero channels padded). `output` allocates what the
-//! direct, row, BatchNorm, shortcut and pool-gradient kernels write in full, without a zero fill
-//! first.
+//! fused in), its row work in `norm_rows` and the fixed-order sums in `lanes`; `skip` and
+//! `skip_extension` for the ResNets' option-A shortcut (subsampled, zero channels padded).
+//! `output` allocates what the direct, row, BatchNorm, shortcut and pool-gradient kernels
+//! write in full, without a zero fill first.
 
 mod chunks;
 pub mod cpu;
