@@ -62,6 +62,8 @@ pub fn forward(g: &PoolGeometry, x: &[f32], argmax: Option<&mut Vec<u32>>, relu:
     assert!(g.in_plane() <= u32::MAX as usize, "a plane over 2³² pixels");
     let mut y = vec![0.0f32; g.planes * g.out_plane()];
     let mut scratch = Vec::new();
+    // Only winners someone reads need the fused ReLU's marks.
+    let mark = relu && argmax.is_some();
     let argmax = match argmax {
         Some(argmax) => argmax,
         None => &mut scratch,
@@ -71,7 +73,7 @@ pub fn forward(g: &PoolGeometry, x: &[f32], argmax: Option<&mut Vec<u32>>, relu:
     let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
     y.par_chunks_mut(out_plane).zip(argmax.par_chunks_mut(out_plane)).zip(x.par_chunks(in_plane)).for_each(|((y_p, a_p), x_p)| {
         pool_plane(g, x_p, y_p, a_p, relu);
-        if relu {
+        if mark {
             // `y` is a ReLU's output here: never NaN, so `≤ 0` is ReLU's "not > 0".
             for (y, a) in y_p.iter().zip(a_p.iter_mut()) {
                 if *y <= 0.0 {

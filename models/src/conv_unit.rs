@@ -71,15 +71,17 @@ impl<B: Backend> ConvUnit<B> {
     /// `[b, c_in, h, w] -> [b, c_out, h'/p, w'/p]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = crate::scaled(fedolf_kernels::forward(&self.conv, x), self.scale);
-        let x = match (&self.bn, &self.pool) {
-            (Some(bn), _) => crate::frozen_norm::batch_norm_relu(bn, x, crate::frozen_norm::NormMode { frozen: self.frozen_bn, batch_stats: self.batch_stats }),
+        match (&self.bn, &self.pool) {
+            (Some(bn), pool) => {
+                let x = crate::frozen_norm::batch_norm_relu(bn, x, crate::frozen_norm::NormMode { frozen: self.frozen_bn, batch_stats: self.batch_stats });
+                match pool {
+                    Some(pool) => fedolf_kernels::pool_forward(pool, x),
+                    None => x,
+                }
+            }
             // The ReLU goes into the pool's kernel: the same numbers, two passes fewer.
-            (None, Some(pool)) => return fedolf_kernels::relu_pool_forward(pool, x),
+            (None, Some(pool)) => fedolf_kernels::relu_pool_forward(pool, x),
             (None, None) => relu(x),
-        };
-        match &self.pool {
-            Some(pool) => fedolf_kernels::pool_forward(pool, x),
-            None => x,
         }
     }
 

@@ -9,7 +9,7 @@
 //! of the stage's output space.
 
 use burn::prelude::*;
-use burn::tensor::{IndexingUpdateOp, Slice};
+use burn::tensor::IndexingUpdateOp;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaddedSkip {
@@ -35,12 +35,8 @@ impl PaddedSkip {
         if is_prefix {
             return fedolf_kernels::padded_skip(x, self.stride, self.out_channels);
         }
-        let x = if self.stride > 1 {
-            let st = self.stride as isize;
-            x.slice([Slice::from(..), Slice::from(..), Slice::from_range_stepped(.., st), Slice::from_range_stepped(.., st)])
-        } else {
-            x
-        };
+        // Subsampled with no channels added, through the same op.
+        let x = fedolf_kernels::padded_skip(x, self.stride, c_in);
         let [b, _, h, w] = x.dims();
         let device = x.device();
         let index = |v: &[usize]| Tensor::<B, 1, Int>::from_data(TensorData::new(v.iter().map(|&i| i as i64).collect::<Vec<_>>(), [v.len()]), &device);
