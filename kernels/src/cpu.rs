@@ -27,6 +27,7 @@ use rayon::prelude::*;
 use crate::chunks::sum_over_sample_chunks;
 use crate::direct;
 use crate::rows;
+use crate::strided;
 use crate::geometry::ConvGeometry;
 use crate::im2col::{col2im_add, im2col, im2row};
 use crate::output::written;
@@ -233,6 +234,10 @@ pub fn backward(g: &ConvGeometry, x: &[f32], w: &[f32], dy: &[f32], wanted: Want
 /// column matrix is one shifted copy per row (`im2col_same_width`), instead of the
 /// scatter-add `col2im` (ResNet20: `col2im` alone was 11 % of a step).
 pub fn input_grad(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    // The 3×3 stride-2 downsampling convolutions: directly, one row of pairs at a time.
+    if strided::applies(g) {
+        return strided::input_grad(g, w, dy);
+    }
     input_grad_through(g, w, dy, forward)
 }
 

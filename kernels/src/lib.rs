@@ -6,7 +6,8 @@
 //! weight gradient); on AVX-512 it hands the layers of 32–64 output channels to `direct`
 //! (forward and weight gradient without a column matrix, 16 channels a register) and the
 //! stride-1 forward and weight gradient of narrow layers and stems to `rows` (16 pixels of a
-//! row a register). `extension` is the backend extension that carries them into Burn —
+//! row a register), and the 3×3 stride-2 input gradient to `strided` (pairs of columns, no
+//! `col2im`). `extension` is the backend extension that carries them into Burn —
 //! forward on the backend, backward registered on `Autodiff` — and `dispatch::conv2d` is the
 //! call the models make for every backend. `pool` and `pool_extension` do the same for max
 //! pooling over non-overlapping windows (and a ReLU before it), `norm` and `norm_extension`
@@ -38,6 +39,7 @@ mod reference;
 mod rows;
 pub mod skip;
 mod skip_extension;
+mod strided;
 
 pub use cpu::{Grads, Wanted};
 pub use dispatch::{batch_norm_fixed, batch_norm_train, conv2d, forward, has_own_kernels, max_pool2d, padded_skip, pool_forward, relu_max_pool2d, relu_pool_forward};

@@ -111,3 +111,45 @@ pub(crate) fn assert_weight_grad_is_the_definition(geometries: &[ConvGeometry], 
         assert!(worst <= 1e-4 * scale, "{g:?}: max |diff| {worst} against {scale}");
     }
 }
+
+/// `dX` by its definition: every output gradient scattered back along its taps.
+pub(crate) fn naive_input_grad(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
+    let [kh, kw] = g.kernel;
+    let mut dx = vec![0.0f32; g.batch * g.in_sample()];
+    for b in 0..g.batch {
+        for co in 0..g.c_out {
+            for oh in 0..g.out_height {
+                for ow in 0..g.out_width {
+                    let d = dy[((b * g.c_out + co) * g.out_height + oh) * g.out_width + ow];
+                    for ci in 0..g.c_in {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let r = (oh * g.stride[0] + ky) as isize - g.padding[0] as isize;
+                                let c = (ow * g.stride[1] + kx) as isize - g.padding[1] as isize;
+                                if r < 0 || c < 0 || r >= g.height as isize || c >= g.width as isize {
+                                    continue;
+                                }
+                                dx[((b * g.c_in + ci) * g.height + r as usize) * g.width + c as usize] += w[((co * g.c_in + ci) * kh + ky) * kw + kx] * d;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dx
+}
+
+/// Asserts that `input_grad` is the input gradient's definition on every geometry (to 1e-4
+/// of the largest element).
+pub(crate) fn assert_input_grad_is_the_definition(geometries: &[ConvGeometry], input_grad: impl Fn(&ConvGeometry, &[f32], &[f32]) -> Vec<f32>) {
+    for (i, g) in geometries.iter().enumerate() {
+        let w = values(g.weight_len(), 500 + i as u32);
+        let dy = values(g.batch * g.out_sample(), 600 + i as u32);
+        let (ours, reference) = (input_grad(g, &w, &dy), naive_input_grad(g, &w, &dy));
+        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(ours.len(), reference.len(), "{g:?}");
+        let worst = worst_difference(&ours, &reference);
+        assert!(worst <= 1e-4 * scale, "{g:?}: max |diff| {worst} against {scale}");
+    }
+}
