@@ -3,6 +3,14 @@
 
 use crate::geometry::ConvGeometry;
 
+/// The input row and column that tap `(ky, kx)` of output pixel `(oh, ow)` reads, `None` in
+/// the padding.
+fn input_at(g: &ConvGeometry, oh: usize, ow: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+    let r = (oh * g.stride[0] + ky).checked_sub(g.padding[0])?;
+    let c = (ow * g.stride[1] + kx).checked_sub(g.padding[1])?;
+    (r < g.height && c < g.width).then_some((r, c))
+}
+
 /// The convolution by its definition, one output at a time (bias, then the taps in order).
 pub(crate) fn naive(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let [kh, kw] = g.kernel;
@@ -15,12 +23,8 @@ pub(crate) fn naive(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>
                     for ci in 0..g.c_in {
                         for ky in 0..kh {
                             for kx in 0..kw {
-                                let r = (oh * g.stride[0] + ky) as isize - g.padding[0] as isize;
-                                let c = (ow * g.stride[1] + kx) as isize - g.padding[1] as isize;
-                                if r < 0 || c < 0 || r >= g.height as isize || c >= g.width as isize {
-                                    continue;
-                                }
-                                let xv = x[((b * g.c_in + ci) * g.height + r as usize) * g.width + c as usize];
+                                let Some((r, c)) = input_at(g, oh, ow, ky, kx) else { continue };
+                                let xv = x[((b * g.c_in + ci) * g.height + r) * g.width + c];
                                 s += w[((co * g.c_in + ci) * kh + ky) * kw + kx] * xv;
                             }
                         }
@@ -58,12 +62,8 @@ pub(crate) fn naive_weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<
                     for b in 0..g.batch {
                         for oh in 0..g.out_height {
                             for ow in 0..g.out_width {
-                                let r = (oh * g.stride[0] + ky) as isize - g.padding[0] as isize;
-                                let c = (ow * g.stride[1] + kx) as isize - g.padding[1] as isize;
-                                if r < 0 || c < 0 || r >= g.height as isize || c >= g.width as isize {
-                                    continue;
-                                }
-                                let xv = x[((b * g.c_in + ci) * g.height + r as usize) * g.width + c as usize];
+                                let Some((r, c)) = input_at(g, oh, ow, ky, kx) else { continue };
+                                let xv = x[((b * g.c_in + ci) * g.height + r) * g.width + c];
                                 s += dy[((b * g.c_out + co) * g.out_height + oh) * g.out_width + ow] * xv;
                             }
                         }
@@ -124,12 +124,8 @@ pub(crate) fn naive_input_grad(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f
                     for ci in 0..g.c_in {
                         for ky in 0..kh {
                             for kx in 0..kw {
-                                let r = (oh * g.stride[0] + ky) as isize - g.padding[0] as isize;
-                                let c = (ow * g.stride[1] + kx) as isize - g.padding[1] as isize;
-                                if r < 0 || c < 0 || r >= g.height as isize || c >= g.width as isize {
-                                    continue;
-                                }
-                                dx[((b * g.c_in + ci) * g.height + r as usize) * g.width + c as usize] += w[((co * g.c_in + ci) * kh + ky) * kw + kx] * d;
+                                let Some((r, c)) = input_at(g, oh, ow, ky, kx) else { continue };
+                                dx[((b * g.c_in + ci) * g.height + r) * g.width + c] += w[((co * g.c_in + ci) * kh + ky) * kw + kx] * d;
                             }
                         }
                     }
