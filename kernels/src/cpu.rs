@@ -433,3 +433,17 @@ pub fn bias_grad(g: &ConvGeometry, dy: &[f32]) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Runs one small product on every thread of the current rayon pool. GEMM gives each thread,
+/// on its first product, a packing buffer the size of the L2 cache that it keeps for good; a
+/// memory measurement warms every thread first so that no measured step pays for it, whichever
+/// thread the scheduler hands a product to.
+pub fn warm_thread_buffers() {
+    // Large enough for GEMM's packed path (small products skip the buffer).
+    const N: usize = 128;
+    rayon::broadcast(|_| {
+        let (a, b) = (vec![1.0f32; N * N], vec![1.0f32; N * N]);
+        let mut c = vec![0.0f32; N * N];
+        matmul(N, N, N, &mut c, N, false, View::rows(&a, N), View::rows(&b, N));
+    });
+}

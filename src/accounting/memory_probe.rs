@@ -113,7 +113,10 @@ pub fn probe_memory<B: AutodiffBackend>(
         log::debug!("{label} l={l} draw={draw}: resident {resident} B, step {peak} B");
         Ok((Measured { transient: peak as u64, resident }, theoretical_memory(&infos, &roles, spec.batch, true)))
     };
-    // Warm-up: thread pools and one-time buffers are not part of any mode's cost.
+    // Warm-up: thread pools and one-time buffers are not part of any mode's cost. GEMM's
+    // per-thread packing buffer first: a full step can leave a thread without a product (the
+    // direct kernels take most shapes), and a later mode's step would then pay its 0.5–1 MB.
+    fedolf_kernels::cpu::warm_thread_buffers();
     measure(FreezeMode::None, "warm-up".into(), 0, None, 0)?;
 
     let mut push = |row: MemoryRow, rows: &mut Vec<MemoryRow>| {
