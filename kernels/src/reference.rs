@@ -104,12 +104,16 @@ pub(crate) fn assert_weight_grad_is_the_definition(geometries: &[ConvGeometry], 
     for (i, g) in geometries.iter().enumerate() {
         let x = values(g.batch * g.in_sample(), 300 + i as u32);
         let dy = values(g.batch * g.out_sample(), 400 + i as u32);
-        let (ours, reference) = (weight_grad(g, &x, &dy), naive_weight_grad(g, &x, &dy));
-        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert_eq!(ours.len(), reference.len(), "{g:?}");
-        let worst = worst_difference(&ours, &reference);
-        assert!(worst <= 1e-4 * scale, "{g:?}: max |diff| {worst} against {scale}");
+        assert_within_scale(g, &weight_grad(g, &x, &dy), &naive_weight_grad(g, &x, &dy));
     }
+}
+
+/// Asserts that `ours` is `reference` to 1e-4 of its largest element.
+fn assert_within_scale(g: &ConvGeometry, ours: &[f32], reference: &[f32]) {
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert_eq!(ours.len(), reference.len(), "{g:?}");
+    let worst = worst_difference(ours, reference);
+    assert!(worst <= 1e-4 * scale, "{g:?}: max |diff| {worst} against {scale}");
 }
 
 /// `dX` by its definition: every output gradient scattered back along its taps.
@@ -142,10 +146,6 @@ pub(crate) fn assert_input_grad_is_the_definition(geometries: &[ConvGeometry], i
     for (i, g) in geometries.iter().enumerate() {
         let w = values(g.weight_len(), 500 + i as u32);
         let dy = values(g.batch * g.out_sample(), 600 + i as u32);
-        let (ours, reference) = (input_grad(g, &w, &dy), naive_input_grad(g, &w, &dy));
-        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert_eq!(ours.len(), reference.len(), "{g:?}");
-        let worst = worst_difference(&ours, &reference);
-        assert!(worst <= 1e-4 * scale, "{g:?}: max |diff| {worst} against {scale}");
+        assert_within_scale(g, &input_grad(g, &w, &dy), &naive_input_grad(g, &w, &dy));
     }
 }

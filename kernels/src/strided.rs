@@ -44,13 +44,18 @@ fn pack(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
     packed
 }
 
+/// Height and width of `dy` padded by one zero row and column at the end.
+fn padded(g: &ConvGeometry) -> (usize, usize) {
+    (g.out_height + 1, g.out_width + 1)
+}
+
 /// `dx`, `[batch, c_in, h, w]`; only where [`applies`] holds.
 pub(crate) fn input_grad(g: &ConvGeometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
     assert!(applies(g), "the stride-2 input gradient does not apply to {g:?}");
     assert_eq!(w.len(), g.weight_len(), "conv weight length");
     assert_eq!(dy.len(), g.batch * g.out_sample(), "conv output-gradient length");
     let packed = pack(g, w);
-    let (hp, wp) = (g.out_height + 1, g.out_width + 1);
+    let (hp, wp) = padded(g);
     written(g.batch * g.in_sample(), |dx| {
         dx.par_chunks_mut(g.in_sample()).zip(dy.par_chunks(g.out_sample())).for_each_init(Vec::new, |dyp: &mut Vec<f32>, (dx_b, dy_b)| {
             // The borders (last row and column) are zeroed once, when the scratch is sized;
@@ -78,7 +83,7 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    use super::LANES;
+    use super::{padded, LANES};
     use crate::geometry::ConvGeometry;
     use crate::lanes::avx512::transpose as transpose16;
 
@@ -100,7 +105,7 @@ mod avx512 {
     /// strips of column pairs.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn sample(g: &ConvGeometry, dyp: &[f32], packed: &[f32], dx_b: &mut [MaybeUninit<f32>]) {
-        let (hp, wp) = (g.out_height + 1, g.out_width + 1);
+        let (hp, wp) = padded(g);
         assert!(dyp.len() == g.c_out * hp * wp && packed.len() == g.weight_len() && dx_b.len() == g.in_sample());
         let blocks = g.c_in / LANES;
         let pairs = g.width.div_ceil(2);
@@ -134,7 +139,7 @@ mod avx512 {
     /// column.
     #[target_feature(enable = "avx512f")]
     unsafe fn pair_kernel<const U: usize, const N: usize>(g: &ConvGeometry, dyp: &[f32], packed: &[f32], dx_b: &mut [MaybeUninit<f32>], ih: usize, u: usize, block: usize) {
-        let (hp, wp) = (g.out_height + 1, g.out_width + 1);
+        let (hp, wp) = padded(g);
         let a = ih / 2;
         // (kh, dy row) for this parity of `ih`, in kh order.
         let rows: &[(usize, usize)] = if ih % 2 == 0 { &[(1, a)] } else { &[(0, a + 1), (2, a)] };
