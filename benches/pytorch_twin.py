@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """PyTorch twin of fedolf's models and local training — a benchmark-only reference.
 
-`fedolf bench speed` runs this script next to its own Burn measurements so that the speed
-ratios it prints come from the same machine, the same run and the same work. It is never a
-dependency of the Rust project: nothing in fedolf imports it, trains with it or checks
-results against it; if PyTorch is missing the bench simply skips the comparison.
+`fedolf bench speed` and `fedolf bench conv` run this script next to their own measurements so
+that the speed ratios they print come from the same machine, the same run and the same work,
+each call taken beside fedolf's. It is never a dependency of the Rust project: nothing in
+fedolf imports it, trains with it or checks results against it; if PyTorch is missing the
+bench simply skips the comparison.
 It needs only PyTorch (CPU) and the standard library.
 
 "Same work" means:
@@ -38,20 +39,20 @@ keeps answering):
              "eval": {"samples": 10000, "batch": 500, "rounds": [5, 10]}}
           -> {"torch": ..., "threads": N, "round_seconds": [...], "eval_seconds": [...],
               "total_seconds": s}
-  conv    median seconds of one convolution's forward, input gradient and weight gradient
-          (F.conv2d, torch.nn.grad.conv2d_input, torch.nn.grad.conv2d_weight) per shape
-            {"convs": [{"batch": 128, "input": [16, 32, 32], "weight": [16, 16, 3, 3],
-                        "stride": 1, "padding": 1, "warmup": 1, "repeats": 5}, ...]}
-          -> {"torch": ..., "threads": N, "conv": [[forward s, input s, weight s], ...]}
-  serve   one full SGD step at a time, on request, so that fedolf's steps and these can
-          alternate one by one (`fedolf bench speed`): the first line on stdin is the spec
+  serve   one timed call at a time, on request, so that fedolf's calls and these can
+          alternate one by one (`fedolf bench speed` and `fedolf bench conv`): the first line
+          on stdin is the spec, either full SGD steps
             {"sgd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0},
              "steps": [{"model": "cnn", "input": [1, 28, 28], "classes": 10, "batch": 16,
                         "frozen": 0}, ...]}
-          every model is built, then
+          or convolutions, each with its forward, input gradient and weight gradient
+          (F.conv2d, torch.nn.grad.conv2d_input, torch.nn.grad.conv2d_weight)
+            {"convs": [{"batch": 128, "input": [16, 32, 32], "weight": [16, 16, 3, 3],
+                        "stride": 1, "padding": 1}, ...]}
+          every entry is built, then
           -> {"torch": ..., "threads": N, "ready": number of entries}
-          and each further line {"step": i, "untimed": k} takes k untimed steps of entry i,
-          then one timed step
+          and each further line {"step": i, "untimed": k} (or {"conv": i, "op": 0 | 1 | 2,
+          "untimed": k}) makes k untimed calls of that entry, then one timed call
           -> {"seconds": s}
           until stdin closes.
   params  self-check of the model definitions
@@ -62,7 +63,6 @@ keeps answering):
 import argparse
 import copy
 import json
-import statistics
 import sys
 import time
 import warnings
@@ -385,24 +385,35 @@ def random_data(n, input_shape, classes):
 
 
 def mode_serve(spec):
-    """Build every entry of the spec, then answer {"step": i} lines one at a time."""
-    entries = []
-    for entry in spec["steps"]:
-        net = build(entry["model"], entry["input"], entry["classes"])
-        local = LocalModel(net, entry.get("frozen", 0), spec["sgd"])
-        entries.append((local,) + random_data(entry["batch"], entry["input"], entry["classes"]))
+    """Build every entry of the spec, then answer one request a line with one timed call."""
+    if "convs" in spec:
+        entries = [conv_calls(entry) for entry in spec["convs"]]
+
+        def call_of(request):
+            return entries[request["conv"]][request["op"]]
+    else:
+        entries = []
+        for entry in spec["steps"]:
+            net = build(entry["model"], entry["input"], entry["classes"])
+            local = LocalModel(net, entry.get("frozen", 0), spec["sgd"])
+            x, y = random_data(entry["batch"], entry["input"], entry["classes"])
+            # read the loss, as Rust's timed step does
+            entries.append(lambda local=local, x=x, y=y: local.step(x, y).item())
+
+        def call_of(request):
+            return entries[request["step"]]
     reply({"torch": torch.__version__, "threads": torch.get_num_threads(), "ready": len(entries)})
     for line in sys.stdin:
         try:
             request = json.loads(line)
-            local, x, y = entries[request["step"]]
+            call = call_of(request)
             untimed = int(request.get("untimed", 0))
         except (ValueError, KeyError, IndexError, TypeError) as e:
             fail(f"serve: bad request {line.strip()!r}: {e}")
         for _ in range(untimed):
-            local.step(x, y).item()
+            call()
         start = time.perf_counter()
-        local.step(x, y).item()  # read the loss, as Rust's timed step does
+        call()
         reply({"seconds": time.perf_counter() - start})
 
 
@@ -460,35 +471,27 @@ def mode_round(spec):
     }
 
 
-def timed(fn, warmup, repeats):
-    """Median seconds of `fn()` after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def mode_conv(spec):
-    rows = []
+def conv_calls(entry):
+    """One convolution's [forward, input gradient, weight gradient] on random tensors, each a
+    call without autograd."""
+    batch, (c_in, h, w) = entry["batch"], entry["input"]
+    stride, padding = entry["stride"], entry["padding"]
+    x = torch.rand(batch, c_in, h, w) * 2 - 1
+    weight = torch.rand(*entry["weight"]) * 2 - 1
     with torch.no_grad():
-        for entry in spec["convs"]:
-            batch, (c_in, h, w) = entry["batch"], entry["input"]
-            stride, padding = entry["stride"], entry["padding"]
-            warmup, repeats = entry.get("warmup", 1), entry.get("repeats", 5)
-            x = torch.rand(batch, c_in, h, w) * 2 - 1
-            weight = torch.rand(*entry["weight"]) * 2 - 1
-            y = F.conv2d(x, weight, stride=stride, padding=padding)
-            dy = torch.rand_like(y) * 2 - 1
-            rows.append([
-                timed(lambda: F.conv2d(x, weight, stride=stride, padding=padding), warmup, repeats),
-                timed(lambda: torch.nn.grad.conv2d_input(x.shape, weight, dy, stride=stride, padding=padding), warmup, repeats),
-                timed(lambda: torch.nn.grad.conv2d_weight(x, weight.shape, dy, stride=stride, padding=padding), warmup, repeats),
-            ])
-    return {"conv": rows}
+        dy = torch.rand_like(F.conv2d(x, weight, stride=stride, padding=padding)) * 2 - 1
+
+    def no_grad(fn):
+        def call():
+            with torch.no_grad():
+                fn()
+        return call
+
+    return [
+        no_grad(lambda: F.conv2d(x, weight, stride=stride, padding=padding)),
+        no_grad(lambda: torch.nn.grad.conv2d_input(x.shape, weight, dy, stride=stride, padding=padding)),
+        no_grad(lambda: torch.nn.grad.conv2d_weight(x, weight.shape, dy, stride=stride, padding=padding)),
+    ]
 
 
 def mode_params(spec):
@@ -511,7 +514,7 @@ def fail(message):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["round", "conv", "params", "serve"])
+    parser.add_argument("mode", choices=["round", "params", "serve"])
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (inter-op: 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -533,7 +536,7 @@ def main():
         spec = json.load(sys.stdin)
     except json.JSONDecodeError as e:
         fail(f"bad JSON spec on stdin: {e}")
-    result = {"round": mode_round, "conv": mode_conv, "params": mode_params}[args.mode](spec)
+    result = {"round": mode_round, "params": mode_params}[args.mode](spec)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     out.update(result)
     json.dump(out, sys.stdout)

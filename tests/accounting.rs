@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use fedolf::accounting::energy::Energy;
-use fedolf::accounting::speed::step_flops;
+use fedolf::accounting::speed::{paired_ratio, step_flops};
 use fedolf::local::roles::LayerRole;
 use fedolf::local::roles::{layer_roles, FreezeMode};
 use fedolf::models::{FeatureShape, ModelKind};
@@ -165,4 +165,16 @@ fn energy_by_hand() {
     let e = Energy { device_power_w: 5.0, link_power_w: 1.0, bandwidth_bps: 20e6 };
     assert_eq!(e.compute_joules(10.0), 50.0);
     assert_eq!(e.comm_joules(20_000_000), 8.0);
+}
+
+/// The bench's ratio divides each turn's pair before taking the median, so a stretch where the
+/// machine ran slow for both sides of a turn cancels; the ratio of the two medians would read
+/// the slow stretch as fedolf's (here 10 ÷ 2 = 5 against the true 0.5).
+#[test]
+fn a_slow_turn_cancels_in_the_paired_ratio() {
+    let ours = [1.0, 10.0, 10.0];
+    let theirs = [2.0, 2.0, 20.0];
+    assert_eq!(paired_ratio(&ours, &theirs), Some(0.5));
+    assert_eq!(paired_ratio(&[0.25, 0.5], &[0.5, 0.125]), Some(2.25));
+    assert_eq!(paired_ratio(&[], &[]), None);
 }

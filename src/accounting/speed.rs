@@ -117,3 +117,13 @@ pub fn median(times: &mut [f64]) -> f64 {
         (times[n / 2 - 1] + times[n / 2]) / 2.0
     }
 }
+
+/// Fedolf's time ÷ the other framework's, each turn's pair divided first, then the median:
+/// two calls taken back to back share the machine's speed of that moment, so a slow stretch of
+/// this VM (it drifts by 20 % within seconds) cancels in each pair instead of moving one
+/// side's median. `None` without pairs.
+pub fn paired_ratio(ours: &[f64], theirs: &[f64]) -> Option<f64> {
+    assert_eq!(ours.len(), theirs.len(), "paired timings");
+    let mut ratios: Vec<f64> = ours.iter().zip(theirs).map(|(o, t)| o / t).collect();
+    (!ratios.is_empty()).then(|| median(&mut ratios))
+}

@@ -10,7 +10,7 @@ use anyhow::bail;
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::ops::{ConvOptions, ModuleOps};
-use fedolf::accounting::speed::median;
+use fedolf::accounting::speed::{median, paired_ratio};
 use fedolf::runtime::workers::available_cores;
 use fedolf_kernels::peak::Peak;
 use fedolf_kernels::{cpu, ConvGeometry};
@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::bench_speed::PAPER_SETTINGS;
 use crate::args::ConvArgs;
-use crate::pytorch::PyTorch;
+use crate::pytorch::{untimed_calls, PyTorch, Session};
 
 const OPS: [&str; 3] = ["forward", "dX", "dW"];
 
@@ -85,15 +85,61 @@ fn timed<T>(repeats: usize, mut f: impl FnMut() -> T) -> f64 {
     median(&mut times)
 }
 
-/// [forward, dX, dW] seconds through fedolf's kernels.
-fn time_ours(conv: &Conv, repeats: usize) -> [f64; 3] {
+/// One convolution's [forward, dX, dW]: fedolf's median seconds, and with the twin its median
+/// seconds and the paired ratio (fedolf ÷ PyTorch, see `paired_ratio`).
+struct Timing {
+    ours: [f64; 3],
+    theirs: Option<[[f64; 2]; 3]>,
+}
+
+/// [forward, dX, dW] through fedolf's kernels, each call taking turns with the twin's same
+/// call when it runs (who goes first alternating), after one warm-up turn.
+fn time_ours(conv: &Conv, i: usize, repeats: usize, mut twin: Option<&mut Session>) -> anyhow::Result<Timing> {
     let g = &conv.geometry;
     let (x, w, dy) = (noise(g.batch * g.in_sample(), 1), noise(g.weight_len(), 2), noise(g.batch * g.out_sample(), 3));
-    [
-        timed(repeats, || cpu::forward(g, &x, &w, None)),
-        timed(repeats, || cpu::input_grad(g, &w, &dy)),
-        timed(repeats, || cpu::weight_grad(g, &x, &dy)),
-    ]
+    let call = |op: usize| {
+        let started = Instant::now();
+        match op {
+            0 => drop(std::hint::black_box(cpu::forward(g, &x, &w, None))),
+            1 => drop(std::hint::black_box(cpu::input_grad(g, &w, &dy))),
+            _ => drop(std::hint::black_box(cpu::weight_grad(g, &x, &dy))),
+        }
+        started.elapsed().as_secs_f64()
+    };
+    let mut timing = Timing { ours: [0.0; 3], theirs: twin.is_some().then_some([[0.0; 2]; 3]) };
+    for op in 0..OPS.len() {
+        let (mut o, mut t) = (Vec::with_capacity(repeats), Vec::with_capacity(repeats));
+        // Turn 0 is the warm-up, which sets how many untimed calls open each later turn.
+        let mut untimed = if twin.is_some() { 1 } else { 0 };
+        for turn in 0..=repeats.max(1) {
+            let ours_first = turn % 2 == 0;
+            let theirs_first = match twin.as_deref_mut() {
+                Some(s) if !ours_first => Some(s.conv(i, op, untimed)?),
+                _ => None,
+            };
+            for _ in 0..untimed {
+                call(op);
+            }
+            let ours_s = call(op);
+            let theirs_after = match twin.as_deref_mut() {
+                Some(s) if ours_first => Some(s.conv(i, op, untimed)?),
+                _ => None,
+            };
+            match theirs_first.or(theirs_after) {
+                Some(theirs_s) if turn == 0 => untimed = untimed_calls(ours_s.min(theirs_s)),
+                theirs_s if turn > 0 => {
+                    o.push(ours_s);
+                    t.extend(theirs_s);
+                }
+                _ => {}
+            }
+        }
+        if let Some(theirs) = &mut timing.theirs {
+            theirs[op] = [median(&mut t.clone()), paired_ratio(&o, &t).unwrap_or(f64::NAN)];
+        }
+        timing.ours[op] = median(&mut o);
+    }
+    Ok(timing)
 }
 
 /// [forward, dX, dW] seconds through Burn's own Flex ops (Flex's forward, Burn's generic
@@ -124,33 +170,31 @@ pub fn bench_conv(args: ConvArgs) -> anyhow::Result<()> {
     // The limit every GFLOP/s below is read against: FMA chains on every core, measured now.
     let peak = fedolf_kernels::peak::measure(cores, std::time::Duration::from_millis(200));
     let convs = paper_convs()?;
-    let mut ours = Vec::new();
+    let specs: Vec<_> = convs.iter().map(|c| json!({"batch": c.batch, "input": c.shape.input, "weight": c.shape.weight, "stride": c.shape.stride, "padding": c.shape.padding})).collect();
+    let mut session = match &twin {
+        Ok(t) => {
+            eprintln!("pytorch: building the {} convolutions ...", convs.len());
+            Some(t.serve_convs(&specs)?)
+        }
+        Err(_) => None,
+    };
+    let mut timings = Vec::new();
     let mut burn = Vec::new();
-    for conv in &convs {
+    for (i, conv) in convs.iter().enumerate() {
         eprint!("  {} ({}) ... ", conv.label(), conv.models.join(","));
-        ours.push(time_ours(conv, args.repeats));
+        timings.push(time_ours(conv, i, args.repeats, session.as_mut())?);
         if !args.no_burn {
             burn.push(time_burn(conv, args.repeats));
         }
         eprintln!("done");
     }
-    let theirs = match &twin {
-        Ok(t) => {
-            eprintln!("pytorch convolutions ...");
-            let specs: Vec<_> = convs
-                .iter()
-                .map(|c| json!({"batch": c.batch, "input": c.shape.input, "weight": c.shape.weight, "stride": c.shape.stride, "padding": c.shape.padding, "warmup": 1, "repeats": args.repeats}))
-                .collect();
-            Some(t.convs(&specs)?)
-        }
-        Err(_) => None,
-    };
+    drop(session);
 
     let against = match &twin {
         Ok(t) => format!("PyTorch {} ({} threads)", t.version, t.threads),
         Err(_) => "PyTorch: not installed, no ratios".to_string(),
     };
-    println!("convolution kernels on the CPU, {cores} threads, median of {} calls (against {against})", args.repeats);
+    println!("convolution kernels on the CPU, {cores} threads, median of {} calls (against {against}, each call taking turns with fedolf's)", args.repeats);
     println!("{}", Peak::header(peak, "fedolf's GFLOP/s ÷ the latter; pytorch's share beside it"));
     println!(
         "{:<34} {:<18} {:<7} {:>10} {:>8} {:>7} {:>10} {:>8} {:>10} {:>7} {:>8}",
@@ -161,9 +205,9 @@ pub fn bench_conv(args: ConvArgs) -> anyhow::Result<()> {
     for (i, conv) in convs.iter().enumerate() {
         let gflop = 2.0 * conv.geometry.macs() as f64 / 1e9;
         for (op, name) in OPS.iter().enumerate() {
-            let ours = ours[i][op];
+            let ours = timings[i].ours[op];
             let burn = burn.get(i).map(|b| b[op]);
-            let torch = theirs.as_ref().map(|t| t[i][op]);
+            let (torch, ratio) = timings[i].theirs.map(|t| (t[op][0], t[op][1])).unzip();
             totals[0][op] += ours;
             totals[1][op] += burn.unwrap_or(0.0);
             totals[2][op] += torch.unwrap_or(0.0);
@@ -179,7 +223,7 @@ pub fn bench_conv(args: ConvArgs) -> anyhow::Result<()> {
                 burn.map_or("-".into(), |b| format!("{:.1}×", b / ours)),
                 torch.map_or("-".into(), |t| format!("{t:.5}")),
                 torch.map_or("-".into(), |t| share(gflop / t)),
-                torch.map_or("-".into(), |t| format!("{:.2}×", ours / t)),
+                ratio.map_or("-".into(), |r| format!("{r:.2}×")),
             );
         }
     }
@@ -195,11 +239,11 @@ pub fn bench_conv(args: ConvArgs) -> anyhow::Result<()> {
             "",
             if args.no_burn { "-".into() } else { format!("{burn:.5}") },
             if args.no_burn { "-".into() } else { format!("{:.1}×", burn / ours) },
-            if theirs.is_some() { format!("{torch:.5}") } else { "-".into() },
+            if twin.is_ok() { format!("{torch:.5}") } else { "-".into() },
             "",
-            if theirs.is_some() { format!("{:.2}×", ours / torch) } else { "-".into() },
+            if twin.is_ok() { format!("{:.2}×", ours / torch) } else { "-".into() },
         );
     }
-    println!("(÷ burn = Burn's seconds ÷ fedolf's: the speed-up of the kernels; ratio = fedolf ÷ pytorch: below 1 is faster)");
+    println!("(÷ burn = Burn's seconds ÷ fedolf's: the speed-up of the kernels; ratio = fedolf ÷ pytorch, below 1 is faster: per row the median over the turns of each call's pair, summed: the sums' ratio)");
     Ok(())
 }

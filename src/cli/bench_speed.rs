@@ -10,14 +10,14 @@ use fedolf::config::{Config, DEFAULT_TOML};
 use fedolf::runtime::memory::CountingAllocator;
 use fedolf::engine::{self, RoundObserver};
 use fedolf::records::RoundRecord;
-use fedolf::accounting::speed::{median, step_flops, stepper, StepSpec};
+use fedolf::accounting::speed::{median, paired_ratio, step_flops, stepper, StepSpec};
 use fedolf::runtime::workers::{available_cores, WorkerLayout};
 use fedolf_kernels::peak::{self, Peak};
 use fedolf_models::{ModelKind, ModelOptions};
 use serde_json::{json, Value};
 
 use crate::args::SpeedArgs;
-use crate::pytorch::{PyTorch, Session};
+use crate::pytorch::{untimed_calls, PyTorch, Session};
 
 /// The paper's per-model setting: input, classes, batch, the largest frozen count of its
 /// cluster table (c − 1).
@@ -37,12 +37,6 @@ fn step_specs(repeats: usize) -> Vec<StepSpec> {
         .collect()
 }
 
-/// Untimed steps at the start of each turn, before the timed one: a step that directly follows
-/// the other framework's finds its caches cold and its threads asleep (timed so, the CNN's
-/// 4 ms step read 20–30 % slower for fedolf than in a run of its own steps); training takes
-/// its steps back to back.
-const TURN_UNTIMED: usize = 1;
-
 /// Every step spec on one backend, ours and the twin's (when it runs) taking turns step by
 /// step: this project's VM drifts by up to 20 % within seconds, so only steps taken side by
 /// side share its speed. `passes` blocks of `repeats` turns per spec; who goes first
@@ -59,43 +53,52 @@ impl BackendTask for StepTask<'_> {
         let StepTask { specs, passes, mut twin } = self;
         let mut ours = vec![vec![0.0; specs.len()]; passes];
         let mut theirs = vec![vec![0.0; specs.len()]; if twin.is_some() { passes } else { 0 }];
+        let mut ratios = vec![vec![0.0; specs.len()]; if twin.is_some() { passes } else { 0 }];
+        let mut pairs = vec![(Vec::new(), Vec::new()); specs.len()];
         for (i, spec) in specs.iter().enumerate() {
             eprint!("  {} b{} l={} ... ", spec.model.name(), spec.batch, spec.frozen);
             let mut ours_now = stepper::<B>(spec, &device).with_context(|| format!("{} step", spec.model.name()))?;
-            let mut turn = |ours_first: bool| -> anyhow::Result<(f64, Option<f64>)> {
+            let mut turn = |ours_first: bool, untimed: usize| -> anyhow::Result<(f64, Option<f64>)> {
                 let theirs_first = match twin.as_deref_mut() {
-                    Some(t) if !ours_first => Some(t.step(i, TURN_UNTIMED)?),
+                    Some(t) if !ours_first => Some(t.step(i, untimed)?),
                     _ => None,
                 };
-                for _ in 0..TURN_UNTIMED {
+                for _ in 0..untimed {
                     ours_now.step();
                 }
                 let o = ours_now.step();
                 let theirs_after = match twin.as_deref_mut() {
-                    Some(t) if ours_first => Some(t.step(i, TURN_UNTIMED)?),
+                    Some(t) if ours_first => Some(t.step(i, untimed)?),
                     _ => None,
                 };
                 Ok((o, theirs_first.or(theirs_after)))
             };
+            // The warm-up turns set how many untimed steps open each timed turn.
+            let mut untimed = 1;
             for _ in 0..spec.warmup {
-                turn(true)?;
+                let (o, t) = turn(true, 1)?;
+                untimed = untimed_calls(t.map_or(o, |t| o.min(t)));
             }
             for pass in 0..passes {
                 let (mut o, mut t) = (Vec::with_capacity(spec.repeats), Vec::with_capacity(spec.repeats));
                 for r in 0..spec.repeats {
-                    let (ours_s, theirs_s) = turn((pass * spec.repeats + r) % 2 == 0)?;
+                    let (ours_s, theirs_s) = turn((pass * spec.repeats + r) % 2 == 0, untimed)?;
                     o.push(ours_s);
                     t.extend(theirs_s);
                 }
-                ours[pass][i] = median(&mut o);
                 if !t.is_empty() {
+                    ratios[pass][i] = paired_ratio(&o, &t).unwrap_or(f64::NAN);
+                    pairs[i].0.extend_from_slice(&o);
+                    pairs[i].1.extend_from_slice(&t);
                     theirs[pass][i] = median(&mut t);
                 }
+                ours[pass][i] = median(&mut o);
             }
             let mut column: Vec<f64> = ours.iter().map(|p| p[i]).collect();
             eprintln!("{:.4} s", median(&mut column));
         }
-        Ok(StepPasses { ours, theirs })
+        let ratio = pairs.iter().map(|(o, t)| paired_ratio(o, t)).collect();
+        Ok(StepPasses { ours, theirs, ratios, ratio })
     }
 }
 
@@ -198,10 +201,13 @@ pub fn bench_speed(args: SpeedArgs, alloc: &'static CountingAllocator) -> anyhow
     Ok(())
 }
 
-/// Each pass's seconds per step, in `step_specs` order: fedolf's, and PyTorch's when it ran.
+/// Each pass's seconds per step, in `step_specs` order: fedolf's, and PyTorch's when it ran;
+/// each pass's paired ratio, and each spec's over every turn of every pass.
 struct StepPasses {
     ours: Vec<Vec<f64>>,
     theirs: Vec<Vec<f64>>,
+    ratios: Vec<Vec<f64>>,
+    ratio: Vec<Option<f64>>,
 }
 
 impl StepPasses {
@@ -213,9 +219,9 @@ impl StepPasses {
         if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 }
     }
 
-    /// Spec `i`'s ratio in each pass (fedolf ÷ PyTorch): its lowest and highest.
+    /// Spec `i`'s paired ratio in each pass (fedolf ÷ PyTorch): its lowest and highest.
     fn ratio_range(&self, i: usize) -> (f64, f64) {
-        self.ours.iter().zip(&self.theirs).map(|(o, t)| o[i] / t[i]).fold((f64::INFINITY, 0.0), |(lo, hi), r| (lo.min(r), hi.max(r)))
+        self.ratios.iter().map(|pass| pass[i]).fold((f64::INFINITY, 0.0), |(lo, hi), r| (lo.min(r), hi.max(r)))
     }
 }
 
@@ -258,6 +264,7 @@ fn print_tables(
     println!("{}", Peak::header(peak, "a step's GFLOP ÷ its seconds ÷ the latter"));
     let share = |gflop: f64, seconds: f64| Peak::share(peak, gflop / seconds);
     println!("local SGD step, median seconds{over} (against {against}); GFLOP: the convolutions' and dense layers' multiply-adds × 2");
+    println!("ratio: the median, over every turn, of fedolf's step ÷ PyTorch's step taken beside it; per pass: the same within each pass");
     println!(
         "{:<10} {:>5} {:>3} {:>7} {:>10} {:>7} {:>10} {:>7} {:>8} {:>14}",
         "model", "batch", "l", "GFLOP", "fedolf s", "% peak", "pytorch s", "% peak", "ratio", "ratio per pass"
@@ -269,7 +276,8 @@ fn print_tables(
         } else {
             let t = StepPasses::median(&passes.theirs, i);
             let (lo, hi) = passes.ratio_range(i);
-            (format!("{t:.4}"), share(gflop, t), format!("{:.2}×", ours / t), if n > 1 { format!("{lo:.2}–{hi:.2}×") } else { "-".into() })
+            let ratio = passes.ratio[i].map_or("-".into(), |r| format!("{r:.2}×"));
+            (format!("{t:.4}"), share(gflop, t), ratio, if n > 1 { format!("{lo:.2}–{hi:.2}×") } else { "-".into() })
         };
         println!(
             "{:<10} {:>5} {:>3} {:>7.2} {:>10.4} {:>7} {:>10} {:>7} {:>8} {:>14}",

@@ -67,14 +67,24 @@ impl PyTorch {
     /// A twin that keeps every model of `specs` and takes one timed step at a time on request
     /// ([`Session::step`]), so that its steps and fedolf's can alternate one by one.
     pub fn serve(&self, specs: &[StepSpec]) -> anyhow::Result<Session> {
+        self.session(steps_spec(specs), specs.len())
+    }
+
+    /// A twin that keeps every convolution of `convs` (the `serve` mode's entries) and times
+    /// one call of one of them at a time ([`Session::conv`]).
+    pub fn serve_convs(&self, convs: &[Value]) -> anyhow::Result<Session> {
+        self.session(json!({ "convs": convs }), convs.len())
+    }
+
+    fn session(&self, spec: Value, entries: usize) -> anyhow::Result<Session> {
         let (mut child, script) = self.start("serve")?;
         let stdin = child.stdin.take().context("twin stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("twin stdout")?);
-        let mut session = Session { child, stdin: Some(stdin), stdout, script, entries: specs.len() };
-        writeln!(session.stdin.as_mut().expect("open until dropped"), "{}", steps_spec(specs))?;
+        let mut session = Session { child, stdin: Some(stdin), stdout, script, entries };
+        writeln!(session.stdin.as_mut().expect("open until dropped"), "{spec}")?;
         let ready = session.reply()?;
-        if ready["ready"].as_u64() != Some(specs.len() as u64) {
-            bail!("the PyTorch twin (serve) built {} of {} models", ready["ready"], specs.len());
+        if ready["ready"].as_u64() != Some(entries as u64) {
+            bail!("the PyTorch twin (serve) built {} of {entries} entries", ready["ready"]);
         }
         Ok(session)
     }
@@ -88,16 +98,6 @@ impl PyTorch {
         }
         Ok(rounds.iter().sum::<f64>() / rounds.len() as f64)
     }
-
-    /// Median seconds of forward, input gradient and weight gradient per convolution.
-    pub fn convs(&self, convs: &[Value]) -> anyhow::Result<Vec<[f64; 3]>> {
-        let out = self.call("conv", &json!({ "convs": convs }))?;
-        let rows: Vec<[f64; 3]> = serde_json::from_value(out["conv"].clone()).context("twin `conv` output")?;
-        if rows.len() != convs.len() {
-            bail!("the PyTorch twin timed {} convolutions, expected {}", rows.len(), convs.len());
-        }
-        Ok(rows)
-    }
 }
 
 /// The `serve` mode's spec of `specs`' models (the warm-up and repeats are fedolf's to run).
@@ -108,6 +108,20 @@ fn steps_spec(specs: &[StepSpec]) -> Value {
             "model": s.model.name(), "input": s.input, "classes": s.classes, "batch": s.batch, "frozen": s.frozen,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// Untimed work at the start of each turn, before the timed call: a call that directly
+/// follows the other framework's finds its caches cold, its threads asleep and the other's
+/// OpenMP workers still spinning (they busy-wait about 5 ms here after each call). One untimed
+/// call was not enough for calls of a few ms: `fedolf bench conv`'s ResNet 16 → 16 forward read
+/// 3.26 ms alone and 4.78 ms taking turns after one; after 3 or 6, 3.22 and 3.38 ms. Pausing
+/// between turns instead made it worse (5–7 ms: the idle cores slow down).
+const WARM_SECONDS: f64 = 0.01;
+
+/// Untimed calls per turn for calls that take `seconds` (the faster side's warm-up call):
+/// enough for [`WARM_SECONDS`] of work, at least one, at most eight.
+pub fn untimed_calls(seconds: f64) -> usize {
+    ((WARM_SECONDS / seconds).ceil() as usize).clamp(1, 8)
 }
 
 /// A running twin in `serve` mode (see [`PyTorch::serve`]); closing its stdin on drop ends it.
@@ -123,8 +137,18 @@ impl Session {
     /// `untimed` steps of entry `i` of the specs it was started with, then one timed step: its
     /// seconds.
     pub fn step(&mut self, i: usize, untimed: usize) -> anyhow::Result<f64> {
-        anyhow::ensure!(i < self.entries, "the PyTorch twin holds {} models, not {}", self.entries, i + 1);
-        writeln!(self.stdin.as_mut().expect("open until dropped"), "{}", json!({ "step": i, "untimed": untimed }))?;
+        self.timed(i, json!({ "step": i, "untimed": untimed }))
+    }
+
+    /// `untimed` calls of operation `op` (0 forward, 1 input gradient, 2 weight gradient) of
+    /// convolution `i`, then one timed call: its seconds.
+    pub fn conv(&mut self, i: usize, op: usize, untimed: usize) -> anyhow::Result<f64> {
+        self.timed(i, json!({ "conv": i, "op": op, "untimed": untimed }))
+    }
+
+    fn timed(&mut self, i: usize, request: Value) -> anyhow::Result<f64> {
+        anyhow::ensure!(i < self.entries, "the PyTorch twin holds {} entries, not {}", self.entries, i + 1);
+        writeln!(self.stdin.as_mut().expect("open until dropped"), "{request}")?;
         self.reply()?["seconds"].as_f64().context("the PyTorch twin (serve) replied without seconds")
     }
 
