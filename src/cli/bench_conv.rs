@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::bench_speed::PAPER_SETTINGS;
 use crate::args::ConvArgs;
-use crate::pytorch::{untimed_calls, PyTorch, Session};
+use crate::pytorch::{take_turn, untimed_calls, PyTorch, Session};
 
 const OPS: [&str; 3] = ["forward", "dX", "dW"];
 
@@ -112,20 +112,8 @@ fn time_ours(conv: &Conv, i: usize, repeats: usize, mut twin: Option<&mut Sessio
         // Turn 0 is the warm-up, which sets how many untimed calls open each later turn.
         let mut untimed = if twin.is_some() { 1 } else { 0 };
         for turn in 0..=repeats.max(1) {
-            let ours_first = turn % 2 == 0;
-            let theirs_first = match twin.as_deref_mut() {
-                Some(s) if !ours_first => Some(s.conv(i, op, untimed)?),
-                _ => None,
-            };
-            for _ in 0..untimed {
-                call(op);
-            }
-            let ours_s = call(op);
-            let theirs_after = match twin.as_deref_mut() {
-                Some(s) if ours_first => Some(s.conv(i, op, untimed)?),
-                _ => None,
-            };
-            match theirs_first.or(theirs_after) {
+            let (ours_s, theirs_s) = take_turn(turn % 2 == 0, untimed, || call(op), twin.as_deref_mut().map(|s| move |u| s.conv(i, op, u)))?;
+            match theirs_s {
                 Some(theirs_s) if turn == 0 => untimed = untimed_calls(ours_s.min(theirs_s)),
                 theirs_s if turn > 0 => {
                     o.push(ours_s);
@@ -135,7 +123,8 @@ fn time_ours(conv: &Conv, i: usize, repeats: usize, mut twin: Option<&mut Sessio
             }
         }
         if let Some(theirs) = &mut timing.theirs {
-            theirs[op] = [median(&mut t.clone()), paired_ratio(&o, &t).unwrap_or(f64::NAN)];
+            let ratio = paired_ratio(&o, &t).unwrap_or(f64::NAN);
+            theirs[op] = [median(&mut t), ratio];
         }
         timing.ours[op] = median(&mut o);
     }

@@ -17,7 +17,7 @@ use fedolf_models::{ModelKind, ModelOptions};
 use serde_json::{json, Value};
 
 use crate::args::SpeedArgs;
-use crate::pytorch::{untimed_calls, PyTorch, Session};
+use crate::pytorch::{take_turn, untimed_calls, PyTorch, Session};
 
 /// The paper's per-model setting: input, classes, batch, the largest frozen count of its
 /// cluster table (c − 1).
@@ -58,20 +58,8 @@ impl BackendTask for StepTask<'_> {
         for (i, spec) in specs.iter().enumerate() {
             eprint!("  {} b{} l={} ... ", spec.model.name(), spec.batch, spec.frozen);
             let mut ours_now = stepper::<B>(spec, &device).with_context(|| format!("{} step", spec.model.name()))?;
-            let mut turn = |ours_first: bool, untimed: usize| -> anyhow::Result<(f64, Option<f64>)> {
-                let theirs_first = match twin.as_deref_mut() {
-                    Some(t) if !ours_first => Some(t.step(i, untimed)?),
-                    _ => None,
-                };
-                for _ in 0..untimed {
-                    ours_now.step();
-                }
-                let o = ours_now.step();
-                let theirs_after = match twin.as_deref_mut() {
-                    Some(t) if ours_first => Some(t.step(i, untimed)?),
-                    _ => None,
-                };
-                Ok((o, theirs_first.or(theirs_after)))
+            let mut turn = |ours_first: bool, untimed: usize| {
+                take_turn(ours_first, untimed, || ours_now.step(), twin.as_deref_mut().map(|t| move |u| t.step(i, u)))
             };
             // The warm-up turns set how many untimed steps open each timed turn.
             let mut untimed = 1;
@@ -213,10 +201,7 @@ struct StepPasses {
 impl StepPasses {
     /// Spec `i`'s median over the passes of `side`.
     fn median(side: &[Vec<f64>], i: usize) -> f64 {
-        let mut v: Vec<f64> = side.iter().map(|pass| pass[i]).collect();
-        v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 }
+        median(&mut side.iter().map(|pass| pass[i]).collect::<Vec<f64>>())
     }
 
     /// Spec `i`'s paired ratio in each pass (fedolf ÷ PyTorch): its lowest and highest.

@@ -124,6 +124,31 @@ pub fn untimed_calls(seconds: f64) -> usize {
     ((WARM_SECONDS / seconds).ceil() as usize).clamp(1, 8)
 }
 
+/// One turn of fedolf's call and the twin's same call (when it runs), fedolf's first when
+/// `ours_first`, each side making `untimed` untimed calls before its timed one: the two
+/// timed seconds. `theirs` takes the untimed count.
+pub fn take_turn(
+    ours_first: bool,
+    untimed: usize,
+    mut ours: impl FnMut() -> f64,
+    theirs: Option<impl FnMut(usize) -> anyhow::Result<f64>>,
+) -> anyhow::Result<(f64, Option<f64>)> {
+    let mut theirs = theirs;
+    let theirs_first = match theirs.as_mut() {
+        Some(t) if !ours_first => Some(t(untimed)?),
+        _ => None,
+    };
+    for _ in 0..untimed {
+        ours();
+    }
+    let o = ours();
+    let theirs_after = match theirs.as_mut() {
+        Some(t) if ours_first => Some(t(untimed)?),
+        _ => None,
+    };
+    Ok((o, theirs_first.or(theirs_after)))
+}
+
 /// A running twin in `serve` mode (see [`PyTorch::serve`]); closing its stdin on drop ends it.
 pub struct Session {
     child: Child,
