@@ -48,6 +48,14 @@ pub(crate) fn weight_grad_applies(g: &ConvGeometry) -> bool {
     applies(g) || (available() && g.c_out == LANES && g.c_in >= 16 && g.kernel[0] * g.kernel[1] > 1)
 }
 
+/// Samples whose weight-gradient terms one register block adds before storing its sums: enough
+/// for 256 output pixels (4 of the 64-channel stage's 8 × 8 maps), so the block's load, store
+/// and setup are paid once per group, not once per small map. The samples are added in order,
+/// so the sums are the same bits as one sample at a time.
+fn samples_per_group(g: &ConvGeometry) -> usize {
+    256usize.div_ceil(g.out_pixels()).clamp(1, 8)
+}
+
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -142,18 +150,33 @@ pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
 pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     assert!(weight_grad_applies(g), "the direct weight gradient does not apply to {g:?}");
     let (taps, pixels) = (g.col_rows(), g.out_pixels());
+    let (hp, wp) = padded(g);
+    let padded_len = g.c_in * hp * wp;
+    let group = samples_per_group(g);
     let packed = sum_over_sample_chunks(g.batch, g.weight_len(), || (Vec::new(), Vec::new()), |(xp, dyt), samples, dw| {
-        for b in samples {
-            pad_sample(g, &x[b * g.in_sample()..][..g.in_sample()], xp);
-            let dy_b = &dy[b * g.out_sample()..][..g.out_sample()];
-            // `transpose` writes every element, so only a new scratch is filled.
-            dyt.resize(g.out_sample(), 0.0);
-            // SAFETY: `weight_grad_applies` checked AVX-512F; `transpose` and `weight_sample`
-            // assert the lengths.
+        for start in samples.clone().step_by(group) {
+            let count = (samples.end - start).min(group);
+            // Sized once per thread (the borders zeroed then, and never written after).
+            if xp.len() < count * padded_len {
+                xp.clear();
+                xp.resize(group * padded_len, 0.0);
+                dyt.resize(group * g.out_sample(), 0.0);
+            }
+            for (i, b) in (start..start + count).enumerate() {
+                let x_b = &x[b * g.in_sample()..][..g.in_sample()];
+                let dy_b = &dy[b * g.out_sample()..][..g.out_sample()];
+                // SAFETY: `weight_grad_applies` checked AVX-512F; `rows_into` and `transpose`
+                // assert the lengths.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::rows_into(g, x_b, &mut xp[i * padded_len..][..padded_len]);
+                    avx512::transpose(dy_b, pixels, &mut dyt[i * g.out_sample()..][..g.out_sample()]);
+                }
+            }
+            // SAFETY: as above; `weight_sample` asserts the lengths.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                avx512::transpose(dy_b, pixels, dyt);
-                avx512::weight_sample(g, xp, dyt, dw)
+                avx512::weight_sample(g, &xp[..count * padded_len], &dyt[..count * g.out_sample()], count, dw)
             }
         }
     });
@@ -230,15 +253,17 @@ mod avx512 {
         last: bool,
     }
 
-    /// Weight vectors a pass over a sample's rows keeps in L1: 20 KiB, under the 32–48 KiB of
-    /// the data caches of the AVX-512 cores this runs on, beside the input rows it reads.
-    const PASS_VECTORS: usize = 320;
+    /// Weight vectors a pass over a sample's rows reads (75 KiB): every input channel of
+    /// ResNet's layers in one pass, passes only for wider inputs or 5×5 kernels.
+    const PASS_VECTORS: usize = 1200;
 
     /// Input channels per pass: the fewest passes whose weights (`kh · kw · blocks` vectors a
-    /// channel) fit [`PASS_VECTORS`], balanced (ResNet's 32 and 64 inputs: passes of 16). With
-    /// every input channel in one pass, the 73 KiB of a 64 → 64 layer's two blocks came from L2
-    /// for every output row; in passes they are read from L1 (`fedolf bench conv`: 64 → 64
-    /// on 8×8 and 32 → 64 at stride 2 about 8 % faster, experiments/results/speed-cpu.md).
+    /// channel) fit [`PASS_VECTORS`], balanced. Each pass costs every strip a load and a store
+    /// of its accumulators, and that per-strip work is most of what the kernel loses to the
+    /// probe, so the passes are long: on the Zen 4 (32 KiB L1), ResNet's 64 → 64 forward on
+    /// one thread read 84–85 % of the probe in passes of 16 channels (20 KiB of weights, as
+    /// first chosen on a machine with a 48 KiB L1) and 88–93 % in one pass, its 32 → 64 at
+    /// stride 2 82 % and 84–85 % (experiments/results/speed-cpu.md).
     fn pass(g: &ConvGeometry, blocks: usize) -> usize {
         let widest = (PASS_VECTORS / (g.kernel[0] * g.kernel[1] * blocks)).max(1);
         g.c_in.div_ceil(g.c_in.div_ceil(widest))
@@ -314,29 +339,32 @@ mod avx512 {
                 *row = [b; U];
             }
         }
-        let x = xp.as_ptr();
-        let w = packed.as_ptr();
-        for ci in at.ci.0..at.ci.1 {
-            for ky in 0..kh {
-                // SAFETY: row `oh·sh + ky < hp` of channel `ci`, from column `ow·sw`; the
-                // strip's last tap, column `(ow + U − 1)·sw + kw − 1`, is `< wp`.
-                let row = unsafe { x.add((ci * hp + at.oh * sh + ky) * wp + at.ow * sw) };
+        // Pointers bumped tap by tap and row by row: the taps of a pass lie in (ci, ky, kx)
+        // order in every block of `packed`, one vector each, `taps` vectors apart per block.
+        let block_stride = taps * LANES;
+        // SAFETY: tap `ci.0·kh·kw` of block `at.block`, and row `oh·sh` of channel `ci.0` from
+        // column `ow·sw`, inside `packed` and `xp`.
+        let mut wt = unsafe { packed.as_ptr().add((at.block * taps + at.ci.0 * kh * kw) * LANES) };
+        let mut channel = unsafe { xp.as_ptr().add((at.ci.0 * hp + at.oh * sh) * wp + at.ow * sw) };
+        for _ in at.ci.0..at.ci.1 {
+            let mut row = channel;
+            for _ in 0..kh {
                 for kx in 0..kw {
-                    let tap = (ci * kh + ky) * kw + kx;
-                    let mut wv = [_mm512_setzero_ps(); N];
-                    for (n, v) in wv.iter_mut().enumerate() {
-                        // SAFETY: tap `tap` of block `at.block + n`, inside `packed`.
-                        *v = unsafe { _mm512_loadu_ps(w.add(((at.block + n) * taps + tap) * LANES)) };
-                    }
+                    // SAFETY: the tap's vector of blocks `at.block + n`, inside `packed`.
+                    let wv: [__m512; N] = std::array::from_fn(|n| unsafe { _mm512_loadu_ps(wt.add(n * block_stride)) });
+                    wt = unsafe { wt.add(LANES) };
                     for u in 0..U {
-                        // SAFETY: see `row`.
+                        // SAFETY: row `oh·sh + ky < hp` of the channel; the strip's last tap,
+                        // column `(ow + U − 1)·sw + kw − 1`, is `< wp`.
                         let xv = unsafe { _mm512_set1_ps(*row.add(u * sw + kx)) };
                         for n in 0..N {
                             acc[n][u] = _mm512_fmadd_ps(wv[n], xv, acc[n][u]);
                         }
                     }
                 }
+                row = row.wrapping_add(wp);
             }
+            channel = channel.wrapping_add(hp * wp);
         }
         if at.last {
             // SAFETY: the strip and blocks lie inside the output.
@@ -390,12 +418,13 @@ mod avx512 {
         }
     }
 
-    /// One sample's contribution to the packed weight gradient `dw` (`[c_out/16][taps][16]`),
-    /// from its transposed output gradient `dyt` (`[pixel][c_out]`) and padded input `xp`.
+    /// The contribution of `samples` consecutive samples to the packed weight gradient `dw`
+    /// (`[c_out/16][taps][16]`), from their transposed output gradients `dyt` (each
+    /// `[pixel][c_out]`) and padded inputs `xp`, one after the other in each.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn weight_sample(g: &ConvGeometry, xp: &[f32], dyt: &[f32], dw: &mut [f32]) {
+    pub(super) unsafe fn weight_sample(g: &ConvGeometry, xp: &[f32], dyt: &[f32], samples: usize, dw: &mut [f32]) {
         let (hp, wp) = padded(g);
-        assert!(xp.len() == g.c_in * hp * wp && dyt.len() == g.out_sample() && dw.len() == g.weight_len());
+        assert!(xp.len() == samples * g.c_in * hp * wp && dyt.len() == samples * g.out_sample() && dw.len() == g.weight_len());
         let (blocks, taps) = (g.c_out / LANES, g.col_rows());
         let mut block = 0;
         while block < blocks {
@@ -407,9 +436,9 @@ mod avx512 {
                 // inside `xp` and `dyt`.
                 unsafe {
                     if pair {
-                        tap_blocks!(count, 2, (g, xp, dyt, dw, tap, block); 1 2 3 4 5 6 7 8);
+                        tap_blocks!(count, 2, (g, xp, dyt, samples, dw, tap, block); 1 2 3 4 5 6 7 8);
                     } else {
-                        tap_blocks!(count, 1, (g, xp, dyt, dw, tap, block); 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+                        tap_blocks!(count, 1, (g, xp, dyt, samples, dw, tap, block); 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
                     }
                 }
                 tap += count;
@@ -422,7 +451,7 @@ mod avx512 {
     /// `dw`, every output pixel's `dy` (N vectors) times the tap's input value (a broadcast)
     /// added in pixel order, stored back.
     #[target_feature(enable = "avx512f")]
-    unsafe fn tap_kernel<const T: usize, const N: usize>(g: &ConvGeometry, xp: &[f32], dyt: &[f32], dw: &mut [f32], tap: usize, block: usize) {
+    unsafe fn tap_kernel<const T: usize, const N: usize>(g: &ConvGeometry, xp: &[f32], dyt: &[f32], samples: usize, dw: &mut [f32], tap: usize, block: usize) {
         let (hp, wp) = padded(g);
         let [kh, kw] = g.kernel;
         let [sh, sw] = g.stride;
@@ -442,21 +471,25 @@ mod avx512 {
             }
         }
         let d = dyt.as_ptr();
-        for oh in 0..g.out_height {
-            for ow in 0..g.out_width {
-                let p = oh * g.out_width + ow;
-                let at = oh * sh * wp + ow * sw;
-                let mut dv = [_mm512_setzero_ps(); N];
-                for (n, v) in dv.iter_mut().enumerate() {
-                    // SAFETY: pixel `p`, block `block + n`, inside `dyt`.
-                    *v = unsafe { _mm512_loadu_ps(d.add(p * g.c_out + (block + n) * LANES)) };
-                }
-                for t in 0..T {
-                    // SAFETY: the tap's input at this pixel: row `oh·sh + ky < hp`, column
-                    // `ow·sw + kx < wp`.
-                    let xv = unsafe { _mm512_set1_ps(*from[t].add(at)) };
-                    for n in 0..N {
-                        acc[n][t] = _mm512_fmadd_ps(dv[n], xv, acc[n][t]);
+        // Sample by sample, each one's pixels in order: the order of one sample at a time.
+        for s in 0..samples {
+            let (sample_pixel, sample_at) = (s * g.out_pixels(), s * g.c_in * hp * wp);
+            for oh in 0..g.out_height {
+                for ow in 0..g.out_width {
+                    let p = sample_pixel + oh * g.out_width + ow;
+                    let at = sample_at + oh * sh * wp + ow * sw;
+                    let mut dv = [_mm512_setzero_ps(); N];
+                    for (n, v) in dv.iter_mut().enumerate() {
+                        // SAFETY: pixel `p`, block `block + n`, inside `dyt`.
+                        *v = unsafe { _mm512_loadu_ps(d.add(p * g.c_out + (block + n) * LANES)) };
+                    }
+                    for t in 0..T {
+                        // SAFETY: the tap's input at this pixel of sample `s`: row
+                        // `oh·sh + ky < hp`, column `ow·sw + kx < wp`.
+                        let xv = unsafe { _mm512_set1_ps(*from[t].add(at)) };
+                        for n in 0..N {
+                            acc[n][t] = _mm512_fmadd_ps(dv[n], xv, acc[n][t]);
+                        }
                     }
                 }
             }
@@ -522,9 +555,11 @@ mod tests {
         }
         // Strips of 8 and shorter remainders, pairs of channel blocks and an odd block alone
         // (48 outputs: a strip of 16), strides 1 and 2, paddings 0–2, 3×3 and 5×5, with and
-        // without a bias; input channels in one pass (16, 32), in passes of 16 (64), of 14, 14
-        // and 12 (40), and of 6 (24 inputs under a 5×5 kernel).
+        // without a bias; input channels in one pass (16 to 64), in passes of 20 (40 inputs
+        // under a 5×5 kernel) and of 47, 47 and 46 (140).
         let shapes = [
+            ([1, 40, 7, 9], [64, 40, 5, 5], [1, 1], [2, 2]),
+            ([1, 140, 6, 5], [32, 140, 3, 3], [1, 1], [1, 1]),
             ([2, 40, 6, 9], [32, 40, 3, 3], [1, 1], [1, 1]),
             ([2, 16, 32, 32], [32, 16, 3, 3], [1, 1], [1, 1]),
             ([3, 16, 13, 11], [32, 16, 3, 3], [2, 2], [1, 1]),
@@ -544,8 +579,10 @@ mod tests {
         }
         // Tap blocks of 8 and a shorter remainder (16·9 = 144 = 18·8; 24·25 = 600 = 75·8;
         // 20·9 = 180 = 22·8 + 4; an odd block: blocks of 16), pairs and an odd block, strides 1 and 2, 3–5 sample chunks
-        // (one a sample, below 8).
+        // (one a sample, below 8); 40 samples of 9 × 9 maps: 8 chunks of 5, each a group of 4
+        // samples (`samples_per_group`) and a group of 1.
         let shapes = [
+            ([40, 16, 9, 9], [32, 16, 3, 3], [1, 1], [1, 1]),
             ([5, 16, 12, 12], [32, 16, 3, 3], [1, 1], [1, 1]),
             ([4, 20, 9, 7], [48, 20, 3, 3], [2, 2], [1, 1]),
             ([3, 24, 10, 9], [64, 24, 5, 5], [1, 2], [2, 0]),
@@ -555,6 +592,7 @@ mod tests {
         ];
         let geometries: Vec<_> = shapes.map(|(x, w, stride, padding)| ConvGeometry::new(x, w, stride, padding).unwrap()).into();
         assert!(geometries.iter().all(weight_grad_applies));
+        assert_eq!(samples_per_group(&geometries[0]), 4);
         assert_weight_grad_is_the_definition(&geometries, weight_grad);
     }
 
