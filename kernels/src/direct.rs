@@ -346,13 +346,19 @@ mod avx512 {
         // column `ow·sw`, inside `packed` and `xp`.
         let mut wt = unsafe { packed.as_ptr().add((at.block * taps + at.ci.0 * kh * kw) * LANES) };
         let mut channel = unsafe { xp.as_ptr().add((at.ci.0 * hp + at.oh * sh) * wp + at.ow * sw) };
+        // Kernel rows `top..bottom` read the input; the others read only the zero padding
+        // (the first and last output rows of a 3 × 3, one in twelve taps on 8 × 8 maps) and
+        // would add `w · 0`, so they are skipped. The rest keep their (ci, ky, kx) order.
+        let top = g.padding[0].saturating_sub(at.oh * sh).min(kh);
+        let bottom = (g.padding[0] + g.height).saturating_sub(at.oh * sh).clamp(top, kh);
         for _ in at.ci.0..at.ci.1 {
-            let mut row = channel;
-            for _ in 0..kh {
+            let mut row = channel.wrapping_add(top * wp);
+            let mut tap = wt.wrapping_add(top * kw * LANES);
+            for _ in top..bottom {
                 for kx in 0..kw {
                     // SAFETY: the tap's vector of blocks `at.block + n`, inside `packed`.
-                    let wv: [__m512; N] = std::array::from_fn(|n| unsafe { _mm512_loadu_ps(wt.add(n * block_stride)) });
-                    wt = unsafe { wt.add(LANES) };
+                    let wv: [__m512; N] = std::array::from_fn(|n| unsafe { _mm512_loadu_ps(tap.add(n * block_stride)) });
+                    tap = tap.wrapping_add(LANES);
                     for u in 0..U {
                         // SAFETY: row `oh·sh + ky < hp` of the channel; the strip's last tap,
                         // column `(ow + U − 1)·sw + kw − 1`, is `< wp`.
@@ -364,6 +370,7 @@ mod avx512 {
                 }
                 row = row.wrapping_add(wp);
             }
+            wt = wt.wrapping_add(kh * kw * LANES);
             channel = channel.wrapping_add(hp * wp);
         }
         if at.last {
