@@ -35,7 +35,7 @@ const LANES: usize = 16;
 /// 1.35–1.45× the column matrix on ResNet's 16 → 16 forward and input gradient, about even on
 /// the stems; 1.2–1.3× `direct` on ResNet's 32 → 32 on 16 × 16 (whole vectors of one row, where
 /// `direct` stores each pixel's 16 channels lane by lane). Rows of 8 (the 64-channel stage) half
-/// fill a vector and stay with `direct`, wider layers (AlexNet's) with GEMM.
+/// fill a vector and stay with `direct`, as do wider layers (AlexNet's).
 pub(crate) fn applies(g: &ConvGeometry) -> bool {
     let shape = g.c_out <= 16 || g.c_in < 16 || (g.out_width >= LANES && g.c_out <= 64);
     available() && g.stride == [1, 1] && g.c_out % CHANNELS == 0 && shape && g.kernel[0] * g.kernel[1] > 1
