@@ -99,11 +99,17 @@ pub(crate) fn padded(g: &ConvGeometry) -> (usize, usize) {
 /// sized, and every later sample overwrites the interior alone.
 pub(crate) fn pad_sample(g: &ConvGeometry, x_b: &[f32], xp: &mut Vec<f32>) {
     let (hp, wp) = padded(g);
-    let [ph, pw] = g.padding;
     if xp.len() != g.c_in * hp * wp {
         xp.clear();
         xp.resize(g.c_in * hp * wp, 0.0);
     }
+    pad_into(g, x_b, xp);
+}
+
+/// [`pad_sample`]'s copy of the interior into `xp` (one padded sample), whose borders are zero.
+fn pad_into(g: &ConvGeometry, x_b: &[f32], xp: &mut [f32]) {
+    let (hp, wp) = padded(g);
+    let [ph, pw] = g.padding;
     #[cfg(target_arch = "x86_64")]
     if available() {
         // SAFETY: AVX-512F checked; `rows_into` asserts the lengths.
@@ -156,24 +162,23 @@ pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let padded_len = g.c_in * hp * wp;
     let group = samples_per_group(g);
     let packed = sum_over_sample_chunks(g.batch, g.weight_len(), || (Vec::new(), Vec::new()), |(xp, dyt), samples, dw| {
+        // One thread's scratch for `group` samples, sized (and its borders zeroed) once, as in
+        // `pad_sample`; `transpose` writes every element of `dyt`.
+        if xp.len() != group * padded_len {
+            xp.clear();
+            xp.resize(group * padded_len, 0.0);
+            dyt.resize(group * g.out_sample(), 0.0);
+        }
         for start in samples.clone().step_by(group) {
             let count = (samples.end - start).min(group);
-            // Sized once per thread (the borders zeroed then, and never written after).
-            if xp.len() < count * padded_len {
-                xp.clear();
-                xp.resize(group * padded_len, 0.0);
-                dyt.resize(group * g.out_sample(), 0.0);
-            }
             for (i, b) in (start..start + count).enumerate() {
-                let x_b = &x[b * g.in_sample()..][..g.in_sample()];
+                pad_into(g, &x[b * g.in_sample()..][..g.in_sample()], &mut xp[i * padded_len..][..padded_len]);
                 let dy_b = &dy[b * g.out_sample()..][..g.out_sample()];
-                // SAFETY: `weight_grad_applies` checked AVX-512F; `rows_into` and `transpose`
-                // assert the lengths.
+                // SAFETY: `weight_grad_applies` checked AVX-512F; `transpose` asserts the lengths.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    avx512::rows_into(g, x_b, &mut xp[i * padded_len..][..padded_len]);
-                    avx512::transpose(dy_b, pixels, &mut dyt[i * g.out_sample()..][..g.out_sample()]);
-                }
+                    avx512::transpose(dy_b, pixels, &mut dyt[i * g.out_sample()..][..g.out_sample()])
+                };
             }
             // SAFETY: as above; `weight_sample` asserts the lengths.
             #[cfg(target_arch = "x86_64")]

@@ -131,9 +131,8 @@ pub fn take_turn(
     ours_first: bool,
     untimed: usize,
     mut ours: impl FnMut() -> f64,
-    theirs: Option<impl FnMut(usize) -> anyhow::Result<f64>>,
+    mut theirs: Option<impl FnMut(usize) -> anyhow::Result<f64>>,
 ) -> anyhow::Result<(f64, Option<f64>)> {
-    let mut theirs = theirs;
     let theirs_first = match theirs.as_mut() {
         Some(t) if !ours_first => Some(t(untimed)?),
         _ => None,
