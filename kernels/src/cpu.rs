@@ -9,8 +9,9 @@
 //!   row per output pixel, `im2row`)
 //! - bias     `db[c] = Σ_b Σ_p dY_b[c, p]`
 //!
-//! `forward`, `input_grad` and `weight_grad` hand the shapes they suit to the direct AVX-512
-//! kernels (`direct.rs`, `rows.rs`); the `column_*` functions are the column-matrix path
+//! `forward`, `input_grad` and `weight_grad` hand the wide 3×3 stride-1 layers to Winograd's
+//! F(2×2, 3×3) (`winograd.rs`) and the shapes they suit to the direct AVX-512 kernels
+//! (`direct.rs`, `rows.rs`); the `column_*` functions are the column-matrix path
 //! alone, which every shape takes on a CPU without AVX-512.
 //!
 //! Samples run in parallel on the current rayon pool, each with its own column buffer, a
@@ -19,7 +20,6 @@
 //! split into chunks fixed by the batch size alone and the chunks are added in order — so a
 //! run is bit-identical for any `federation.workers`.
 
-use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -28,112 +28,11 @@ use crate::chunks::sum_over_sample_chunks;
 use crate::direct;
 use crate::rows;
 use crate::strided;
+use crate::winograd;
 use crate::geometry::ConvGeometry;
 use crate::im2col::{col2im_add, im2col, im2row};
 use crate::output::written;
-
-/// A row-major view of a matrix inside a slice: element `(i, j)` is `data[i·rs + j·cs]`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> View<'a> {
-    fn rows(data: &'a [f32], cols: usize) -> Self {
-        Self { data, rs: cols, cs: 1 }
-    }
-
-    /// The transpose of a row-major `[rows, cols]` matrix, without moving it.
-    fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Self { data, rs: 1, cs: cols }
-    }
-
-    fn fits(&self, rows: usize, cols: usize) -> bool {
-        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst[m×n] = lhs[m×k] · rhs[k×n]`, or `dst += …` when `accumulate`; `dst` row-major with
-/// row stride `dst_rs` (a block of columns of a wider matrix).
-#[allow(clippy::too_many_arguments)]
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: View, rhs: View) {
-    matmul_strided(m, n, k, dst, [dst_rs, 1], accumulate, lhs, rhs)
-}
-
-/// [`matmul`] into `dst` element `(i, j)` at `i·strides[0] + j·strides[1]`, the rows and
-/// columns of `dst` not overlapping. GEMM makes the destination's contiguous axis its
-/// microkernel's 64-row axis: which axis that is decides its speed (see `weight_grad`).
-#[allow(clippy::too_many_arguments)]
-fn matmul_strided(m: usize, n: usize, k: usize, dst: &mut [f32], strides: [usize; 2], accumulate: bool, lhs: View, rhs: View) {
-    let len = dst.len();
-    // SAFETY: `dst` is exclusively borrowed for the call and holds `len` floats.
-    unsafe { gemm_into(m, n, k, dst.as_mut_ptr(), len, strides, accumulate, lhs, rhs) }
-}
-
-/// [`matmul`] into a kernel's fresh output: without `accumulate` GEMM writes each element
-/// of the block and reads none, so a zero fill before it would be a wasted pass; with it,
-/// the block must have been written first (the bias).
-#[allow(clippy::too_many_arguments)]
-fn matmul_fresh(m: usize, n: usize, k: usize, dst: &mut [MaybeUninit<f32>], dst_rs: usize, accumulate: bool, lhs: View, rhs: View) {
-    let len = dst.len();
-    // SAFETY: `dst` is exclusively borrowed for the call and holds `len` floats; GEMM reads
-    // them only with `accumulate`, when the caller has written the block.
-    unsafe { gemm_into(m, n, k, dst.as_mut_ptr().cast(), len, [dst_rs, 1], accumulate, lhs, rhs) }
-}
-
-/// The body of [`matmul_strided`] on `len` floats at `dst`.
-///
-/// # Safety
-/// `dst` must be valid for reads and writes of `len` floats, alias neither operand, and with
-/// `accumulate` hold initialised floats in the block.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_into(m: usize, n: usize, k: usize, dst: *mut f32, len: usize, strides: [usize; 2], accumulate: bool, lhs: View, rhs: View) {
-    let [dst_rs, dst_cs] = strides;
-    let disjoint = (dst_cs == 1 && n <= dst_rs) || (dst_rs == 1 && m <= dst_cs);
-    let dst_fits = m == 0 || n == 0 || (disjoint && (m - 1) * dst_rs + (n - 1) * dst_cs < len);
-    assert!(dst_fits && lhs.fits(m, k) && rhs.fits(k, n), "matmul operands out of bounds");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    // SAFETY: inside the block asserted above.
-                    unsafe { dst.add(i * dst_rs + j * dst_cs).write(0.0) };
-                }
-            }
-        }
-        return;
-    }
-    // SAFETY: the assert above keeps every element gemm reads or writes inside the
-    // operands and the `len` floats at `dst`, which alias neither (the caller's contract).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
+use crate::product::{matmul, matmul_fresh, matmul_strided, View};
 
 /// Column-matrix elements per tile: a tile's buffer (≤ 256 kB) stays in a core's L2 while
 /// GEMM reads it, instead of streaming a whole sample's matrix through memory.
@@ -159,6 +58,9 @@ fn check_lengths(g: &ConvGeometry, x: &[f32], w: &[f32]) {
 /// where this CPU and shape have them, else [`column_forward`].
 pub fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     check_lengths(g, x, w);
+    if winograd::applies(g) {
+        return winograd::forward(g, x, w, bias);
+    }
     // Where both apply (stride 1, rows of 16 or more, 32–64 outputs) the row kernel is faster.
     if rows::applies(g) {
         return rows::forward(g, x, w, bias);
@@ -319,6 +221,9 @@ fn weight_grad_reads_im2col(g: &ConvGeometry) -> bool {
 /// `dW = Σ_b dy[b] ⋆ x[b]`, `[c_out, c_in, kh, kw]`: the direct kernels where this CPU and
 /// shape have them, else [`column_weight_grad`].
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if winograd::applies(g) {
+        return winograd::weight_grad(g, x, dy);
+    }
     if direct::weight_grad_applies(g) {
         return direct::weight_grad(g, x, dy);
     }

@@ -3,7 +3,9 @@
 //!
 //! `cpu` holds the kernels on NCHW `f32` slices (im2col straight from NCHW into a reused
 //! per-thread buffer, GEMM from the `gemm` crate, a thread-count-independent reduction for the
-//! weight gradient); on AVX-512 it hands the layers of 32–64 output channels to `direct`
+//! weight gradient, through `product`, the one GEMM entry); it hands the wide 3×3 stride-1
+//! layers to `winograd` (F(2×2, 3×3): 16 GEMMs over 2×2 output tiles, on any CPU), and on
+//! AVX-512 the layers of 32–64 output channels to `direct`
 //! (forward and weight gradient without a column matrix, 16 channels a register) and the
 //! stride-1 forward and weight gradient of narrow layers and stems to `rows` (16 pixels of a
 //! row a register), and the 3×3 stride-2 input gradient to `strided` (pairs of columns, no
@@ -34,12 +36,14 @@ mod norm_rows;
 mod output;
 pub mod pool;
 mod pool_extension;
+mod product;
 #[cfg(test)]
 mod reference;
 mod rows;
 pub mod skip;
 mod skip_extension;
 mod strided;
+mod winograd;
 
 pub use cpu::{Grads, Wanted};
 pub use dispatch::{batch_norm_fixed, batch_norm_train, conv2d, forward, has_own_kernels, max_pool2d, padded_skip, pool_forward, relu_max_pool2d, relu_pool_forward};

@@ -91,6 +91,10 @@ fn cases() -> Vec<Case> {
         c(2, 32, 8, 40, 24, 5, 2, 2, false),
         // A weight gradient in two blocks of input channels (80 and 81: `dWᵀ` is 815 KiB).
         c(3, 161, 144, 5, 6, 3, 1, 1, true),
+        // Winograd's F(2×2, 3×3) (`winograd.rs`: 3×3, stride 1, padding 1, wide layers): an odd
+        // map (its last tiles cut) and an even one.
+        c(2, 64, 192, 9, 7, 3, 1, 1, true),
+        c(3, 128, 128, 8, 8, 3, 1, 1, false),
     ]
 }
 
@@ -188,11 +192,13 @@ fn results_are_bit_identical_for_any_thread_count() {
     // Several tiles per sample and an odd batch: 19 samples over 8 weight-gradient chunks; on
     // AVX-512 the first case runs the channel-blocked kernels (`direct`), the second the row
     // kernel (`rows`, forward and stride-1 input gradient), the third the direct kernels at
-    // stride 2 with the input gradient through GEMM and `col2im`.
+    // stride 2 with the input gradient through GEMM and `col2im`, the fourth Winograd's
+    // (several samples a chunk).
     for case in [
         Case { batch: 19, c_in: 64, c_out: 32, h: 20, w: 20, k: 3, stride: 1, pad: 1, bias: true },
         Case { batch: 19, c_in: 16, c_out: 16, h: 21, w: 20, k: 3, stride: 1, pad: 1, bias: true },
         Case { batch: 19, c_in: 32, c_out: 64, h: 17, w: 16, k: 3, stride: 2, pad: 1, bias: true },
+        Case { batch: 19, c_in: 64, c_out: 192, h: 9, w: 10, k: 3, stride: 1, pad: 1, bias: true },
     ] {
         let bits = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
