@@ -92,6 +92,14 @@ fn transform_filters(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
     u
 }
 
+/// `out[t] = f(a[t], b[t])` over a run of tiles.
+#[inline(always)]
+fn combine(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = f(a, b);
+    }
+}
+
 /// `V_p[ci, t]` of one chunk's samples, `[16, c_in, tiles]` (`tiles` = the chunk's tiles,
 /// sample-major, then tile row, then tile column).
 ///
@@ -148,22 +156,10 @@ fn transform_inputs(g: &ConvGeometry, x: &[f32], v: &mut Vec<f32>, scratch: &mut
                 // Rows 2i and 2i+2 are even rows i and i+1; 2i+1 and 2i+3 odd rows i and i+1.
                 let (e0, e2, o1, o3) = (&ev[..map_tiles], &ev[tw..][..map_tiles], &od[..map_tiles], &od[tw..][..map_tiles]);
                 let out = |row: usize| (row * 4 + c) * g.c_in * tiles + ci * tiles + base;
-                let v0 = &mut v[out(0)..][..map_tiles];
-                for t in 0..map_tiles {
-                    v0[t] = e0[t] - e2[t];
-                }
-                let v1 = &mut v[out(1)..][..map_tiles];
-                for t in 0..map_tiles {
-                    v1[t] = o1[t] + e2[t];
-                }
-                let v2 = &mut v[out(2)..][..map_tiles];
-                for t in 0..map_tiles {
-                    v2[t] = e2[t] - o1[t];
-                }
-                let v3 = &mut v[out(3)..][..map_tiles];
-                for t in 0..map_tiles {
-                    v3[t] = o1[t] - o3[t];
-                }
+                combine(&mut v[out(0)..][..map_tiles], e0, e2, |a, b| a - b);
+                combine(&mut v[out(1)..][..map_tiles], o1, e2, |a, b| a + b);
+                combine(&mut v[out(2)..][..map_tiles], e2, o1, |a, b| a - b);
+                combine(&mut v[out(3)..][..map_tiles], o1, o3, |a, b| a - b);
             }
         }
     }
@@ -212,18 +208,9 @@ fn transform_output_grads(g: &ConvGeometry, dy: &[f32], yh: &mut Vec<f32>, scrat
                 let (u0, u1) = (row(r, 0), row(r, 1));
                 let out = |c: usize| ((r * 4 + c) * g.c_out + co) * tiles + base;
                 yh[out(0)..][..map_tiles].copy_from_slice(u0);
-                let o1 = &mut yh[out(1)..][..map_tiles];
-                for t in 0..map_tiles {
-                    o1[t] = u0[t] + u1[t];
-                }
-                let o2 = &mut yh[out(2)..][..map_tiles];
-                for t in 0..map_tiles {
-                    o2[t] = u0[t] - u1[t];
-                }
-                let o3 = &mut yh[out(3)..][..map_tiles];
-                for t in 0..map_tiles {
-                    o3[t] = -u1[t];
-                }
+                combine(&mut yh[out(1)..][..map_tiles], u0, u1, |a, b| a + b);
+                combine(&mut yh[out(2)..][..map_tiles], u0, u1, |a, b| a - b);
+                combine(&mut yh[out(3)..][..map_tiles], u0, u1, |_, b| -b);
             }
         }
     }
