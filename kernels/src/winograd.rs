@@ -49,8 +49,9 @@ fn applies_to_channels(c_in: usize, c_out: usize) -> bool {
 const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// The same for the weight gradient's products, whose inner dimension is the chunk's tiles: a
-/// larger chunk makes fewer passes of `M` (`16·c_out·c_in`) through the cache.
-const WEIGHT_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+/// larger chunk makes fewer passes of `M` (`16·c_out·c_in`) through the cache, and more
+/// memory (each thread holds one chunk).
+const WEIGHT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// The tile grid of `g`'s output: `[rows, columns]` of 2×2 tiles.
 fn tile_grid(g: &ConvGeometry) -> [usize; 2] {
@@ -302,12 +303,17 @@ pub(crate) fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
 fn weight_grad_in_chunks(g: &ConvGeometry, x: &[f32], dy: &[f32], samples: usize) -> Vec<f32> {
     let [th, tw] = tile_grid(g);
     let plane = g.c_out * g.c_in;
-    let m = sum_over_sample_chunks(
+    // Each range's `M` (16 positions, 16/9 of the gradient) stays in one per-thread buffer and
+    // leaves it as its 3 × 3 filters, so the ranges' partials, all held until their sum, are
+    // the gradient's size.
+    sum_over_sample_chunks(
         g.batch,
-        POSITIONS * plane,
-        || (Vec::new(), Vec::new(), Vec::new()),
-        |(v, yh, scratch), range, m| {
-            // The chunk's samples in sub-chunks of `samples`, each adding its tiles' products.
+        g.weight_len(),
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(v, yh, scratch, m), range, dw| {
+            m.clear();
+            m.resize(POSITIONS * plane, 0.0);
+            // The range's samples in chunks of `samples`, each adding its tiles' products.
             let mut start = range.start;
             while start < range.end {
                 let end = (start + samples).min(range.end);
@@ -322,11 +328,14 @@ fn weight_grad_in_chunks(g: &ConvGeometry, x: &[f32], dy: &[f32], samples: usize
                 }
                 start = end;
             }
+            transform_weight_grads(m, plane, dw);
         },
-    );
-    // dg = Gᵀ M G for every (co, ci).
-    let mut dw = vec![0.0f32; g.weight_len()];
-    dw.par_chunks_mut(9).enumerate().for_each(|(k, dg)| {
+    )
+}
+
+/// `dg = Gᵀ M G` for every (co, ci): `m` `[16, c_out, c_in]` into `dw` `[c_out, c_in, 3, 3]`.
+fn transform_weight_grads(m: &[f32], plane: usize, dw: &mut [f32]) {
+    for (k, dg) in dw.chunks_exact_mut(9).enumerate() {
         let at = |p: usize| m[p * plane + k];
         let mut gm = [[0.0f32; 4]; 3];
         for c in 0..4 {
@@ -340,8 +349,7 @@ fn weight_grad_in_chunks(g: &ConvGeometry, x: &[f32], dy: &[f32], samples: usize
             dg[r * 3 + 1] = 0.5 * (m1 - m2);
             dg[r * 3 + 2] = 0.5 * (m1 + m2) + m3;
         }
-    });
-    dw
+    }
 }
 
 #[cfg(test)]
