@@ -12,7 +12,7 @@
 //! `forward`, `input_grad` and `weight_grad` hand the wide 3×3 stride-1 layers to Winograd's
 //! F(2×2, 3×3) (`winograd.rs`) and the shapes they suit to the direct AVX-512 kernels
 //! (`direct.rs`, `rows.rs`); the `column_*` functions are the column-matrix path
-//! alone, which every shape takes on a CPU without AVX-512.
+//! alone, which every other shape takes on a CPU without AVX-512.
 //!
 //! Samples run in parallel on the current rayon pool, each with its own column buffer, a
 //! tile of output rows at a time (see `tiles`); the GEMMs inside run single-threaded. Every output element is computed by one fixed sequence

@@ -36,7 +36,7 @@ pub(crate) fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usiz
 
 /// [`matmul`] into `dst` element `(i, j)` at `i·strides[0] + j·strides[1]`, the rows and
 /// columns of `dst` not overlapping. GEMM makes the destination's contiguous axis its
-/// microkernel's 64-row axis: which axis that is decides its speed (see `weight_grad`).
+/// microkernel's 64-row axis: which axis that is decides its speed (see `cpu::weight_grad`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_strided(m: usize, n: usize, k: usize, dst: &mut [f32], strides: [usize; 2], accumulate: bool, lhs: View, rhs: View) {
     let len = dst.len();

@@ -58,8 +58,8 @@ fn tile_grid(g: &ConvGeometry) -> [usize; 2] {
     [g.out_height.div_ceil(2), g.out_width.div_ceil(2)]
 }
 
-/// Samples per chunk, fixed by the geometry: as many as fit [`CHUNK_BYTES`] of transformed
-/// input and output tiles, at least one.
+/// Samples per chunk, fixed by the geometry: as many as fit `bytes` of transformed input and
+/// output tiles, at least one.
 fn samples_per_chunk(g: &ConvGeometry, bytes: usize) -> usize {
     let [th, tw] = tile_grid(g);
     let per_sample = POSITIONS * th * tw * (g.c_in + g.c_out) * std::mem::size_of::<f32>();
@@ -74,23 +74,26 @@ fn transform_filters(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
     for (k, f) in w.chunks_exact(9).enumerate() {
         let (co, ci) = (k / g.c_in, k % g.c_in);
         // G f (4×3), then (G f) Gᵀ (4×4).
-        let mut gf = [[0.0f32; 3]; 4];
-        for c in 0..3 {
-            let (f0, f1, f2) = (f[c], f[3 + c], f[6 + c]);
-            gf[0][c] = f0;
-            gf[1][c] = 0.5 * (f0 + f1 + f2);
-            gf[2][c] = 0.5 * (f0 - f1 + f2);
-            gf[3][c] = f2;
-        }
-        for (r, row) in gf.iter().enumerate() {
-            let [f0, f1, f2] = *row;
-            let out = [f0, 0.5 * (f0 + f1 + f2), 0.5 * (f0 - f1 + f2), f2];
-            for (c, v) in out.into_iter().enumerate() {
+        let columns: [[f32; 4]; 3] = std::array::from_fn(|c| times_g([f[c], f[3 + c], f[6 + c]]));
+        for r in 0..4 {
+            for (c, v) in times_g([columns[0][r], columns[1][r], columns[2][r]]).into_iter().enumerate() {
                 u[(r * 4 + c) * plane + ci * g.c_out + co] = v;
             }
         }
     }
     u
+}
+
+/// `G f` of one column (or row) `f` of a 3 × 3 filter: `G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1]`.
+#[inline(always)]
+fn times_g([f0, f1, f2]: [f32; 3]) -> [f32; 4] {
+    [f0, 0.5 * (f0 + f1 + f2), 0.5 * (f0 - f1 + f2), f2]
+}
+
+/// `Gᵀ m` of one column (or row) `m` of a transformed tile: the adjoint of [`times_g`].
+#[inline(always)]
+fn times_gt([m0, m1, m2, m3]: [f32; 4]) -> [f32; 3] {
+    [m0 + 0.5 * (m1 + m2), 0.5 * (m1 - m2), 0.5 * (m1 + m2) + m3]
 }
 
 /// `out[t] = f(a[t], b[t])` over a run of tiles.
@@ -314,8 +317,7 @@ fn weight_grad_in_chunks(g: &ConvGeometry, x: &[f32], dy: &[f32], samples: usize
             m.clear();
             m.resize(POSITIONS * plane, 0.0);
             // The range's samples in chunks of `samples`, each adding its tiles' products.
-            let mut start = range.start;
-            while start < range.end {
+            for start in range.clone().step_by(samples) {
                 let end = (start + samples).min(range.end);
                 let tiles = (end - start) * th * tw;
                 transform_inputs(g, &x[start * g.in_sample()..end * g.in_sample()], v, scratch);
@@ -326,7 +328,6 @@ fn weight_grad_in_chunks(g: &ConvGeometry, x: &[f32], dy: &[f32], samples: usize
                     // M_p [c_out × c_in] += Ŷ_p [c_out × tiles] · V_pᵀ [tiles × c_in]
                     matmul(g.c_out, g.c_in, tiles, &mut m[p * plane..][..plane], g.c_in, true, View::rows(yh_p, tiles), View::transposed(v_p, tiles));
                 }
-                start = end;
             }
             transform_weight_grads(m, plane, dw);
         },
@@ -337,17 +338,10 @@ fn weight_grad_in_chunks(g: &ConvGeometry, x: &[f32], dy: &[f32], samples: usize
 fn transform_weight_grads(m: &[f32], plane: usize, dw: &mut [f32]) {
     for (k, dg) in dw.chunks_exact_mut(9).enumerate() {
         let at = |p: usize| m[p * plane + k];
-        let mut gm = [[0.0f32; 4]; 3];
-        for c in 0..4 {
-            let (m0, m1, m2, m3) = (at(c), at(4 + c), at(8 + c), at(12 + c));
-            gm[0][c] = m0 + 0.5 * (m1 + m2);
-            gm[1][c] = 0.5 * (m1 - m2);
-            gm[2][c] = 0.5 * (m1 + m2) + m3;
-        }
-        for (r, [m0, m1, m2, m3]) in gm.into_iter().enumerate() {
-            dg[r * 3] = m0 + 0.5 * (m1 + m2);
-            dg[r * 3 + 1] = 0.5 * (m1 - m2);
-            dg[r * 3 + 2] = 0.5 * (m1 + m2) + m3;
+        // Gᵀ M (3×4), then (Gᵀ M) G (3×3).
+        let columns: [[f32; 3]; 4] = std::array::from_fn(|c| times_gt([at(c), at(4 + c), at(8 + c), at(12 + c)]));
+        for r in 0..3 {
+            dg[r * 3..][..3].copy_from_slice(&times_gt([columns[0][r], columns[1][r], columns[2][r], columns[3][r]]));
         }
     }
 }
